@@ -1,0 +1,68 @@
+"""lqs — LLM queueing stability.
+
+Closed-form KV-memory capacity theory (Nie, Si & Zhou, arXiv 2605.04595) and a JAX Monte Carlo engine of
+replicated serving queues (chunked prefill, continuous batching, KV budget M, FCFS admission).
+"""
+
+from __future__ import annotations
+
+import importlib.util as _ilu
+import os as _os
+import sys as _sys
+
+
+def _expose_kernels():
+    """Make the top-level source folder ``kernels/`` importable as ``lqs.kernels`` when running from a checkout.
+
+    An installed wheel ships it as the real subpackage ``lqs.kernels`` (see pyproject.toml); from a source tree
+    (``PYTHONPATH=.``) there is no ``lqs/kernels`` folder, so we load ``../kernels`` under that name. Nothing is
+    ever importable as a top-level ``kernels`` package.
+    """
+    here = _os.path.dirname(_os.path.abspath(__file__))
+    if _os.path.isdir(_os.path.join(here, "kernels")) or "lqs.kernels" in _sys.modules:
+        return
+    src = _os.path.join(_os.path.dirname(here), "kernels")
+    init = _os.path.join(src, "__init__.py")
+    if not _os.path.isfile(init):
+        return  # editable installs map lqs.kernels through the import system instead
+    spec = _ilu.spec_from_file_location("lqs.kernels", init, submodule_search_locations=[src])
+    mod = _ilu.module_from_spec(spec)
+    _sys.modules["lqs.kernels"] = mod
+    spec.loader.exec_module(mod)
+    globals()["kernels"] = mod
+
+
+_expose_kernels()
+
+from ._errors import LqsError  # noqa: E402
+from ._theory import (  # noqa: E402
+    Capacity,
+    capacity,
+    delta,
+    estimate_b,
+    g_exact,
+    g_paper,
+    mu_mix,
+    n_chunks,
+    replicas_needed,
+    service_rate,
+    trimmed_mean,
+)
+from ._workload import (  # noqa: E402
+    PAPER_B,
+    PRESETS,
+    Constant,
+    Empirical,
+    GMoments,
+    Independent,
+    IntUniform,
+    LogNormal,
+    Marginal,
+    Mixture,
+    Pairs,
+    Workload,
+    pd_ratio,
+    preset,
+)
+
+__version__ = "0.1.0"

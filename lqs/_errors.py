@@ -1,0 +1,80 @@
+"""One error type for every bad input: it names the parameter, the bad value and what is allowed."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+class LqsError(ValueError):
+    """Invalid input to lqs. ``param`` names the parameter, ``value`` the bad value, ``allowed`` the range."""
+
+    def __init__(self, param: str, value: Any, allowed: str, detail: str | None = None):
+        self.param = param
+        self.value = value
+        self.allowed = allowed
+        msg = f"{param}={value!r} is invalid: {allowed}"
+        if detail:
+            msg += f" ({detail})"
+        super().__init__(msg)
+
+
+def _is_int(x) -> bool:
+    try:
+        import numpy as np
+
+        if isinstance(x, (bool, np.bool_)):
+            return False
+        if isinstance(x, (int, np.integer)):
+            return True
+        if isinstance(x, (float, np.floating)) and math.isfinite(x) and float(x).is_integer():
+            return True
+    except Exception:  # pragma: no cover
+        pass
+    return False
+
+
+def check_int(param: str, value, lo: int | None = None, hi: int | None = None) -> int:
+    """Validate an integer parameter in [lo, hi] and return it as a Python int."""
+    rng = _range_text(lo, hi, "an integer")
+    if not _is_int(value):
+        raise LqsError(param, value, f"must be {rng}")
+    v = int(value)
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise LqsError(param, value, f"must be {rng}")
+    return v
+
+
+def check_float(param: str, value, lo: float | None = None, hi: float | None = None, *,
+                lo_open: bool = False, hi_open: bool = False) -> float:
+    """Validate a finite real parameter in a (half-)open or closed interval."""
+    lb = "(" if lo_open else "["
+    rb = ")" if hi_open else "]"
+    rng = f"a finite number in {lb}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{rb}"
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise LqsError(param, value, f"must be {rng}") from None
+    if isinstance(value, bool) or not math.isfinite(v):
+        raise LqsError(param, value, f"must be {rng}")
+    if lo is not None and (v < lo or (lo_open and v == lo)):
+        raise LqsError(param, value, f"must be {rng}")
+    if hi is not None and (v > hi or (hi_open and v == hi)):
+        raise LqsError(param, value, f"must be {rng}")
+    return v
+
+
+def check_choice(param: str, value, choices) -> str:
+    if value not in choices:
+        raise LqsError(param, value, "must be one of " + ", ".join(map(str, choices)))
+    return value
+
+
+def _range_text(lo, hi, what):
+    if lo is not None and hi is not None:
+        return f"{what} in [{lo}, {hi}]"
+    if lo is not None:
+        return f"{what} ≥ {lo}"
+    if hi is not None:
+        return f"{what} ≤ {hi}"
+    return what

@@ -1,0 +1,169 @@
+"""Closed-form theory of Nie, Si & Zhou (arXiv 2605.04595) as SPEC.md states it.
+
+Every function here is vectorised and works on Python numbers, numpy arrays and JAX arrays alike.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ._errors import LqsError, check_float, check_int
+
+
+def n_chunks(s, chunk):
+    """k(s) = ⌈s/ŝ⌉ prefill steps."""
+    return (s + chunk - 1) // chunk
+
+
+def g_paper(s, o, chunk):
+    """Paper's lifetime memory-work g(s,o) = [(1 + s/ŝ)·s + 2·o·s + (1 + o)·o] / 2 (s/ŝ treated as real)."""
+    return ((1.0 + s / chunk) * s + 2.0 * o * s + (1.0 + o) * o) / 2.0
+
+
+def g_exact(s, o, chunk):
+    """Exact lifetime memory-work Σ_{c=1..k} min(cŝ, s) + o·s + o(o+1)/2 = ŝk(k−1)/2 + s + o·s + o(o+1)/2.
+
+    Integer in, integer out (use int64 / Python ints for large lengths; int32 overflows above ~46,000 tokens).
+    """
+    k = n_chunks(s, chunk)
+    return chunk * k * (k - 1) // 2 + s + o * s + o * (o + 1) // 2
+
+
+def g_s_term(s, chunk, exact: bool):
+    """A(s): the part of g that depends on s alone."""
+    s = np.asarray(s, dtype=np.float64)
+    if exact:
+        k = np.ceil(s / chunk)
+        return chunk * k * (k - 1) / 2.0 + s
+    return (1.0 + s / chunk) * s / 2.0
+
+
+def g_o_term(o):
+    """C(o) = o(o+1)/2: the part of g that depends on o alone (same in both forms)."""
+    o = np.asarray(o, dtype=np.float64)
+    return o * (o + 1.0) / 2.0
+
+
+def service_rate(M, b, mean_g):
+    """μ = M / (b̄ · E[g]) requests per second."""
+    return M / (b * mean_g)
+
+
+def delta(max_total, M):
+    """δ = ess sup(s+o) / M."""
+    return max_total / M
+
+
+def mu_mix(mus, weights):
+    """Mixture service rate μ_mix = (Σ_ℓ q_ℓ / μ_ℓ)^−1 with request fractions q_ℓ (normalised here)."""
+    mus = np.asarray(mus, dtype=np.float64)
+    q = np.asarray(weights, dtype=np.float64)
+    if mus.shape != q.shape or mus.ndim != 1 or mus.size == 0:
+        raise LqsError("weights", weights, "must be a non-empty 1-D list with one weight per rate")
+    if np.any(~np.isfinite(mus)) or np.any(mus <= 0):
+        raise LqsError("mus", mus.tolist(), "must all be finite and > 0")
+    if np.any(~np.isfinite(q)) or np.any(q < 0) or q.sum() <= 0:
+        raise LqsError("weights", q.tolist(), "must be finite, ≥ 0, with a positive sum")
+    q = q / q.sum()
+    return float(1.0 / np.sum(q / mus))
+
+
+def replicas_needed(lam, mu, rho):
+    """G = ⌈λ / (μ·ρ)⌉ replicas for target utilisation ρ (at least 1)."""
+    lam = check_float("lam", lam, 0.0)
+    mu = check_float("mu", mu, 0.0, lo_open=True)
+    rho = check_float("rho", rho, 0.0, 1.0, lo_open=True)
+    x = lam / (mu * rho)
+    # guard against 3.0000000000000004 → 4 from floating-point noise
+    return max(1, int(math.ceil(x - 1e-12)))
+
+
+# ----------------------------------------------------------------------------------------------- b̄ estimators
+B_ESTIMATORS = ("mean", "median", "trimmed:ALPHA (0 ≤ ALPHA < 0.5)")
+
+
+def parse_estimator(name: str) -> tuple[str, float]:
+    """'mean' | 'median' | 'trimmed:0.05' → (kind, alpha)."""
+    if not isinstance(name, str):
+        raise LqsError("b_estimator", name, "must be one of " + ", ".join(B_ESTIMATORS))
+    n = name.strip().lower()
+    if n in ("mean", "median"):
+        return n, 0.0
+    if n.startswith("trimmed:") or n.startswith("trimmed_mean:"):
+        a = n.split(":", 1)[1]
+        try:
+            alpha = float(a)
+        except ValueError:
+            raise LqsError("b_estimator", name, "trimmed:ALPHA needs a number ALPHA in [0, 0.5)") from None
+        if not (0.0 <= alpha < 0.5):
+            raise LqsError("b_estimator", name, "trimmed:ALPHA needs ALPHA in [0, 0.5)")
+        return "trimmed", alpha
+    raise LqsError("b_estimator", name, "must be one of " + ", ".join(B_ESTIMATORS))
+
+
+def trimmed_mean(x, alpha: float) -> float:
+    """α-trimmed mean: drop ⌊α·n⌋ samples from each end (as scipy.stats.trim_mean)."""
+    x = np.sort(np.asarray(x, dtype=np.float64).ravel())
+    n = x.size
+    cut = int(math.floor(alpha * n))
+    if n - 2 * cut <= 0:
+        raise LqsError("b_estimator", f"trimmed:{alpha}", f"trims away all {n} samples")
+    return float(x[cut:n - cut].mean())
+
+
+def estimate_b(samples, estimator: str = "median") -> float:
+    """b̄ from observed batch times with the named estimator ('mean', 'median', 'trimmed:α')."""
+    kind, alpha = parse_estimator(estimator)
+    x = np.asarray(samples, dtype=np.float64).ravel()
+    if x.size == 0:
+        raise LqsError("b_samples", "[]", "must hold at least one batch time")
+    if np.any(~np.isfinite(x)) or np.any(x <= 0):
+        bad = x[~np.isfinite(x) | (x <= 0)][0]
+        raise LqsError("b_samples", float(bad), "every batch time must be a finite number of seconds > 0")
+    if kind == "mean":
+        return float(x.mean())
+    if kind == "median":
+        return float(np.median(x))
+    return trimmed_mean(x, alpha)
+
+
+# ----------------------------------------------------------------------------------------------- summary
+@dataclass(frozen=True)
+class Capacity:
+    """Closed-form capacity of one server (units in the field names)."""
+
+    M_tokens: int
+    chunk_tokens: int
+    b_s: float
+    mean_g_tokens2: float
+    mean_g_exact_tokens2: float
+    mean_g_se_tokens2: float  # 0 when E[g] is exact
+    exact_moments: bool
+    max_total_tokens: int
+    delta: float
+    mu_rps: float
+    mu_exact_rps: float
+    mu_stable_rps: float  # μ(1−δ)
+    mu_exact_stable_rps: float  # μ_exact(1−δ)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def capacity(workload, M, chunk, b, *, key=None, n_mc: int = 1_000_000) -> Capacity:
+    """μ, μ_exact, δ and the stable range for a workload on one server with KV budget M, chunk ŝ, batch time b̄."""
+    M = check_int("M", M, 1)
+    chunk = check_int("chunk", chunk, 1)
+    b = check_float("b", b, 0.0, lo_open=True)
+    workload.validate(M)
+    m = workload.expected_g(chunk, key=key, n_mc=n_mc)
+    d = delta(workload.max_total, M)
+    mu = service_rate(M, b, m.g)
+    mue = service_rate(M, b, m.g_exact)
+    return Capacity(M_tokens=M, chunk_tokens=chunk, b_s=b, mean_g_tokens2=m.g, mean_g_exact_tokens2=m.g_exact,
+                    mean_g_se_tokens2=m.se, exact_moments=m.exact, max_total_tokens=int(workload.max_total),
+                    delta=d, mu_rps=mu, mu_exact_rps=mue, mu_stable_rps=mu * (1 - d),
+                    mu_exact_stable_rps=mue * (1 - d))

@@ -1,0 +1,422 @@
+"""Request-length workloads: joint distributions of (prompt s, output o) in tokens.
+
+A workload is an equinox Module (a pytree): its numbers are array leaves, so workloads of the same structure
+can be passed to a jitted function, or stacked and vmapped, without recompiling. Every workload turns a vector
+of independent uniforms into one (s, o) pair with :meth:`Workload.sample_from_uniforms` — the simulator feeds it
+uniforms from a counter-based stream keyed by the request index — and exposes what the theory needs:
+exact E[g] where the support is finite, and the largest s+o (for δ).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._errors import LqsError, check_float, check_int
+from ._theory import g_exact, g_o_term, g_paper, g_s_term
+
+_MAX_SUPPORT = 5_000_000  # largest finite support enumerated exactly
+
+
+def _u_index(u, n):
+    """Map u in [0,1) to an integer index in [0, n)."""
+    return jnp.minimum(jnp.floor(u * n).astype(jnp.int32), n - 1)
+
+
+@dataclass(frozen=True)
+class GMoments:
+    """E[g] (paper form) and E[g_exact]; ``se`` is the Monte Carlo standard error (0 when exact)."""
+
+    g: float
+    g_exact: float
+    se: float
+    exact: bool
+    mean_s: float
+    mean_o: float
+
+
+# ----------------------------------------------------------------------------------------------- marginals
+class Marginal(eqx.Module):
+    """A distribution of one positive integer length (tokens)."""
+
+    def from_uniform(self, u):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def support(self) -> tuple[np.ndarray, np.ndarray]:
+        """(values, probabilities) of the finite support, exactly."""
+        raise NotImplementedError  # pragma: no cover
+
+    @property
+    def lo(self) -> int:
+        raise NotImplementedError  # pragma: no cover
+
+    @property
+    def hi(self) -> int:
+        raise NotImplementedError  # pragma: no cover
+
+
+class IntUniform(Marginal):
+    """Integer uniform on {low, ..., high}."""
+
+    low: np.ndarray
+    high: np.ndarray
+
+    def __init__(self, low, high, name: str = "length"):
+        low = check_int(f"{name} low", low, 1)
+        high = check_int(f"{name} high", high, low)
+        self.low = np.asarray(low, np.int32)
+        self.high = np.asarray(high, np.int32)
+
+    def from_uniform(self, u):
+        n = self.high - self.low + 1
+        return self.low + jnp.minimum(jnp.floor(u * n.astype(jnp.float32)).astype(jnp.int32), n - 1)
+
+    def support(self):
+        v = np.arange(int(self.low), int(self.high) + 1, dtype=np.int64)
+        return v, np.full(v.size, 1.0 / v.size)
+
+    @property
+    def lo(self):
+        return int(np.min(self.low))
+
+    @property
+    def hi(self):
+        return int(np.max(self.high))
+
+
+class Constant(Marginal):
+    """A fixed length."""
+
+    value: np.ndarray
+
+    def __init__(self, value, name: str = "length"):
+        self.value = np.asarray(check_int(name, value, 1), np.int32)
+
+    def from_uniform(self, u):
+        return jnp.broadcast_to(self.value, jnp.shape(u)).astype(jnp.int32)
+
+    def support(self):
+        return np.array([int(self.value)], np.int64), np.array([1.0])
+
+    @property
+    def lo(self):
+        return int(np.min(self.value))
+
+    @property
+    def hi(self):
+        return int(np.max(self.value))
+
+
+class LogNormal(Marginal):
+    """round(exp(N(mu, sigma²))) clipped to {low, ..., high} (clipping puts the tail mass on the end points)."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+    def __init__(self, mu, sigma, low, high, name: str = "length"):
+        self.mu = np.asarray(check_float(f"{name} mu", mu), np.float32)
+        self.sigma = np.asarray(check_float(f"{name} sigma", sigma, 0.0, lo_open=True), np.float32)
+        low = check_int(f"{name} low", low, 1)
+        high = check_int(f"{name} high", high, low)
+        self.low = np.asarray(low, np.int32)
+        self.high = np.asarray(high, np.int32)
+
+    def from_uniform(self, u):
+        z = jax.scipy.special.ndtri(jnp.clip(u, 1e-7, 1 - 1e-7))
+        x = jnp.exp(self.mu + self.sigma * z)
+        x = jnp.clip(jnp.round(x), self.low.astype(jnp.float32), self.high.astype(jnp.float32))
+        return x.astype(jnp.int32)
+
+    def support(self):
+        lo, hi = int(self.low), int(self.high)
+        v = np.arange(lo, hi + 1, dtype=np.int64)
+        mu, sg = float(self.mu), float(self.sigma)
+        edges = np.concatenate([v - 0.5, [hi + 0.5]])
+        z = (np.log(np.maximum(edges, 1e-300)) - mu) / (sg * math.sqrt(2.0))
+        cdf = 0.5 * (1.0 + _erf(z))
+        cdf[0], cdf[-1] = 0.0, 1.0  # clipping: all mass below low goes to low, above high to high
+        p = np.diff(cdf)
+        return v, p / p.sum()
+
+    @property
+    def lo(self):
+        return int(self.low)
+
+    @property
+    def hi(self):
+        return int(self.high)
+
+
+def _erf(x):
+    return np.vectorize(math.erf, otypes=[np.float64])(x)
+
+
+class Empirical(Marginal):
+    """Resample observed lengths with equal weight."""
+
+    values: np.ndarray
+
+    def __init__(self, values, name: str = "length"):
+        v = _check_lengths(name, values)
+        self.values = v
+
+    def from_uniform(self, u):
+        return jnp.asarray(self.values)[_u_index(u, self.values.shape[-1])]
+
+    def support(self):
+        v, c = np.unique(np.asarray(self.values, np.int64), return_counts=True)
+        return v, c / c.sum()
+
+    @property
+    def lo(self):
+        return int(np.min(self.values))
+
+    @property
+    def hi(self):
+        return int(np.max(self.values))
+
+
+def _check_lengths(name, values) -> np.ndarray:
+    a = np.asarray(values)
+    if a.ndim != 1 or a.size == 0:
+        raise LqsError(name, f"array of shape {a.shape}", "must be a non-empty 1-D list of token lengths")
+    if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.bool_):
+        raise LqsError(name, str(a.dtype), "must be numeric token lengths")
+    af = a.astype(np.float64)
+    bad = ~np.isfinite(af) | (af != np.round(af)) | (af < 1)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise LqsError(name, a[i].item(), f"every length must be an integer ≥ 1 (row {i})")
+    if af.max() > 2**30:
+        raise LqsError(name, int(af.max()), "every length must be ≤ 2^30 tokens")
+    return af.astype(np.int32)
+
+
+# ----------------------------------------------------------------------------------------------- workloads
+class Workload(eqx.Module):
+    """A joint distribution of (s, o). Subclasses implement the three methods below."""
+
+    @property
+    def n_uniforms(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def sample_from_uniforms(self, u):
+        """u: float32 [..., n_uniforms] in [0,1) → (s, o) int32 arrays of shape u.shape[:-1]."""
+        raise NotImplementedError  # pragma: no cover
+
+    def components(self) -> list[tuple[float, "Workload"]]:
+        return [(1.0, self)]
+
+    @property
+    def max_total(self) -> int:
+        """ess sup (s + o)."""
+        raise NotImplementedError  # pragma: no cover
+
+    @property
+    def min_s(self) -> int:
+        raise NotImplementedError  # pragma: no cover
+
+    def _exact_moments(self, chunk) -> GMoments | None:
+        return None
+
+    # -- shared
+    def sample(self, key, shape=()):
+        """Draw (s, o) of the given shape under a JAX key (usable inside jit and vmap)."""
+        if isinstance(shape, int):
+            shape = (shape,)
+        u = jax.random.uniform(key, tuple(shape) + (self.n_uniforms,), dtype=jnp.float32)
+        return self.sample_from_uniforms(u)
+
+    def validate(self, M):
+        """Raise if some request could never run (s + o > M)."""
+        M = check_int("M", M, 1)
+        if self.max_total > M:
+            raise LqsError("lengths", f"s+o={self.max_total}",
+                           f"every request must have s+o ≤ M={M}; this workload's largest request can never run")
+
+    def expected_g(self, chunk, *, key=None, n_mc: int = 1_000_000, method: str = "auto") -> GMoments:
+        """E[g] and E[g_exact]: exact sums where the support is finite, else Monte Carlo with a standard error."""
+        chunk = check_int("chunk", chunk, 1)
+        if method not in ("auto", "exact", "mc"):
+            raise LqsError("method", method, "must be one of auto, exact, mc")
+        if method != "mc":
+            m = self._exact_moments(chunk)
+            if m is not None:
+                return m
+            if method == "exact":
+                raise LqsError("method", method, "this workload has no finite support to sum over exactly")
+        n_mc = check_int("n_mc", n_mc, 2)
+        key = jax.random.key(0) if key is None else key
+        s, o = eqx.filter_jit(lambda k, w: w.sample(k, (n_mc,)))(key, self)
+        s = np.asarray(s, np.float64)
+        o = np.asarray(o, np.float64)
+        g = g_paper(s, o, chunk)
+        ge = g_exact(s.astype(np.int64), o.astype(np.int64), chunk).astype(np.float64)
+        return GMoments(g=float(g.mean()), g_exact=float(ge.mean()), se=float(ge.std(ddof=1) / math.sqrt(n_mc)),
+                        exact=False, mean_s=float(s.mean()), mean_o=float(o.mean()))
+
+
+class Independent(Workload):
+    """s and o drawn independently from two marginals."""
+
+    s: Marginal
+    o: Marginal
+
+    def __init__(self, s: Marginal, o: Marginal):
+        self.s, self.o = s, o
+
+    @property
+    def n_uniforms(self):
+        return 2
+
+    def sample_from_uniforms(self, u):
+        return self.s.from_uniform(u[..., 0]), self.o.from_uniform(u[..., 1])
+
+    @property
+    def max_total(self):
+        return self.s.hi + self.o.hi
+
+    @property
+    def min_s(self):
+        return self.s.lo
+
+    def _exact_moments(self, chunk):
+        vs, ps = self.s.support()
+        vo, po = self.o.support()
+        if vs.size > _MAX_SUPPORT or vo.size > _MAX_SUPPORT:
+            return None
+        es, eo = float(ps @ vs), float(po @ vo)
+        co = float(po @ g_o_term(vo))
+        g = float(ps @ g_s_term(vs, chunk, exact=False)) + es * eo + co
+        ge = float(ps @ g_s_term(vs, chunk, exact=True)) + es * eo + co
+        return GMoments(g=g, g_exact=ge, se=0.0, exact=True, mean_s=es, mean_o=eo)
+
+
+class Pairs(Workload):
+    """Joint empirical distribution: resample observed (s, o) pairs with equal weight (a trace)."""
+
+    s: np.ndarray
+    o: np.ndarray
+
+    def __init__(self, s, o):
+        s = _check_lengths("s", s)
+        o = _check_lengths("o", o)
+        if s.shape != o.shape:
+            raise LqsError("o", f"{o.size} lengths", f"must have as many entries as s ({s.size})")
+        self.s, self.o = s, o
+
+    @property
+    def n_uniforms(self):
+        return 1
+
+    def sample_from_uniforms(self, u):
+        i = _u_index(u[..., 0], self.s.shape[-1])
+        return jnp.asarray(self.s)[i], jnp.asarray(self.o)[i]
+
+    @property
+    def max_total(self):
+        return int(np.max(np.asarray(self.s, np.int64) + np.asarray(self.o, np.int64)))
+
+    @property
+    def min_s(self):
+        return int(np.min(self.s))
+
+    def _exact_moments(self, chunk):
+        s = np.asarray(self.s, np.int64)
+        o = np.asarray(self.o, np.int64)
+        return GMoments(g=float(g_paper(s.astype(np.float64), o.astype(np.float64), chunk).mean()),
+                        g_exact=float(g_exact(s, o, chunk).mean()), se=0.0, exact=True,
+                        mean_s=float(s.mean()), mean_o=float(o.mean()))
+
+
+class Mixture(Workload):
+    """A finite mixture: component ℓ with request fraction q_ℓ."""
+
+    parts: tuple
+    weights: np.ndarray
+
+    def __init__(self, parts, weights=None):
+        parts = tuple(parts)
+        if not parts or not all(isinstance(p, Workload) for p in parts):
+            raise LqsError("parts", parts, "must be a non-empty list of workloads")
+        w = np.ones(len(parts)) if weights is None else np.asarray(weights, np.float64)
+        if w.shape != (len(parts),) or np.any(~np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+            raise LqsError("weights", np.asarray(weights).tolist(),
+                           f"must be {len(parts)} finite non-negative numbers with a positive sum")
+        self.parts = parts
+        self.weights = (w / w.sum()).astype(np.float32)
+
+    @property
+    def n_uniforms(self):
+        return 1 + max(p.n_uniforms for p in self.parts)
+
+    def sample_from_uniforms(self, u):
+        cum = jnp.cumsum(jnp.asarray(self.weights))
+        j = jnp.sum(u[..., :1] >= cum[:-1], axis=-1)  # component index
+        s_out = o_out = None
+        for i, p in enumerate(self.parts):
+            s_i, o_i = p.sample_from_uniforms(u[..., 1:1 + p.n_uniforms])
+            if s_out is None:
+                s_out, o_out = s_i, o_i
+            else:
+                s_out = jnp.where(j == i, s_i, s_out)
+                o_out = jnp.where(j == i, o_i, o_out)
+        return s_out, o_out
+
+    def components(self):
+        return [(float(w), p) for w, p in zip(np.asarray(self.weights), self.parts)]
+
+    @property
+    def max_total(self):
+        return max(p.max_total for w, p in zip(np.asarray(self.weights), self.parts) if w > 0)
+
+    @property
+    def min_s(self):
+        return min(p.min_s for w, p in zip(np.asarray(self.weights), self.parts) if w > 0)
+
+    def _exact_moments(self, chunk):
+        ms = [p._exact_moments(chunk) for p in self.parts]
+        if any(m is None for m in ms):
+            return None
+        q = np.asarray(self.weights, np.float64)
+        return GMoments(g=float(sum(qi * m.g for qi, m in zip(q, ms))),
+                        g_exact=float(sum(qi * m.g_exact for qi, m in zip(q, ms))), se=0.0, exact=True,
+                        mean_s=float(sum(qi * m.mean_s for qi, m in zip(q, ms))),
+                        mean_o=float(sum(qi * m.mean_o for qi, m in zip(q, ms))))
+
+
+# ----------------------------------------------------------------------------------------------- presets
+PRESETS = {
+    # paper Table 1 (M = 131,000, ŝ = 512): s, o independent integer uniforms on [10, hi]
+    "pd-1:1": ((10, 1600), (10, 1600)),
+    "pd-2:1": ((10, 2133), (10, 1066)),
+    "pd-1:2": ((10, 1066), (10, 2133)),
+    # paper appendix 8:1, same max s+o of about 3200
+    "pd-8:1": ((10, 2844), (10, 355)),
+}
+PAPER_B = {"pd-1:1": 0.0372, "pd-2:1": 0.0430, "pd-1:2": 0.0337}
+
+
+def preset(name: str) -> Workload:
+    """A paper workload by name: pd-1:1, pd-2:1, pd-1:2, pd-8:1, or mix-2:1/1:2 (the two halves, equal counts)."""
+    if name == "mix-2:1/1:2":
+        return Mixture([preset("pd-2:1"), preset("pd-1:2")], [0.5, 0.5])
+    if name not in PRESETS:
+        raise LqsError("workload", name, "must be one of " + ", ".join(list(PRESETS) + ["mix-2:1/1:2"]))
+    (sl, sh), (ol, oh) = PRESETS[name]
+    return Independent(IntUniform(sl, sh, "s"), IntUniform(ol, oh, "o"))
+
+
+def pd_ratio(ratio: float, total_hi: int = 3200, lo: int = 10) -> Workload:
+    """A P/D family with s ~ U{lo..hs}, o ~ U{lo..ho}, hs/ho = ratio and hs + ho = total_hi (paper's construction)."""
+    ratio = check_float("ratio", ratio, 0.0, lo_open=True)
+    hs = int(round(total_hi * ratio / (1.0 + ratio)))
+    ho = total_hi - hs
+    return Independent(IntUniform(lo, max(hs, lo), "s"), IntUniform(lo, max(ho, lo), "o"))
