@@ -1,0 +1,367 @@
+"""The XLA engine: one serving replica as a pure ``step(state, params)`` over fixed-shape arrays (SPEC.md).
+
+Layout of one replica (all int32 unless noted):
+
+* K **slots** hold requests in arrival order: the started ones, then the first waiting ones. Per slot:
+  ``s, o, k = ⌈s/ŝ⌉``, progress ``u = c + d`` (c = min(u, k) chunks done, d = max(u − k, 0) tokens decoded),
+  ``flags`` (bit 0 started, bit 1 scheduled in the previous step, bit 2 first token emitted) and the float32
+  instants ``t_arr, t_first, t_ttft, t_done``. A slot with ``s = 0`` is empty; a finished request keeps its slot
+  with weight 0 (it changes no prefix) until the periodic compaction squeezes it out and bins its latencies.
+* Requests that arrive while the slots are full wait in an **overflow queue** kept only as a count: their lengths
+  are a pure function of the request index (counter-based RNG), so nothing is stored and nothing is lost. Their
+  arrival instants are not kept: when they reach a slot their latencies are counted in ``lat_lost``.
+* Counters make every capacity limit visible: ``starved`` counts steps where the schedule could have reached past
+  the slots (the run no longer follows SPEC.md exactly: unreliable), ``arr_trunc`` counts Poisson draws beyond
+  the static arrival cap, ``violations`` counts broken invariants (memory above M, conservation, memory-work).
+
+The step is branch-free: a cumulative sum of the slot weights gives the longest FCFS prefix under M (and under
+the token budget), everything else is elementwise selects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import rng
+
+POLICIES = ("fcfs", "recompute", "reserve")
+N_LAT = 3  # wait, ttft, e2e
+LAT_NAMES = ("wait", "ttft", "e2e")
+
+F_STARTED = 1
+F_SCHED = 2
+F_TTFT = 4
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Static (hashable) configuration: changing it recompiles; everything else is a traced array."""
+
+    K: int  # slots per replica
+    policy: str = "fcfs"
+    a_max: int = 8  # static cap on arrivals per step (Poisson inversion terms)
+    token_budget: bool = False
+    check_work: bool = False  # accumulate per-request memory-work and compare with g_exact (int32-safe sizes)
+    compact_every: int = 64  # steps per block; compaction + latency binning once per block
+    blocks_per_record: int = 1  # one time-series point every this many blocks
+    records_per_chunk: int = 16  # one host round trip every this many records
+    n_bins: int = 256  # log-spaced latency histogram bins
+    lat_lo_s: float = 1e-3
+    lat_hi_s: float = 1e5
+
+    @property
+    def steps_per_chunk(self) -> int:
+        return self.compact_every * self.blocks_per_record * self.records_per_chunk
+
+    @property
+    def bin_edges(self) -> np.ndarray:
+        """Upper edges of bins 0..n_bins-2 (bin 0 is [0, lat_lo), the last bin is [lat_hi, inf))."""
+        return np.geomspace(self.lat_lo_s, self.lat_hi_s, self.n_bins - 1)
+
+
+class Params(NamedTuple):
+    """Dynamic per-replica parameters (arrays: vmap over a grid of them without recompiling)."""
+
+    lam: jax.Array  # float32 arrivals per second
+    M: jax.Array  # int32 KV budget (tokens)
+    chunk: jax.Array  # int32 prefill chunk ŝ
+    budget: jax.Array  # int32 token budget B per step (ignored unless cfg.token_budget)
+    warmup: jax.Array  # int32 steps before the measurement window
+    min_w: jax.Array  # int32 lower bound of any waiting request's weight (starvation check)
+    workload: object  # lqs.Workload pytree
+    batch: object  # lqs BatchTime pytree
+
+
+class Slots(NamedTuple):
+    s: jax.Array
+    o: jax.Array
+    k: jax.Array
+    u: jax.Array
+    flags: jax.Array
+    t_arr: jax.Array
+    t_first: jax.Array
+    t_ttft: jax.Array
+    t_done: jax.Array
+    work: jax.Array  # memory-work so far (only maintained when cfg.check_work)
+
+
+class State(NamedTuple):
+    slots: Slots
+    keys: jax.Array  # uint32[4]: stream keys (arrivals, batch, lengths, offsets)
+    step: jax.Array
+    t: jax.Array  # float32 seconds
+    n_used: jax.Array  # slots in use (live or finished-not-compacted)
+    overflow: jax.Array  # waiting requests beyond the slots
+    next_ovf: jax.Array  # request index of the first overflow request
+    arrivals: jax.Array  # total arrivals (= next request index)
+    completions: jax.Array
+    swaps: jax.Array
+    # measurement window (steps ≥ warmup)
+    t_w0: jax.Array  # float32 instant the window opened (inf before)
+    arrivals_w: jax.Array
+    completions_w: jax.Array
+    gsum_w: jax.Array  # float32 Σ g_exact of completions in the window
+    mem_sum_w: jax.Array  # float32 Σ memory used over window steps
+    steps_w: jax.Array
+    busy_w: jax.Array  # float32 Σ b_n over window steps
+    mem_max: jax.Array
+    started_max: jax.Array
+    waiting_max: jax.Array
+    # capacity and invariant counters
+    starved: jax.Array
+    arr_trunc: jax.Array
+    lat_lost: jax.Array
+    violations: jax.Array
+    # latency histograms and sums over requests that arrived in the window and finished
+    hist: jax.Array  # int32 [N_LAT, n_bins]
+    lat_sum: jax.Array  # float32 [N_LAT]
+    lat_max: jax.Array  # float32 [N_LAT]
+    lat_n: jax.Array  # int32
+
+
+def replica_keys(key) -> jax.Array:
+    """uint32[4] stream keys of one replica from a typed JAX PRNG key."""
+    kd = jax.random.key_data(key).astype(jnp.uint32).reshape(-1)
+    k0, k1 = kd[0], kd[-1]
+    return jnp.stack([rng.stream_key(k0, k1, s) for s in rng.STREAMS])
+
+
+def init_state(key, cfg: EngineConfig) -> State:
+    K = cfg.K
+    zi = jnp.zeros((K,), jnp.int32)
+    zf = jnp.zeros((K,), jnp.float32)
+    slots = Slots(zi, zi, zi, zi, zi, zf, zf, zf, zf, zi)
+    i0 = jnp.int32(0)
+    f0 = jnp.float32(0.0)
+    return State(slots=slots, keys=replica_keys(key), step=i0, t=f0, n_used=i0, overflow=i0, next_ovf=i0,
+                 arrivals=i0, completions=i0, swaps=i0, t_w0=jnp.float32(jnp.inf), arrivals_w=i0,
+                 completions_w=i0, gsum_w=f0, mem_sum_w=f0, steps_w=i0, busy_w=f0, mem_max=i0, started_max=i0,
+                 waiting_max=i0, starved=i0, arr_trunc=i0, lat_lost=i0, violations=i0,
+                 hist=jnp.zeros((N_LAT, cfg.n_bins), jnp.int32), lat_sum=jnp.zeros((N_LAT,), jnp.float32),
+                 lat_max=jnp.zeros((N_LAT,), jnp.float32), lat_n=i0)
+
+
+def draw_lengths(workload, skey, index, chunk):
+    """(s, o, k) of the requests with the given indices, from the counter-based stream."""
+    n_u = workload.n_uniforms
+    u = jnp.stack([rng.uniform(skey, index, j) for j in range(n_u)], axis=-1)
+    s, o = workload.sample_from_uniforms(u)
+    s = s.astype(jnp.int32)
+    o = o.astype(jnp.int32)
+    return s, o, (s + chunk - 1) // chunk
+
+
+def g_exact_i32(s, o, k, chunk):
+    return chunk * ((k * (k - 1)) // 2) + s + o * s + (o * (o + 1)) // 2
+
+
+def step(state: State, params: Params, cfg: EngineConfig) -> tuple[State, jax.Array]:
+    """One batch iteration of one replica (SPEC.md steps 1–6). Returns the new state and the memory used."""
+    sl = state.slots
+    s, o, k, u, fl = sl.s, sl.o, sl.k, sl.u, sl.flags
+    chunk, M = params.chunk, params.M
+    t = state.t
+    in_window = state.step >= params.warmup
+
+    # 1. next footprint of every live request
+    live = (s > 0) & (u < k + o)
+    pre = u < k
+    f = jnp.where(pre, jnp.minimum((u + 1) * chunk, s), s + (u - k) + 1)
+    f = jnp.where(live, f, 0)
+    # 2. longest FCFS prefix under M (and the token budget)
+    w = jnp.where(live, s + o, 0) if cfg.policy == "reserve" else f
+    cw = jnp.cumsum(w)
+    sched = live & (cw <= M)
+    tok = jnp.where(pre, jnp.minimum(chunk, s - u * chunk), 1)
+    tok = jnp.where(live, tok, 0)
+    if cfg.token_budget:
+        sched = sched & (jnp.cumsum(tok) <= params.budget)
+    mem = jnp.sum(jnp.where(sched, f, 0))
+    n_pre_tok = jnp.sum(jnp.where(sched & pre, tok, 0))
+    n_dec_tok = jnp.sum((sched & ~pre).astype(jnp.int32))
+
+    started = (fl & F_STARTED) != 0
+    was_sched = (fl & F_SCHED) != 0
+    swapped = live & started & was_sched & ~sched
+    new_start = sched & ~started
+
+    # schedule reached past the slots while requests wait in the overflow queue: a capacity limit
+    all_live_sched = jnp.all(sched | ~live)
+    total_w = cw[-1]
+    room = M - total_w
+    starved = all_live_sched & (state.overflow > 0) & (room >= params.min_w)
+    if cfg.token_budget:
+        starved = starved & (jnp.sum(tok) + 1 <= params.budget)
+
+    # 5. step duration (depends on the composition for the affine model)
+    ub1 = rng.uniform(state.keys[1], state.step, 0)
+    ub2 = rng.uniform(state.keys[1], state.step, 1)
+    b_n = params.batch.draw(ub1, ub2, n_pre_tok, n_dec_tok, mem).astype(jnp.float32)
+    t_end = t + b_n
+
+    # 3. advance
+    u1 = u + 1
+    prefill_done = sched & pre & (u1 == k) & ((fl & F_TTFT) == 0)
+    done = sched & (u1 == k + o)
+    u_new = jnp.where(sched, u1, u)
+    if cfg.policy == "recompute":
+        u_new = jnp.where(live & started & ~sched, 0, u_new)
+    fl_new = (jnp.where(started | sched, F_STARTED, 0) | jnp.where(sched, F_SCHED, 0)
+              | jnp.where(prefill_done | ((fl & F_TTFT) != 0), F_TTFT, 0))
+    t_first = jnp.where(new_start, t, sl.t_first)
+    t_ttft = jnp.where(prefill_done, t_end, sl.t_ttft)
+    t_done = jnp.where(done, t_end, sl.t_done)
+    n_done = jnp.sum(done.astype(jnp.int32))
+    violations = state.violations + (mem > M).astype(jnp.int32)
+    work = sl.work
+    if cfg.check_work:
+        work = jnp.where(sched, work + f, work)
+        if cfg.policy == "fcfs":
+            bad = done & (work != g_exact_i32(s, o, k, chunk))
+            violations = violations + jnp.sum(bad.astype(jnp.int32))
+    g_done = jnp.sum(jnp.where(done, g_exact_i32(s, o, k, chunk).astype(jnp.float32), 0.0))
+
+    # 5'. arrivals during the step: Poisson(λ·b_n), appended in arrival order
+    up = rng.uniform(state.keys[0], state.step, 0)
+    n_arr, trunc = rng.poisson_inverse(up, params.lam * b_n, cfg.a_max)
+    K = s.shape[0]
+    fits = jnp.where(state.overflow == 0, jnp.minimum(n_arr, K - state.n_used), 0)
+    n_ovf = n_arr - fits
+    idx = state.arrivals + jnp.arange(cfg.a_max, dtype=jnp.int32)
+    s_a, o_a, k_a = draw_lengths(params.workload, state.keys[2], idx, chunk)
+    t_a = t + b_n * rng.uniform(state.keys[3], idx, 0)
+    pos = jnp.arange(K, dtype=jnp.int32) - state.n_used
+    s2, o2, k2, ta2 = s, o, k, sl.t_arr
+    for j in range(cfg.a_max):
+        put = (pos == j) & (j < fits)
+        s2 = jnp.where(put, s_a[j], s2)
+        o2 = jnp.where(put, o_a[j], o2)
+        k2 = jnp.where(put, k_a[j], k2)
+        ta2 = jnp.where(put, t_a[j], ta2)
+
+    slots = Slots(s=s2, o=o2, k=k2, u=u_new, flags=fl_new, t_arr=ta2, t_first=t_first, t_ttft=t_ttft,
+                  t_done=t_done, work=work)
+    overflow = state.overflow + n_ovf
+    next_ovf = jnp.where((state.overflow == 0) & (n_ovf > 0), state.arrivals + fits, state.next_ovf)
+    arrivals = state.arrivals + n_arr
+    completions = state.completions + n_done
+
+    live_after = (s2 > 0) & (u_new < k2 + o2)
+    started_after = live_after & ((fl_new & F_STARTED) != 0)
+    n_started = jnp.sum(started_after.astype(jnp.int32))
+    in_slots = jnp.sum(live_after.astype(jnp.int32))
+    waiting = in_slots - n_started + overflow
+    # conservation: arrivals = completions + in system
+    violations = violations + (arrivals != completions + in_slots + overflow).astype(jnp.int32)
+
+    iw = in_window.astype(jnp.int32)
+    new_state = state._replace(
+        slots=slots, step=state.step + 1, t=t_end, n_used=state.n_used + fits, overflow=overflow,
+        next_ovf=next_ovf, arrivals=arrivals, completions=completions,
+        swaps=state.swaps + jnp.sum(swapped.astype(jnp.int32)),
+        t_w0=jnp.where(in_window & jnp.isinf(state.t_w0), t, state.t_w0),
+        arrivals_w=state.arrivals_w + iw * n_arr, completions_w=state.completions_w + iw * n_done,
+        gsum_w=state.gsum_w + jnp.where(in_window, g_done, 0.0),
+        mem_sum_w=state.mem_sum_w + jnp.where(in_window, mem.astype(jnp.float32), 0.0),
+        steps_w=state.steps_w + iw, busy_w=state.busy_w + jnp.where(in_window, b_n, 0.0),
+        mem_max=jnp.maximum(state.mem_max, mem), started_max=jnp.maximum(state.started_max, n_started),
+        waiting_max=jnp.maximum(state.waiting_max, waiting),
+        starved=state.starved + starved.astype(jnp.int32), arr_trunc=state.arr_trunc + trunc.astype(jnp.int32),
+        violations=violations)
+    return new_state, mem
+
+
+def _bin_index(x, cfg: EngineConfig):
+    """Log-spaced bin of latencies x ≥ 0: bin 0 is [0, lo), bin i ≥ 1 is [lo·r^(i−1), lo·r^i), last is open."""
+    lo, hi, nb = cfg.lat_lo_s, cfg.lat_hi_s, cfg.n_bins
+    per = (nb - 2) / np.log(hi / lo)
+    i = 1 + jnp.floor(jnp.log(jnp.maximum(x, lo) / lo) * per).astype(jnp.int32)
+    return jnp.where(x < lo, 0, jnp.clip(i, 1, nb - 1))
+
+
+def compact(state: State, params: Params, cfg: EngineConfig) -> State:
+    """Bin finished requests' latencies, squeeze finished slots out (order kept), refill from the overflow queue."""
+    sl = state.slots
+    K = sl.s.shape[0]
+    occupied = sl.s > 0
+    live = occupied & (sl.u < sl.k + sl.o)
+    fin = occupied & ~live
+    # latencies of requests that arrived inside the window (t_arr ≥ t_w0) and whose arrival instant is known
+    counted = fin & (sl.t_arr >= state.t_w0) & (sl.t_arr >= 0)
+    lats = jnp.stack([sl.t_first - sl.t_arr, sl.t_ttft - sl.t_arr, sl.t_done - sl.t_arr])  # [3, K]
+    lats = jnp.maximum(lats, 0.0)
+    bins = _bin_index(lats, cfg)
+    add = counted.astype(jnp.int32)
+    hist = state.hist
+    for m in range(N_LAT):
+        hist = hist.at[m, bins[m]].add(add)
+    lat_sum = state.lat_sum + jnp.sum(jnp.where(counted, lats, 0.0), axis=1)
+    lat_max = jnp.maximum(state.lat_max, jnp.max(jnp.where(counted, lats, 0.0), axis=1))
+    lat_n = state.lat_n + jnp.sum(add)
+
+    # stable compaction of live slots to the front
+    dest = jnp.where(live, jnp.cumsum(live.astype(jnp.int32)) - 1, K)
+    n_live = jnp.sum(live.astype(jnp.int32))
+
+    def squeeze(x):
+        return jnp.zeros_like(x).at[dest].set(x, mode="drop")
+
+    slots = Slots(*(squeeze(x) for x in sl))
+    # refill from the overflow queue (lengths from the counter stream; arrival instants unknown)
+    n_fill = jnp.minimum(state.overflow, K - n_live)
+    pos = jnp.arange(K, dtype=jnp.int32) - n_live
+    put = (pos >= 0) & (pos < n_fill)
+    s_f, o_f, k_f = draw_lengths(params.workload, state.keys[2], state.next_ovf + pos, params.chunk)
+    slots = slots._replace(s=jnp.where(put, s_f, slots.s), o=jnp.where(put, o_f, slots.o),
+                           k=jnp.where(put, k_f, slots.k), t_arr=jnp.where(put, -1.0, slots.t_arr))
+    return state._replace(slots=slots, n_used=n_live + n_fill, overflow=state.overflow - n_fill,
+                          next_ovf=state.next_ovf + n_fill, lat_lost=state.lat_lost + n_fill, hist=hist,
+                          lat_sum=lat_sum, lat_max=lat_max, lat_n=lat_n)
+
+
+class Record(NamedTuple):
+    """One time-series point (taken at the end of a record period)."""
+
+    t: jax.Array
+    waiting: jax.Array
+    in_system: jax.Array
+    started: jax.Array
+    mem: jax.Array
+
+
+def _record(state: State, mem) -> Record:
+    sl = state.slots
+    live = (sl.s > 0) & (sl.u < sl.k + sl.o)
+    started = live & ((sl.flags & F_STARTED) != 0)
+    n_started = jnp.sum(started.astype(jnp.int32))
+    in_sys = state.arrivals - state.completions
+    return Record(t=state.t, waiting=in_sys - n_started, in_system=in_sys, started=n_started, mem=mem)
+
+
+def run_chunk(state: State, params: Params, cfg: EngineConfig) -> tuple[State, Record]:
+    """cfg.steps_per_chunk steps of one replica: scan(records) ∘ scan(blocks) ∘ scan(steps) + compaction."""
+
+    def one_step(st, _):
+        st, mem = step(st, params, cfg)
+        return st, mem
+
+    def one_block(st, _):
+        st, mems = jax.lax.scan(one_step, st, None, length=cfg.compact_every)
+        st = compact(st, params, cfg)
+        return st, mems[-1]
+
+    def one_record(st, _):
+        st, mems = jax.lax.scan(one_block, st, None, length=cfg.blocks_per_record)
+        return st, _record(st, mems[-1])
+
+    return jax.lax.scan(one_record, state, None, length=cfg.records_per_chunk)
+
+
+def run_chunk_batched(states: State, params: Params, cfg: EngineConfig):
+    """run_chunk vmapped over the leading (replica × configuration) axis of states and params."""
+    return jax.vmap(lambda st, p: run_chunk(st, p, cfg))(states, params)

@@ -1,0 +1,106 @@
+"""Counter-based random numbers shared by every engine path.
+
+A draw is a pure function of (replica key, stream, counter, sub-index): no state is carried, so request k's
+lengths are the same whenever and wherever they are drawn, the XLA engine and a fused kernel produce identical
+trajectories, and the waiting queue needs no per-request buffer. The mixer is the ``lowbias32`` integer hash
+(Wellons, 2018): full avalanche on 32-bit words, only shifts, xors and 32-bit multiplies, so it lowers to any
+backend. Uniforms are 24-bit floats in (0, 1), never exactly 0 or 1.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+# stream identifiers (distinct odd constants)
+STREAM_ARRIVALS = 0x243F6A89  # Poisson count of step n            (counter = step)
+STREAM_BATCH = 0x85A308D3  # batch time of step n                  (counter = step)
+STREAM_LENGTHS = 0x13198A2F  # (s, o) of request k                 (counter = request index)
+STREAM_OFFSET = 0x03707345  # arrival instant inside its step      (counter = request index)
+STREAMS = (STREAM_ARRIVALS, STREAM_BATCH, STREAM_LENGTHS, STREAM_OFFSET)
+
+_GOLD = 0x9E3779B9
+_C2 = 0x85EBCA6B
+
+
+def mix32(x):
+    """lowbias32: a bijective 32-bit integer hash (uint32 in, uint32 out; jnp or numpy)."""
+    if isinstance(x, (np.ndarray, np.generic)):
+        with np.errstate(over="ignore"):
+            return _mix32(x)
+    return _mix32(x)
+
+
+def _mix32(x):
+    x = x ^ (x >> 16)
+    x = x * _u32(0x7FEB352D, x)
+    x = x ^ (x >> 15)
+    x = x * _u32(0x846CA68B, x)
+    x = x ^ (x >> 16)
+    return x
+
+
+def _u32(c, like):
+    if isinstance(like, np.ndarray) or np.isscalar(like):
+        return np.uint32(c)
+    return jnp.uint32(c)
+
+
+def stream_key(k0, k1, stream):
+    """Fold a replica's 64-bit key (two uint32 words) and a stream id into one uint32 word."""
+    return mix32(mix32(k0 ^ _u32(stream, k0)) ^ k1)
+
+
+def bits(skey, counter, sub=0):
+    """uint32 random bits for (stream key, counter, sub-index)."""
+    if isinstance(counter, (np.ndarray, np.generic)) and isinstance(skey, (np.ndarray, np.generic)):
+        with np.errstate(over="ignore"):
+            c = np.asarray(counter).astype(np.uint32)
+            h = mix32(skey ^ (c * np.uint32(_GOLD)))
+            return mix32(h + np.uint32(sub) * np.uint32(_C2) + np.uint32(_GOLD))
+    c = jnp.asarray(counter).astype(jnp.uint32)
+    h = mix32(skey ^ (c * jnp.uint32(_GOLD)))
+    return mix32(h + jnp.uint32(sub) * jnp.uint32(_C2) + jnp.uint32(_GOLD))
+
+
+def to_uniform(h):
+    """uint32 bits → float32 uniform in (0, 1): (top 24 bits + 0.5) · 2^-24."""
+    if isinstance(h, np.ndarray):
+        return ((h >> np.uint32(8)).astype(np.float32) + np.float32(0.5)) * np.float32(2.0 ** -24)
+    return ((h >> 8).astype(jnp.float32) + 0.5) * (2.0 ** -24)
+
+
+def uniform(skey, counter, sub=0):
+    return to_uniform(bits(skey, counter, sub))
+
+
+def poisson_inverse(u, mean, n_max: int):
+    """Poisson(mean) by CDF inversion over at most ``n_max`` terms (static).
+
+    Returns (count, truncated): ``truncated`` is true when u lies beyond P(X ≤ n_max); the caller counts it.
+    """
+    p = jnp.exp(-mean)
+    cdf = p
+    n = jnp.zeros(jnp.shape(u), jnp.int32)
+    for j in range(1, n_max + 1):
+        more = u > cdf
+        n = n + more.astype(jnp.int32)
+        p = p * mean / j
+        cdf = cdf + p
+    return n, u > cdf
+
+
+def poisson_cap(mean_max: float, tail: float = 1e-12) -> int:
+    """Smallest n with P(Poisson(mean_max) > n) < tail (at least 2): the static arrival cap per step."""
+    import math
+
+    if mean_max <= 0:
+        return 2
+    p = math.exp(-mean_max)
+    cdf = p
+    n = 0
+    while 1.0 - cdf >= tail and n < 100_000:
+        n += 1
+        p *= mean_max / n
+        cdf += p
+    return max(2, n)

@@ -1,0 +1,466 @@
+"""User-facing Monte Carlo engine: replicated KV-constrained serving queues as one jitted, vmapped JAX program."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from ._batch import AffineBatch, BatchTime, ConstantBatch
+from ._errors import LqsError, check_choice, check_float, check_int
+from ._theory import capacity as _capacity
+from ._workload import Workload
+from .kernels import engine as _k
+from .kernels import rng as _rng
+
+POLICIES = _k.POLICIES
+_INT32_MAX = 2**31 - 1
+
+# number of times the batched chunk function has been traced (tests use it to prove "jit once")
+TRACE_COUNT = {"run_chunk": 0}
+
+
+def _traced_run_chunk(states, params, cfg):
+    TRACE_COUNT["run_chunk"] += 1
+    return _k.run_chunk_batched(states, params, cfg)
+
+
+_run_chunk_jit = jax.jit(_traced_run_chunk, static_argnums=2, donate_argnums=0)
+
+
+def _init_states(keys, cfg):
+    return jax.vmap(lambda k: _k.init_state(k, cfg))(keys)
+
+
+_init_jit = jax.jit(_init_states, static_argnums=1)
+
+
+# ----------------------------------------------------------------------------------------------- sizing
+@dataclass(frozen=True)
+class Sizing:
+    K: int
+    a_max: int
+    n_service_est: float  # mean number of requests in service at saturation, estimated
+    check_work: bool
+
+
+def size_engine(workload: Workload, M_max: int, chunk: int, lam_max: float, batch: BatchTime, policy: str,
+                compact_every: int, K: int | None = None) -> Sizing:
+    """Default capacities from the workload and M: K slots and the per-step arrival cap."""
+    m = workload.expected_g(chunk)
+    mean_k = m.mean_s / chunk + 0.5
+    life = mean_k + m.mean_o  # scheduled steps per request
+    n_serv = M_max * life / m.g_exact
+    b_typ = _nominal_b(batch, default=None)
+    b_max = batch.max_s(M_max, 4096, chunk)
+    rate_steps = max(lam_max * (b_typ or b_max), n_serv / life)  # arrivals or completions per step
+    if K is None:
+        k_est = 3.0 * n_serv + 32 + 2.0 * compact_every * rate_steps
+        K = int(max(64, 32 * math.ceil(k_est / 32)))
+    else:
+        K = check_int("K", K, 8)
+    a_max = _rng.poisson_cap(lam_max * b_max)
+    check = (workload.max_total + 1) ** 2 < 2**30
+    return Sizing(K=K, a_max=a_max, n_service_est=n_serv, check_work=check)
+
+
+def _nominal_b(batch: BatchTime, default=np.nan):
+    try:
+        return batch.mean_s
+    except LqsError:
+        return default
+
+
+def _as_batch(b) -> BatchTime:
+    if isinstance(b, BatchTime):
+        return b
+    return ConstantBatch(check_float("b", b, 0.0, lo_open=True))
+
+
+def _grid_values(name, v, check):
+    arr = np.atleast_1d(np.asarray(v))
+    if arr.ndim != 1 or arr.size == 0:
+        raise LqsError(name, v, "must be a number or a non-empty 1-D list of numbers")
+    return [check(name, x) for x in arr.tolist()]
+
+
+# ----------------------------------------------------------------------------------------------- verdict
+def stability_verdict(t, waiting, arrivals_w, warm_t0, n_batches: int = 10):
+    """Per-replica verdict from the waiting-count series after warm-up.
+
+    The window is cut into ``n_batches`` batches; the slope of the batch means of the waiting count against time,
+    divided by its standard error, is the growth statistic. A replica is unstable when the growth is large
+    against its noise (t > 3) **and** the waiting count rose by more than max(3, 1 % of the window's arrivals).
+    Returns (unstable bool[R], t_stat float[R], drift_rps float[R], rise float[R]).
+    """
+    t = np.asarray(t, np.float64)
+    W = np.asarray(waiting, np.float64)
+    R, P = W.shape
+    unstable = np.zeros(R, bool)
+    tstat = np.zeros(R)
+    drift = np.zeros(R)
+    rise = np.zeros(R)
+    for r in range(R):
+        m = t[r] >= warm_t0[r]
+        tt, ww = t[r][m], W[r][m]
+        if tt.size < 2 * n_batches:
+            # too short for batch means: fall back to the first/last values
+            if tt.size >= 2:
+                rise[r] = ww[-1] - ww[0]
+                drift[r] = rise[r] / max(tt[-1] - tt[0], 1e-12)
+            unstable[r] = rise[r] > max(3.0, 0.01 * arrivals_w[r]) + 3.0 * math.sqrt(max(arrivals_w[r], 1.0))
+            tstat[r] = np.inf if unstable[r] else 0.0
+            continue
+        nb = n_batches
+        cut = (tt.size // nb) * nb
+        tb = tt[-cut:].reshape(nb, -1).mean(1)
+        wb = ww[-cut:].reshape(nb, -1).mean(1)
+        tc = tb - tb.mean()
+        sxx = float(tc @ tc)
+        beta = float(tc @ (wb - wb.mean())) / sxx
+        resid = wb - wb.mean() - beta * tc
+        se = math.sqrt(max(float(resid @ resid) / (nb - 2), 0.0) / sxx)
+        drift[r] = beta
+        rise[r] = wb[-1] - wb[0]
+        if se > 0:
+            tstat[r] = beta / se
+        else:
+            tstat[r] = np.inf if beta > 0 else (0.0 if beta == 0 else -np.inf)
+        unstable[r] = (tstat[r] > 3.0) and (rise[r] > max(3.0, 0.01 * arrivals_w[r]))
+    return unstable, tstat, drift, rise
+
+
+# ----------------------------------------------------------------------------------------------- histograms
+def hist_quantiles(hist, qs, cfg: _k.EngineConfig):
+    """Quantiles from log-spaced histograms (geometric interpolation inside a bin). hist [..., n_bins]."""
+    hist = np.asarray(hist, np.float64)
+    edges = cfg.bin_edges  # n_bins-1 upper edges
+    lower = np.concatenate([[0.0], edges])
+    upper = np.concatenate([edges, [edges[-1] * (edges[1] / edges[0])]])
+    cum = np.cumsum(hist, axis=-1)
+    tot = cum[..., -1:]
+    out = np.full(hist.shape[:-1] + (len(qs),), np.nan)
+    for i, q in enumerate(qs):
+        target = q * tot
+        j = np.argmax(cum >= np.maximum(target, 1e-300), axis=-1)
+        cprev = np.take_along_axis(cum, np.maximum(j - 1, 0)[..., None], -1)[..., 0]
+        cprev = np.where(j == 0, 0.0, cprev)
+        cnt = np.take_along_axis(hist, j[..., None], -1)[..., 0]
+        frac = np.clip((target[..., 0] - cprev) / np.maximum(cnt, 1e-300), 0.0, 1.0)
+        lo, hi = lower[j], upper[j]
+        val = np.where(j == 0, hi * frac, lo * (hi / np.maximum(lo, 1e-300)) ** frac)
+        out[..., i] = np.where(tot[..., 0] > 0, val, np.nan)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- result
+@dataclass
+class SimResult:
+    """What a run returns: per-replica rows, per-configuration summary, time series, histograms, config."""
+
+    replicas: pd.DataFrame
+    summary: pd.DataFrame
+    series_t: np.ndarray  # [n_cfg, R, P] seconds
+    series_waiting: np.ndarray  # [n_cfg, R, P]
+    series_started: np.ndarray
+    hist: np.ndarray  # [n_cfg, R, 3, n_bins]
+    config: dict
+    engine_config: _k.EngineConfig = field(repr=False)
+
+    @property
+    def reliable(self) -> bool:
+        return bool(self.summary["reliable"].all())
+
+    def save(self, out_dir, plot: bool = True) -> list[str]:
+        """Write replicas/summary tables (parquet + CSV), the resolved configuration (JSON) and, optionally,
+        a PNG of the waiting count over time."""
+        os.makedirs(out_dir, exist_ok=True)
+        written = []
+        for name, df in (("replicas", self.replicas), ("summary", self.summary)):
+            p = os.path.join(out_dir, f"{name}.csv")
+            df.to_csv(p, index=False)
+            written.append(p)
+            try:
+                pq = os.path.join(out_dir, f"{name}.parquet")
+                df.to_parquet(pq, index=False)
+                written.append(pq)
+            except Exception:  # pragma: no cover - pyarrow missing
+                pass
+        p = os.path.join(out_dir, "config.json")
+        with open(p, "w") as fh:
+            json.dump(self.config, fh, indent=2, default=_json_default)
+        written.append(p)
+        p = os.path.join(out_dir, "series.npz")
+        np.savez_compressed(p, t_s=self.series_t, waiting=self.series_waiting, started=self.series_started,
+                            hist=self.hist, bin_edges_s=self.engine_config.bin_edges)
+        written.append(p)
+        if plot:
+            from ._plots import plot_waiting
+
+            p = os.path.join(out_dir, "waiting.png")
+            plot_waiting(self, p)
+            written.append(p)
+        return written
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+# ----------------------------------------------------------------------------------------------- simulate
+def simulate(workload: Workload, *, M, chunk: int, lam, b, policy: str = "fcfs", replicas: int = 64,
+             steps: int = 20_000, warmup: int = 4_000, key=None, seed: int = 0, token_budget: int | None = None,
+             K: int | None = None, compact_every: int = 64, max_points: int = 1000, progress: bool = False,
+             stop_when_settled: bool = False, b_theory: float | None = None) -> SimResult:
+    """Simulate ``replicas`` independent servers for every λ (and M, b̄) of a grid.
+
+    ``lam``, ``M`` and ``b`` may be scalars or 1-D lists; the grid is their product. ``b`` may also be a
+    BatchTime model (iid or affine). Randomness flows from ``key`` (a typed JAX key; default ``jax.random.key(seed)``).
+    Every input is checked before anything is compiled.
+    """
+    # ---- validation (before any compilation)
+    if not isinstance(workload, Workload):
+        raise LqsError("workload", type(workload).__name__, "must be an lqs Workload (see lqs.preset)")
+    policy = check_choice("policy", policy, POLICIES)
+    chunk = check_int("chunk", chunk, 1, 2**20)
+    lams = _grid_values("lam", lam, lambda n, x: check_float(n, x, 0.0))
+    Ms = _grid_values("M", M, lambda n, x: check_int(n, x, 1, 2**30))
+    if isinstance(b, BatchTime):
+        batches = [b]
+    else:
+        batches = [ConstantBatch(x) for x in _grid_values("b", b, lambda n, x: check_float(n, x, 0.0, lo_open=True))]
+    replicas = check_int("replicas", replicas, 1, 2**24)
+    steps = check_int("steps", steps, 1, 2**31 - 2**20)
+    warmup = check_int("warmup", warmup, 0, steps - 1)
+    compact_every = check_int("compact_every", compact_every, 1, 4096)
+    max_points = check_int("max_points", max_points, 10)
+    if token_budget is not None:
+        token_budget = check_int("token_budget", token_budget, chunk)  # B < ŝ would deadlock
+    for m in Ms:
+        workload.validate(m)
+    if b_theory is not None:
+        b_theory = check_float("b_theory", b_theory, 0.0, lo_open=True)
+    M_max = max(Ms)
+    lam_max = max(lams)
+    sizing = size_engine(workload, M_max, chunk, lam_max, batches[0] if len(batches) == 1 else
+                         ConstantBatch(max(bt.mean_s for bt in batches)), policy, compact_every, K)
+    Kc = sizing.K
+    if Kc * (M_max + 1) >= _INT32_MAX:
+        raise LqsError("M", M_max, f"K·(M+1) must stay below 2^31 for int32 accounting (K={Kc}); "
+                       "use a smaller M or K")
+    if key is None:
+        key = jax.random.key(check_int("seed", seed, 0, 2**63 - 1))
+
+    # ---- static configuration: ≤ max_points records, chunks of about 4096 steps for progress
+    total_blocks = math.ceil(steps / compact_every)
+    bpr = max(1, math.ceil(total_blocks / max_points))
+    rpc = max(1, round(4096 / (compact_every * bpr)))
+    cfg = _k.EngineConfig(K=Kc, policy=policy, a_max=sizing.a_max, token_budget=token_budget is not None,
+                          check_work=sizing.check_work, compact_every=compact_every, blocks_per_record=bpr,
+                          records_per_chunk=rpc)
+    spc = cfg.steps_per_chunk
+    n_chunks = math.ceil(steps / spc)
+
+    # ---- the grid, flattened: configurations × replicas
+    grid = [(lm, m, bt) for bt in batches for m in Ms for lm in lams]
+    n_cfg = len(grid)
+    N = n_cfg * replicas
+    min_w = (workload.min_s + 1) if policy == "reserve" else min(chunk, workload.min_s)
+    lam_arr = np.repeat(np.asarray([g[0] for g in grid], np.float32), replicas)
+    M_arr = np.repeat(np.asarray([g[1] for g in grid], np.int32), replicas)
+    batch_stacked = jax.tree_util.tree_map(lambda *xs: np.repeat(np.stack([np.asarray(x) for x in xs]), replicas,
+                                                                 axis=0), *[g[2] for g in grid])
+    workload_b = jax.tree_util.tree_map(lambda x: np.broadcast_to(np.asarray(x), (N,) + np.shape(x)), workload)
+    params = _k.Params(lam=jnp.asarray(lam_arr), M=jnp.asarray(M_arr), chunk=jnp.full((N,), chunk, jnp.int32),
+                       budget=jnp.full((N,), token_budget or _INT32_MAX, jnp.int32),
+                       warmup=jnp.full((N,), warmup, jnp.int32), min_w=jnp.full((N,), min_w, jnp.int32),
+                       workload=workload_b, batch=batch_stacked)
+    keys = jax.random.split(key, N)
+    states = _init_jit(keys, cfg)
+
+    recs = []
+    t_start = time.perf_counter()
+    bar = _progress(n_chunks, progress, f"simulating {n_cfg} config × {replicas} replicas")
+    done_chunks = 0
+    stopped_early = False
+    for c in range(n_chunks):
+        states, rec = _run_chunk_jit(states, params, cfg)
+        recs.append(jax.device_get(rec))
+        done_chunks += 1
+        if bar is not None:
+            bar.update(1)
+        if stop_when_settled and (c + 1) * spc >= warmup + 8 * spc and c + 1 < n_chunks:
+            if _all_settled(recs, states):
+                stopped_early = True
+                break
+    if bar is not None:
+        bar.close()
+    jax.block_until_ready(states)
+    wall = time.perf_counter() - t_start
+    st = jax.device_get(states)
+    steps_run = done_chunks * spc
+
+    return _collect(workload, grid, replicas, cfg, sizing, st, recs, steps_run, steps, warmup, chunk, policy,
+                    token_budget, wall, stopped_early, b_theory, key)
+
+
+def _progress(total, enabled, desc):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, unit="chunk", leave=False)
+    except Exception:  # pragma: no cover
+        return None
+
+
+def _all_settled(recs, states) -> bool:
+    """True when every replica is clearly unstable: waiting count large and rising steadily in the last chunks."""
+    w = np.concatenate([np.asarray(r.waiting) for r in recs[-8:]], axis=1)  # [N, P]
+    if w.shape[1] < 8:
+        return False
+    q = w.shape[1] // 4
+    first, last = w[:, :q].mean(1), w[:, -q:].mean(1)
+    return bool(np.all((last - first > 50) & (w.min(1) > 0)))
+
+
+def _collect(workload, grid, R, cfg, sizing, st, recs, steps_run, steps_asked, warmup, chunk, policy,
+             token_budget, wall, stopped_early, b_theory, key):
+    n_cfg = len(grid)
+    N = n_cfg * R
+
+    def a(x):
+        return np.asarray(x).reshape((n_cfg, R) + np.shape(x)[1:])
+
+    t_ser = np.concatenate([np.asarray(r.t) for r in recs], axis=1).reshape(n_cfg, R, -1)
+    w_ser = np.concatenate([np.asarray(r.waiting) for r in recs], axis=1).reshape(n_cfg, R, -1)
+    s_ser = np.concatenate([np.asarray(r.started) for r in recs], axis=1).reshape(n_cfg, R, -1)
+    hist = a(st.hist)
+
+    rows = []
+    sums = []
+    mom = workload.expected_g(chunk)
+    lat_q = (0.5, 0.9, 0.99)
+    for ci, (lam, M, bt) in enumerate(grid):
+        b_nom = b_theory if b_theory is not None else _nominal_b(bt)
+        cap = _capacity(workload, M, chunk, b_nom) if np.isfinite(b_nom) else None
+        arrivals = a(st.arrivals)[ci]
+        comp = a(st.completions)[ci]
+        arr_w = a(st.arrivals_w)[ci]
+        comp_w = a(st.completions_w)[ci]
+        busy = a(st.busy_w)[ci].astype(np.float64)
+        T_w = np.maximum(busy, 1e-12)
+        thr = comp_w / T_w
+        g_mean_done = a(st.gsum_w)[ci].astype(np.float64) / np.maximum(comp_w, 1)
+        thr_cv = np.where(comp_w > 0, thr * mom.g_exact / np.maximum(g_mean_done, 1e-12), np.nan)
+        t_w0 = a(st.t_w0)[ci].astype(np.float64)
+        unstable, tstat, drift, rise = stability_verdict(t_ser[ci], w_ser[ci], arr_w, t_w0)
+        overflow = a(st.overflow)[ci]
+        in_sys = arrivals - comp
+        n_started_final = s_ser[ci][:, -1]
+        lat_n = a(st.lat_n)[ci]
+        lat_sum = a(st.lat_sum)[ci]
+        qs = hist_quantiles(hist[ci], lat_q, cfg)  # [R, 3, 3]
+        starved = a(st.starved)[ci]
+        trunc = a(st.arr_trunc)[ci]
+        viol = a(st.violations)[ci]
+        lost = a(st.lat_lost)[ci]
+        reliable = (starved == 0) & (trunc == 0) & (viol == 0)
+        steps_w = np.maximum(a(st.steps_w)[ci], 1)
+        for r in range(R):
+            row = dict(config=ci, replica=r, lam_rps=lam, M_tokens=M, chunk_tokens=chunk, b_s=b_nom,
+                       batch_model=bt.kind, policy=policy, token_budget=token_budget or 0, steps=steps_run,
+                       warmup_steps=warmup, window_s=busy[r], arrivals=int(arrivals[r]), completions=int(comp[r]),
+                       in_system_final=int(in_sys[r]), waiting_final=int(in_sys[r] - n_started_final[r]),
+                       throughput_rps=thr[r], throughput_cv_rps=thr_cv[r],
+                       mem_mean_tokens=a(st.mem_sum_w)[ci][r] / steps_w[r], mem_max_tokens=int(a(st.mem_max)[ci][r]),
+                       swaps=int(a(st.swaps)[ci][r]), started_max=int(a(st.started_max)[ci][r]),
+                       waiting_max=int(a(st.waiting_max)[ci][r]), unstable=bool(unstable[r]),
+                       growth_tstat=tstat[r], drift_rps=drift[r], waiting_rise=rise[r], latency_n=int(lat_n[r]))
+            row["mem_util"] = row["mem_mean_tokens"] / M
+            for mi, name in enumerate(_k.LAT_NAMES):
+                row[f"{name}_mean_s"] = lat_sum[r][mi] / lat_n[r] if lat_n[r] > 0 else np.nan
+                for qi, q in enumerate(lat_q):
+                    row[f"{name}_p{int(q * 100)}_s"] = qs[r, mi, qi]
+            row.update(starved_steps=int(starved[r]), arrival_cap_hits=int(trunc[r]),
+                       overflow_final=int(overflow[r]), latency_lost=int(lost[r]), violations=int(viol[r]),
+                       reliable=bool(reliable[r]), latency_reliable=bool(lost[r] == 0))
+            rows.append(row)
+        # pooled over replicas
+        pooled = hist[ci].sum(0)  # [3, n_bins]
+        pq = hist_quantiles(pooled, lat_q, cfg)
+        p_un = float(unstable.mean())
+        lo, hi = _wilson(int(unstable.sum()), R)
+        se = float(thr.std(ddof=1) / math.sqrt(R)) if R > 1 else np.nan
+        se_cv = float(np.nanstd(thr_cv, ddof=1) / math.sqrt(R)) if R > 1 else np.nan
+        srow = dict(config=ci, lam_rps=lam, M_tokens=M, chunk_tokens=chunk, b_s=b_nom, batch_model=bt.kind,
+                    policy=policy, token_budget=token_budget or 0, replicas=R, steps=steps_run, warmup_steps=warmup,
+                    mu_rps=cap.mu_rps if cap else np.nan, mu_exact_rps=cap.mu_exact_rps if cap else np.nan,
+                    mu_stable_rps=cap.mu_stable_rps if cap else np.nan,
+                    mu_exact_stable_rps=cap.mu_exact_stable_rps if cap else np.nan,
+                    delta=workload.max_total / M, rho=lam / cap.mu_exact_rps if cap else np.nan,
+                    throughput_rps=float(thr.mean()), throughput_se_rps=se,
+                    throughput_ci_lo_rps=float(thr.mean() - 1.96 * se), throughput_ci_hi_rps=float(thr.mean() + 1.96 * se),
+                    throughput_cv_rps=float(np.nanmean(thr_cv)), throughput_cv_se_rps=se_cv,
+                    p_unstable=p_un, p_unstable_lo=lo, p_unstable_hi=hi,
+                    mem_util=float(np.mean(a(st.mem_sum_w)[ci] / steps_w / M)),
+                    swaps_per_s=float(np.mean(a(st.swaps)[ci] / np.maximum(a(st.t)[ci], 1e-12))),
+                    started_max=int(a(st.started_max)[ci].max()),
+                    waiting_final_mean=float(np.mean(in_sys - n_started_final)), latency_n=int(lat_n.sum()))
+        for mi, name in enumerate(_k.LAT_NAMES):
+            srow[f"{name}_mean_s"] = float(lat_sum[:, mi].sum() / lat_n.sum()) if lat_n.sum() > 0 else np.nan
+            for qi, q in enumerate(lat_q):
+                srow[f"{name}_p{int(q * 100)}_s"] = pq[mi, qi]
+        srow.update(starved_steps=int(starved.sum()), arrival_cap_hits=int(trunc.sum()),
+                    latency_lost=int(lost.sum()), violations=int(viol.sum()), reliable=bool(reliable.all()),
+                    latency_reliable=bool((lost == 0).all()))
+        sums.append(srow)
+
+    config = dict(workload=_describe(workload), M_tokens=[g[1] for g in grid], chunk_tokens=chunk,
+                  lam_rps=[g[0] for g in grid], batch=[_describe(g[2]) for g in grid], policy=policy,
+                  token_budget=token_budget, replicas=R, steps_requested=steps_asked, steps_run=steps_run,
+                  warmup_steps=warmup, stopped_early=stopped_early,
+                  key=np.asarray(jax.random.key_data(key)).tolist(), engine=asdict(cfg),
+                  sizing=asdict(sizing), wall_s=wall, backend=jax.default_backend(), jax_version=jax.__version__,
+                  replica_steps_per_s=N * steps_run / max(wall, 1e-9))
+    return SimResult(replicas=pd.DataFrame(rows), summary=pd.DataFrame(sums), series_t=t_ser, series_waiting=w_ser,
+                     series_started=s_ser, hist=hist, config=config, engine_config=cfg)
+
+
+def _wilson(k, n, z=1.96):
+    if n == 0:
+        return (np.nan, np.nan)
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return (max(0.0, c - h), min(1.0, c + h))
+
+
+def _describe(obj):
+    """A JSON-able description of a workload or batch model (class name and numbers)."""
+    leaves, treedef = jax.tree_util.tree_flatten(obj)
+    out = {"type": type(obj).__name__, "tree": str(treedef)[:500]}
+    small = [np.asarray(x).tolist() for x in leaves if np.size(x) <= 16]
+    if len(small) == len(leaves):
+        out["values"] = small
+    else:
+        out["n_leaves"] = len(leaves)
+        out["leaf_sizes"] = [int(np.size(x)) for x in leaves]
+    if hasattr(obj, "max_total"):
+        out["max_total_tokens"] = int(obj.max_total)
+    return out
