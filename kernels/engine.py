@@ -235,15 +235,14 @@ def step(state: State, params: Params, cfg: EngineConfig) -> tuple[State, jax.Ar
     idx = state.arrivals + jnp.arange(cfg.a_max, dtype=jnp.int32)
     s_a, o_a, k_a = draw_lengths(params.workload, state.keys[2], idx, chunk)
     t_a = t + b_n * rng.uniform(state.keys[3], idx, 0)
-    pos = jnp.arange(K, dtype=jnp.int32) - state.n_used
-    s2, o2, k2, ta2 = s, o, k, sl.t_arr
-    for j in range(cfg.a_max):
-        put = (pos == j) & (j < fits)
-        s2 = jnp.where(put, s_a[j], s2)
-        o2 = jnp.where(put, o_a[j], o2)
-        k2 = jnp.where(put, k_a[j], k2)
-        ta2 = jnp.where(put, t_a[j], ta2)
-
+    # write the new requests into the clean slots n_used .. n_used+fits-1 (slots past n_used are all zero)
+    j = jnp.arange(cfg.a_max, dtype=jnp.int32)
+    ok = j < fits
+    dst = jnp.where(ok, state.n_used + j, K)  # K: dropped
+    s2 = s.at[dst].set(s_a, mode="drop")
+    o2 = o.at[dst].set(o_a, mode="drop")
+    k2 = k.at[dst].set(k_a, mode="drop")
+    ta2 = sl.t_arr.at[dst].set(t_a, mode="drop")
     slots = Slots(s=s2, o=o2, k=k2, u=u_new, flags=fl_new, t_arr=ta2, t_first=t_first, t_ttft=t_ttft,
                   t_done=t_done, work=work)
     overflow = state.overflow + n_ovf
@@ -251,13 +250,12 @@ def step(state: State, params: Params, cfg: EngineConfig) -> tuple[State, jax.Ar
     arrivals = state.arrivals + n_arr
     completions = state.completions + n_done
 
-    live_after = (s2 > 0) & (u_new < k2 + o2)
-    started_after = live_after & ((fl_new & F_STARTED) != 0)
-    n_started = jnp.sum(started_after.astype(jnp.int32))
-    in_slots = jnp.sum(live_after.astype(jnp.int32))
-    waiting = in_slots - n_started + overflow
-    # conservation: arrivals = completions + in system
-    violations = violations + (arrivals != completions + in_slots + overflow).astype(jnp.int32)
+    # occupancy at the start of the step (before this step's completions and arrivals)
+    n_live = jnp.sum(live.astype(jnp.int32))
+    n_started = jnp.sum((live & started).astype(jnp.int32))
+    waiting = n_live - n_started + state.overflow
+    # conservation: arrivals = completions + in system (slots + overflow queue), checked on the slot contents
+    violations = violations + (state.arrivals != state.completions + n_live + state.overflow).astype(jnp.int32)
 
     iw = in_window.astype(jnp.int32)
     new_state = state._replace(

@@ -366,7 +366,9 @@ def _collect(workload, grid, R, cfg, sizing, st, recs, steps_run, steps_asked, w
         T_w = np.maximum(busy, 1e-12)
         thr = comp_w / T_w
         g_mean_done = a(st.gsum_w)[ci].astype(np.float64) / np.maximum(comp_w, 1)
-        thr_cv = np.where(comp_w > 0, thr * mom.g_exact / np.maximum(g_mean_done, 1e-12), np.nan)
+        # control variate: memory-work completed per second / E[g_exact]. (SPEC.md writes the ratio the other
+        # way up, throughput × E[g]/mean g, which doubles the noise instead of removing it: see README.)
+        thr_cv = np.where(comp_w > 0, thr * g_mean_done / mom.g_exact, np.nan)
         t_w0 = a(st.t_w0)[ci].astype(np.float64)
         unstable, tstat, drift, rise = stability_verdict(t_ser[ci], w_ser[ci], arr_w, t_w0)
         overflow = a(st.overflow)[ci]
