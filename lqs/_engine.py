@@ -62,11 +62,13 @@ def size_engine(workload: Workload, M_max: int, chunk: int, lam_max: float, batc
     b_max = batch.max_s(M_max, 4096, chunk)
     rate_steps = max(lam_max * (b_typ or b_max), n_serv / life)  # arrivals or completions per step
     if K is None:
-        k_est = 3.0 * n_serv + 32 + 2.0 * compact_every * rate_steps
+        # started requests peak near 2× the mean number in service (SPEC.md: ≈ 230 for pd-1:2, n ≈ 105), plus
+        # room for waiting requests and for the finished ones that wait for the next compaction
+        k_est = 2.0 * n_serv + 48 + 2.0 * compact_every * rate_steps
         K = int(max(64, 32 * math.ceil(k_est / 32)))
     else:
         K = check_int("K", K, 8)
-    a_max = _rng.poisson_cap(lam_max * b_max)
+    a_max = 4 * math.ceil(_rng.poisson_cap(lam_max * b_max) / 4)  # rounded so nearby λ share a compilation
     check = (workload.max_total + 1) ** 2 < 2**30
     return Sizing(K=K, a_max=a_max, n_service_est=n_serv, check_work=check)
 
@@ -231,63 +233,17 @@ def simulate(workload: Workload, *, M, chunk: int, lam, b, policy: str = "fcfs",
     BatchTime model (iid or affine). Randomness flows from ``key`` (a typed JAX key; default ``jax.random.key(seed)``).
     Every input is checked before anything is compiled.
     """
-    # ---- validation (before any compilation)
-    if not isinstance(workload, Workload):
-        raise LqsError("workload", type(workload).__name__, "must be an lqs Workload (see lqs.preset)")
-    policy = check_choice("policy", policy, POLICIES)
-    chunk = check_int("chunk", chunk, 1, 2**20)
-    lams = _grid_values("lam", lam, lambda n, x: check_float(n, x, 0.0))
-    Ms = _grid_values("M", M, lambda n, x: check_int(n, x, 1, 2**30))
-    if isinstance(b, BatchTime):
-        batches = [b]
-    else:
-        batches = [ConstantBatch(x) for x in _grid_values("b", b, lambda n, x: check_float(n, x, 0.0, lo_open=True))]
-    replicas = check_int("replicas", replicas, 1, 2**24)
-    steps = check_int("steps", steps, 1, 2**31 - 2**20)
-    warmup = check_int("warmup", warmup, 0, steps - 1)
-    compact_every = check_int("compact_every", compact_every, 1, 4096)
-    max_points = check_int("max_points", max_points, 10)
-    if token_budget is not None:
-        token_budget = check_int("token_budget", token_budget, chunk)  # B < ŝ would deadlock
-    for m in Ms:
-        workload.validate(m)
+    cfg, sizing, grid, params = _prepare(workload, M=M, chunk=chunk, lam=lam, b=b, policy=policy, replicas=replicas,
+                                         steps=steps, warmup=warmup, token_budget=token_budget, K=K,
+                                         compact_every=compact_every, max_points=max_points)
     if b_theory is not None:
         b_theory = check_float("b_theory", b_theory, 0.0, lo_open=True)
-    M_max = max(Ms)
-    lam_max = max(lams)
-    sizing = size_engine(workload, M_max, chunk, lam_max, batches[0] if len(batches) == 1 else
-                         ConstantBatch(max(bt.mean_s for bt in batches)), policy, compact_every, K)
-    Kc = sizing.K
-    if Kc * (M_max + 1) >= _INT32_MAX:
-        raise LqsError("M", M_max, f"K·(M+1) must stay below 2^31 for int32 accounting (K={Kc}); "
-                       "use a smaller M or K")
     if key is None:
         key = jax.random.key(check_int("seed", seed, 0, 2**63 - 1))
-
-    # ---- static configuration: ≤ max_points records, chunks of about 4096 steps for progress
-    total_blocks = math.ceil(steps / compact_every)
-    bpr = max(1, math.ceil(total_blocks / max_points))
-    rpc = max(1, round(4096 / (compact_every * bpr)))
-    cfg = _k.EngineConfig(K=Kc, policy=policy, a_max=sizing.a_max, token_budget=token_budget is not None,
-                          check_work=sizing.check_work, compact_every=compact_every, blocks_per_record=bpr,
-                          records_per_chunk=rpc)
-    spc = cfg.steps_per_chunk
-    n_chunks = math.ceil(steps / spc)
-
-    # ---- the grid, flattened: configurations × replicas
-    grid = [(lm, m, bt) for bt in batches for m in Ms for lm in lams]
     n_cfg = len(grid)
     N = n_cfg * replicas
-    min_w = (workload.min_s + 1) if policy == "reserve" else min(chunk, workload.min_s)
-    lam_arr = np.repeat(np.asarray([g[0] for g in grid], np.float32), replicas)
-    M_arr = np.repeat(np.asarray([g[1] for g in grid], np.int32), replicas)
-    batch_stacked = jax.tree_util.tree_map(lambda *xs: np.repeat(np.stack([np.asarray(x) for x in xs]), replicas,
-                                                                 axis=0), *[g[2] for g in grid])
-    workload_b = jax.tree_util.tree_map(lambda x: np.broadcast_to(np.asarray(x), (N,) + np.shape(x)), workload)
-    params = _k.Params(lam=jnp.asarray(lam_arr), M=jnp.asarray(M_arr), chunk=jnp.full((N,), chunk, jnp.int32),
-                       budget=jnp.full((N,), token_budget or _INT32_MAX, jnp.int32),
-                       warmup=jnp.full((N,), warmup, jnp.int32), min_w=jnp.full((N,), min_w, jnp.int32),
-                       workload=workload_b, batch=batch_stacked)
+    spc = cfg.steps_per_chunk
+    n_chunks = math.ceil(steps / spc)
     keys = jax.random.split(key, N)
     states = _init_jit(keys, cfg)
 
@@ -315,6 +271,89 @@ def simulate(workload: Workload, *, M, chunk: int, lam, b, policy: str = "fcfs",
 
     return _collect(workload, grid, replicas, cfg, sizing, st, recs, steps_run, steps, warmup, chunk, policy,
                     token_budget, wall, stopped_early, b_theory, key)
+
+
+def _prepare(workload, *, M, chunk, lam, b, policy, replicas, steps, warmup, token_budget, K, compact_every,
+             max_points):
+    """Validate every input (before anything compiles), size the engine, build the static config and the
+    flattened (configuration × replica) parameter arrays."""
+    if not isinstance(workload, Workload):
+        raise LqsError("workload", type(workload).__name__, "must be an lqs Workload (see lqs.preset)")
+    policy = check_choice("policy", policy, POLICIES)
+    chunk = check_int("chunk", chunk, 1, 2**20)
+    lams = _grid_values("lam", lam, lambda n, x: check_float(n, x, 0.0))
+    Ms = _grid_values("M", M, lambda n, x: check_int(n, x, 1, 2**30))
+    if isinstance(b, BatchTime):
+        batches = [b]
+    else:
+        batches = [ConstantBatch(x) for x in _grid_values("b", b, lambda n, x: check_float(n, x, 0.0, lo_open=True))]
+    replicas = check_int("replicas", replicas, 1, 2**24)
+    steps = check_int("steps", steps, 1, 2**31 - 2**20)
+    warmup = check_int("warmup", warmup, 0, steps - 1)
+    compact_every = check_int("compact_every", compact_every, 1, 4096)
+    max_points = check_int("max_points", max_points, 10)
+    if token_budget is not None:
+        token_budget = check_int("token_budget", token_budget, chunk)  # B < ŝ would deadlock
+    for m in Ms:
+        workload.validate(m)
+    M_max = max(Ms)
+    lam_max = max(lams)
+    ref_batch = batches[0] if len(batches) == 1 else ConstantBatch(max(bt.mean_s for bt in batches))
+    sizing = size_engine(workload, M_max, chunk, lam_max, ref_batch, policy, compact_every, K)
+    Kc = sizing.K
+    if Kc * (M_max + 1) >= _INT32_MAX:
+        raise LqsError("M", M_max, f"K·(M+1) must stay below 2^31 for int32 accounting (K={Kc}); "
+                       "use a smaller M or K")
+    # ≤ max_points records; chunks of about 4096 steps between host round trips (progress, early stop)
+    total_blocks = math.ceil(steps / compact_every)
+    bpr = max(1, math.ceil(total_blocks / max_points))
+    rpc = max(1, round(4096 / (compact_every * bpr)))
+    cfg = _k.EngineConfig(K=Kc, policy=policy, a_max=sizing.a_max, token_budget=token_budget is not None,
+                          check_work=sizing.check_work, compact_every=compact_every, blocks_per_record=bpr,
+                          records_per_chunk=rpc)
+    grid = [(lm, m, bt) for bt in batches for m in Ms for lm in lams]
+    N = len(grid) * replicas
+    min_w = (workload.min_s + 1) if policy == "reserve" else min(chunk, workload.min_s)
+    lam_arr = np.repeat(np.asarray([g[0] for g in grid], np.float32), replicas)
+    M_arr = np.repeat(np.asarray([g[1] for g in grid], np.int32), replicas)
+    batch_stacked = jax.tree_util.tree_map(lambda *xs: np.repeat(np.stack([np.asarray(x) for x in xs]), replicas,
+                                                                 axis=0), *[g[2] for g in grid])
+    workload_b = jax.tree_util.tree_map(lambda x: np.broadcast_to(np.asarray(x), (N,) + np.shape(x)), workload)
+    params = _k.Params(lam=jnp.asarray(lam_arr), M=jnp.asarray(M_arr), chunk=jnp.full((N,), chunk, jnp.int32),
+                       budget=jnp.full((N,), token_budget or _INT32_MAX, jnp.int32),
+                       warmup=jnp.full((N,), warmup, jnp.int32), min_w=jnp.full((N,), min_w, jnp.int32),
+                       workload=workload_b, batch=batch_stacked)
+    return cfg, sizing, grid, params
+
+
+def _trace_one(state, params, cfg, n_blocks):
+    return _k.trace_steps(state, params, cfg, n_blocks)
+
+
+_trace_jit = jax.jit(_trace_one, static_argnums=(2, 3))
+
+
+def simulate_trace(workload: Workload, *, M: int, chunk: int, lam: float, b, policy: str = "fcfs", steps: int = 256,
+                   key=None, seed: int = 0, token_budget: int | None = None, K: int | None = None,
+                   compact_every: int = 64):
+    """Step-by-step record of one replica (a DataFrame, one row per step) and its final engine state.
+
+    For debugging and for the tests that compare the engine with the plain-Python reference of SPEC.md.
+    Runs ``steps`` rounded up to a multiple of ``compact_every``; warm-up is 0.
+    """
+    cfg, sizing, grid, params = _prepare(workload, M=M, chunk=chunk, lam=lam, b=b, policy=policy, replicas=1,
+                                         steps=steps, warmup=0, token_budget=token_budget, K=K,
+                                         compact_every=compact_every, max_points=10**9)
+    if key is None:
+        key = jax.random.key(check_int("seed", seed, 0, 2**63 - 1))
+    p1 = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[0], params)
+    state = _k.init_state(jax.random.split(key, 1)[0], cfg)
+    n_blocks = math.ceil(steps / cfg.compact_every)
+    st, outs = _trace_jit(state, p1, cfg, n_blocks)
+    df = pd.DataFrame({f: np.asarray(getattr(outs, f)) for f in outs._fields})
+    df.insert(0, "step", np.arange(len(df)))
+    df["t_start_s"] = np.concatenate([[0.0], np.cumsum(df["b"].to_numpy(np.float64))[:-1]])
+    return df, jax.device_get(st), cfg
 
 
 def _progress(total, enabled, desc):
