@@ -66,3 +66,4 @@ from ._workload import (  # noqa: E402
 )
 
 __version__ = "0.1.0"
+from ._traces import Trace, load_b_samples, load_trace  # noqa: E402
