@@ -1,0 +1,187 @@
+"""The ``lqs`` command line (console script ``lqs``, also ``python -m lqs``).
+
+Every :class:`lqs.LqsError` raised by any command is printed as one line ``error: <message>`` on stderr and the
+process exits with status 2 (click's own usage errors exit with 2 as well).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import click
+
+from . import __version__
+from ._cli_common import resolve_b, resolve_rate, resolve_server, resolve_workload, server_options, workload_options
+from ._errors import LqsError
+
+VERDICT_STABLE = "stable (guaranteed, λ < μ(1−δ))"
+VERDICT_BAND = "in the uncertain band μ(1−δ) ≤ λ ≤ μ — simulate it (lqs critical)"
+VERDICT_UNSTABLE = "UNSTABLE (λ > μ): the queue grows without bound"
+
+
+def report_error(err: Exception, ctx: click.Context | None = None):
+    """Print ``error: <message>`` on one line to stderr and exit with status 2."""
+    msg = " ".join(str(err).split())
+    click.echo(f"error: {msg}", err=True)
+    if ctx is not None:
+        ctx.exit(2)
+    sys.exit(2)
+
+
+class LqsGroup(click.Group):
+    """A click group whose sub-commands turn LqsError into a one-line message and exit status 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except LqsError as e:
+            report_error(e, ctx)
+
+
+@click.group(cls=LqsGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="lqs")
+def main():
+    """lqs — LLM queueing stability: is a KV-cache-limited LLM server stable at a given arrival rate?"""
+
+
+# ----------------------------------------------------------------------------------------------- capacity
+def verdict(lam: float, mu: float, mu_stable: float) -> tuple[str, str]:
+    """(code, text) of the closed-form verdict: 'stable' if λ < μ(1−δ), 'unstable' if λ > μ, else 'uncertain'."""
+    if lam < mu_stable:
+        return "stable", VERDICT_STABLE
+    if lam > mu:
+        return "unstable", VERDICT_UNSTABLE
+    return "uncertain", VERDICT_BAND
+
+
+def capacity_report(wl, cap, bb, lam=None, rho=0.9) -> dict:
+    """The JSON object of ``lqs capacity`` (snake_case keys, units in the names)."""
+    from ._theory import replicas_needed
+
+    out = {"workload": wl.label}
+    out.update(cap.to_dict())
+    out["b_source"] = bb.source
+    if bb.estimator is not None:
+        out["b_estimator"] = bb.estimator
+        out["b_samples_n"] = bb.n_samples
+    if wl.trace is not None:
+        out["trace_requests"] = len(wl.trace)
+        out["trace_mean_rate_rps"] = wl.trace.mean_rate_rps
+    if lam is not None:
+        code, text = verdict(lam, cap.mu_rps, cap.mu_stable_rps)
+        out.update(lam_rps=lam, rho=rho, utilisation=lam / cap.mu_rps, utilisation_exact=lam / cap.mu_exact_rps,
+                   verdict=text, verdict_code=code, replicas=replicas_needed(lam, cap.mu_rps, rho))
+    return out
+
+
+def _fmt(x, nd=4):
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "—"
+    return f"{x:,.{nd}f}"
+
+
+def _print_table(rep: dict):
+    from rich import box
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    t = Table(title=f"lqs capacity — {rep['workload']}", box=box.SIMPLE_HEAVY, show_header=True,
+              title_justify="left")
+    t.add_column("quantity", style="bold")
+    t.add_column("value", overflow="fold")
+    add = t.add_row
+    t.add_row = lambda k, v, style=None: add(escape(k), escape(v) if style is None else f"[{style}]{escape(v)}[/]")
+    t.add_row("KV capacity M", f"{rep['M_tokens']:,} tokens")
+    t.add_row("prefill chunk ŝ", f"{rep['chunk_tokens']:,} tokens")
+    b_txt = f"{rep['b_s']:.6g} s"
+    if "b_estimator" in rep:
+        b_txt += f"  ({rep['b_estimator']} of {rep['b_samples_n']:,} samples)"
+    t.add_row("batch time b̄", b_txt)
+    if "trace_requests" in rep:
+        rate = rep["trace_mean_rate_rps"]
+        t.add_row("trace", f"{rep['trace_requests']:,} requests"
+                  + (f", mean arrival rate {rate:.4f} req/s" if rate is not None else ""))
+    se = rep["mean_g_se_tokens2"]
+    t.add_row("E[g] (paper)", f"{rep['mean_g_tokens2']:,.1f} tokens²" + (f" ± {se:,.1f}" if se else ""))
+    t.add_row("E[g_exact]", f"{rep['mean_g_exact_tokens2']:,.1f} tokens²" + (f" ± {se:,.1f}" if se else ""))
+    t.add_row("max s+o", f"{rep['max_total_tokens']:,} tokens")
+    t.add_row("δ = max(s+o)/M", f"{rep['delta']:.4f}")
+    t.add_row("μ (paper)", f"{_fmt(rep['mu_rps'])} req/s")
+    t.add_row("μ_exact", f"{_fmt(rep['mu_exact_rps'])} req/s")
+    t.add_row("stable range", f"λ < μ(1−δ) = {_fmt(rep['mu_stable_rps'])} req/s"
+              f"  (exact: {_fmt(rep['mu_exact_stable_rps'])})")
+    t.add_row("unstable range", f"λ > μ = {_fmt(rep['mu_rps'])} req/s")
+    if "lam_rps" in rep:
+        t.add_row("arrival rate λ", f"{_fmt(rep['lam_rps'])} req/s")
+        t.add_row("utilisation λ/μ", f"{rep['utilisation']:.4f}")
+        style = {"stable": "green", "uncertain": "yellow", "unstable": "bold red"}[rep["verdict_code"]]
+        t.add_row("verdict", rep["verdict"], style=style)
+        t.add_row(f"replicas for ρ = {rep['rho']:g}", f"{rep['replicas']}  (⌈λ/(μ·ρ)⌉)")
+    con = Console(highlight=False)
+    if not con.is_terminal:  # piped or captured: don't wrap at rich's default of 80 columns
+        con = Console(highlight=False, width=100)
+    con.print(t)
+
+
+@main.command()
+@workload_options
+@server_options
+@click.option("--lam", "lam", metavar="RPS", default=None, help="Arrival rate λ in requests per second.")
+@click.option("--rho", "rho", metavar="RHO", default="0.9", show_default=True,
+              help="Target utilisation ρ in (0, 1] for the replica count ⌈λ/(μ·ρ)⌉.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout instead of a table.")
+def capacity(workload, trace, s_col, o_col, t_col, split, M, chunk, b, b_samples, b_estimator, b_col, lam, rho,
+             as_json):
+    """Closed-form capacity: μ, μ_exact, E[g], δ, the stable and unstable ranges and, with --lam, the verdict.
+
+    \b
+    Examples:
+      lqs capacity --workload pd-1:1 --M 131000 --chunk 512 --b 0.0372
+      lqs capacity --trace azure-conv --M 131000 --chunk 512 --b 0.0372 --lam 20 --rho 0.9
+      lqs capacity --trace my_log.csv --M 131000 --chunk 512 --b-samples batch_times.csv \\
+                   --b-estimator trimmed:0.05 --json
+    """
+    from ._theory import capacity as _capacity
+
+    M, chunk = resolve_server(M, chunk)
+    lam_v, rho_v = resolve_rate(lam, rho)
+    bb = resolve_b(b=b, b_samples=b_samples, b_estimator=b_estimator, b_col=b_col)
+    wl = resolve_workload(workload=workload, trace=trace, s_col=s_col, o_col=o_col, t_col=t_col, split=split, M=M)
+    cap = _capacity(wl.workload, M, chunk, bb.b_s)
+    rep = capacity_report(wl, cap, bb, lam_v, rho_v)
+    if as_json:
+        click.echo(json.dumps(rep, ensure_ascii=False))
+    else:
+        _print_table(rep)
+
+
+# ----------------------------------------------------------------------------------------------- more commands
+# >>> REGISTRATION SPOT for commands defined in other modules (simulate, critical, sweep, ...). <<<
+# lqs/_cli_sim.py defines click commands; they are added to `main` here. A module that is absent is skipped;
+# an ImportError *inside* a module that exists is re-raised (a broken command must not vanish silently).
+# A module may list its commands in COMMANDS = [...]; otherwise the attributes named below are used.
+def _register(module_name: str, names: tuple[str, ...]):
+    import importlib
+
+    full = f"{__package__}.{module_name}"
+    try:
+        mod = importlib.import_module(full)
+    except ImportError as e:
+        if getattr(e, "name", None) == full:
+            return
+        raise
+    cmds = getattr(mod, "COMMANDS", None) or [getattr(mod, n) for n in names if hasattr(mod, n)]
+    for cmd in cmds:
+        if isinstance(cmd, click.Command) and cmd.name not in main.commands:
+            main.add_command(cmd)
+
+
+_register("_cli_sim", ("simulate", "critical", "sweep"))
+# <<< end of registration spot >>>
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(prog_name="lqs")
