@@ -2,11 +2,14 @@
 
 Layout of one replica (all int32 unless noted):
 
-* K **slots** hold requests in arrival order: the started ones, then the first waiting ones. Per slot:
-  ``s, o, k = ⌈s/ŝ⌉``, progress ``u = c + d`` (c = min(u, k) chunks done, d = max(u − k, 0) tokens decoded),
-  ``flags`` (bit 0 started, bit 1 scheduled in the previous step, bit 2 first token emitted) and the float32
-  instants ``t_arr, t_first, t_ttft, t_done``. A slot with ``s = 0`` is empty; a finished request keeps its slot
-  with weight 0 (it changes no prefix) until the periodic compaction squeezes it out and bins its latencies.
+* K **slots** hold requests in arrival order: the started ones, then the first waiting ones; slots
+  ``0 .. n_used-1`` are occupied. Per slot: ``s, o, k = ⌈s/ŝ⌉``, progress ``u = c + d`` (c = min(u, k) chunks
+  done, d = max(u − k, 0) tokens decoded), ``flags`` (bit 0 started, bit 1 scheduled in the previous step, bit 2
+  first token emitted) and the float32 instants ``t_arr, t_first, t_ttft, t_done``. A finished request keeps its
+  slot with weight 0 (it changes no prefix) until the periodic compaction squeezes it out and bins its latencies.
+* Free slots are **pre-filled** at each compaction with the lengths of the requests that will arrive next
+  (request k's lengths depend only on k), so an arrival only moves ``n_used`` and stamps its arrival instant:
+  the step has no per-arrival writes at all.
 * Requests that arrive while the slots are full wait in an **overflow queue** kept only as a count: their lengths
   are a pure function of the request index (counter-based RNG), so nothing is stored and nothing is lost. Their
   arrival instants are not kept: when they reach a slot their latencies are counted in ``lat_lost``.
@@ -88,6 +91,7 @@ class Slots(NamedTuple):
     t_ttft: jax.Array
     t_done: jax.Array
     work: jax.Array  # memory-work so far (only maintained when cfg.check_work)
+    u_off: jax.Array  # float32 arrival instant inside its step, as a fraction of the step (pre-drawn)
 
 
 class State(NamedTuple):
@@ -131,19 +135,20 @@ def replica_keys(key) -> jax.Array:
     return jnp.stack([rng.stream_key(k0, k1, s) for s in rng.STREAMS])
 
 
-def init_state(key, cfg: EngineConfig) -> State:
+def init_state(key, params: Params, cfg: EngineConfig) -> State:
     K = cfg.K
     zi = jnp.zeros((K,), jnp.int32)
     zf = jnp.zeros((K,), jnp.float32)
-    slots = Slots(zi, zi, zi, zi, zi, zf, zf, zf, zf, zi)
+    slots = Slots(zi, zi, zi, zi, zi, zf, zf, zf, zf, zi, zf)
     i0 = jnp.int32(0)
     f0 = jnp.float32(0.0)
-    return State(slots=slots, keys=replica_keys(key), step=i0, t=f0, n_used=i0, overflow=i0, next_ovf=i0,
+    state = State(slots=slots, keys=replica_keys(key), step=i0, t=f0, n_used=i0, overflow=i0, next_ovf=i0,
                  arrivals=i0, completions=i0, swaps=i0, t_w0=jnp.float32(jnp.inf), arrivals_w=i0,
                  completions_w=i0, gsum_w=f0, mem_sum_w=f0, steps_w=i0, busy_w=f0, mem_max=i0, started_max=i0,
                  waiting_max=i0, starved=i0, arr_trunc=i0, lat_lost=i0, violations=i0,
                  hist=jnp.zeros((N_LAT, cfg.n_bins), jnp.int32), lat_sum=jnp.zeros((N_LAT,), jnp.float32),
                  lat_max=jnp.zeros((N_LAT,), jnp.float32), lat_n=i0)
+    return _fill_free(state, i0, params, cfg)
 
 
 def draw_lengths(workload, skey, index, chunk):
@@ -157,7 +162,8 @@ def draw_lengths(workload, skey, index, chunk):
 
 
 def g_exact_i32(s, o, k, chunk):
-    return chunk * ((k * (k - 1)) // 2) + s + o * s + (o * (o + 1)) // 2
+    """g_exact in int32 (exact while it stays below 2^31); products of consecutive integers are even."""
+    return chunk * ((k * (k - 1)) >> 1) + s + o * s + ((o * (o + 1)) >> 1)
 
 
 class StepOut(NamedTuple):
@@ -181,9 +187,10 @@ def step(state: State, params: Params, cfg: EngineConfig) -> tuple[State, StepOu
     chunk, M = params.chunk, params.M
     t = state.t
     in_window = state.step >= params.warmup
+    iota = jnp.arange(s.shape[0], dtype=jnp.int32)
 
     # 1. next footprint of every live request
-    live = (s > 0) & (u < k + o)
+    live = (iota < state.n_used) & (u < k + o)
     pre = u < k
     f = jnp.where(pre, jnp.minimum((u + 1) * chunk, s), s + (u - k) + 1)
     f = jnp.where(live, f, 0)
@@ -192,23 +199,24 @@ def step(state: State, params: Params, cfg: EngineConfig) -> tuple[State, StepOu
     cw = jnp.cumsum(w)
     sched = live & (cw <= M)
     tok = jnp.where(pre, jnp.minimum(chunk, s - u * chunk), 1)
-    tok = jnp.where(live, tok, 0)
     if cfg.token_budget:
+        tok = jnp.where(live, tok, 0)
         sched = sched & (jnp.cumsum(tok) <= params.budget)
     mem = jnp.sum(jnp.where(sched, f, 0))
     n_pre_tok = jnp.sum(jnp.where(sched & pre, tok, 0))
-    n_dec_tok = jnp.sum((sched & ~pre).astype(jnp.int32))
+    n_sched = jnp.sum(sched.astype(jnp.int32))
+    n_pre = jnp.sum((sched & pre).astype(jnp.int32))
+    n_dec_tok = n_sched - n_pre
 
     started = (fl & F_STARTED) != 0
     was_sched = (fl & F_SCHED) != 0
     swapped = live & started & was_sched & ~sched
     new_start = sched & ~started
 
-    # schedule reached past the slots while requests wait in the overflow queue: a capacity limit
-    all_live_sched = jnp.all(sched | ~live)
-    total_w = cw[-1]
-    room = M - total_w
-    starved = all_live_sched & (state.overflow > 0) & (room >= params.min_w)
+    # the schedule could have reached past the slots while requests wait in the overflow queue: capacity limit
+    n_live = jnp.sum(live.astype(jnp.int32))
+    room = M - cw[-1]
+    starved = (n_sched == n_live) & (state.overflow > 0) & (room >= params.min_w)
     if cfg.token_budget:
         starved = starved & (jnp.sum(tok) + 1 <= params.budget)
 
@@ -220,76 +228,57 @@ def step(state: State, params: Params, cfg: EngineConfig) -> tuple[State, StepOu
 
     # 3. advance
     u1 = u + 1
-    prefill_done = sched & pre & (u1 == k) & ((fl & F_TTFT) == 0)
+    ttft_seen = (fl & F_TTFT) != 0
+    prefill_done = sched & pre & (u1 == k) & ~ttft_seen
     done = sched & (u1 == k + o)
     u_new = jnp.where(sched, u1, u)
     if cfg.policy == "recompute":
         u_new = jnp.where(live & started & ~sched, 0, u_new)
     fl_new = (jnp.where(started | sched, F_STARTED, 0) | jnp.where(sched, F_SCHED, 0)
-              | jnp.where(prefill_done | ((fl & F_TTFT) != 0), F_TTFT, 0))
-    t_first = jnp.where(new_start, t, sl.t_first)
-    t_ttft = jnp.where(prefill_done, t_end, sl.t_ttft)
-    t_done = jnp.where(done, t_end, sl.t_done)
+              | jnp.where(prefill_done | ttft_seen, F_TTFT, 0))
     n_done = jnp.sum(done.astype(jnp.int32))
-    violations = state.violations + (mem > M).astype(jnp.int32)
-    work = sl.work
-    if cfg.check_work:
-        work = jnp.where(sched, work + f, work)
-        if cfg.policy == "fcfs":
-            bad = done & (work != g_exact_i32(s, o, k, chunk))
-            violations = violations + jnp.sum(bad.astype(jnp.int32))
-    g_done = jnp.sum(jnp.where(done, g_exact_i32(s, o, k, chunk).astype(jnp.float32), 0.0))
+    work = jnp.where(sched, sl.work + f, sl.work) if cfg.check_work else sl.work
 
-    # 5'. arrivals during the step: Poisson(λ·b_n), appended in arrival order
+    # 5'. arrivals during the step: Poisson(λ·b_n); they take the pre-filled slots n_used .. n_used+fits-1
     up = rng.uniform(state.keys[0], state.step, 0)
     n_arr, trunc = rng.poisson_inverse(up, params.lam * b_n, cfg.a_max)
     K = s.shape[0]
     fits = jnp.where(state.overflow == 0, jnp.minimum(n_arr, K - state.n_used), 0)
     n_ovf = n_arr - fits
-    idx = state.arrivals + jnp.arange(cfg.a_max, dtype=jnp.int32)
-    s_a, o_a, k_a = draw_lengths(params.workload, state.keys[2], idx, chunk)
-    t_a = t + b_n * rng.uniform(state.keys[3], idx, 0)
-    # write the new requests into slots n_used .. n_used+fits-1 with a_max selects (faster than a scatter or a
-    # gather on every backend measured; slots past n_used are always clean)
-    pos = jnp.arange(K, dtype=jnp.int32) - state.n_used
-    s2, o2, k2, ta2 = s, o, k, sl.t_arr
-    for j in range(cfg.a_max):
-        put = (pos == j) & (j < fits)
-        s2 = jnp.where(put, s_a[j], s2)
-        o2 = jnp.where(put, o_a[j], o2)
-        k2 = jnp.where(put, k_a[j], k2)
-        ta2 = jnp.where(put, t_a[j], ta2)
-    slots = Slots(s=s2, o=o2, k=k2, u=u_new, flags=fl_new, t_arr=ta2, t_first=t_first, t_ttft=t_ttft,
-                  t_done=t_done, work=work)
+    arrived = (iota >= state.n_used) & (iota < state.n_used + fits)
+
+    slots = sl._replace(u=u_new, flags=fl_new, work=work,
+                        t_arr=jnp.where(arrived, t + b_n * sl.u_off, sl.t_arr),
+                        t_first=jnp.where(new_start, t, sl.t_first),
+                        t_ttft=jnp.where(prefill_done, t_end, sl.t_ttft),
+                        t_done=jnp.where(done, t_end, sl.t_done))
     overflow = state.overflow + n_ovf
     next_ovf = jnp.where((state.overflow == 0) & (n_ovf > 0), state.arrivals + fits, state.next_ovf)
     arrivals = state.arrivals + n_arr
     completions = state.completions + n_done
 
     # occupancy at the start of the step (before this step's completions and arrivals)
-    n_live = jnp.sum(live.astype(jnp.int32))
     n_started = jnp.sum((live & started).astype(jnp.int32))
     waiting = n_live - n_started + state.overflow
     # conservation: arrivals = completions + in system (slots + overflow queue), checked on the slot contents
+    violations = state.violations + (mem > M).astype(jnp.int32)
     violations = violations + (state.arrivals != state.completions + n_live + state.overflow).astype(jnp.int32)
 
     iw = in_window.astype(jnp.int32)
+    n_swap = jnp.sum(swapped.astype(jnp.int32))
     new_state = state._replace(
         slots=slots, step=state.step + 1, t=t_end, n_used=state.n_used + fits, overflow=overflow,
-        next_ovf=next_ovf, arrivals=arrivals, completions=completions,
-        swaps=state.swaps + jnp.sum(swapped.astype(jnp.int32)),
+        next_ovf=next_ovf, arrivals=arrivals, completions=completions, swaps=state.swaps + n_swap,
         t_w0=jnp.where(in_window & jnp.isinf(state.t_w0), t, state.t_w0),
         arrivals_w=state.arrivals_w + iw * n_arr, completions_w=state.completions_w + iw * n_done,
-        gsum_w=state.gsum_w + jnp.where(in_window, g_done, 0.0),
         mem_sum_w=state.mem_sum_w + jnp.where(in_window, mem.astype(jnp.float32), 0.0),
         steps_w=state.steps_w + iw, busy_w=state.busy_w + jnp.where(in_window, b_n, 0.0),
         mem_max=jnp.maximum(state.mem_max, mem), started_max=jnp.maximum(state.started_max, n_started),
         waiting_max=jnp.maximum(state.waiting_max, waiting),
         starved=state.starved + starved.astype(jnp.int32), arr_trunc=state.arr_trunc + trunc.astype(jnp.int32),
         violations=violations)
-    n_swap = jnp.sum(swapped.astype(jnp.int32))
-    out = StepOut(mem=mem, n_sched=jnp.sum(sched.astype(jnp.int32)), prefill_tokens=n_pre_tok,
-                  decode_tokens=n_dec_tok, b=b_n, arrivals=n_arr, completions=n_done, swaps=n_swap, waiting=waiting)
+    out = StepOut(mem=mem, n_sched=n_sched, prefill_tokens=n_pre_tok, decode_tokens=n_dec_tok, b=b_n,
+                  arrivals=n_arr, completions=n_done, swaps=n_swap, waiting=waiting)
     return new_state, out
 
 
@@ -302,12 +291,20 @@ def _bin_index(x, cfg: EngineConfig):
 
 
 def compact(state: State, params: Params, cfg: EngineConfig) -> State:
-    """Bin finished requests' latencies, squeeze finished slots out (order kept), refill from the overflow queue."""
+    """Account finished requests (latency histograms, memory-work), squeeze finished slots out (order kept), then
+    fill the free slots: first from the overflow queue, then pre-filled with the requests that will arrive next."""
     sl = state.slots
     K = sl.s.shape[0]
-    occupied = sl.s > 0
+    iota = jnp.arange(K, dtype=jnp.int32)
+    occupied = iota < state.n_used
     live = occupied & (sl.u < sl.k + sl.o)
     fin = occupied & ~live
+    chunk = params.chunk
+    g = g_exact_i32(sl.s, sl.o, sl.k, chunk)
+    violations = state.violations
+    if cfg.check_work and cfg.policy == "fcfs":
+        violations = violations + jnp.sum((fin & (sl.work != g)).astype(jnp.int32))
+    gsum_w = state.gsum_w + jnp.sum(jnp.where(fin & (sl.t_done > state.t_w0), g.astype(jnp.float32), 0.0))
     # latencies of requests that arrived inside the window (t_arr ≥ t_w0) and whose arrival instant is known
     counted = fin & (sl.t_arr >= state.t_w0) & (sl.t_arr >= 0)
     lats = jnp.stack([sl.t_first - sl.t_arr, sl.t_ttft - sl.t_arr, sl.t_done - sl.t_arr])  # [3, K]
@@ -322,23 +319,53 @@ def compact(state: State, params: Params, cfg: EngineConfig) -> State:
     lat_n = state.lat_n + jnp.sum(add)
 
     # stable compaction of live slots to the front
-    dest = jnp.where(live, jnp.cumsum(live.astype(jnp.int32)) - 1, K)
     n_live = jnp.sum(live.astype(jnp.int32))
+    slots = Slots(*squeeze(live, tuple(sl)))
+    state = state._replace(hist=hist, lat_sum=lat_sum, lat_max=lat_max, lat_n=lat_n, gsum_w=gsum_w,
+                           violations=violations)
+    return _fill_free(state._replace(slots=slots), n_live, params, cfg)
 
-    def squeeze(x):
-        return jnp.zeros_like(x).at[dest].set(x, mode="drop")
 
-    slots = Slots(*(squeeze(x) for x in sl))
-    # refill from the overflow queue (lengths from the counter stream; arrival instants unknown)
+def squeeze(keep, arrays):
+    """Move the kept entries to the front, in order, zeros behind: a log-step shift network (no scatter).
+
+    Entry i moves left by d_i = (number of dropped entries before it); d is non-decreasing over kept entries, so
+    moving by the bits of d from the lowest up never makes two kept entries collide.
+    """
+    K = keep.shape[0]
+    d = jnp.cumsum((~keep).astype(jnp.int32))  # dropped entries up to and including i (= before i when kept)
+    valid = keep
+    arrays = tuple(jnp.where(keep, x, jnp.zeros_like(x)) for x in arrays)
+    sh = 1
+    while sh < K:
+        def fwd(x):  # y[p] = x[p + sh], zero past the end
+            return jnp.concatenate([x[sh:], jnp.zeros((sh,), x.dtype)])
+
+        d_in, v_in = fwd(d), fwd(valid)
+        move_in = v_in & ((d_in & sh) != 0)
+        stay = valid & ((d & sh) == 0)
+        arrays = tuple(jnp.where(move_in, fwd(x), jnp.where(stay, x, jnp.zeros_like(x))) for x in arrays)
+        d = jnp.where(move_in, d_in, jnp.where(stay, d, 0))
+        valid = move_in | stay
+        sh *= 2
+    return arrays
+
+
+def _fill_free(state: State, n_live, params: Params, cfg: EngineConfig) -> State:
+    """Slots n_live.. : overflow requests (already arrived, instant unknown), then the next arrivals (pre-filled)."""
+    sl = state.slots
+    K = sl.s.shape[0]
+    r = jnp.arange(K, dtype=jnp.int32) - n_live
+    free = r >= 0
     n_fill = jnp.minimum(state.overflow, K - n_live)
-    pos = jnp.arange(K, dtype=jnp.int32) - n_live
-    put = (pos >= 0) & (pos < n_fill)
-    s_f, o_f, k_f = draw_lengths(params.workload, state.keys[2], state.next_ovf + pos, params.chunk)
-    slots = slots._replace(s=jnp.where(put, s_f, slots.s), o=jnp.where(put, o_f, slots.o),
-                           k=jnp.where(put, k_f, slots.k), t_arr=jnp.where(put, -1.0, slots.t_arr))
+    from_ovf = free & (r < state.overflow)
+    idx = jnp.where(from_ovf, state.next_ovf + r, state.arrivals + (r - state.overflow))
+    s_f, o_f, k_f = draw_lengths(params.workload, state.keys[2], idx, params.chunk)
+    off = rng.uniform(state.keys[3], idx, 0)
+    slots = sl._replace(s=jnp.where(free, s_f, sl.s), o=jnp.where(free, o_f, sl.o), k=jnp.where(free, k_f, sl.k),
+                        u_off=jnp.where(free, off, sl.u_off), t_arr=jnp.where(from_ovf, -1.0, sl.t_arr))
     return state._replace(slots=slots, n_used=n_live + n_fill, overflow=state.overflow - n_fill,
-                          next_ovf=state.next_ovf + n_fill, lat_lost=state.lat_lost + n_fill, hist=hist,
-                          lat_sum=lat_sum, lat_max=lat_max, lat_n=lat_n)
+                          next_ovf=state.next_ovf + n_fill, lat_lost=state.lat_lost + n_fill)
 
 
 class Record(NamedTuple):
@@ -353,7 +380,7 @@ class Record(NamedTuple):
 
 def _record(state: State, mem) -> Record:
     sl = state.slots
-    live = (sl.s > 0) & (sl.u < sl.k + sl.o)
+    live = (jnp.arange(sl.s.shape[0]) < state.n_used) & (sl.u < sl.k + sl.o)
     started = live & ((sl.flags & F_STARTED) != 0)
     n_started = jnp.sum(started.astype(jnp.int32))
     in_sys = state.arrivals - state.completions

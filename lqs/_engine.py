@@ -35,11 +35,11 @@ def _traced_run_chunk(states, params, cfg):
 _run_chunk_jit = jax.jit(_traced_run_chunk, static_argnums=2, donate_argnums=0)
 
 
-def _init_states(keys, cfg):
-    return jax.vmap(lambda k: _k.init_state(k, cfg))(keys)
+def _init_states(keys, params, cfg):
+    return jax.vmap(lambda k, p: _k.init_state(k, p, cfg))(keys, params)
 
 
-_init_jit = jax.jit(_init_states, static_argnums=1)
+_init_jit = jax.jit(_init_states, static_argnums=2)
 
 
 # ----------------------------------------------------------------------------------------------- sizing
@@ -245,7 +245,7 @@ def simulate(workload: Workload, *, M, chunk: int, lam, b, policy: str = "fcfs",
     spc = cfg.steps_per_chunk
     n_chunks = math.ceil(steps / spc)
     keys = jax.random.split(key, N)
-    states = _init_jit(keys, cfg)
+    states = _init_jit(keys, params, cfg)
 
     recs = []
     t_start = time.perf_counter()
@@ -347,7 +347,7 @@ def simulate_trace(workload: Workload, *, M: int, chunk: int, lam: float, b, pol
     if key is None:
         key = jax.random.key(check_int("seed", seed, 0, 2**63 - 1))
     p1 = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[0], params)
-    state = _k.init_state(jax.random.split(key, 1)[0], cfg)
+    state = _k.init_state(jax.random.split(key, 1)[0], p1, cfg)
     n_blocks = math.ceil(steps / cfg.compact_every)
     st, outs = _trace_jit(state, p1, cfg, n_blocks)
     df = pd.DataFrame({f: np.asarray(getattr(outs, f)) for f in outs._fields})

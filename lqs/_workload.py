@@ -351,7 +351,7 @@ class Mixture(Workload):
             raise LqsError("weights", np.asarray(weights).tolist(),
                            f"must be {len(parts)} finite non-negative numbers with a positive sum")
         self.parts = parts
-        self.weights = (w / w.sum()).astype(np.float32)
+        self.weights = w / w.sum()  # float64: exact mixture moments
 
     @property
     def n_uniforms(self):
