@@ -25,7 +25,7 @@ class CriticalResult:
         return dict(self.summary)
 
 
-def critical(workload, *, M: int, chunk: int, b, policy: str = "fcfs", replicas: int = 64, steps: int = 20_000,
+def critical(workload, *, M: int, chunk: int, b, policy: str = "fcfs", replicas: int = 64, steps: int | None = None,
              warmup: int = 4_000, key=None, seed: int = 0, grid_points: int = 9, grid_replicas: int | None = None,
              token_budget: int | None = None, K: int | None = None, progress: bool = False,
              b_theory: float | None = None, overload: float = 1.3) -> CriticalResult:
@@ -49,6 +49,10 @@ def critical(workload, *, M: int, chunk: int, b, policy: str = "fcfs", replicas:
             raise LqsError("b_theory", None, "an affine batch-time model needs b_theory (the b̄ used by the "
                            "closed form)") from None
     cap = capacity(workload, M, chunk, b_theory)
+    if steps is None:
+        from ._engine import auto_steps
+
+        steps = auto_steps(workload, M, chunk, bt, warmup, b_theory)
     if key is None:
         key = jax.random.key(check_int("seed", seed, 0, 2**63 - 1))
     key_sat, key_grid = jax.random.split(key)

@@ -86,6 +86,24 @@ def _as_batch(b) -> BatchTime:
     return ConstantBatch(check_float("b", b, 0.0, lo_open=True))
 
 
+def auto_steps(workload, M, chunk, b, warmup, b_theory=None) -> int:
+    """Default horizon: warm-up + max(16,000 steps, the steps that 2,000 completions take at μ_exact).
+
+    The stability verdict needs the backlog drift to stand out of the queue's random-walk noise, which depends on
+    the number of requests in the window, not on the number of steps: a small M serves few requests per step.
+    """
+    warmup = check_int("warmup", warmup, 0)
+    Ms = _grid_values("M", M, lambda n, x: check_int(n, x, 1, 2**30))
+    bt = _as_batch(b) if not isinstance(b, (list, tuple, np.ndarray)) else ConstantBatch(min(b))
+    b_nom = b_theory if b_theory is not None else _nominal_b(bt, default=None)
+    if b_nom is None:
+        b_nom = bt.max_s(max(Ms), 64, chunk)
+    m = workload.expected_g(check_int("chunk", chunk, 1))
+    per_step = min(Ms) / m.g_exact  # completions per step at μ_exact
+    window = max(16_000, math.ceil(2000 / per_step))
+    return int(1000 * math.ceil((warmup + window) / 1000))
+
+
 def _grid_values(name, v, check):
     arr = np.atleast_1d(np.asarray(v))
     if arr.ndim != 1 or arr.size == 0:
@@ -224,15 +242,18 @@ def _json_default(o):
 
 # ----------------------------------------------------------------------------------------------- simulate
 def simulate(workload: Workload, *, M, chunk: int, lam, b, policy: str = "fcfs", replicas: int = 64,
-             steps: int = 20_000, warmup: int = 4_000, key=None, seed: int = 0, token_budget: int | None = None,
+             steps: int | None = None, warmup: int = 4_000, key=None, seed: int = 0, token_budget: int | None = None,
              K: int | None = None, compact_every: int = 64, max_points: int = 1000, progress: bool = False,
              stop_when_settled: bool = False, b_theory: float | None = None) -> SimResult:
     """Simulate ``replicas`` independent servers for every λ (and M, b̄) of a grid.
 
-    ``lam``, ``M`` and ``b`` may be scalars or 1-D lists; the grid is their product. ``b`` may also be a
+    ``lam``, ``M`` and ``b`` may be scalars or 1-D lists; the grid is their product. ``steps=None`` picks the
+    default horizon (:func:`auto_steps`): warm-up plus a window of at least 16,000 steps and 2,000 completions. ``b`` may also be a
     BatchTime model (iid or affine). Randomness flows from ``key`` (a typed JAX key; default ``jax.random.key(seed)``).
     Every input is checked before anything is compiled.
     """
+    if steps is None:
+        steps = auto_steps(workload, M, chunk, b, warmup, b_theory)
     cfg, sizing, grid, params = _prepare(workload, M=M, chunk=chunk, lam=lam, b=b, policy=policy, replicas=replicas,
                                          steps=steps, warmup=warmup, token_budget=token_budget, K=K,
                                          compact_every=compact_every, max_points=max_points)
