@@ -113,48 +113,45 @@ def _grid_values(name, v, check):
 
 # ----------------------------------------------------------------------------------------------- verdict
 def stability_verdict(t, waiting, arrivals_w, warm_t0, n_batches: int = 10):
-    """Per-replica verdict from the waiting-count series after warm-up.
+    """Per-replica verdict from the waiting-count series after warm-up (vectorised over replicas).
 
     The window is cut into ``n_batches`` batches; the slope of the batch means of the waiting count against time,
     divided by its standard error, is the growth statistic. A replica is unstable when the growth is large
     against its noise (t > 3) **and** the waiting count rose by more than max(3, 1 % of the window's arrivals).
+    Windows too short for batch means fall back to: rise > max(3, 1 %) + 3·sqrt(arrivals).
     Returns (unstable bool[R], t_stat float[R], drift_rps float[R], rise float[R]).
     """
     t = np.asarray(t, np.float64)
     W = np.asarray(waiting, np.float64)
+    A = np.asarray(arrivals_w, np.float64)
     R, P = W.shape
-    unstable = np.zeros(R, bool)
-    tstat = np.zeros(R)
-    drift = np.zeros(R)
-    rise = np.zeros(R)
-    for r in range(R):
-        m = t[r] >= warm_t0[r]
-        tt, ww = t[r][m], W[r][m]
-        if tt.size < 2 * n_batches:
-            # too short for batch means: fall back to the first/last values
-            if tt.size >= 2:
-                rise[r] = ww[-1] - ww[0]
-                drift[r] = rise[r] / max(tt[-1] - tt[0], 1e-12)
-            unstable[r] = rise[r] > max(3.0, 0.01 * arrivals_w[r]) + 3.0 * math.sqrt(max(arrivals_w[r], 1.0))
-            tstat[r] = np.inf if unstable[r] else 0.0
-            continue
-        nb = n_batches
-        cut = (tt.size // nb) * nb
-        tb = tt[-cut:].reshape(nb, -1).mean(1)
-        wb = ww[-cut:].reshape(nb, -1).mean(1)
-        tc = tb - tb.mean()
-        sxx = float(tc @ tc)
-        beta = float(tc @ (wb - wb.mean())) / sxx
-        resid = wb - wb.mean() - beta * tc
-        se = math.sqrt(max(float(resid @ resid) / (nb - 2), 0.0) / sxx)
-        drift[r] = beta
-        rise[r] = wb[-1] - wb[0]
-        if se > 0:
-            tstat[r] = beta / se
-        else:
-            tstat[r] = np.inf if beta > 0 else (0.0 if beta == 0 else -np.inf)
-        unstable[r] = (tstat[r] > 3.0) and (rise[r] > max(3.0, 0.01 * arrivals_w[r]))
-    return unstable, tstat, drift, rise
+    n_w = (t >= np.asarray(warm_t0, np.float64)[:, None]).sum(1)  # records are taken at the same steps everywhere
+    if R and not np.all(n_w == n_w[0]):
+        out = [stability_verdict(t[r:r + 1], W[r:r + 1], A[r:r + 1], np.asarray(warm_t0)[r:r + 1], n_batches)
+               for r in range(R)]
+        return tuple(np.concatenate([o[i] for o in out]) for i in range(4))
+    n = int(n_w[0]) if R else 0
+    floor = np.maximum(3.0, 0.01 * A)
+    if n < 2 * n_batches:
+        rise = W[:, -1] - W[:, -n] if n >= 2 else np.zeros(R)
+        span = t[:, -1] - t[:, -n] if n >= 2 else np.ones(R)
+        unstable = rise > floor + 3.0 * np.sqrt(np.maximum(A, 1.0))
+        return unstable, np.where(unstable, np.inf, 0.0), rise / np.maximum(span, 1e-12), rise
+    cut = (n // n_batches) * n_batches
+    tb = t[:, -cut:].reshape(R, n_batches, -1).mean(2)
+    wb = W[:, -cut:].reshape(R, n_batches, -1).mean(2)
+    tc = tb - tb.mean(1, keepdims=True)
+    wc = wb - wb.mean(1, keepdims=True)
+    sxx = np.maximum((tc * tc).sum(1), 1e-300)
+    beta = (tc * wc).sum(1) / sxx
+    resid = wc - beta[:, None] * tc
+    se = np.sqrt(np.maximum((resid * resid).sum(1) / (n_batches - 2), 0.0) / sxx)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tstat = np.where(se > 0, beta / np.where(se > 0, se, 1.0), np.sign(beta) * np.inf)
+    tstat = np.nan_to_num(tstat, nan=0.0, posinf=np.inf, neginf=-np.inf)
+    rise = wb[:, -1] - wb[:, 0]
+    unstable = (tstat > 3.0) & (rise > floor)
+    return unstable, tstat, beta, rise
 
 
 # ----------------------------------------------------------------------------------------------- histograms
@@ -443,25 +440,27 @@ def _collect(workload, grid, R, cfg, sizing, st, recs, steps_run, steps_asked, w
         lost = a(st.lat_lost)[ci]
         reliable = (starved == 0) & (trunc == 0) & (viol == 0)
         steps_w = np.maximum(a(st.steps_w)[ci], 1)
-        for r in range(R):
-            row = dict(config=ci, replica=r, lam_rps=lam, M_tokens=M, chunk_tokens=chunk, b_s=b_nom,
-                       batch_model=bt.kind, policy=policy, token_budget=token_budget or 0, steps=steps_run,
-                       warmup_steps=warmup, window_s=busy[r], arrivals=int(arrivals[r]), completions=int(comp[r]),
-                       in_system_final=int(in_sys[r]), waiting_final=int(in_sys[r] - n_started_final[r]),
-                       throughput_rps=thr[r], throughput_cv_rps=thr_cv[r],
-                       mem_mean_tokens=a(st.mem_sum_w)[ci][r] / steps_w[r], mem_max_tokens=int(a(st.mem_max)[ci][r]),
-                       swaps=int(a(st.swaps)[ci][r]), started_max=int(a(st.started_max)[ci][r]),
-                       waiting_max=int(a(st.waiting_max)[ci][r]), unstable=bool(unstable[r]),
-                       growth_tstat=tstat[r], drift_rps=drift[r], waiting_rise=rise[r], latency_n=int(lat_n[r]))
-            row["mem_util"] = row["mem_mean_tokens"] / M
+        cols = dict(config=np.full(R, ci), replica=np.arange(R), lam_rps=np.full(R, lam), M_tokens=np.full(R, M),
+                    chunk_tokens=np.full(R, chunk), b_s=np.full(R, b_nom), batch_model=[bt.kind] * R,
+                    policy=[policy] * R, token_budget=np.full(R, token_budget or 0), steps=np.full(R, steps_run),
+                    warmup_steps=np.full(R, warmup), window_s=busy, arrivals=arrivals.astype(np.int64),
+                    completions=comp.astype(np.int64), in_system_final=in_sys.astype(np.int64),
+                    waiting_final=(in_sys - n_started_final).astype(np.int64), throughput_rps=thr,
+                    throughput_cv_rps=thr_cv, mem_mean_tokens=a(st.mem_sum_w)[ci] / steps_w,
+                    mem_max_tokens=a(st.mem_max)[ci].astype(np.int64), swaps=a(st.swaps)[ci].astype(np.int64),
+                    started_max=a(st.started_max)[ci].astype(np.int64),
+                    waiting_max=a(st.waiting_max)[ci].astype(np.int64), unstable=unstable, growth_tstat=tstat,
+                    drift_rps=drift, waiting_rise=rise, latency_n=lat_n.astype(np.int64))
+        cols["mem_util"] = cols["mem_mean_tokens"] / M
+        with np.errstate(divide="ignore", invalid="ignore"):
             for mi, name in enumerate(_k.LAT_NAMES):
-                row[f"{name}_mean_s"] = lat_sum[r][mi] / lat_n[r] if lat_n[r] > 0 else np.nan
+                cols[f"{name}_mean_s"] = np.where(lat_n > 0, lat_sum[:, mi] / np.maximum(lat_n, 1), np.nan)
                 for qi, q in enumerate(lat_q):
-                    row[f"{name}_p{int(q * 100)}_s"] = qs[r, mi, qi]
-            row.update(starved_steps=int(starved[r]), arrival_cap_hits=int(trunc[r]),
-                       overflow_final=int(overflow[r]), latency_lost=int(lost[r]), violations=int(viol[r]),
-                       reliable=bool(reliable[r]), latency_reliable=bool(lost[r] == 0))
-            rows.append(row)
+                    cols[f"{name}_p{int(q * 100)}_s"] = qs[:, mi, qi]
+        cols.update(starved_steps=starved.astype(np.int64), arrival_cap_hits=trunc.astype(np.int64),
+                    overflow_final=overflow.astype(np.int64), latency_lost=lost.astype(np.int64),
+                    violations=viol.astype(np.int64), reliable=reliable, latency_reliable=lost == 0)
+        rows.append(pd.DataFrame(cols))
         # pooled over replicas
         pooled = hist[ci].sum(0)  # [3, n_bins]
         pq = hist_quantiles(pooled, lat_q, cfg)
@@ -499,7 +498,7 @@ def _collect(workload, grid, R, cfg, sizing, st, recs, steps_run, steps_asked, w
                   key=np.asarray(jax.random.key_data(key)).tolist(), engine=asdict(cfg),
                   sizing=asdict(sizing), wall_s=wall, backend=jax.default_backend(), jax_version=jax.__version__,
                   replica_steps_per_s=N * steps_run / max(wall, 1e-9))
-    return SimResult(replicas=pd.DataFrame(rows), summary=pd.DataFrame(sums), series_t=t_ser, series_waiting=w_ser,
+    return SimResult(replicas=pd.concat(rows, ignore_index=True), summary=pd.DataFrame(sums), series_t=t_ser, series_waiting=w_ser,
                      series_started=s_ser, hist=hist, config=config, engine_config=cfg)
 
 

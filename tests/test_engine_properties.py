@@ -194,3 +194,13 @@ def test_paper_pd11_critical_rate():
     c = lqs.critical(lqs.preset("pd-1:1"), M=131000, chunk=512, b=0.0372, replicas=64, grid_points=0)
     assert 3.18 <= c.summary["lam_star_rps"] <= 3.27
     assert c.summary["reliable"]
+
+
+def test_stops_early_once_every_replica_is_clearly_unstable():
+    res = lqs.simulate(FAST, M=M_FAST, chunk=CHUNK, lam=3 * CAP.mu_rps, b=B, replicas=4, steps=200_000, warmup=1_000,
+                       key=jax.random.key(1), stop_when_settled=True)
+    assert res.config["stopped_early"] and res.config["steps_run"] < 200_000
+    assert (res.summary.p_unstable == 1.0).all()
+    stable = lqs.simulate(FAST, M=M_FAST, chunk=CHUNK, lam=0.5 * CAP.mu_rps, b=B, replicas=4, steps=60_000,
+                          warmup=1_000, key=jax.random.key(1), stop_when_settled=True)
+    assert not stable.config["stopped_early"] and stable.config["steps_run"] >= 60_000

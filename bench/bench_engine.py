@@ -1,0 +1,150 @@
+"""Engine vs. the plain-Python reference (tests/reference_sim.py), same workload, same run, same machine.
+
+Prints and saves replica-steps/s and simulated completed requests per wall second for both, on pd-1:1 at
+M = 131,000 (ŝ = 512, b̄ = 0.0372 s) in saturation (λ = 1.5 μ), policy fcfs, invariant checks on.
+
+    PYTHONPATH=. python bench/bench_engine.py                      # CPU: replicas 64, 256, 1024
+    PYTHONPATH=. python bench/bench_engine.py --replicas 8192 16384 32768   # GPU
+Results go to bench/results/engine-<backend>-<host>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+
+
+def machine() -> dict:
+    import jax
+
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return dict(host=platform.node(), cpu=cpu, cores=os.cpu_count(), python=platform.python_version(),
+                jax=jax.__version__, backend=jax.default_backend(), devices=[str(d) for d in jax.devices()])
+
+
+def bench_reference(steps: int, warm: int, seed: int = 0) -> dict:
+    """Plain-Python reference, saturated: time the steps after `warm` (per-step wall clock via batch_time)."""
+    from reference_sim import reference_run
+
+    rnd = random.Random(seed)
+    lens: dict[int, tuple[int, int]] = {}
+
+    def lengths(i):
+        if i not in lens:
+            lens[i] = (rnd.randint(10, 1600), rnd.randint(10, 1600))
+        return lens[i]
+
+    mu = 3.2632
+    lam = 1.5 * mu
+
+    def arrivals(n, b):  # Poisson(λ b) by multiplication of uniforms
+        L, k, p = math.exp(-lam * b), 0, 1.0
+        while True:
+            p *= rnd.random()
+            if p < L:
+                return k
+            k += 1
+
+    stamps = []
+
+    def batch_time(n, *a):
+        stamps.append(time.perf_counter())
+        return 0.0372
+
+    out = reference_run(M=131000, chunk=512, policy="fcfs", steps=steps, arrivals=arrivals, lengths=lengths,
+                        batch_time=batch_time)
+    wall = stamps[-1] - stamps[warm]
+    n_steps = steps - 1 - warm
+    done = sum(out["completions"][warm:steps - 1])
+    return dict(steps_timed=n_steps, wall_s=wall, replica_steps_per_s=n_steps / wall, requests_per_s=done / wall,
+                completions=done, mean_scheduled=sum(out["n_scheduled"][warm:]) / (steps - warm))
+
+
+def bench_engine(replicas: int, chunks: int, seed: int = 0) -> dict:
+    import jax
+    import numpy as np
+
+    import lqs
+    from lqs import _engine as E
+
+    w = lqs.preset("pd-1:1")
+    cap = lqs.capacity(w, 131000, 512, 0.0372)
+    cfg, sizing, grid, params = E._prepare(w, M=131000, chunk=512, lam=1.5 * cap.mu_rps, b=0.0372, policy="fcfs",
+                                           replicas=replicas, steps=4096 * (chunks + 2), warmup=4096,
+                                           token_budget=None, K=None, compact_every=64, max_points=10**6)
+    keys = jax.random.split(jax.random.key(seed), replicas)
+    t0 = time.perf_counter()
+    st = E._init_jit(keys, params, cfg)
+    st, rec = E._run_chunk_jit(st, params, cfg)  # compile + first chunk (warm-up)
+    st, rec = E._run_chunk_jit(st, params, cfg)
+    jax.block_until_ready(st)
+    t_compile_warm = time.perf_counter() - t0
+    c0 = int(np.asarray(st.completions).sum())
+    t1 = time.perf_counter()
+    for _ in range(chunks):
+        st, rec = E._run_chunk_jit(st, params, cfg)
+    jax.block_until_ready(st)
+    wall = time.perf_counter() - t1
+    c1 = int(np.asarray(st.completions).sum())
+    steps = chunks * cfg.steps_per_chunk
+    nbytes = sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(st))
+    return dict(replicas=replicas, K=cfg.K, a_max=cfg.a_max, check_work=cfg.check_work, steps_timed=steps,
+                wall_s=wall, replica_steps_per_s=replicas * steps / wall, slot_steps_per_s=replicas * steps * cfg.K / wall,
+                requests_per_s=(c1 - c0) / wall, compile_and_warm_s=t_compile_warm,
+                violations=int(np.asarray(st.violations).sum()), starved=int(np.asarray(st.starved).sum()),
+                state_bytes_per_replica=nbytes / replicas,
+                state_gib_for_32768=nbytes / replicas * 32768 / 2**30)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--replicas", type=int, nargs="+", default=[64, 256, 1024])
+    ap.add_argument("--chunks", type=int, default=2, help="timed chunks of 4096 steps per size")
+    ap.add_argument("--ref-steps", type=int, default=8000)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    m = machine()
+    print("machine:", json.dumps(m))
+    ref = bench_reference(a.ref_steps, warm=a.ref_steps // 2)
+    print(f"reference (plain Python): {ref['replica_steps_per_s']:,.0f} steps/s, {ref['requests_per_s']:,.0f} "
+          f"completed requests/s (mean {ref['mean_scheduled']:.0f} scheduled per step)")
+    rows = []
+    for R in a.replicas:
+        e = bench_engine(R, a.chunks)
+        e["speedup_requests"] = e["requests_per_s"] / ref["requests_per_s"]
+        e["speedup_steps"] = e["replica_steps_per_s"] / ref["replica_steps_per_s"]
+        rows.append(e)
+        print(f"engine R={R:6d} K={e['K']}: {e['replica_steps_per_s']:,.0f} replica-steps/s, "
+              f"{e['requests_per_s']:,.0f} requests/s = {e['speedup_requests']:.1f}× reference "
+              f"(steps {e['speedup_steps']:.1f}×), compile+warm {e['compile_and_warm_s']:.1f} s, "
+              f"state {e['state_bytes_per_replica'] / 1024:.1f} KiB/replica "
+              f"({e['state_gib_for_32768']:.2f} GiB for 32768), violations {e['violations']}")
+    res = dict(machine=m, workload="pd-1:1", M=131000, chunk=512, b_s=0.0372, lam="1.5 mu", policy="fcfs",
+               command="PYTHONPATH=. python " + " ".join(sys.argv), reference=ref, engine=rows,
+               when=time.strftime("%Y-%m-%d %H:%M:%S"))
+    out = a.out or os.path.join(HERE, "results", f"engine-{m['backend']}-{m['host']}.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as fh:
+        json.dump(res, fh, indent=2)
+    print("saved", out)
+
+
+if __name__ == "__main__":
+    main()
