@@ -49,6 +49,8 @@ class EngineConfig:
     policy: str = "fcfs"
     a_max: int = 8  # static cap on arrivals per step (Poisson inversion terms)
     token_budget: bool = False
+    phased: bool = False  # piecewise-constant (duration, λ, workload) schedule: lengths drawn on arrival
+    n_u: int = 0  # uniforms stored per slot when phased
     check_work: bool = False  # accumulate per-request memory-work and compare with g_exact (int32-safe sizes)
     compact_every: int = 64  # steps per block; compaction + latency binning once per block
     blocks_per_record: int = 1  # one time-series point every this many blocks
@@ -76,8 +78,10 @@ class Params(NamedTuple):
     budget: jax.Array  # int32 token budget B per step (ignored unless cfg.token_budget)
     warmup: jax.Array  # int32 steps before the measurement window
     min_w: jax.Array  # int32 lower bound of any waiting request's weight (starvation check)
-    workload: object  # lqs.Workload pytree
+    workload: object  # lqs.Workload pytree (lqs.Phased when cfg.phased)
     batch: object  # lqs BatchTime pytree
+    phase_end: jax.Array  # float32 [P] end instants of the phases (last = inf); used when cfg.phased
+    phase_lam: jax.Array  # float32 [P] arrival rate of each phase
 
 
 class Slots(NamedTuple):
@@ -92,6 +96,7 @@ class Slots(NamedTuple):
     t_done: jax.Array
     work: jax.Array  # memory-work so far (only maintained when cfg.check_work)
     u_off: jax.Array  # float32 arrival instant inside its step, as a fraction of the step (pre-drawn)
+    uu: jax.Array  # float32 [K, n_u] the request's length uniforms (phased runs: lengths drawn on arrival)
 
 
 class State(NamedTuple):
@@ -139,7 +144,7 @@ def init_state(key, params: Params, cfg: EngineConfig) -> State:
     K = cfg.K
     zi = jnp.zeros((K,), jnp.int32)
     zf = jnp.zeros((K,), jnp.float32)
-    slots = Slots(zi, zi, zi, zi, zi, zf, zf, zf, zf, zi, zf)
+    slots = Slots(zi, zi, zi, zi, zi, zf, zf, zf, zf, zi, zf, jnp.zeros((K, cfg.n_u), jnp.float32))
     i0 = jnp.int32(0)
     f0 = jnp.float32(0.0)
     state = State(slots=slots, keys=replica_keys(key), step=i0, t=f0, n_used=i0, overflow=i0, next_ovf=i0,
@@ -151,11 +156,14 @@ def init_state(key, params: Params, cfg: EngineConfig) -> State:
     return _fill_free(state, i0, params, cfg)
 
 
-def draw_lengths(workload, skey, index, chunk):
+def length_uniforms(n_u, skey, index):
+    return jnp.stack([rng.uniform(skey, index, j) for j in range(n_u)], axis=-1)
+
+
+def draw_lengths(workload, skey, index, chunk, phase=None):
     """(s, o, k) of the requests with the given indices, from the counter-based stream."""
-    n_u = workload.n_uniforms
-    u = jnp.stack([rng.uniform(skey, index, j) for j in range(n_u)], axis=-1)
-    s, o = workload.sample_from_uniforms(u)
+    u = length_uniforms(workload.n_uniforms, skey, index)
+    s, o = workload.sample_from_uniforms(u) if phase is None else workload.sample_phase(u, phase)
     s = s.astype(jnp.int32)
     o = o.astype(jnp.int32)
     return s, o, (s + chunk - 1) // chunk
@@ -241,12 +249,23 @@ def step(state: State, params: Params, cfg: EngineConfig) -> tuple[State, StepOu
 
     # 5'. arrivals during the step: Poisson(λ·b_n); they take the pre-filled slots n_used .. n_used+fits-1
     up = rng.uniform(state.keys[0], state.step, 0)
-    n_arr, trunc = rng.poisson_inverse(up, params.lam * b_n, cfg.a_max)
+    if cfg.phased:
+        phase = jnp.sum((t >= params.phase_end[:-1]).astype(jnp.int32))
+        lam = params.phase_lam[phase]
+    else:
+        lam = params.lam
+    n_arr, trunc = rng.poisson_inverse(up, lam * b_n, cfg.a_max)
     K = s.shape[0]
     fits = jnp.where(state.overflow == 0, jnp.minimum(n_arr, K - state.n_used), 0)
     n_ovf = n_arr - fits
     arrived = (iota >= state.n_used) & (iota < state.n_used + fits)
 
+    if cfg.phased:  # the arriving requests take the lengths of the phase they arrive in
+        s_p, o_p = params.workload.sample_phase(sl.uu, phase)
+        s_p = s_p.astype(jnp.int32)
+        o_p = o_p.astype(jnp.int32)
+        sl = sl._replace(s=jnp.where(arrived, s_p, s), o=jnp.where(arrived, o_p, o),
+                         k=jnp.where(arrived, (s_p + chunk - 1) // chunk, k))
     slots = sl._replace(u=u_new, flags=fl_new, work=work,
                         t_arr=jnp.where(arrived, t + b_n * sl.u_off, sl.t_arr),
                         t_first=jnp.where(new_start, t, sl.t_first),
@@ -335,20 +354,26 @@ def squeeze(keep, arrays):
     K = keep.shape[0]
     d = jnp.cumsum((~keep).astype(jnp.int32))  # dropped entries up to and including i (= before i when kept)
     valid = keep
-    arrays = tuple(jnp.where(keep, x, jnp.zeros_like(x)) for x in arrays)
+    arrays = tuple(jnp.where(_col(keep, x), x, jnp.zeros_like(x)) for x in arrays)
     sh = 1
     while sh < K:
         def fwd(x):  # y[p] = x[p + sh], zero past the end
-            return jnp.concatenate([x[sh:], jnp.zeros((sh,), x.dtype)])
+            return jnp.concatenate([x[sh:], jnp.zeros((sh,) + x.shape[1:], x.dtype)])
 
         d_in, v_in = fwd(d), fwd(valid)
         move_in = v_in & ((d_in & sh) != 0)
         stay = valid & ((d & sh) == 0)
-        arrays = tuple(jnp.where(move_in, fwd(x), jnp.where(stay, x, jnp.zeros_like(x))) for x in arrays)
+        arrays = tuple(jnp.where(_col(move_in, x), fwd(x), jnp.where(_col(stay, x), x, jnp.zeros_like(x)))
+                       for x in arrays)
         d = jnp.where(move_in, d_in, jnp.where(stay, d, 0))
         valid = move_in | stay
         sh *= 2
     return arrays
+
+
+def _col(mask, x):
+    """Broadcast a [K] mask against a [K, ...] array."""
+    return mask.reshape(mask.shape + (1,) * (x.ndim - 1))
 
 
 def _fill_free(state: State, n_live, params: Params, cfg: EngineConfig) -> State:
@@ -360,8 +385,19 @@ def _fill_free(state: State, n_live, params: Params, cfg: EngineConfig) -> State
     n_fill = jnp.minimum(state.overflow, K - n_live)
     from_ovf = free & (r < state.overflow)
     idx = jnp.where(from_ovf, state.next_ovf + r, state.arrivals + (r - state.overflow))
-    s_f, o_f, k_f = draw_lengths(params.workload, state.keys[2], idx, params.chunk)
     off = rng.uniform(state.keys[3], idx, 0)
+    if cfg.phased:
+        # lengths are drawn when a request arrives (its phase); overflow requests already arrived: their arrival
+        # instant is lost, so they take the phase of this instant (counted in lat_lost like every overflow request)
+        uu = length_uniforms(cfg.n_u, state.keys[2], idx)
+        phase = jnp.sum((state.t >= params.phase_end[:-1]).astype(jnp.int32))
+        s_p, o_p = params.workload.sample_phase(uu, phase)
+        s_f = jnp.where(from_ovf, s_p.astype(jnp.int32), 0)
+        o_f = jnp.where(from_ovf, o_p.astype(jnp.int32), 0)
+        k_f = (s_f + params.chunk - 1) // params.chunk
+        sl = sl._replace(uu=jnp.where(free[:, None], uu, sl.uu))
+    else:
+        s_f, o_f, k_f = draw_lengths(params.workload, state.keys[2], idx, params.chunk)
     slots = sl._replace(s=jnp.where(free, s_f, sl.s), o=jnp.where(free, o_f, sl.o), k=jnp.where(free, k_f, sl.k),
                         u_off=jnp.where(free, off, sl.u_off), t_arr=jnp.where(from_ovf, -1.0, sl.t_arr))
     return state._replace(slots=slots, n_used=n_live + n_fill, overflow=state.overflow - n_fill,

@@ -60,6 +60,7 @@ from ._workload import (  # noqa: E402
     Marginal,
     Mixture,
     Pairs,
+    Phased,
     Workload,
     pd_ratio,
     preset,

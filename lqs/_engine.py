@@ -241,19 +241,26 @@ def _json_default(o):
 def simulate(workload: Workload, *, M, chunk: int, lam, b, policy: str = "fcfs", replicas: int = 64,
              steps: int | None = None, warmup: int = 4_000, key=None, seed: int = 0, token_budget: int | None = None,
              K: int | None = None, compact_every: int = 64, max_points: int = 1000, progress: bool = False,
-             stop_when_settled: bool = False, b_theory: float | None = None) -> SimResult:
+             stop_when_settled: bool = False, b_theory: float | None = None, phases=None) -> SimResult:
     """Simulate ``replicas`` independent servers for every λ (and M, b̄) of a grid.
 
     ``lam``, ``M`` and ``b`` may be scalars or 1-D lists; the grid is their product. ``steps=None`` picks the
     default horizon (:func:`auto_steps`): warm-up plus a window of at least 16,000 steps and 2,000 completions. ``b`` may also be a
     BatchTime model (iid or affine). Randomness flows from ``key`` (a typed JAX key; default ``jax.random.key(seed)``).
     Every input is checked before anything is compiled.
+
+    ``phases=[(duration_s, lam, workload), ...]`` runs a non-stationary, piecewise-constant schedule instead of
+    ``lam`` (pass ``workload=None`` and ``lam=None``): requests arriving in a phase take that phase's lengths, the
+    last phase lasts until the end, and the theory columns use the request-weighted mixture (weights λ·duration).
     """
+    phased = None
+    if phases is not None:
+        workload, lam, phased = _phases(phases, workload, lam)
     if steps is None:
         steps = auto_steps(workload, M, chunk, b, warmup, b_theory)
     cfg, sizing, grid, params = _prepare(workload, M=M, chunk=chunk, lam=lam, b=b, policy=policy, replicas=replicas,
                                          steps=steps, warmup=warmup, token_budget=token_budget, K=K,
-                                         compact_every=compact_every, max_points=max_points)
+                                         compact_every=compact_every, max_points=max_points, phased=phased)
     if b_theory is not None:
         b_theory = check_float("b_theory", b_theory, 0.0, lo_open=True)
     if key is None:
@@ -291,8 +298,35 @@ def simulate(workload: Workload, *, M, chunk: int, lam, b, policy: str = "fcfs",
                     token_budget, wall, stopped_early, b_theory, key)
 
 
+def _phases(phases, workload, lam):
+    """Validate a (duration_s, lam, workload) schedule → (theory workload, mean λ, (Phased, ends, lams))."""
+    from ._workload import Mixture, Phased
+
+    if workload is not None or lam is not None:
+        raise LqsError("phases", "with workload/lam", "give either phases or workload and lam, not both")
+    try:
+        items = [tuple(p) for p in phases]
+    except TypeError:
+        raise LqsError("phases", phases, "must be a list of (duration_s, lam, workload)") from None
+    if not items or any(len(p) != 3 for p in items):
+        raise LqsError("phases", phases, "must be a non-empty list of (duration_s, lam, workload)")
+    durs = [check_float("phase duration_s", p[0], 0.0, lo_open=True) for p in items]
+    lams = [check_float("phase lam", p[1], 0.0) for p in items]
+    parts = [p[2] for p in items]
+    if not all(isinstance(w, Workload) for w in parts):
+        raise LqsError("phases", parts, "every phase needs an lqs Workload")
+    weights = np.asarray(lams) * np.asarray(durs)
+    if weights.sum() <= 0:
+        weights = np.asarray(durs)
+    theory = parts[0] if len(parts) == 1 else Mixture(parts, weights)
+    ends = np.cumsum(durs).astype(np.float32)
+    ends[-1] = np.inf
+    mean_lam = float(np.sum(np.asarray(lams) * np.asarray(durs)) / np.sum(durs))
+    return theory, mean_lam, (Phased(parts), ends, np.asarray(lams, np.float32))
+
+
 def _prepare(workload, *, M, chunk, lam, b, policy, replicas, steps, warmup, token_budget, K, compact_every,
-             max_points):
+             max_points, phased=None):
     """Validate every input (before anything compiles), size the engine, build the static config and the
     flattened (configuration × replica) parameter arrays."""
     if not isinstance(workload, Workload):
@@ -315,7 +349,12 @@ def _prepare(workload, *, M, chunk, lam, b, policy, replicas, steps, warmup, tok
     for m in Ms:
         workload.validate(m)
     M_max = max(Ms)
-    lam_max = max(lams)
+    lam_max = max(lams) if phased is None else max(max(lams), float(np.max(phased[2])))
+    if phased is not None:
+        for m in Ms:
+            phased[0].validate(m)
+        if len(lams) != 1:
+            raise LqsError("lam", lams, "a phased run has its rates in phases, not a λ grid")
     ref_batch = batches[0] if len(batches) == 1 else ConstantBatch(max(bt.mean_s for bt in batches))
     sizing = size_engine(workload, M_max, chunk, lam_max, ref_batch, policy, compact_every, K)
     Kc = sizing.K
@@ -327,20 +366,29 @@ def _prepare(workload, *, M, chunk, lam, b, policy, replicas, steps, warmup, tok
     bpr = max(1, math.ceil(total_blocks / max_points))
     rpc = max(1, round(4096 / (compact_every * bpr)))
     cfg = _k.EngineConfig(K=Kc, policy=policy, a_max=sizing.a_max, token_budget=token_budget is not None,
+                          phased=phased is not None, n_u=0 if phased is None else phased[0].n_uniforms,
                           check_work=sizing.check_work, compact_every=compact_every, blocks_per_record=bpr,
                           records_per_chunk=rpc)
     grid = [(lm, m, bt) for bt in batches for m in Ms for lm in lams]
     N = len(grid) * replicas
-    min_w = (workload.min_s + 1) if policy == "reserve" else min(chunk, workload.min_s)
+    sim_w = workload if phased is None else phased[0]
+    min_w = (sim_w.min_s + 1) if policy == "reserve" else min(chunk, sim_w.min_s)
     lam_arr = np.repeat(np.asarray([g[0] for g in grid], np.float32), replicas)
     M_arr = np.repeat(np.asarray([g[1] for g in grid], np.int32), replicas)
     batch_stacked = jax.tree_util.tree_map(lambda *xs: np.repeat(np.stack([np.asarray(x) for x in xs]), replicas,
                                                                  axis=0), *[g[2] for g in grid])
-    workload_b = jax.tree_util.tree_map(lambda x: np.broadcast_to(np.asarray(x), (N,) + np.shape(x)), workload)
+    workload_b = jax.tree_util.tree_map(lambda x: np.broadcast_to(np.asarray(x), (N,) + np.shape(x)), sim_w)
+    if phased is None:
+        ends = np.full((N, 1), np.inf, np.float32)
+        plams = lam_arr[:, None]
+    else:
+        ends = np.broadcast_to(phased[1], (N, phased[1].size))
+        plams = np.broadcast_to(phased[2], (N, phased[2].size))
     params = _k.Params(lam=jnp.asarray(lam_arr), M=jnp.asarray(M_arr), chunk=jnp.full((N,), chunk, jnp.int32),
                        budget=jnp.full((N,), token_budget or _INT32_MAX, jnp.int32),
                        warmup=jnp.full((N,), warmup, jnp.int32), min_w=jnp.full((N,), min_w, jnp.int32),
-                       workload=workload_b, batch=batch_stacked)
+                       workload=workload_b, batch=batch_stacked, phase_end=jnp.asarray(ends),
+                       phase_lam=jnp.asarray(plams))
     return cfg, sizing, grid, params
 
 
@@ -353,15 +401,18 @@ _trace_jit = jax.jit(_trace_one, static_argnums=(2, 3))
 
 def simulate_trace(workload: Workload, *, M: int, chunk: int, lam: float, b, policy: str = "fcfs", steps: int = 256,
                    key=None, seed: int = 0, token_budget: int | None = None, K: int | None = None,
-                   compact_every: int = 64):
+                   compact_every: int = 64, phases=None):
     """Step-by-step record of one replica (a DataFrame, one row per step) and its final engine state.
 
     For debugging and for the tests that compare the engine with the plain-Python reference of SPEC.md.
     Runs ``steps`` rounded up to a multiple of ``compact_every``; warm-up is 0.
     """
+    phased = None
+    if phases is not None:
+        workload, lam, phased = _phases(phases, workload, lam)
     cfg, sizing, grid, params = _prepare(workload, M=M, chunk=chunk, lam=lam, b=b, policy=policy, replicas=1,
                                          steps=steps, warmup=0, token_budget=token_budget, K=K,
-                                         compact_every=compact_every, max_points=10**9)
+                                         compact_every=compact_every, max_points=10**9, phased=phased)
     if key is None:
         key = jax.random.key(check_int("seed", seed, 0, 2**63 - 1))
     p1 = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[0], params)

@@ -420,3 +420,48 @@ def pd_ratio(ratio: float, total_hi: int = 3200, lo: int = 10) -> Workload:
     hs = int(round(total_hi * ratio / (1.0 + ratio)))
     ho = total_hi - hs
     return Independent(IntUniform(lo, max(hs, lo), "s"), IntUniform(lo, max(ho, lo), "o"))
+
+
+class Phased(Workload):
+    """The workloads of a piecewise-constant schedule: request lengths come from the phase the request arrives in.
+
+    Used by the engine for non-stationary runs (``lqs.simulate(..., phases=[(duration_s, lam, workload), ...])``);
+    as a plain workload it behaves like its first phase's.
+    """
+
+    parts: tuple
+
+    def __init__(self, parts):
+        parts = tuple(parts)
+        if not parts or not all(isinstance(p, Workload) for p in parts):
+            raise LqsError("phases", parts, "every phase needs an lqs Workload")
+        self.parts = parts
+
+    @property
+    def n_uniforms(self):
+        return max(p.n_uniforms for p in self.parts)
+
+    def sample_phase(self, u, phase):
+        s_out = o_out = None
+        for i, p in enumerate(self.parts):
+            s_i, o_i = p.sample_from_uniforms(u[..., :p.n_uniforms])
+            if s_out is None:
+                s_out, o_out = s_i, o_i
+            else:
+                s_out = jnp.where(phase == i, s_i, s_out)
+                o_out = jnp.where(phase == i, o_i, o_out)
+        return s_out, o_out
+
+    def sample_from_uniforms(self, u):
+        return self.parts[0].sample_from_uniforms(u[..., :self.parts[0].n_uniforms])
+
+    @property
+    def max_total(self):
+        return max(p.max_total for p in self.parts)
+
+    @property
+    def min_s(self):
+        return min(p.min_s for p in self.parts)
+
+    def _exact_moments(self, chunk):
+        return self.parts[0]._exact_moments(chunk)

@@ -204,3 +204,26 @@ def test_stops_early_once_every_replica_is_clearly_unstable():
     stable = lqs.simulate(FAST, M=M_FAST, chunk=CHUNK, lam=0.5 * CAP.mu_rps, b=B, replicas=4, steps=60_000,
                           warmup=1_000, key=jax.random.key(1), stop_when_settled=True)
     assert not stable.config["stopped_early"] and stable.config["steps_run"] >= 60_000
+
+
+def test_phased_schedule_switches_rate_and_lengths():
+    small = lqs.Independent(lqs.Constant(10), lqs.Constant(10))
+    big = lqs.Independent(lqs.Constant(300), lqs.Constant(40))
+    df, st, cfg = lqs.simulate_trace(None, M=M_FAST, chunk=CHUNK, lam=None, b=B, steps=2048, key=jax.random.key(4),
+                                     phases=[(16.0, 10.0, small), (16.0, 2.0, big), (1.0, 0.0, small)])
+    t = df.t_start_s.to_numpy()
+    pre = df.prefill_tokens.to_numpy()
+    a_ = df.arrivals.to_numpy()
+    first = (t < 15.0) & (pre > 0)
+    assert first.any() and (pre[first] % 10 == 0).all() and pre[first].max() < 300
+    second = (t > 18.0) & (t < 31.0) & (pre > 0)
+    assert second.any() and (pre[second] % 300 == 0).all()
+    # arrival rates follow the phases (10/s, 2/s, then 0/s)
+    assert abs(a_[t < 16].sum() / 16 - 10) < 3 and abs(a_[(t >= 16) & (t < 32)].sum() / 16 - 2) < 1.5
+    assert a_[t >= 33].sum() == 0
+    assert int(st.violations) == 0
+    res = lqs.simulate(None, M=M_FAST, chunk=CHUNK, lam=None, b=B, replicas=2, steps=3_000, warmup=500,
+                       phases=[(20.0, 8.0, small), (20.0, 2.0, big)], key=jax.random.key(4))
+    assert res.reliable and abs(res.summary.lam_rps[0] - 5.0) < 1e-9
+    with pytest.raises(lqs.LqsError):
+        lqs.simulate(FAST, M=M_FAST, chunk=CHUNK, lam=3.0, b=B, phases=[(1.0, 1.0, small)])
