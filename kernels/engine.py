@@ -49,6 +49,8 @@ class EngineConfig:
     policy: str = "fcfs"
     a_max: int = 8  # static cap on arrivals per step (Poisson inversion terms)
     token_budget: bool = False
+    servers: int = 1  # G servers per replica in lock-step (a cluster); 1: a single server
+    routing: str = "round_robin"
     phased: bool = False  # piecewise-constant (duration, λ, workload) schedule: lengths drawn on arrival
     n_u: int = 0  # uniforms stored per slot when phased
     check_work: bool = False  # accumulate per-request memory-work and compare with g_exact (int32-safe sizes)
@@ -188,13 +190,28 @@ class StepOut(NamedTuple):
     waiting: jax.Array  # at the start of the step
 
 
-def step(state: State, params: Params, cfg: EngineConfig) -> tuple[State, StepOut]:
-    """One batch iteration of one replica (SPEC.md steps 1–6). Returns the new state and what the step did."""
+class Served(NamedTuple):
+    """A server's state after scheduling and advancing (SPEC.md steps 1–4), before the step's duration is known."""
+
+    slots: Slots
+    prefill_done: jax.Array
+    done: jax.Array
+    mem: jax.Array
+    n_pre_tok: jax.Array
+    n_dec_tok: jax.Array
+    n_sched: jax.Array
+    n_done: jax.Array
+    n_live: jax.Array
+    n_started: jax.Array
+    n_swap: jax.Array
+    starved: jax.Array
+
+
+def serve(state: State, params: Params, cfg: EngineConfig) -> Served:
+    """SPEC.md steps 1–4 for one server: footprints, the longest FCFS prefix under M (and B), advance, preempt."""
     sl = state.slots
     s, o, k, u, fl = sl.s, sl.o, sl.k, sl.u, sl.flags
     chunk, M = params.chunk, params.M
-    t = state.t
-    in_window = state.step >= params.warmup
     iota = jnp.arange(s.shape[0], dtype=jnp.int32)
 
     # 1. next footprint of every live request
@@ -214,7 +231,6 @@ def step(state: State, params: Params, cfg: EngineConfig) -> tuple[State, StepOu
     n_pre_tok = jnp.sum(jnp.where(sched & pre, tok, 0))
     n_sched = jnp.sum(sched.astype(jnp.int32))
     n_pre = jnp.sum((sched & pre).astype(jnp.int32))
-    n_dec_tok = n_sched - n_pre
 
     started = (fl & F_STARTED) != 0
     was_sched = (fl & F_SCHED) != 0
@@ -228,13 +244,7 @@ def step(state: State, params: Params, cfg: EngineConfig) -> tuple[State, StepOu
     if cfg.token_budget:
         starved = starved & (jnp.sum(tok) + 1 <= params.budget)
 
-    # 5. step duration (depends on the composition for the affine model)
-    ub1 = rng.uniform(state.keys[1], state.step, 0)
-    ub2 = rng.uniform(state.keys[1], state.step, 1)
-    b_n = params.batch.draw(ub1, ub2, n_pre_tok, n_dec_tok, mem).astype(jnp.float32)
-    t_end = t + b_n
-
-    # 3. advance
+    # 3. advance; 4. preempt (recompute)
     u1 = u + 1
     ttft_seen = (fl & F_TTFT) != 0
     prefill_done = sched & pre & (u1 == k) & ~ttft_seen
@@ -244,61 +254,135 @@ def step(state: State, params: Params, cfg: EngineConfig) -> tuple[State, StepOu
         u_new = jnp.where(live & started & ~sched, 0, u_new)
     fl_new = (jnp.where(started | sched, F_STARTED, 0) | jnp.where(sched, F_SCHED, 0)
               | jnp.where(prefill_done | ttft_seen, F_TTFT, 0))
-    n_done = jnp.sum(done.astype(jnp.int32))
     work = jnp.where(sched, sl.work + f, sl.work) if cfg.check_work else sl.work
+    slots = sl._replace(u=u_new, flags=fl_new, work=work, t_first=jnp.where(new_start, state.t, sl.t_first))
+    return Served(slots=slots, prefill_done=prefill_done, done=done, mem=mem, n_pre_tok=n_pre_tok,
+                  n_dec_tok=n_sched - n_pre, n_sched=n_sched, n_done=jnp.sum(done.astype(jnp.int32)),
+                  n_live=n_live, n_started=jnp.sum((live & started).astype(jnp.int32)),
+                  n_swap=jnp.sum(swapped.astype(jnp.int32)), starved=starved)
 
-    # 5'. arrivals during the step: Poisson(λ·b_n); they take the pre-filled slots n_used .. n_used+fits-1
-    up = rng.uniform(state.keys[0], state.step, 0)
+
+def phase_rate(t, params: Params, cfg: EngineConfig):
+    """(arrival rate, phase index) at instant t."""
     if cfg.phased:
         phase = jnp.sum((t >= params.phase_end[:-1]).astype(jnp.int32))
-        lam = params.phase_lam[phase]
-    else:
-        lam = params.lam
-    n_arr, trunc = rng.poisson_inverse(up, lam * b_n, cfg.a_max)
-    K = s.shape[0]
+        return params.phase_lam[phase], phase
+    return params.lam, jnp.int32(0)
+
+
+def finish(state: State, sv: Served, b_n, n_arr, trunc, phase, params: Params, cfg: EngineConfig):
+    """SPEC.md steps 5–6 for one server: the step lasts b_n; n_arr requests arrive (they take the pre-filled slots
+    n_used .. n_used+fits-1); counters and invariant checks."""
+    sl = sv.slots
+    t = state.t
+    t_end = t + b_n
+    M, chunk = params.M, params.chunk
+    in_window = state.step >= params.warmup
+    K = sl.s.shape[0]
+    iota = jnp.arange(K, dtype=jnp.int32)
     fits = jnp.where(state.overflow == 0, jnp.minimum(n_arr, K - state.n_used), 0)
     n_ovf = n_arr - fits
     arrived = (iota >= state.n_used) & (iota < state.n_used + fits)
-
     if cfg.phased:  # the arriving requests take the lengths of the phase they arrive in
         s_p, o_p = params.workload.sample_phase(sl.uu, phase)
         s_p = s_p.astype(jnp.int32)
         o_p = o_p.astype(jnp.int32)
-        sl = sl._replace(s=jnp.where(arrived, s_p, s), o=jnp.where(arrived, o_p, o),
-                         k=jnp.where(arrived, (s_p + chunk - 1) // chunk, k))
-    slots = sl._replace(u=u_new, flags=fl_new, work=work,
-                        t_arr=jnp.where(arrived, t + b_n * sl.u_off, sl.t_arr),
-                        t_first=jnp.where(new_start, t, sl.t_first),
-                        t_ttft=jnp.where(prefill_done, t_end, sl.t_ttft),
-                        t_done=jnp.where(done, t_end, sl.t_done))
+        sl = sl._replace(s=jnp.where(arrived, s_p, sl.s), o=jnp.where(arrived, o_p, sl.o),
+                         k=jnp.where(arrived, (s_p + chunk - 1) // chunk, sl.k))
+    slots = sl._replace(t_arr=jnp.where(arrived, t + b_n * sl.u_off, sl.t_arr),
+                        t_ttft=jnp.where(sv.prefill_done, t_end, sl.t_ttft),
+                        t_done=jnp.where(sv.done, t_end, sl.t_done))
     overflow = state.overflow + n_ovf
     next_ovf = jnp.where((state.overflow == 0) & (n_ovf > 0), state.arrivals + fits, state.next_ovf)
-    arrivals = state.arrivals + n_arr
-    completions = state.completions + n_done
-
-    # occupancy at the start of the step (before this step's completions and arrivals)
-    n_started = jnp.sum((live & started).astype(jnp.int32))
-    waiting = n_live - n_started + state.overflow
-    # conservation: arrivals = completions + in system (slots + overflow queue), checked on the slot contents
-    violations = state.violations + (mem > M).astype(jnp.int32)
-    violations = violations + (state.arrivals != state.completions + n_live + state.overflow).astype(jnp.int32)
-
+    waiting = sv.n_live - sv.n_started + state.overflow  # at the start of the step
+    # invariants: memory ≤ M; conservation arrivals = completions + in system, checked on the slot contents
+    violations = state.violations + (sv.mem > M).astype(jnp.int32)
+    violations = violations + (state.arrivals != state.completions + sv.n_live + state.overflow).astype(jnp.int32)
     iw = in_window.astype(jnp.int32)
-    n_swap = jnp.sum(swapped.astype(jnp.int32))
     new_state = state._replace(
         slots=slots, step=state.step + 1, t=t_end, n_used=state.n_used + fits, overflow=overflow,
-        next_ovf=next_ovf, arrivals=arrivals, completions=completions, swaps=state.swaps + n_swap,
-        t_w0=jnp.where(in_window & jnp.isinf(state.t_w0), t, state.t_w0),
-        arrivals_w=state.arrivals_w + iw * n_arr, completions_w=state.completions_w + iw * n_done,
-        mem_sum_w=state.mem_sum_w + jnp.where(in_window, mem.astype(jnp.float32), 0.0),
+        next_ovf=next_ovf, arrivals=state.arrivals + n_arr, completions=state.completions + sv.n_done,
+        swaps=state.swaps + sv.n_swap, t_w0=jnp.where(in_window & jnp.isinf(state.t_w0), t, state.t_w0),
+        arrivals_w=state.arrivals_w + iw * n_arr, completions_w=state.completions_w + iw * sv.n_done,
+        mem_sum_w=state.mem_sum_w + jnp.where(in_window, sv.mem.astype(jnp.float32), 0.0),
         steps_w=state.steps_w + iw, busy_w=state.busy_w + jnp.where(in_window, b_n, 0.0),
-        mem_max=jnp.maximum(state.mem_max, mem), started_max=jnp.maximum(state.started_max, n_started),
+        mem_max=jnp.maximum(state.mem_max, sv.mem), started_max=jnp.maximum(state.started_max, sv.n_started),
         waiting_max=jnp.maximum(state.waiting_max, waiting),
-        starved=state.starved + starved.astype(jnp.int32), arr_trunc=state.arr_trunc + trunc.astype(jnp.int32),
-        violations=violations)
-    out = StepOut(mem=mem, n_sched=n_sched, prefill_tokens=n_pre_tok, decode_tokens=n_dec_tok, b=b_n,
-                  arrivals=n_arr, completions=n_done, swaps=n_swap, waiting=waiting)
+        starved=state.starved + sv.starved.astype(jnp.int32),
+        arr_trunc=state.arr_trunc + trunc.astype(jnp.int32), violations=violations)
+    out = StepOut(mem=sv.mem, n_sched=sv.n_sched, prefill_tokens=sv.n_pre_tok, decode_tokens=sv.n_dec_tok, b=b_n,
+                  arrivals=n_arr, completions=sv.n_done, swaps=sv.n_swap, waiting=waiting)
     return new_state, out
+
+
+def step(state: State, params: Params, cfg: EngineConfig) -> tuple[State, StepOut]:
+    """One batch iteration of one server (SPEC.md steps 1–6). Returns the new state and what the step did."""
+    sv = serve(state, params, cfg)
+    ub1 = rng.uniform(state.keys[1], state.step, 0)
+    ub2 = rng.uniform(state.keys[1], state.step, 1)
+    b_n = params.batch.draw(ub1, ub2, sv.n_pre_tok, sv.n_dec_tok, sv.mem).astype(jnp.float32)
+    lam, phase = phase_rate(state.t, params, cfg)
+    n_arr, trunc = rng.poisson_inverse(rng.uniform(state.keys[0], state.step, 0), lam * b_n, cfg.a_max)
+    return finish(state, sv, b_n, n_arr, trunc, phase, params, cfg)
+
+
+# ----------------------------------------------------------------------------------------------- clusters
+ROUTINGS = ("round_robin", "random", "jsq", "least_kv")
+
+
+class Cluster(NamedTuple):
+    """G servers of one replica in lock-step (every State leaf has a leading [G] axis) and the router."""
+
+    servers: State
+    keys: jax.Array  # uint32[4] cluster streams (arrivals, batch, routing, -)
+    rr: jax.Array  # round-robin pointer
+
+
+def init_cluster(key, params: Params, cfg: EngineConfig) -> Cluster:
+    ks = jax.random.split(key, cfg.servers + 1)
+    servers = jax.vmap(lambda k: init_state(k, params, cfg))(ks[:-1])
+    return Cluster(servers=servers, keys=replica_keys(ks[-1]), rr=jnp.int32(0))
+
+
+def cluster_step(cl: Cluster, params: Params, cfg: EngineConfig) -> tuple[Cluster, StepOut]:
+    """One lock-step batch iteration of G servers: the step lasts as long as the slowest server's batch; each
+    arrival is routed on arrival (round_robin, random, jsq = fewest requests in system, least_kv = least memory
+    in use; ties to the lowest index)."""
+    G = cfg.servers
+    srv = cl.servers
+    svs = jax.vmap(lambda st: serve(st, params, cfg))(srv)
+    step_n, t = srv.step[0], srv.t[0]
+    ub1 = rng.uniform(cl.keys[1], step_n, 0)
+    ub2 = rng.uniform(cl.keys[1], step_n, 1)
+    b_g = jax.vmap(lambda a, b_, c: params.batch.draw(ub1, ub2, a, b_, c))(svs.n_pre_tok, svs.n_dec_tok, svs.mem)
+    b_n = jnp.max(b_g).astype(jnp.float32)
+    lam, phase = phase_rate(t, params, cfg)
+    n_arr, trunc = rng.poisson_inverse(rng.uniform(cl.keys[0], step_n, 0), lam * b_n, cfg.a_max)
+    # route the arrivals one by one
+    gi = jnp.arange(G, dtype=jnp.int32)
+    in_sys = svs.n_live - svs.n_done + srv.overflow
+    routed = jnp.zeros((G,), jnp.int32)
+    rr = cl.rr
+    first = jnp.sum(srv.arrivals)
+    for j in range(cfg.a_max):
+        active = j < n_arr
+        if cfg.routing == "round_robin":
+            g = rr % G
+            rr = rr + active.astype(jnp.int32)
+        elif cfg.routing == "random":
+            g = jnp.minimum((rng.uniform(cl.keys[2], first + j, 0) * G).astype(jnp.int32), G - 1)
+        elif cfg.routing == "jsq":
+            g = jnp.argmin(in_sys + routed).astype(jnp.int32)
+        else:  # least_kv
+            g = jnp.argmin(svs.mem + routed * params.chunk).astype(jnp.int32)
+        routed = routed + ((gi == g) & active).astype(jnp.int32)
+    trunc_g = trunc & (gi == 0)  # counted once per cluster
+    new_srv, outs = jax.vmap(lambda st, sv, m, tr: finish(st, sv, b_n, m, tr, phase, params, cfg))(
+        srv, svs, routed, trunc_g)
+    out = StepOut(mem=jnp.sum(outs.mem), n_sched=jnp.sum(outs.n_sched), prefill_tokens=jnp.sum(outs.prefill_tokens),
+                  decode_tokens=jnp.sum(outs.decode_tokens), b=b_n, arrivals=n_arr,
+                  completions=jnp.sum(outs.completions), swaps=jnp.sum(outs.swaps), waiting=jnp.sum(outs.waiting))
+    return Cluster(servers=new_srv, keys=cl.keys, rr=rr), out
 
 
 def _bin_index(x, cfg: EngineConfig):
@@ -423,21 +507,32 @@ def _record(state: State, mem) -> Record:
     return Record(t=state.t, waiting=in_sys - n_started, in_system=in_sys, started=n_started, mem=mem)
 
 
-def run_chunk(state: State, params: Params, cfg: EngineConfig) -> tuple[State, Record]:
-    """cfg.steps_per_chunk steps of one replica: scan(records) ∘ scan(blocks) ∘ scan(steps) + compaction."""
+def run_chunk(state, params: Params, cfg: EngineConfig):
+    """cfg.steps_per_chunk steps of one replica (a server, or a Cluster when cfg.servers > 1):
+    scan(records) ∘ scan(blocks) ∘ scan(steps) + compaction."""
+    clustered = cfg.servers > 1
 
     def one_step(st, _):
-        st, out = step(st, params, cfg)
+        st, out = cluster_step(st, params, cfg) if clustered else step(st, params, cfg)
         return st, out.mem
 
     def one_block(st, _):
         st, mems = jax.lax.scan(one_step, st, None, length=cfg.compact_every)
-        st = compact(st, params, cfg)
+        if clustered:
+            st = st._replace(servers=jax.vmap(lambda s: compact(s, params, cfg))(st.servers))
+        else:
+            st = compact(st, params, cfg)
         return st, mems[-1]
 
     def one_record(st, _):
         st, mems = jax.lax.scan(one_block, st, None, length=cfg.blocks_per_record)
-        return st, _record(st, mems[-1])
+        if clustered:
+            r = jax.vmap(lambda s: _record(s, 0))(st.servers)
+            rec = Record(t=r.t[0], waiting=jnp.sum(r.waiting), in_system=jnp.sum(r.in_system),
+                         started=jnp.sum(r.started), mem=mems[-1])
+        else:
+            rec = _record(st, mems[-1])
+        return st, rec
 
     return jax.lax.scan(one_record, state, None, length=cfg.records_per_chunk)
 
@@ -451,6 +546,9 @@ def trace_steps(state: State, params: Params, cfg: EngineConfig, n_blocks: int) 
     """n_blocks·compact_every steps of one replica, returning every step's StepOut (for tests and debugging)."""
 
     def one_block(st, _):
+        if cfg.servers > 1:
+            st, outs = jax.lax.scan(lambda s_, _: cluster_step(s_, params, cfg), st, None, length=cfg.compact_every)
+            return st._replace(servers=jax.vmap(lambda s: compact(s, params, cfg))(st.servers)), outs
         st, outs = jax.lax.scan(lambda s_, _: step(s_, params, cfg), st, None, length=cfg.compact_every)
         return compact(st, params, cfg), outs
 

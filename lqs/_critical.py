@@ -28,7 +28,8 @@ class CriticalResult:
 def critical(workload, *, M: int, chunk: int, b, policy: str = "fcfs", replicas: int = 64, steps: int | None = None,
              warmup: int = 4_000, key=None, seed: int = 0, grid_points: int = 9, grid_replicas: int | None = None,
              token_budget: int | None = None, K: int | None = None, progress: bool = False,
-             b_theory: float | None = None, overload: float = 1.3) -> CriticalResult:
+             b_theory: float | None = None, overload: float = 1.3, servers: int = 1,
+             routing: str = "round_robin") -> CriticalResult:
     """Estimate the critical arrival rate λ* of one server.
 
     λ* is the saturation throughput: the rate at which a server with an unbounded backlog completes requests
@@ -49,6 +50,12 @@ def critical(workload, *, M: int, chunk: int, b, policy: str = "fcfs", replicas:
             raise LqsError("b_theory", None, "an affine batch-time model needs b_theory (the b̄ used by the "
                            "closed form)") from None
     cap = capacity(workload, M, chunk, b_theory)
+    G = check_int("servers", servers, 1, 4096)
+    if G > 1:
+        from dataclasses import replace
+
+        cap = replace(cap, mu_rps=G * cap.mu_rps, mu_exact_rps=G * cap.mu_exact_rps,
+                      mu_stable_rps=G * cap.mu_stable_rps, mu_exact_stable_rps=G * cap.mu_exact_stable_rps)
     if steps is None:
         from ._engine import auto_steps
 
@@ -59,7 +66,7 @@ def critical(workload, *, M: int, chunk: int, b, policy: str = "fcfs", replicas:
     lam_sat = overload * cap.mu_rps
     sat = simulate(workload, M=M, chunk=chunk, lam=lam_sat, b=bt, policy=policy, replicas=replicas, steps=steps,
                    warmup=warmup, key=key_sat, token_budget=token_budget, K=K, progress=progress,
-                   b_theory=b_theory)
+                   b_theory=b_theory, servers=G, routing=routing)
     s = sat.summary.iloc[0]
     use_cv = bool(np.isfinite(s["throughput_cv_rps"]))
     lam_star = float(s["throughput_cv_rps"] if use_cv else s["throughput_rps"])
@@ -71,7 +78,7 @@ def critical(workload, *, M: int, chunk: int, b, policy: str = "fcfs", replicas:
                    mu_rps=cap.mu_rps, mu_exact_rps=cap.mu_exact_rps, mu_stable_rps=cap.mu_stable_rps,
                    mu_exact_stable_rps=cap.mu_exact_stable_rps, delta=cap.delta, b_s=b_theory, M_tokens=M,
                    chunk_tokens=chunk, policy=policy, replicas=replicas, steps=int(s["steps"]),
-                   warmup_steps=warmup, lam_saturation_rps=lam_sat, saturation_min_waiting=saturated,
+                   warmup_steps=warmup, lam_saturation_rps=lam_sat, servers=G, routing=routing, saturation_min_waiting=saturated,
                    lam_star_over_mu_exact=lam_star / cap.mu_exact_rps,
                    in_theory_band=bool(cap.mu_exact_stable_rps - 1.96 * se <= lam_star <= cap.mu_exact_rps + 1.96 * se))
     reliable = bool(sat.reliable) and saturated > 0
@@ -82,7 +89,7 @@ def critical(workload, *, M: int, chunk: int, b, policy: str = "fcfs", replicas:
         lams = np.linspace(lo, hi, grid_points)
         grid = simulate(workload, M=M, chunk=chunk, lam=lams, b=bt, policy=policy, replicas=grid_replicas,
                         steps=steps, warmup=warmup, key=key_grid, token_budget=token_budget, K=K,
-                        progress=progress, b_theory=b_theory)
+                        progress=progress, b_theory=b_theory, servers=G, routing=routing)
         g = grid.summary
         summary["grid_lam_rps"] = [float(x) for x in g["lam_rps"]]
         summary["grid_p_unstable"] = [float(x) for x in g["p_unstable"]]

@@ -36,7 +36,8 @@ _run_chunk_jit = jax.jit(_traced_run_chunk, static_argnums=2, donate_argnums=0)
 
 
 def _init_states(keys, params, cfg):
-    return jax.vmap(lambda k, p: _k.init_state(k, p, cfg))(keys, params)
+    init = _k.init_cluster if cfg.servers > 1 else _k.init_state
+    return jax.vmap(lambda k, p: init(k, p, cfg))(keys, params)
 
 
 _init_jit = jax.jit(_init_states, static_argnums=2)
@@ -52,7 +53,7 @@ class Sizing:
 
 
 def size_engine(workload: Workload, M_max: int, chunk: int, lam_max: float, batch: BatchTime, policy: str,
-                compact_every: int, K: int | None = None) -> Sizing:
+                compact_every: int, K: int | None = None, servers: int = 1) -> Sizing:
     """Default capacities from the workload and M: K slots and the per-step arrival cap."""
     m = workload.expected_g(chunk)
     mean_k = m.mean_s / chunk + 0.5
@@ -60,7 +61,7 @@ def size_engine(workload: Workload, M_max: int, chunk: int, lam_max: float, batc
     n_serv = M_max * life / m.g_exact
     b_typ = _nominal_b(batch, default=None)
     b_max = batch.max_s(M_max, 4096, chunk)
-    rate_steps = max(lam_max * (b_typ or b_max), n_serv / life)  # arrivals or completions per step
+    rate_steps = max(lam_max / servers * (b_typ or b_max), n_serv / life)  # arrivals or completions per step
     if K is None:
         # started requests peak near 2× the mean number in service (SPEC.md: ≈ 230 for pd-1:2, n ≈ 105), plus
         # room for waiting requests and for the finished ones that wait for the next compaction
@@ -241,7 +242,8 @@ def _json_default(o):
 def simulate(workload: Workload, *, M, chunk: int, lam, b, policy: str = "fcfs", replicas: int = 64,
              steps: int | None = None, warmup: int = 4_000, key=None, seed: int = 0, token_budget: int | None = None,
              K: int | None = None, compact_every: int = 64, max_points: int = 1000, progress: bool = False,
-             stop_when_settled: bool = False, b_theory: float | None = None, phases=None) -> SimResult:
+             stop_when_settled: bool = False, b_theory: float | None = None, phases=None, servers: int = 1,
+             routing: str = "round_robin") -> SimResult:
     """Simulate ``replicas`` independent servers for every λ (and M, b̄) of a grid.
 
     ``lam``, ``M`` and ``b`` may be scalars or 1-D lists; the grid is their product. ``steps=None`` picks the
@@ -252,6 +254,10 @@ def simulate(workload: Workload, *, M, chunk: int, lam, b, policy: str = "fcfs",
     ``phases=[(duration_s, lam, workload), ...]`` runs a non-stationary, piecewise-constant schedule instead of
     ``lam`` (pass ``workload=None`` and ``lam=None``): requests arriving in a phase take that phase's lengths, the
     last phase lasts until the end, and the theory columns use the request-weighted mixture (weights λ·duration).
+
+    ``servers=G`` makes every replica a cluster of G identical servers stepping in lock-step (the step lasts as long
+    as the slowest server's batch); ``lam`` is then the cluster's total rate, each arrival is routed on arrival by
+    ``routing`` (round_robin, random, jsq, least_kv), and the theory columns are G·μ.
     """
     phased = None
     if phases is not None:
@@ -260,7 +266,8 @@ def simulate(workload: Workload, *, M, chunk: int, lam, b, policy: str = "fcfs",
         steps = auto_steps(workload, M, chunk, b, warmup, b_theory)
     cfg, sizing, grid, params = _prepare(workload, M=M, chunk=chunk, lam=lam, b=b, policy=policy, replicas=replicas,
                                          steps=steps, warmup=warmup, token_budget=token_budget, K=K,
-                                         compact_every=compact_every, max_points=max_points, phased=phased)
+                                         compact_every=compact_every, max_points=max_points, phased=phased,
+                                         servers=servers, routing=routing)
     if b_theory is not None:
         b_theory = check_float("b_theory", b_theory, 0.0, lo_open=True)
     if key is None:
@@ -292,6 +299,8 @@ def simulate(workload: Workload, *, M, chunk: int, lam, b, policy: str = "fcfs",
     jax.block_until_ready(states)
     wall = time.perf_counter() - t_start
     st = jax.device_get(states)
+    if cfg.servers > 1:
+        st = _reduce_cluster(st)
     steps_run = done_chunks * spc
 
     return _collect(workload, grid, replicas, cfg, sizing, st, recs, steps_run, steps, warmup, chunk, policy,
@@ -325,13 +334,32 @@ def _phases(phases, workload, lam):
     return theory, mean_lam, (Phased(parts), ends, np.asarray(lams, np.float32))
 
 
+def _reduce_cluster(cl):
+    """A cluster's per-server counters folded into one replica's (sums; maxima for the maxima; clock of server 0)."""
+    st = cl.servers
+    first = ("slots", "keys", "step", "t", "t_w0", "steps_w", "busy_w")
+    maxed = ("mem_max", "started_max", "waiting_max", "lat_max")
+    out = {}
+    for name in _k.State._fields:
+        x = np.asarray(getattr(st, name)) if name != "slots" else None
+        if name in first:
+            out[name] = jax.tree_util.tree_map(lambda v: np.asarray(v)[:, 0], getattr(st, name))
+        elif name in maxed:
+            out[name] = x.max(axis=1)
+        else:
+            out[name] = x.sum(axis=1)
+    return _k.State(**out)
+
+
 def _prepare(workload, *, M, chunk, lam, b, policy, replicas, steps, warmup, token_budget, K, compact_every,
-             max_points, phased=None):
+             max_points, phased=None, servers=1, routing="round_robin"):
     """Validate every input (before anything compiles), size the engine, build the static config and the
     flattened (configuration × replica) parameter arrays."""
     if not isinstance(workload, Workload):
         raise LqsError("workload", type(workload).__name__, "must be an lqs Workload (see lqs.preset)")
     policy = check_choice("policy", policy, POLICIES)
+    servers = check_int("servers", servers, 1, 4096)
+    routing = check_choice("routing", routing, _k.ROUTINGS)
     chunk = check_int("chunk", chunk, 1, 2**20)
     lams = _grid_values("lam", lam, lambda n, x: check_float(n, x, 0.0))
     Ms = _grid_values("M", M, lambda n, x: check_int(n, x, 1, 2**30))
@@ -356,7 +384,7 @@ def _prepare(workload, *, M, chunk, lam, b, policy, replicas, steps, warmup, tok
         if len(lams) != 1:
             raise LqsError("lam", lams, "a phased run has its rates in phases, not a λ grid")
     ref_batch = batches[0] if len(batches) == 1 else ConstantBatch(max(bt.mean_s for bt in batches))
-    sizing = size_engine(workload, M_max, chunk, lam_max, ref_batch, policy, compact_every, K)
+    sizing = size_engine(workload, M_max, chunk, lam_max, ref_batch, policy, compact_every, K, servers=servers)
     Kc = sizing.K
     if Kc * (M_max + 1) >= _INT32_MAX:
         raise LqsError("M", M_max, f"K·(M+1) must stay below 2^31 for int32 accounting (K={Kc}); "
@@ -366,6 +394,7 @@ def _prepare(workload, *, M, chunk, lam, b, policy, replicas, steps, warmup, tok
     bpr = max(1, math.ceil(total_blocks / max_points))
     rpc = max(1, round(4096 / (compact_every * bpr)))
     cfg = _k.EngineConfig(K=Kc, policy=policy, a_max=sizing.a_max, token_budget=token_budget is not None,
+                          servers=servers, routing=routing,
                           phased=phased is not None, n_u=0 if phased is None else phased[0].n_uniforms,
                           check_work=sizing.check_work, compact_every=compact_every, blocks_per_record=bpr,
                           records_per_chunk=rpc)
@@ -401,7 +430,7 @@ _trace_jit = jax.jit(_trace_one, static_argnums=(2, 3))
 
 def simulate_trace(workload: Workload, *, M: int, chunk: int, lam: float, b, policy: str = "fcfs", steps: int = 256,
                    key=None, seed: int = 0, token_budget: int | None = None, K: int | None = None,
-                   compact_every: int = 64, phases=None):
+                   compact_every: int = 64, phases=None, servers: int = 1, routing: str = "round_robin"):
     """Step-by-step record of one replica (a DataFrame, one row per step) and its final engine state.
 
     For debugging and for the tests that compare the engine with the plain-Python reference of SPEC.md.
@@ -412,11 +441,13 @@ def simulate_trace(workload: Workload, *, M: int, chunk: int, lam: float, b, pol
         workload, lam, phased = _phases(phases, workload, lam)
     cfg, sizing, grid, params = _prepare(workload, M=M, chunk=chunk, lam=lam, b=b, policy=policy, replicas=1,
                                          steps=steps, warmup=0, token_budget=token_budget, K=K,
-                                         compact_every=compact_every, max_points=10**9, phased=phased)
+                                         compact_every=compact_every, max_points=10**9, phased=phased,
+                                         servers=servers, routing=routing)
     if key is None:
         key = jax.random.key(check_int("seed", seed, 0, 2**63 - 1))
     p1 = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[0], params)
-    state = _k.init_state(jax.random.split(key, 1)[0], p1, cfg)
+    init = _k.init_cluster if cfg.servers > 1 else _k.init_state
+    state = init(jax.random.split(key, 1)[0], p1, cfg)
     n_blocks = math.ceil(steps / cfg.compact_every)
     st, outs = _trace_jit(state, p1, cfg, n_blocks)
     df = pd.DataFrame({f: np.asarray(getattr(outs, f)) for f in outs._fields})
@@ -466,6 +497,12 @@ def _collect(workload, grid, R, cfg, sizing, st, recs, steps_run, steps_asked, w
     for ci, (lam, M, bt) in enumerate(grid):
         b_nom = b_theory if b_theory is not None else _nominal_b(bt)
         cap = _capacity(workload, M, chunk, b_nom) if np.isfinite(b_nom) else None
+        G = cfg.servers
+        if cap is not None and G > 1:
+            from dataclasses import replace as _dc_replace
+
+            cap = _dc_replace(cap, mu_rps=G * cap.mu_rps, mu_exact_rps=G * cap.mu_exact_rps,
+                              mu_stable_rps=G * cap.mu_stable_rps, mu_exact_stable_rps=G * cap.mu_exact_stable_rps)
         arrivals = a(st.arrivals)[ci]
         comp = a(st.completions)[ci]
         arr_w = a(st.arrivals_w)[ci]
@@ -502,7 +539,9 @@ def _collect(workload, grid, R, cfg, sizing, st, recs, steps_run, steps_asked, w
                     started_max=a(st.started_max)[ci].astype(np.int64),
                     waiting_max=a(st.waiting_max)[ci].astype(np.int64), unstable=unstable, growth_tstat=tstat,
                     drift_rps=drift, waiting_rise=rise, latency_n=lat_n.astype(np.int64))
-        cols["mem_util"] = cols["mem_mean_tokens"] / M
+        cols["mem_util"] = cols["mem_mean_tokens"] / (M * G)
+        cols["servers"] = np.full(R, G)
+        cols["routing"] = [cfg.routing] * R
         with np.errstate(divide="ignore", invalid="ignore"):
             for mi, name in enumerate(_k.LAT_NAMES):
                 cols[f"{name}_mean_s"] = np.where(lat_n > 0, lat_sum[:, mi] / np.maximum(lat_n, 1), np.nan)
@@ -529,7 +568,7 @@ def _collect(workload, grid, R, cfg, sizing, st, recs, steps_run, steps_asked, w
                     throughput_ci_lo_rps=float(thr.mean() - 1.96 * se), throughput_ci_hi_rps=float(thr.mean() + 1.96 * se),
                     throughput_cv_rps=float(np.nanmean(thr_cv)), throughput_cv_se_rps=se_cv,
                     p_unstable=p_un, p_unstable_lo=lo, p_unstable_hi=hi,
-                    mem_util=float(np.mean(a(st.mem_sum_w)[ci] / steps_w / M)),
+                    mem_util=float(np.mean(a(st.mem_sum_w)[ci] / steps_w / (M * G))), servers=G, routing=cfg.routing,
                     swaps_per_s=float(np.mean(a(st.swaps)[ci] / np.maximum(a(st.t)[ci], 1e-12))),
                     started_max=int(a(st.started_max)[ci].max()),
                     waiting_final_mean=float(np.mean(in_sys - n_started_final)), latency_n=int(lat_n.sum()))

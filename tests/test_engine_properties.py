@@ -227,3 +227,42 @@ def test_phased_schedule_switches_rate_and_lengths():
     assert res.reliable and abs(res.summary.lam_rps[0] - 5.0) < 1e-9
     with pytest.raises(lqs.LqsError):
         lqs.simulate(FAST, M=M_FAST, chunk=CHUNK, lam=3.0, b=B, phases=[(1.0, 1.0, small)])
+
+
+def test_cluster_round_robin_routes_evenly_and_keeps_invariants():
+    df, st, cfg = lqs.simulate_trace(FAST, M=M_FAST, chunk=CHUNK, lam=4 * 0.9 * CAP.mu_exact_rps, b=B, steps=2048,
+                                     servers=4, routing="round_robin", key=jax.random.key(8))
+    arr = np.asarray(st.servers.arrivals)
+    assert arr.max() - arr.min() <= 1 and arr.sum() == df.arrivals.sum()
+    assert int(np.asarray(st.servers.violations).sum()) == 0
+    assert (np.asarray(st.servers.t) == np.asarray(st.servers.t)[0]).all()  # lock-step clock
+    assert (df.mem <= 4 * M_FAST).all()
+
+
+@pytest.mark.parametrize("routing", ["random", "jsq", "least_kv"])
+def test_cluster_routings_conserve_requests(routing):
+    df, st, cfg = lqs.simulate_trace(FAST, M=M_FAST, chunk=CHUNK, lam=3 * CAP.mu_exact_rps, b=B, steps=1024,
+                                     servers=3, routing=routing, key=jax.random.key(9))
+    sv = st.servers
+    arr = np.asarray(sv.arrivals)
+    assert arr.sum() == df.arrivals.sum() and (arr > 0).all()
+    in_sys = arr - np.asarray(sv.completions)
+    assert int(np.asarray(sv.violations).sum()) == 0 and (in_sys >= 0).all()
+
+
+def test_cluster_saturation_in_band_and_jsq_beats_random():
+    G = 4
+    sat = lqs.simulate(FAST, M=M_FAST, chunk=CHUNK, lam=1.4 * G * CAP.mu_rps, b=B, replicas=8, steps=10_000,
+                       warmup=2_000, servers=G, key=jax.random.key(10))
+    s = sat.summary.iloc[0]
+    assert s.mu_exact_rps == pytest.approx(G * CAP.mu_exact_rps, rel=1e-6)
+    se = s.throughput_cv_se_rps
+    assert G * CAP.mu_exact_rps * (1 - CAP.delta) - 4 * se <= s.throughput_cv_rps <= G * CAP.mu_exact_rps + 4 * se
+    assert sat.reliable and s.p_unstable == 1.0
+    lam = 0.9 * G * CAP.mu_exact_rps
+    waits = {}
+    for routing in ("random", "jsq"):
+        r = lqs.simulate(FAST, M=M_FAST, chunk=CHUNK, lam=lam, b=B, replicas=8, steps=10_000, warmup=2_000,
+                         servers=G, routing=routing, key=jax.random.key(10))
+        waits[routing] = float(r.summary.wait_mean_s.iloc[0])
+    assert waits["jsq"] < waits["random"], waits
