@@ -243,7 +243,7 @@ def simulate(workload: Workload, *, M, chunk: int, lam, b, policy: str = "fcfs",
              steps: int | None = None, warmup: int = 4_000, key=None, seed: int = 0, token_budget: int | None = None,
              K: int | None = None, compact_every: int = 64, max_points: int = 1000, progress: bool = False,
              stop_when_settled: bool = False, b_theory: float | None = None, phases=None, servers: int = 1,
-             routing: str = "round_robin") -> SimResult:
+             routing: str = "round_robin", devices=None) -> SimResult:
     """Simulate ``replicas`` independent servers for every λ (and M, b̄) of a grid.
 
     ``lam``, ``M`` and ``b`` may be scalars or 1-D lists; the grid is their product. ``steps=None`` picks the
@@ -254,6 +254,9 @@ def simulate(workload: Workload, *, M, chunk: int, lam, b, policy: str = "fcfs",
     ``phases=[(duration_s, lam, workload), ...]`` runs a non-stationary, piecewise-constant schedule instead of
     ``lam`` (pass ``workload=None`` and ``lam=None``): requests arriving in a phase take that phase's lengths, the
     last phase lasts until the end, and the theory columns use the request-weighted mixture (weights λ·duration).
+
+    ``devices`` (default: all local devices) shards the (configuration × replica) axis across devices with
+    ``jax.sharding``; replicas are independent, so the partitioned program needs no communication.
 
     ``servers=G`` makes every replica a cluster of G identical servers stepping in lock-step (the step lasts as long
     as the slowest server's batch); ``lam`` is then the cluster's total rate, each arrival is routed on arrival by
@@ -277,6 +280,7 @@ def simulate(workload: Workload, *, M, chunk: int, lam, b, policy: str = "fcfs",
     spc = cfg.steps_per_chunk
     n_chunks = math.ceil(steps / spc)
     keys = jax.random.split(key, N)
+    keys, params, n_pad, n_dev = _shard(keys, params, devices)
     states = _init_jit(keys, params, cfg)
 
     recs = []
@@ -299,6 +303,9 @@ def simulate(workload: Workload, *, M, chunk: int, lam, b, policy: str = "fcfs",
     jax.block_until_ready(states)
     wall = time.perf_counter() - t_start
     st = jax.device_get(states)
+    if n_pad:
+        st = jax.tree_util.tree_map(lambda x: np.asarray(x)[:N], st)
+        recs = [jax.tree_util.tree_map(lambda x: np.asarray(x)[:N], r) for r in recs]
     if cfg.servers > 1:
         st = _reduce_cluster(st)
     steps_run = done_chunks * spc
@@ -332,6 +339,31 @@ def _phases(phases, workload, lam):
     ends[-1] = np.inf
     mean_lam = float(np.sum(np.asarray(lams) * np.asarray(durs)) / np.sum(durs))
     return theory, mean_lam, (Phased(parts), ends, np.asarray(lams, np.float32))
+
+
+def _shard(keys, params, devices):
+    """Place the flattened (configuration × replica) axis across devices (padding it to a multiple of their
+    number with copies of the last entry, dropped again after the run). Returns (keys, params, n_pad, n_dev)."""
+    devs = list(jax.local_devices() if devices is None else devices)
+    n_dev = len(devs)
+    if n_dev <= 1:
+        return keys, params, 0, 1
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    N = keys.shape[0]
+    n_pad = (-N) % n_dev
+
+    def pad(x):
+        x = jnp.asarray(x)
+        if n_pad:
+            x = jnp.concatenate([x, jnp.repeat(x[-1:], n_pad, axis=0)])
+        return x
+
+    mesh = Mesh(np.asarray(devs), ("r",))
+    sh = NamedSharding(mesh, PartitionSpec("r"))
+    keys = jax.device_put(pad(keys), sh)
+    params = jax.tree_util.tree_map(lambda x: jax.device_put(pad(x), sh), params)
+    return keys, params, n_pad, n_dev
 
 
 def _reduce_cluster(cl):
@@ -586,7 +618,7 @@ def _collect(workload, grid, R, cfg, sizing, st, recs, steps_run, steps_asked, w
                   token_budget=token_budget, replicas=R, steps_requested=steps_asked, steps_run=steps_run,
                   warmup_steps=warmup, stopped_early=stopped_early,
                   key=np.asarray(jax.random.key_data(key)).tolist(), engine=asdict(cfg),
-                  sizing=asdict(sizing), wall_s=wall, backend=jax.default_backend(), jax_version=jax.__version__,
+                  sizing=asdict(sizing), devices=[str(d) for d in jax.local_devices()], wall_s=wall, backend=jax.default_backend(), jax_version=jax.__version__,
                   replica_steps_per_s=N * steps_run / max(wall, 1e-9))
     return SimResult(replicas=pd.concat(rows, ignore_index=True), summary=pd.DataFrame(sums), series_t=t_ser, series_waiting=w_ser,
                      series_started=s_ser, hist=hist, config=config, engine_config=cfg)
