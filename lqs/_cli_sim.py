@@ -53,7 +53,10 @@ def _parse_lams(text) -> list[float]:
         hi = parse_float("lam", parts[1], lo)
         n = parse_int("lam", parts[2], 1, 10_000)
         return [float(x) for x in np.linspace(lo, hi, n)]
-    return [parse_float("lam", x, 0.0) for x in t.split(",") if x.strip() != ""] or _parse_lams(None)
+    lams = [parse_float("lam", x, 0.0) for x in t.split(",") if x.strip() != ""]
+    if not lams:
+        raise LqsError("lam", text, "give --lam RATE, a list R1,R2,... or a range LO:HI:N")
+    return lams
 
 
 def _batch_model(spec: str, b_s: float, b_samples_file, b_col):
@@ -61,6 +64,8 @@ def _batch_model(spec: str, b_s: float, b_samples_file, b_col):
 
     spec = (spec or "constant").strip()
     name, _, arg = spec.partition(":")
+    if name in ("constant", "empirical") and arg:
+        raise LqsError("b_model", spec, f"{name} takes no argument (b̄ comes from --b / --b-samples)")
     if name == "constant":
         return ConstantBatch(b_s)
     if name == "empirical":
@@ -90,7 +95,11 @@ def _batch_model(spec: str, b_s: float, b_samples_file, b_col):
         if len(a) != 4:
             raise LqsError("b_model", spec, "affine:A0,A1,A2,A3 with four numbers (seconds, s/token, s/token, "
                                             "s/token)")
-        return AffineBatch(*a)
+        try:
+            return AffineBatch(*a)
+        except LqsError as e:
+            raise LqsError("b_model", spec, "affine:A0,A1,A2,A3 needs A0 > 0 and A1, A2, A3 ≥ 0",
+                           f"{e.param}={e.value}") from None
     raise LqsError("b_model", spec, "must be constant, empirical, lognormal:CV, two-speed:RATIO:FRAC or "
                                     "affine:A0,A1,A2,A3")
 
@@ -116,6 +125,14 @@ def _common(workload, trace, s_col, o_col, t_col, split, M, chunk, b, b_samples,
         raise LqsError("steps", out["steps"], f"must exceed --warmup ({out['warmup']})")
     out["batch"] = _batch_model(b_model, bb.b_s, b_samples, b_col)
     return out
+
+
+def _console():
+    """A rich console; piped or captured output gets a fixed wide width so that no table cell is cut to '…'."""
+    from rich.console import Console
+
+    con = Console(highlight=False)
+    return con if con.is_terminal else Console(highlight=False, width=160)
 
 
 def _show_progress(flag):
@@ -178,10 +195,9 @@ def simulate_cmd(workload, trace, s_col, o_col, t_col, split, M, chunk, b, b_sam
 
 
 def _print_sim(res, label, out_dir):
-    from rich.console import Console
     from rich.table import Table
 
-    con = Console()
+    con = _console()
     s = res.summary
     r0 = s.iloc[0]
     t = Table(title=f"lqs simulate — {label}, M={r0.M_tokens}, ŝ={r0.chunk_tokens}, b̄={r0.b_s:.4g} s, "
@@ -245,10 +261,9 @@ def critical_cmd(workload, trace, s_col, o_col, t_col, split, M, chunk, b, b_sam
     if as_json:
         click.echo(json.dumps(_json_clean(out)))
         return
-    from rich.console import Console
     from rich.table import Table
 
-    con = Console()
+    con = _console()
     t = Table(title=f"lqs critical — {out['workload']}, M={out['M_tokens']}, ŝ={out['chunk_tokens']}, "
                     f"b̄={out['b_s']:.4g} s, {out['policy']}")
     t.add_column("quantity")
@@ -275,3 +290,24 @@ def critical_cmd(workload, trace, s_col, o_col, t_col, split, M, chunk, b, b_sam
 
 
 COMMANDS = [simulate_cmd, critical_cmd]
+
+
+@click.group("reproduce")
+def reproduce_group():
+    """Regenerate published results in simulation."""
+
+
+@reproduce_group.command("paper")
+@click.option("--out", "out_dir", default="lqs-paper", show_default=True, metavar="DIR")
+@click.option("--quick", is_flag=True, help="Few replicas: a few minutes on a 2-core CPU (full mode is for a GPU).")
+@click.option("--seed", default="0", show_default=True, metavar="INT")
+@click.option("--progress/--no-progress", default=True)
+def reproduce_paper_cmd(out_dir, quick, seed, progress):
+    """Tables 1–4 and Figures 2, 4, 6 of Nie, Si & Zhou (arXiv 2605.04595): report.md, CSVs and PNGs in DIR."""
+    from ._reproduce import reproduce_paper
+
+    res = reproduce_paper(out_dir, quick=quick, seed=parse_int("seed", seed, 0, 2**63 - 1), progress=progress)
+    click.echo(f"wrote {res['report']} ({res['wall_s']:.0f} s)")
+
+
+COMMANDS.append(reproduce_group)
