@@ -208,14 +208,16 @@ def _print_sim(res, label, out_dir):
     for _, r in s.iterrows():
         t.add_row(f"{r.lam_rps:.4g}", f"{r.rho:.3f}", f"{r.p_unstable:.2f}",
                   f"{r.throughput_rps:.4f} ± {1.96 * r.throughput_se_rps:.4f}", f"{r.mem_util:.3f}",
-                  _f(r.wait_p50_s), _f(r.wait_p99_s), _f(r.ttft_p99_s), _f(r.e2e_p99_s),
+                  *((_f(r.wait_p50_s), _f(r.wait_p99_s), _f(r.ttft_p99_s), _f(r.e2e_p99_s)) if r.p_unstable <= 0.5
+                    else ("[red]grows[/]",) * 4),
                   "yes" if r.reliable else "[bold red]NO[/]")
     con.print(t)
     con.print(f"theory: μ = {r0.mu_rps:.4f}, μ_exact = {r0.mu_exact_rps:.4f}, stable below μ(1−δ) = "
               f"{r0.mu_stable_rps:.4f} req/s, δ = {r0.delta:.4f}")
     if (s.p_unstable > 0.5).any():
         bad = ", ".join(f"{x:.4g}" for x in s.lam_rps[s.p_unstable > 0.5])
-        con.print(f"[bold red]UNSTABLE[/] at λ = {bad} req/s: the waiting queue grows without bound.")
+        con.print(f"[bold red]UNSTABLE[/] at λ = {bad} req/s: the waiting queue grows without bound (latency "
+                  "percentiles there only describe the horizon simulated, so they are not shown).")
     if not res.reliable:
         con.print("[bold red]UNRELIABLE:[/] a capacity limit was hit (see starved_steps / arrival_cap_hits / "
                   "violations in the tables); raise --K.")
