@@ -71,3 +71,4 @@ from ._traces import Trace, load_b_samples, load_trace  # noqa: E402
 from ._batch import AffineBatch, BatchTime, ConstantBatch, EmpiricalBatch, LogNormalMixBatch  # noqa: E402
 from ._engine import SimResult, auto_steps, simulate, simulate_trace, stability_verdict  # noqa: E402
 from ._critical import CriticalResult, critical  # noqa: E402
+from ._sweep import sweep, SweepSpec  # noqa: E402

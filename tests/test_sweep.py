@@ -1,0 +1,417 @@
+"""lqs.sweep: spec validation, grouping into simulate calls, tidy table, deterministic keys, resume after a kill,
+refusing a different spec, and the ``lqs sweep`` command (YAML config and quick-grid flags)."""
+
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+import lqs
+from lqs import _sweep as S
+from lqs.cli import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+W = "pd_ratio:1:400"  # s, o ~ U{10..200}: short requests, fast to simulate
+# one real-engine configuration (every chunk has the same shapes: compiled once for the whole module)
+REAL = dict(workload=[W], lam=[0.5, 1.0, 1.5, 2.0], M=4096, chunk=256, b=0.02, replicas=2, steps=2000, warmup=500,
+            cells_per_chunk=2)
+
+
+# ----------------------------------------------------------------------------------------------- a fake engine
+def fake_simulate(workload, *, M, chunk, lam, b, policy="fcfs", replicas=64, steps=None, warmup=4000, key=None,
+                  token_budget=None, progress=False, b_theory=None, **kw):
+    """Same grid order and columns as lqs.simulate, numbers drawn from ``key`` (so key mix-ups show)."""
+    batches = [b] if isinstance(b, lqs.BatchTime) else [lqs.ConstantBatch(x) for x in b]
+    grid = [(lm, m, bt) for bt in batches for m in M for lm in lam]
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).tolist())
+    u = rng.random((len(grid), replicas))
+    rows, reps = [], []
+    for ci, (lm, m, bt) in enumerate(grid):
+        bb = b_theory if b_theory is not None else bt.mean_s
+        cap = lqs.capacity(workload, m, chunk, bb)
+        G = kw.get("servers", 1)
+        rows.append(dict(config=ci, lam_rps=lm, M_tokens=m, chunk_tokens=chunk, b_s=bb, batch_model=bt.kind,
+                         policy=policy, token_budget=token_budget or 0, replicas=replicas, steps=steps,
+                         warmup_steps=warmup, mu_rps=G * cap.mu_rps, mu_exact_rps=G * cap.mu_exact_rps,
+                         mu_stable_rps=G * cap.mu_stable_rps, rho=lm / (G * cap.mu_exact_rps),
+                         throughput_rps=float(u[ci].mean()), p_unstable=float((u[ci] > 0.5).mean()), reliable=True))
+        for r in range(replicas):
+            reps.append(dict(config=ci, replica=r, lam_rps=lm, M_tokens=m, throughput_rps=float(u[ci, r])))
+
+    class Res:
+        summary = pd.DataFrame(rows)
+        replicas = pd.DataFrame(reps)
+
+    return Res()
+
+
+class Calls:
+    """Counts simulate calls; optionally dies on the n-th."""
+
+    def __init__(self, fail_on=None):
+        self.kw = []
+        self.fail_on = fail_on
+
+    def __call__(self, workload, **kw):
+        self.kw.append(kw)
+        if self.fail_on is not None and len(self.kw) == self.fail_on:
+            raise KeyboardInterrupt("killed")
+        return fake_simulate(workload, **kw)
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    c = Calls()
+    monkeypatch.setattr(S, "_simulate", c)
+    real_params = S._simulate_params()
+    monkeypatch.setattr(S, "_simulate_params", lambda: real_params | {"servers", "routing"})  # any engine version
+    return c
+
+
+FAKE = dict(workload=[W, "pd_ratio:2:400"], lam=[1.0, 2.0, 3.0, 4.0, 5.0], M=[4096, 8192], chunk=256, b=0.02,
+            policy=["fcfs", "reserve"], replicas=3, steps=1000, warmup=100, cells_per_chunk=4)
+
+
+def _chunks(d):
+    return sorted(glob.glob(os.path.join(d, "chunks", "chunk-*[0-9].parquet")))
+
+
+# ----------------------------------------------------------------------------------------------- spec
+@pytest.mark.parametrize("change, param", [
+    (dict(M=None), "M"),
+    (dict(lam=None), "lam"),
+    (dict(rho=[0.5]), "lam"),
+    (dict(workload=["pd-3:1"]), "workload"),
+    (dict(workload=["pd_ratio:-1"]), "workload"),
+    (dict(workload=["trace:"]), "workload"),
+    (dict(lam=[1.0, -2.0]), "lam"),
+    (dict(lam=[1.0, 1.0]), "lam"),
+    (dict(lam={"lo": 1, "hi": 2}), "lam"),
+    (dict(lam="3:1:4"), "lam"),
+    (dict(M=[0]), "M"),
+    (dict(M=["lots"]), "M"),
+    (dict(chunk=[1.5]), "chunk"),
+    (dict(b=[0.0]), "b"),
+    (dict(batch=["empirical"]), "batch"),
+    (dict(batch=["lognormal:x"]), "batch"),
+    (dict(batch=["affine:1,2"]), "batch"),
+    (dict(policy=["lifo"]), "policy"),
+    (dict(token_budget=[100]), "token_budget"),
+    (dict(servers=[0]), "servers"),
+    (dict(routing=["fastest"]), "routing"),
+    (dict(replicas=0), "replicas"),
+    (dict(steps=100, warmup=500), "steps"),
+    (dict(seed=-1), "seed"),
+    (dict(per_replica="yes"), "per_replica"),
+    (dict(cells_per_chunk=0), "cells_per_chunk"),
+    (dict(options={"nonsense": 1}), "options"),
+    (dict(options={"replicas": 4}), "options"),
+    (dict(colour="blue"), "colour"),
+])
+def test_bad_spec_names_the_field(change, param):
+    d = {**REAL, **change}
+    with pytest.raises(lqs.LqsError) as e:
+        lqs.SweepSpec.from_dict(d)
+    assert e.value.param == param, str(e.value)
+
+
+def test_workload_too_big_for_M_is_refused_before_simulating(fake, tmp_path):
+    with pytest.raises(lqs.LqsError) as e:
+        lqs.sweep(workload=["pd-1:1"], lam=[1.0], M=2048, chunk=256, b=0.02, out=tmp_path, progress=False)
+    assert e.value.param == "workload" and "M=2048" in str(e.value)
+    assert fake.kw == [] and not os.path.exists(tmp_path / "spec.json")
+
+
+def test_yaml_round_trip_and_forms(tmp_path):
+    s = lqs.SweepSpec.from_dict({**FAKE, "lam": {"lo": 1, "hi": 5, "n": 5}, "token_budget": [None, 512],
+                                 "batch": ["constant", "affine:0.01,1e-5,0,0"], "servers": [1, 2]})
+    assert s.lam == [1.0, 2.0, 3.0, 4.0, 5.0] and s.token_budget == [None, 512]
+    p = tmp_path / "s.yaml"
+    s.to_yaml(p)
+    assert lqs.SweepSpec.from_yaml(p) == s
+    r = s.replace(lam={"rho": [0.5, 0.9]})
+    assert r.lam is None and r.rho == [0.5, 0.9]
+    r.to_yaml(p)
+    assert lqs.SweepSpec.from_yaml(p) == r
+    assert lqs.SweepSpec.from_dict({**FAKE, "lam": "1:5:5"}).lam == s.lam
+    (tmp_path / "text.yaml").write_text(textwrap.dedent("""
+        workload: pd-1:1           # a single value is a one-element list
+        lam: {rho: [0.5]}
+        M: 131_000
+        chunk: 512
+        b: 3.72e-2                 # YAML 1.1 reads this as text: still a number here
+        steps: auto
+    """))
+    t = lqs.SweepSpec.from_yaml(tmp_path / "text.yaml")
+    assert (t.workload, t.rho, t.M, t.b, t.steps) == (["pd-1:1"], [0.5], [131000], [0.0372], None)
+    for bad, txt in (("missing.yaml", None), ("empty.yaml", ""), ("list.yaml", "- 1\n- 2\n"),
+                     ("broken.yaml", "lam: [1, 2\n")):
+        if txt is not None:
+            (tmp_path / bad).write_text(txt)
+        with pytest.raises(lqs.LqsError) as e:
+            lqs.SweepSpec.from_yaml(tmp_path / bad)
+        assert e.value.param == "config"
+
+
+def test_example_config_is_valid():
+    s = lqs.SweepSpec.from_yaml(os.path.join(ROOT, "examples", "sweep_pd_ratio.yaml"))
+    _, groups, chunks = S._plan(s)
+    assert s.n_cells == 20 and len(groups) == 4 and len(chunks) == 4
+
+
+# ----------------------------------------------------------------------------------------------- grouping
+def test_one_simulate_call_per_group_and_chunk(fake):
+    s = lqs.SweepSpec.from_dict(FAKE)
+    df = lqs.sweep(s, progress=False)
+    # 4 groups (workload × policy); each group's 5 λ × 2 M cells in chunks of ≤ 4:
+    # λ blocks [3, 2] × M blocks [1, 1]
+    assert len(fake.kw) == 4 * 4
+    assert all(len(k["lam"]) * len(k["M"]) * len(k["b"]) <= 4 for k in fake.kw)
+    assert sorted({k["policy"] for k in fake.kw}) == ["fcfs", "reserve"]
+    assert len(df) == s.n_cells == 40 and df["cell"].tolist() == list(range(40))
+    assert df.groupby("chunk").size().max() <= 4 and df["chunk"].nunique() == 16
+    fake.kw.clear()
+    lqs.sweep(s.replace(cells_per_chunk=64), progress=False)
+    assert len(fake.kw) == 4 and all(len(k["lam"]) * len(k["M"]) == 10 for k in fake.kw)
+    # product order: workload, chunk, policy, token_budget, batch, servers, routing, b, M, λ (fastest)
+    row = df.iloc[11]  # group 1 (pd_ratio:1:400, reserve), M=4096, λ index 1
+    assert (row.workload, row.policy, row.M_tokens, row.lam_rps) == (W, "reserve", 4096, 2.0)
+
+
+def test_batch_models_and_clusters_are_group_axes(fake):
+    df = lqs.sweep(workload=[W], lam=[1.0, 2.0], M=4096, chunk=256, b=[0.02, 0.03],
+                   batch=["constant", "lognormal:0.5"], servers=[1, 2], routing=["round_robin", "jsq"],
+                   replicas=2, steps=1000, warmup=100, progress=False)
+    # constant: both b̄ in one call; lognormal: one model (one b̄) per call; × 2 servers × 2 routings
+    assert len(fake.kw) == (1 + 2) * 2 * 2 and len(df) == 2 * 2 * 2 * 2 * 2
+    for k in fake.kw:
+        if isinstance(k["b"], lqs.BatchTime):
+            assert k["b_theory"] in (0.02, 0.03) and abs(k["b"].mean_s - k["b_theory"]) < 1e-6
+        else:
+            assert k["b"] == [0.02, 0.03] and "b_theory" not in k
+    # cluster arguments are passed only when they differ from one server (works with any engine version)
+    assert sum("servers" not in k and "routing" not in k for k in fake.kw) == 6
+    assert sum(k.get("servers") == 2 and k.get("routing") in ("round_robin", "jsq") for k in fake.kw) == 6
+    assert set(df.routing) == {"round_robin", "jsq"} and set(df.servers) == {1, 2}
+    assert set(df.batch) == {"constant", "lognormal:0.5"}
+
+
+def test_rho_sets_lambda_from_each_cells_theory(fake):
+    df = lqs.sweep(workload=[W], lam={"rho": [0.5, 0.9]}, M=[4096, 8192], chunk=256, b=0.02, servers=[1, 3],
+                   replicas=2, steps=1000, warmup=100, progress=False)
+    assert len(df) == 8
+    for _, r in df.iterrows():
+        cap = lqs.capacity(lqs.pd_ratio(1, total_hi=400), int(r.M_tokens), 256, 0.02)
+        assert r.lam_rps == pytest.approx(r.rho_target * r.servers * cap.mu_exact_rps, rel=1e-12)
+        assert r.rho == pytest.approx(r.rho_target, rel=1e-6)
+    assert all(len(k["M"]) == 1 for k in fake.kw)
+
+
+def test_keys_are_deterministic_and_distinct(fake):
+    s = lqs.SweepSpec.from_dict(FAKE)
+    _, _, chunks = S._plan(s)
+    keys = [tuple(np.asarray(jax.random.key_data(S._chunk_key(0, c))).tolist()) for c in chunks]
+    assert len(set(keys)) == len(keys)
+    _, _, again = S._plan(lqs.SweepSpec.from_dict(FAKE))
+    assert keys == [tuple(np.asarray(jax.random.key_data(S._chunk_key(0, c))).tolist()) for c in again]
+    a = lqs.sweep(s, progress=False)
+    b = lqs.sweep(s, progress=False)
+    c = lqs.sweep(s.replace(seed=1), progress=False)
+    pd.testing.assert_frame_equal(a, b)
+    assert not np.array_equal(a.throughput_rps, c.throughput_rps)
+
+
+# ----------------------------------------------------------------------------------------------- resume
+def test_resume_recomputes_only_missing_chunks(fake, tmp_path):
+    s = lqs.SweepSpec.from_dict(FAKE)
+    full = lqs.sweep(s, out=tmp_path, progress=False)
+    assert len(fake.kw) == 16 and len(_chunks(tmp_path)) == 16
+    assert (tmp_path / "cells.parquet").exists() and (tmp_path / "cells.csv").exists()
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "cells.parquet"), full)
+    assert len(pd.read_csv(tmp_path / "cells.csv")) == 40
+    fake.kw.clear()
+    files = _chunks(tmp_path)
+    for p in (files[1], files[7], files[15]):
+        os.remove(p)
+    stale = tmp_path / "chunks" / ".chunk-00001.parquet.tmp-999999999"  # a write cut short by a kill
+    stale.write_bytes(b"partial")
+    again = lqs.sweep(s, out=tmp_path, progress=False)
+    assert len(fake.kw) == 3 and not stale.exists()
+    pd.testing.assert_frame_equal(again, full, check_exact=True)
+    fake.kw.clear()
+    pd.testing.assert_frame_equal(lqs.sweep(s, out=tmp_path, progress=False), full, check_exact=True)
+    assert fake.kw == []
+
+
+def test_interrupted_sweep_resumes_without_lost_or_repeated_cells(monkeypatch, tmp_path):
+    s = lqs.SweepSpec.from_dict(FAKE)
+    monkeypatch.setattr(S, "_simulate", Calls())
+    ref = lqs.sweep(s, out=tmp_path / "ref", progress=False)
+    dying = Calls(fail_on=3)
+    monkeypatch.setattr(S, "_simulate", dying)
+    with pytest.raises(KeyboardInterrupt):
+        lqs.sweep(s, out=tmp_path / "run", progress=False)
+    assert len(_chunks(tmp_path / "run")) == 2 and not (tmp_path / "run" / "cells.parquet").exists()
+    rest = Calls()
+    monkeypatch.setattr(S, "_simulate", rest)
+    got = lqs.sweep(s, out=tmp_path / "run", progress=False)
+    assert len(rest.kw) == 16 - 2
+    assert got["cell"].is_unique and got["cell"].tolist() == list(range(40))
+    pd.testing.assert_frame_equal(got, ref, check_exact=True)
+
+
+def test_sigkilled_process_resumes(monkeypatch, tmp_path):
+    """A real kill -9 mid-way (in a subprocess), then the same sweep again: same table as an uninterrupted run."""
+    out = tmp_path / "run"
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {os.path.join(ROOT, "tests")!r})
+        import lqs
+        from lqs import _sweep as S
+        from test_sweep import FAKE, fake_simulate
+        n = [0]
+        def dying(workload, **kw):
+            n[0] += 1
+            if n[0] == 4:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return fake_simulate(workload, **kw)
+        S._simulate = dying
+        lqs.sweep(FAKE, out={str(out)!r}, progress=False)
+    """)
+    env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
+    p = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == -9, p.stderr[-2000:]
+    assert len(_chunks(out)) == 3
+    rest = Calls()
+    monkeypatch.setattr(S, "_simulate", rest)
+    got = lqs.sweep(FAKE, out=out, progress=False)
+    assert len(rest.kw) == 13
+    monkeypatch.setattr(S, "_simulate", Calls())
+    ref = lqs.sweep(FAKE, out=tmp_path / "ref", progress=False)
+    pd.testing.assert_frame_equal(got, ref, check_exact=True)
+
+
+def test_a_different_spec_in_the_same_directory_is_refused(fake, tmp_path):
+    s = lqs.SweepSpec.from_dict(FAKE)
+    lqs.sweep(s, out=tmp_path, progress=False)
+    with pytest.raises(lqs.LqsError) as e:
+        lqs.sweep(s.replace(replicas=4), out=tmp_path, progress=False)
+    assert e.value.param == "out" and "replicas" in str(e.value)
+    n = len(fake.kw)
+    df = lqs.sweep(s.replace(lam=[1.0]), out=tmp_path, overwrite=True, progress=False)
+    assert len(df) == 8 and len(fake.kw) == n + 4 and len(_chunks(tmp_path)) == 4
+    # stray chunk files without a spec.json are not silently adopted
+    os.remove(tmp_path / "spec.json")
+    with pytest.raises(lqs.LqsError) as e:
+        lqs.sweep(s.replace(lam=[1.0]), out=tmp_path, progress=False)
+    assert e.value.param == "out"
+
+
+def test_per_replica_rows(fake, tmp_path):
+    df = lqs.sweep({**FAKE, "per_replica": True}, out=tmp_path, progress=False)
+    assert len(df) == 40 * 3 and list(df.groupby("cell").size().unique()) == [3]
+    assert {"cell", "replica", "workload", "lam_rps", "mu_exact_rps", "throughput_rps"} <= set(df.columns)
+    assert len(glob.glob(str(tmp_path / "chunks" / "*.replicas.parquet"))) == 16
+    cells = S.load_sweep(tmp_path)
+    assert len(cells) == 40
+    pd.testing.assert_frame_equal(S.load_sweep(tmp_path, replicas=True), df)
+    # a replicas file lost → that chunk is recomputed
+    os.remove(glob.glob(str(tmp_path / "chunks" / "*.replicas.parquet"))[0])
+    fake.kw.clear()
+    pd.testing.assert_frame_equal(lqs.sweep({**FAKE, "per_replica": True}, out=tmp_path, progress=False), df)
+    assert len(fake.kw) == 1
+
+
+# ----------------------------------------------------------------------------------------------- real engine
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    out = tmp_path_factory.mktemp("real")
+    return out, lqs.sweep(REAL, out=out, progress=False)
+
+
+def test_real_sweep_tidy_table_with_theory(real):
+    out, df = real
+    assert len(df) == 4 and df["cell"].tolist() == [0, 1, 2, 3] and df["chunk"].tolist() == [0, 0, 1, 1]
+    for c in ("workload", "batch", "servers", "routing", "lam_rps", "M_tokens", "chunk_tokens", "b_s", "policy",
+              "token_budget", "mu_rps", "mu_exact_rps", "mu_stable_rps", "throughput_rps", "p_unstable",
+              "wait_p99_s", "reliable", "cell_key"):
+        assert c in df.columns, c
+    cap = lqs.capacity(lqs.pd_ratio(1, total_hi=400), 4096, 256, 0.02)
+    assert np.allclose(df.mu_exact_rps, cap.mu_exact_rps, rtol=1e-6)
+    assert np.allclose(df.mu_stable_rps, cap.mu_stable_rps, rtol=1e-6)
+    assert df.reliable.all() and (df.p_unstable == 0).all()  # λ ≪ μ_exact(1−δ)
+    assert np.allclose(df.throughput_rps, df.lam_rps, rtol=0.3)
+
+
+def test_real_sweep_resumes_exactly(real, monkeypatch, tmp_path):
+    out, df = real
+    os.remove(_chunks(out)[1])
+    calls = []
+
+    def counting(workload, **kw):
+        calls.append(kw)
+        return lqs.simulate(workload, **kw)
+
+    monkeypatch.setattr(S, "_simulate", counting)
+    pd.testing.assert_frame_equal(lqs.sweep(REAL, out=out, progress=False), df, check_exact=True)
+    assert len(calls) == 1
+    # killed after the first chunk, then resumed in a fresh directory: identical numbers
+    def dies_on_second_chunk(workload, **kw):
+        if kw["lam"][0] > 1.2:
+            raise KeyboardInterrupt
+        return lqs.simulate(workload, **kw)
+
+    monkeypatch.setattr(S, "_simulate", dies_on_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        lqs.sweep(REAL, out=tmp_path, progress=False)
+    monkeypatch.setattr(S, "_simulate", counting)
+    calls.clear()
+    pd.testing.assert_frame_equal(lqs.sweep(REAL, out=tmp_path, progress=False), df, check_exact=True)
+    assert len(calls) == 1
+
+
+def test_cli_yaml_and_quick_flags(real, tmp_path):
+    _, df = real
+    cfg = tmp_path / "sweep.yaml"
+    lqs.SweepSpec.from_dict({**REAL, "replicas": 64}).to_yaml(cfg)
+    r = CliRunner().invoke(main, ["sweep", str(cfg), "--out", str(tmp_path / "a"), "--replicas", "2",
+                                  "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "4 cells in 2 chunks" in r.output
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a" / "cells.parquet"), df, check_exact=True)
+    args = ["sweep", "--out", str(tmp_path / "b"), "--workload", W, "--lam", "0.5:2:4", "--M", "4096", "--chunk",
+            "256", "--b", "0.02", "--replicas", "2", "--steps", "2000", "--warmup", "500", "--cells-per-chunk", "2",
+            "--no-progress"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "b" / "cells.parquet"), df, check_exact=True)
+    r = CliRunner().invoke(main, args)  # resumed: nothing to compute
+    assert r.exit_code == 0 and "0 chunks computed, 2 reused" in r.output
+
+
+@pytest.mark.parametrize("args, word", [
+    (["--workload", W, "--lam", "1", "--M", "4096", "--chunk", "256", "--b", "0.02", "--policy", "lifo"], "policy"),
+    (["--workload", W, "--lam", "1", "--M", "4096", "--chunk", "256"], "b"),
+    (["--workload", W, "--lam", "1", "--M", "4096", "--chunk", "256", "--b", "0.02", "--replicas", "0"],
+     "replicas"),
+    ([], "config"),
+    (["CONFIG", "--workload", W], "workload"),
+    (["missing.yaml"], "config"),
+])
+def test_cli_bad_input_is_one_line_exit_2(tmp_path, args, word):
+    cfg = tmp_path / "c.yaml"
+    lqs.SweepSpec.from_dict(REAL).to_yaml(cfg)
+    args = [str(cfg) if a == "CONFIG" else a for a in args]
+    r = CliRunner().invoke(main, ["sweep", "--out", str(tmp_path / "o")] + args)
+    assert r.exit_code == 2, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: " + word), r.output
