@@ -60,7 +60,7 @@ ROUTINGS = ("round_robin", "random", "jsq", "least_kv")
 BATCH_KINDS = ("constant", "lognormal", "two-speed", "affine")
 # simulate() arguments that the sweep sets itself (not allowed in `options`)
 _OWN_ARGS = {"workload", "M", "chunk", "lam", "b", "policy", "replicas", "steps", "warmup", "key", "seed",
-             "token_budget", "progress", "b_theory", "phases", "servers", "routing"}
+             "token_budget", "progress", "b_theory", "phases", "servers", "routing", "devices"}
 SPEC_VERSION = 1
 
 
@@ -494,7 +494,7 @@ def _simulate(workload, **kw):
     return _engine.simulate(workload, **kw)
 
 
-def _run_chunk(spec: SweepSpec, wl, ch: _Chunk):
+def _run_chunk(spec: SweepSpec, wl, ch: _Chunk, devices=None):
     """Simulate one chunk → (summary rows, replica rows or None), with the axis columns in front."""
     g = ch.group
     kw = dict(M=ch.Ms, chunk=g.chunk, lam=ch.lams, policy=g.policy, replicas=spec.replicas, steps=g.steps,
@@ -507,6 +507,8 @@ def _run_chunk(spec: SweepSpec, wl, ch: _Chunk):
     if g.servers != 1:  # only when needed, so this works with an engine without cluster support too
         kw.update(servers=g.servers, routing=g.routing)
     kw.update(spec.options)
+    if devices is not None:  # where it runs, not what it computes: not part of the spec
+        kw["devices"] = devices
     res = _simulate(wl, **kw)
     summ = res.summary.reset_index(drop=True)
     n = len(ch.cells)
@@ -684,7 +686,7 @@ def _resolve_spec(spec, overrides) -> SweepSpec:
     return spec.replace(**overrides) if overrides else spec
 
 
-def run_sweep(spec=None, out=None, *, overwrite: bool = False, progress: bool = True, **fields):
+def run_sweep(spec=None, out=None, *, overwrite: bool = False, progress: bool = True, devices=None, **fields):
     """:func:`sweep`, also returning a :class:`SweepInfo`."""
     t0 = time.perf_counter()
     spec = _resolve_spec(spec, fields)
@@ -704,7 +706,7 @@ def run_sweep(spec=None, out=None, *, overwrite: bool = False, progress: bool = 
         for ch in chunks:
             if ch.id in done:
                 continue
-            df, reps = _run_chunk(spec, workloads[ch.group.workload], ch)
+            df, reps = _run_chunk(spec, workloads[ch.group.workload], ch, devices)
             computed += 1
             if cdir is None:
                 mem[ch.id], mem_r[ch.id] = df, reps
@@ -744,7 +746,8 @@ def run_sweep(spec=None, out=None, *, overwrite: bool = False, progress: bool = 
     return (reps if spec.per_replica else cells), info
 
 
-def sweep(spec=None, out=None, *, overwrite: bool = False, progress: bool = True, **fields) -> pd.DataFrame:
+def sweep(spec=None, out=None, *, overwrite: bool = False, progress: bool = True, devices=None,
+          **fields) -> pd.DataFrame:
     """Run a sweep and return one tidy DataFrame: one row per cell (per cell × replica with ``per_replica``).
 
     ``spec``: a :class:`SweepSpec`, a dict of its fields, a YAML file path, or None (then the fields are keyword
@@ -753,7 +756,9 @@ def sweep(spec=None, out=None, *, overwrite: bool = False, progress: bool = True
     final ``cells.parquet`` / ``cells.csv`` (and ``replicas.*``); a sweep re-run into the same directory skips the
     chunks already written and returns exactly the same table. A directory holding a different spec is refused
     (LqsError, param ``out``) unless ``overwrite=True``, which deletes the old sweep's files first. Without
-    ``out`` nothing is written and nothing can be resumed.
+    ``out`` nothing is written and nothing can be resumed. ``devices``: passed to :func:`lqs.simulate` (which
+    shards each chunk's configuration × replica axis across them; default: all local devices); it does not change
+    the numbers, so it is not part of the spec and a sweep may resume on another machine.
 
     Columns: ``cell`` (0..n−1, in product order workload, chunk, policy, token_budget, batch, servers, routing,
     b, M, λ — λ fastest), ``chunk``, the axes (``workload``, ``batch``, ``servers``, ``routing``, ``lam_rps``,
@@ -761,7 +766,7 @@ def sweep(spec=None, out=None, *, overwrite: bool = False, progress: bool = True
     then :func:`lqs.simulate`'s summary columns (theory ``mu_rps``, ``mu_exact_rps``, ``mu_stable_rps`` beside
     ``throughput_rps``, ``p_unstable``, latency percentiles, ``reliable`` …) and ``cell_key``.
     """
-    return run_sweep(spec, out, overwrite=overwrite, progress=progress, **fields)[0]
+    return run_sweep(spec, out, overwrite=overwrite, progress=progress, devices=devices, **fields)[0]
 
 
 def load_sweep(out, replicas: bool = False) -> pd.DataFrame:

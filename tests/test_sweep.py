@@ -115,6 +115,7 @@ def _chunks(d):
     (dict(cells_per_chunk=0), "cells_per_chunk"),
     (dict(options={"nonsense": 1}), "options"),
     (dict(options={"replicas": 4}), "options"),
+    (dict(options={"devices": 2}), "options"),
     (dict(colour="blue"), "colour"),
 ])
 def test_bad_spec_names_the_field(change, param):
@@ -203,6 +204,12 @@ def test_batch_models_and_clusters_are_group_axes(fake):
     assert sum(k.get("servers") == 2 and k.get("routing") in ("round_robin", "jsq") for k in fake.kw) == 6
     assert set(df.routing) == {"round_robin", "jsq"} and set(df.servers) == {1, 2}
     assert set(df.batch) == {"constant", "lognormal:0.5"}
+    assert all("devices" not in k for k in fake.kw)
+    fake.kw.clear()
+    devs = jax.local_devices()[:1]
+    lqs.sweep(workload=[W], lam=[1.0], M=4096, chunk=256, b=0.02, replicas=2, steps=1000, warmup=100,
+              devices=devs, progress=False)
+    assert [k["devices"] for k in fake.kw] == [devs]
 
 
 def test_rho_sets_lambda_from_each_cells_theory(fake):
