@@ -40,7 +40,7 @@ class ConstantBatch(BatchTime):
     kind: str = eqx.field(static=True, default="constant")
 
     def __init__(self, b):
-        self.b = np.asarray(check_float("b", b, 0.0, lo_open=True), np.float32)
+        self.b = np.asarray(check_float("b", b, 0.0, lo_open=True), np.float64)  # exact b̄ for the theory columns
         self.kind = "constant"
 
     def draw(self, u1, u2, prefill_tokens, decode_tokens, mem_used):

@@ -686,25 +686,47 @@ def _resolve_spec(spec, overrides) -> SweepSpec:
     return spec.replace(**overrides) if overrides else spec
 
 
-def run_sweep(spec=None, out=None, *, overwrite: bool = False, progress: bool = True, devices=None, **fields):
+def _hosts(hosts):
+    """(index, count) of this process among the hosts sharing the sweep; default from jax.distributed."""
+    if hosts is None:
+        import jax
+
+        return jax.process_index(), jax.process_count()
+    try:
+        i, n = (int(x) for x in hosts)
+    except (TypeError, ValueError):
+        raise LqsError("hosts", hosts, "must be (index, count) with 0 ≤ index < count") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise LqsError("hosts", hosts, "must be (index, count) with 0 ≤ index < count")
+    return i, n
+
+
+def run_sweep(spec=None, out=None, *, overwrite: bool = False, progress: bool = True, devices=None, hosts=None,
+              **fields):
     """:func:`sweep`, also returning a :class:`SweepInfo`."""
     t0 = time.perf_counter()
+    host_i, host_n = _hosts(hosts)
     spec = _resolve_spec(spec, fields)
     workloads, groups, chunks = _plan(spec)
     n_cells = spec.n_cells
     if sum(len(c.cells) for c in chunks) != n_cells:  # pragma: no cover - planning bug
         raise RuntimeError("sweep plan does not cover every cell exactly once")
     cdir = None
+    if host_n > 1 and out is None:
+        raise LqsError("out", None, "a sweep shared by several hosts needs an output directory on a shared file "
+                                    "system")
     if out is not None:
         out = os.fspath(out)
-        cdir = _prepare_out(out, spec, overwrite, n_cells, len(chunks))
+        if host_n > 1 and host_i != 0:
+            _wait_for_spec(out)
+        cdir = _prepare_out(out, spec, overwrite and host_i == 0, n_cells, len(chunks))
     done = {c.id for c in chunks if cdir is not None and _chunk_done(cdir, c, spec.per_replica)}
     bar = _Bar(n_cells, sum(len(c.cells) for c in chunks if c.id in done), progress)
     mem, mem_r = {}, {}
     computed = 0
     try:
-        for ch in chunks:
-            if ch.id in done:
+        for ordinal, ch in enumerate(chunks):
+            if ch.id in done or ordinal % host_n != host_i:  # another host computes every host_n-th chunk
                 continue
             df, reps = _run_chunk(spec, workloads[ch.group.workload], ch, devices)
             computed += 1
@@ -717,6 +739,13 @@ def run_sweep(spec=None, out=None, *, overwrite: bool = False, progress: bool = 
             bar.update(len(ch.cells), ch.group.workload)
     finally:
         bar.close()
+
+    if host_n > 1:
+        missing = [c for c in chunks if not _chunk_done(cdir, c, spec.per_replica)]
+        if missing:  # other hosts are still at work: the merge happens on the run that finds every chunk
+            info = SweepInfo(n_cells=n_cells, n_chunks=len(chunks), n_groups=len(groups), computed=computed,
+                             reused=len(done), wall_s=time.perf_counter() - t0, out=out)
+            return None, info
 
     def gather(suffix, memo):
         if cdir is None:
@@ -746,7 +775,16 @@ def run_sweep(spec=None, out=None, *, overwrite: bool = False, progress: bool = 
     return (reps if spec.per_replica else cells), info
 
 
-def sweep(spec=None, out=None, *, overwrite: bool = False, progress: bool = True, devices=None,
+def _wait_for_spec(out, timeout_s: float = 600.0):
+    """Hosts other than 0 wait until host 0 has laid out the directory (spec.json)."""
+    t_end = time.time() + timeout_s
+    while not os.path.exists(os.path.join(out, "spec.json")):
+        if time.time() > t_end:
+            raise LqsError("out", out, "host 0 has not written spec.json there (shared file system?)")
+        time.sleep(1.0)
+
+
+def sweep(spec=None, out=None, *, overwrite: bool = False, progress: bool = True, devices=None, hosts=None,
           **fields) -> pd.DataFrame:
     """Run a sweep and return one tidy DataFrame: one row per cell (per cell × replica with ``per_replica``).
 
@@ -760,13 +798,18 @@ def sweep(spec=None, out=None, *, overwrite: bool = False, progress: bool = True
     shards each chunk's configuration × replica axis across them; default: all local devices); it does not change
     the numbers, so it is not part of the spec and a sweep may resume on another machine.
 
+    Several hosts (``hosts=(index, count)``, default ``(jax.process_index(), jax.process_count())`` after
+    ``jax.distributed.initialize()``) share one sweep through ``out`` on a shared file system: host i computes
+    every count-th chunk starting at i; each host returns None until a run finds every chunk on disk, which
+    merges and returns the full table (re-run ``lqs sweep`` on one host once all have finished).
+
     Columns: ``cell`` (0..n−1, in product order workload, chunk, policy, token_budget, batch, servers, routing,
     b, M, λ — λ fastest), ``chunk``, the axes (``workload``, ``batch``, ``servers``, ``routing``, ``lam_rps``,
     ``M_tokens``, ``chunk_tokens``, ``b_s``, ``policy``, ``token_budget`` (0 = none), ``rho_target`` with ρ),
     then :func:`lqs.simulate`'s summary columns (theory ``mu_rps``, ``mu_exact_rps``, ``mu_stable_rps`` beside
     ``throughput_rps``, ``p_unstable``, latency percentiles, ``reliable`` …) and ``cell_key``.
     """
-    return run_sweep(spec, out, overwrite=overwrite, progress=progress, devices=devices, **fields)[0]
+    return run_sweep(spec, out, overwrite=overwrite, progress=progress, devices=devices, hosts=hosts, **fields)[0]
 
 
 def load_sweep(out, replicas: bool = False) -> pd.DataFrame:
