@@ -1,0 +1,272 @@
+"""``lqs simulate`` and ``lqs critical``: JSON keys and numbers, --out files, seeds, policies, batch-time models,
+and exit status 2 with a one-line error for bad input.
+
+Every run is small (M = 16,384 tokens, 4 replicas, 3,000 steps) and the option shapes repeat, so JAX compiles
+few programs: the (configuration × replica) count and the static engine config (policy, batch model, slot count,
+arrival cap) decide a compilation, so e.g. ``--lam 0.2:1.0:3 --replicas 4`` and ``--lam 1.25 --replicas 12``
+share one, and the saturation run of ``critical --replicas 8`` shares the one of ``--lam 0.2,1.0 --replicas 4``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from lqs.cli import main
+
+BASE = ["--workload", "pd-1:1", "--M", "16384", "--chunk", "512", "--b", "0.0372"]
+SIM = ["simulate", *BASE, "--replicas", "4", "--steps", "3000", "--warmup", "1000"]
+CRIT = ["critical", *BASE, "--replicas", "8", "--steps", "6000", "--warmup", "1000", "--grid-points", "3",
+        "--grid-replicas", "4"]
+THEORY = ("mu_rps", "mu_exact_rps", "mu_stable_rps", "mu_exact_stable_rps", "delta")
+SUMMARY_KEYS = {"lam_rps", "mu_rps", "mu_exact_rps", "mu_stable_rps", "p_unstable", "throughput_rps", "wait_p99_s",
+                "reliable"}
+
+
+def run(args):
+    return CliRunner().invoke(main, args, catch_exceptions=False)
+
+
+def run_json(args):
+    r = run(args + ["--json"])
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout)
+
+
+@pytest.fixture(scope="module")
+def cap():
+    """``lqs capacity --json`` for the same workload and server."""
+    return run_json(["capacity", *BASE])
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """The workhorse run: λ = 0.2 (well below μ(1−δ) ≈ 0.328) and 1.0 (≈ 2.5 μ_exact), 4 replicas each."""
+    return run_json(SIM + ["--lam", "0.2,1.0"])
+
+
+def _check_rows(d, lams, cap):
+    assert d["workload"] == "pd-1:1"
+    rows = d["summary"]
+    assert [r["lam_rps"] for r in rows] == pytest.approx(lams)
+    for r in rows:
+        assert SUMMARY_KEYS <= set(r), SUMMARY_KEYS - set(r)
+        for k in THEORY:
+            assert r[k] == pytest.approx(cap[k], rel=1e-12), k
+        assert r["replicas"] == 4 and r["policy"] == "fcfs" and r["M_tokens"] == 16384
+        assert 0.0 <= r["p_unstable"] <= 1.0 and r["throughput_rps"] > 0
+        assert r["reliable"] is True
+    for r in rows:
+        if r["lam_rps"] < 0.7 * r["mu_stable_rps"]:
+            assert r["p_unstable"] == 0.0
+            assert r["throughput_rps"] == pytest.approx(r["lam_rps"], rel=0.5)
+        if r["lam_rps"] > 2 * r["mu_exact_rps"]:
+            assert r["p_unstable"] == 1.0
+            assert r["throughput_rps"] < 1.05 * r["mu_exact_rps"] < r["lam_rps"]
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------- simulate --json
+def test_simulate_json_single_lambda_far_above_capacity(cap):
+    d = run_json(_with(SIM, ["--replicas", "12"]) + ["--lam", "1.25"])
+    (r,) = d["summary"]
+    assert SUMMARY_KEYS <= set(r)
+    assert r["lam_rps"] == 1.25 and r["replicas"] == 12
+    assert r["lam_rps"] > 3 * r["mu_exact_rps"]
+    assert r["p_unstable"] == 1.0 and r["throughput_rps"] < r["lam_rps"]
+    assert r["throughput_rps"] < 1.1 * r["mu_exact_rps"]
+    for k in THEORY:
+        assert r[k] == pytest.approx(cap[k], rel=1e-12), k
+    assert d["reliable"] is True and r["reliable"] is True
+
+
+def test_simulate_json_list(pair, cap):
+    rows = _check_rows(pair, [0.2, 1.0], cap)
+    lo, hi = rows
+    assert lo["p_unstable"] == 0.0 and hi["p_unstable"] == 1.0
+    assert hi["throughput_rps"] < hi["lam_rps"]
+    assert lo["mem_util"] < hi["mem_util"] <= 1.0
+    assert lo["wait_p99_s"] < hi["wait_p99_s"]
+    assert pair["reliable"] is True
+
+
+def test_simulate_json_range(cap):
+    d = run_json(SIM + ["--lam", "0.2:1.0:3"])
+    rows = _check_rows(d, [0.2, 0.6, 1.0], cap)
+    assert rows[0]["p_unstable"] == 0.0 and rows[-1]["p_unstable"] == 1.0
+
+
+# ----------------------------------------------------------------------------------------------- --out
+def test_simulate_out_dir(tmp_path, pair):
+    out = tmp_path / "run"
+    r = run(SIM + ["--lam", "0.2,1.0", "--out", str(out), "--seed", "0"])
+    assert r.exit_code == 0, r.output
+    for f in ("replicas.csv", "summary.csv", "config.json", "series.npz", "waiting.png"):
+        assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+    assert (out / "waiting.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert str(out) in r.stdout.replace("\n", "")
+
+    reps = pd.read_csv(out / "replicas.csv")
+    assert len(reps) == 4 * 2
+    assert sorted(reps["lam_rps"].unique()) == [0.2, 1.0]
+    assert (reps.groupby("lam_rps").size() == 4).all()
+    for col in ("lam_rps", "M_tokens", "chunk_tokens", "b_s", "window_s", "throughput_rps", "mem_mean_tokens",
+                "wait_p99_s", "ttft_p50_s", "e2e_mean_s", "warmup_steps"):
+        assert col in reps.columns, col
+    for bare in ("lam", "M", "chunk", "b", "throughput", "wait_p99", "window"):
+        assert bare not in reps.columns, bare
+    summ = pd.read_csv(out / "summary.csv")
+    assert len(summ) == 2
+    # the same seed gives the same numbers as the --json run of the fixture
+    assert summ["throughput_rps"].tolist() == pytest.approx([x["throughput_rps"] for x in pair["summary"]])
+    # summary is the mean over the replica rows
+    assert summ["throughput_rps"].tolist() == pytest.approx(reps.groupby("lam_rps")["throughput_rps"].mean().tolist())
+
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["seed"] == 0 and cfg["policy"] == "fcfs"
+    assert cfg["M_tokens"] == [16384, 16384] and cfg["chunk_tokens"] == 512
+    assert cfg["steps_requested"] == 3000 and cfg["steps_run"] >= 3000 and cfg["warmup_steps"] == 1000
+    assert cfg["replicas"] == 4 and cfg["lam_rps"] == pytest.approx([0.2, 1.0])
+    assert cfg["workload_label"] == "pd-1:1"
+
+    npz = np.load(out / "series.npz")
+    assert npz["waiting"].shape[:2] == (2, 4) and npz["t_s"].shape == npz["waiting"].shape
+
+
+# ----------------------------------------------------------------------------------------------- seeds
+def test_seed_reproducible_and_different(pair):
+    again = run_json(SIM + ["--lam", "0.2,1.0", "--seed", "0"])
+    assert again["summary"] == pair["summary"]
+    other = run_json(SIM + ["--lam", "0.2,1.0", "--seed", "1"])
+    for a, b in zip(pair["summary"], other["summary"]):
+        assert a["throughput_rps"] != b["throughput_rps"]
+        assert {k: a[k] for k in THEORY} == {k: b[k] for k in THEORY}
+
+
+# ----------------------------------------------------------------------------------------------- policies
+@pytest.mark.parametrize("policy", ["fcfs", "recompute", "reserve"])
+def test_policies_run(policy, pair):
+    # reserve saturates near 0.27 req/s here (peak-memory admission, δ ≈ 0.2), so λ = 0.2 is too close to its
+    # own capacity for a 4-replica, 3,000-step verdict: the low point is λ = 0.1 for the other policies
+    d = pair if policy == "fcfs" else run_json(SIM + ["--lam", "0.1,1.0", "--policy", policy])
+    lo, hi = d["summary"]
+    assert lo["policy"] == hi["policy"] == policy
+    assert lo["p_unstable"] == 0.0 and hi["p_unstable"] == 1.0
+    assert hi["throughput_rps"] < hi["lam_rps"] and lo["throughput_rps"] > 0
+    assert d["reliable"] is True
+
+
+# ----------------------------------------------------------------------------------------------- batch models
+@pytest.mark.parametrize("model, kind", [("lognormal:0.5", "iid-lognormal"), ("two-speed:3:0.3", "iid-lognormal"),
+                                         ("affine:0.01,1e-5,1e-5,0", "affine")])
+def test_batch_models(model, kind, cap):
+    d = run_json(SIM + ["--lam", "0.2", "--b-model", model])
+    (r,) = d["summary"]
+    assert r["batch_model"] == kind
+    assert r["reliable"] is True and d["reliable"] is True
+    assert r["p_unstable"] == 0.0 and r["throughput_rps"] > 0
+    # the theory columns keep b̄ = --b
+    assert r["b_s"] == 0.0372
+    for k in THEORY:
+        assert r[k] == pytest.approx(cap[k], rel=1e-12), k
+
+
+# ----------------------------------------------------------------------------------------------- critical
+CRIT_KEYS = {"lam_star_rps", "lam_star_lo_rps", "lam_star_hi_rps", "mu_sim_rps", "mu_sim_se_rps", "mu_rps",
+             "mu_exact_rps", "mu_stable_rps", "delta", "reliable"}
+
+
+def test_critical_json_and_table(cap):
+    d = run_json(CRIT)
+    assert CRIT_KEYS <= set(d), CRIT_KEYS - set(d)
+    assert d["lam_star_lo_rps"] <= d["lam_star_rps"] <= d["lam_star_hi_rps"]
+    assert d["lam_star_lo_rps"] < d["lam_star_hi_rps"]
+    assert 0.9 * d["mu_exact_stable_rps"] <= d["lam_star_rps"] <= 1.05 * d["mu_exact_rps"]
+    assert d["mu_sim_se_rps"] > 0 and 0.8 * d["mu_exact_rps"] <= d["mu_sim_rps"] <= 1.1 * d["mu_exact_rps"]
+    for k in THEORY:
+        assert d[k] == pytest.approx(cap[k], rel=1e-12), k
+    assert d["reliable"] is True and d["replicas"] == 8 and d["policy"] == "fcfs"
+    assert len(d["grid_lam_rps"]) == len(d["grid_p_unstable"]) == 3
+    assert d["grid_p_unstable"][0] == 0.0  # 0.8·μ_exact(1−δ)
+    # the human table shows the same (seeded) numbers
+    r = run(CRIT)
+    assert r.exit_code == 0, r.output
+    for needle in ("λ* (simulated critical rate)", f"{d['lam_star_rps']:.4f}", f"{d['lam_star_lo_rps']:.4f}",
+                   f"{d['mu_exact_rps']:.4f}", "P(unstable) over λ", "inside [μ_exact(1−δ), μ_exact]: yes"):
+        assert needle in r.stdout, needle
+    assert "…" not in r.stdout
+
+
+def test_simulate_table(pair):
+    r = run(SIM + ["--lam", "0.2,1.0"])
+    assert r.exit_code == 0, r.output
+    out = r.stdout
+    lo, hi = pair["summary"]
+    for needle in ("P(unstable)", "throughput (req/s)", "wait p99 (s)", f"{lo['throughput_rps']:.4f}",
+                   f"{hi['throughput_rps']:.4f}", f"μ_exact = {lo['mu_exact_rps']:.4f}", "UNSTABLE at λ = 1 req/s"):
+        assert needle in out, needle
+    assert "…" not in out  # captured output is not cut to 80 columns
+    assert "grows" in out  # no finite-horizon latency percentiles for the unstable row
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+BAD = [
+    (["--policy", "bogus"], "policy"),
+    (["--replicas", "0"], "replicas"),
+    (["--lam", "-1"], "lam"),
+    (["--lam", "1:2"], "lam"),
+    (["--lam", "1:2:0"], "lam"),
+    (["--lam", ","], "lam"),
+    (["--token-budget", "256"], "token_budget"),
+    (["--steps", "1000"], "steps"),
+    (["--steps", "500"], "steps"),
+    (["--b-model", "nonsense"], "b_model"),
+    (["--b-model", "empirical"], "b_model"),
+    (["--b-model", "constant:5"], "b_model"),
+    (["--b-model", "lognormal:-1"], "b_model"),
+    (["--b-model", "two-speed:3"], "b_model"),
+    (["--b-model", "affine:1,2"], "b_model"),
+    (["--b-model", "affine:-1,0,0,0"], "b_model"),
+    (["--M", "1000"], "lengths"),
+    (["--seed", "-1"], "seed"),
+    (["--K", "4"], "K"),
+]
+
+
+def _assert_one_line_error(r, param):
+    assert r.exit_code == 2, r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: ")
+    assert f"{param}=" in lines[0], lines[0]
+    assert "Traceback" not in r.output and r.stdout == ""
+
+
+def _with(cmd, over):
+    args = list(cmd)
+    for k, v in zip(over[::2], over[1::2]):
+        if k in args:
+            args[args.index(k) + 1] = v
+        else:
+            args += [k, v]
+    return args
+
+
+@pytest.mark.parametrize("over, param", BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_simulate_bad_input_exit_2_one_line(over, param):
+    _assert_one_line_error(run(_with(SIM + ["--lam", "0.2"], over) + ["--json"]), param)
+
+
+@pytest.mark.parametrize("over, param", [(["--policy", "bogus"], "policy"), (["--grid-points", "-1"], "grid_points"),
+                                         (["--grid-replicas", "0"], "grid_replicas"), (["--M", "1000"], "lengths"),
+                                         (["--steps", "1000"], "steps")])
+def test_critical_bad_input_exit_2_one_line(over, param):
+    _assert_one_line_error(run(_with(CRIT, over)), param)
+
+
+def test_missing_lam():
+    _assert_one_line_error(run(SIM), "lam")
