@@ -32,6 +32,10 @@ def _sim_options(f):
                      help="Batch-time model: b̄ constant; i.i.d. from --b-samples; lognormal with mean b̄; "
                           "a fraction FRAC of batches RATIO× slower (mean b̄); or affine in the step's prefill "
                           "tokens, decode tokens and memory (b̄ then only feeds the theory columns)."),
+        click.option("--servers", default="1", show_default=True, metavar="G",
+                     help="Servers per replica (a cluster in lock-step); λ is the cluster's total rate."),
+        click.option("--routing", default="round_robin", show_default=True, metavar="round_robin|random|jsq|least_kv",
+                     help="How a cluster routes each arrival."),
         click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a TTY)."),
         click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout."),
     ]
@@ -105,7 +109,7 @@ def _batch_model(spec: str, b_s: float, b_samples_file, b_col):
 
 
 def _common(workload, trace, s_col, o_col, t_col, split, M, chunk, b, b_samples, b_estimator, b_col, policy,
-            replicas, steps, warmup, seed, token_budget, K, b_model):
+            replicas, steps, warmup, seed, token_budget, K, b_model, servers="1", routing="round_robin"):
     from ._engine import POLICIES
 
     M, chunk = resolve_server(M, chunk)
@@ -124,6 +128,12 @@ def _common(workload, trace, s_col, o_col, t_col, split, M, chunk, b, b_samples,
     if out["steps"] is not None and out["steps"] <= out["warmup"]:
         raise LqsError("steps", out["steps"], f"must exceed --warmup ({out['warmup']})")
     out["batch"] = _batch_model(b_model, bb.b_s, b_samples, b_col)
+    out["servers"] = parse_int("servers", servers, 1, 4096)
+    from .kernels.engine import ROUTINGS
+
+    if routing not in ROUTINGS:
+        raise LqsError("routing", routing, "must be one of " + ", ".join(ROUTINGS))
+    out["routing"] = routing
     return out
 
 
@@ -163,7 +173,8 @@ def _json_clean(x):
 @click.option("--out", "out_dir", default=None, metavar="DIR",
               help="Write replicas/summary (parquet + CSV), config.json, series.npz and waiting.png here.")
 def simulate_cmd(workload, trace, s_col, o_col, t_col, split, M, chunk, b, b_samples, b_estimator, b_col, lam,
-                 policy, replicas, steps, warmup, seed, token_budget, K, b_model, progress, as_json, out_dir):
+                 policy, replicas, steps, warmup, seed, token_budget, K, b_model, servers, routing, progress, as_json,
+                 out_dir):
     """Monte Carlo of replicated serving queues at one λ or a grid of λ.
 
     \b
@@ -177,11 +188,12 @@ def simulate_cmd(workload, trace, s_col, o_col, t_col, split, M, chunk, b, b_sam
     from ._engine import simulate
 
     c = _common(workload, trace, s_col, o_col, t_col, split, M, chunk, b, b_samples, b_estimator, b_col, policy,
-                replicas, steps, warmup, seed, token_budget, K, b_model)
+                replicas, steps, warmup, seed, token_budget, K, b_model, servers, routing)
     lams = _parse_lams(lam)
     res = simulate(c["wl"].workload, M=c["M"], chunk=c["chunk"], lam=lams, b=c["batch"], policy=c["policy"],
                    replicas=c["replicas"], steps=c["steps"], warmup=c["warmup"], key=jax.random.key(c["seed"]),
-                   token_budget=c["token_budget"], K=c["K"], progress=_show_progress(progress), b_theory=c["bb"].b_s)
+                   token_budget=c["token_budget"], K=c["K"], progress=_show_progress(progress), b_theory=c["bb"].b_s,
+                   servers=c["servers"], routing=c["routing"])
     res.config["workload_label"] = c["wl"].label
     res.config["seed"] = c["seed"]
     if out_dir:
@@ -201,7 +213,8 @@ def _print_sim(res, label, out_dir):
     s = res.summary
     r0 = s.iloc[0]
     t = Table(title=f"lqs simulate — {label}, M={r0.M_tokens}, ŝ={r0.chunk_tokens}, b̄={r0.b_s:.4g} s, "
-                    f"{r0.policy}, {r0.replicas} replicas × {r0.steps} steps")
+                    f"{r0.policy}, {r0.replicas} replicas × {r0.steps} steps"
+                    + (f", clusters of {r0.servers} servers ({r0.routing})" if r0.get("servers", 1) > 1 else ""))
     for col in ("λ (req/s)", "λ/μ_exact", "P(unstable)", "throughput (req/s)", "KV util", "wait p50 (s)",
                 "wait p99 (s)", "TTFT p99 (s)", "E2E p99 (s)", "reliable"):
         t.add_column(col, justify="right")
@@ -240,7 +253,8 @@ def _f(x):
               help="λ values of the P(unstable) grid (0 to skip).")
 @click.option("--grid-replicas", default="32", show_default=True, metavar="N", help="Replicas per grid λ.")
 def critical_cmd(workload, trace, s_col, o_col, t_col, split, M, chunk, b, b_samples, b_estimator, b_col, policy,
-                 replicas, steps, warmup, seed, token_budget, K, b_model, progress, as_json, grid_points,
+                 replicas, steps, warmup, seed, token_budget, K, b_model, servers, routing, progress, as_json,
+                 grid_points,
                  grid_replicas):
     """The critical rate λ* (saturation throughput, with a 95 % interval), μ_sim, and the theory bounds.
 
@@ -253,12 +267,13 @@ def critical_cmd(workload, trace, s_col, o_col, t_col, split, M, chunk, b, b_sam
     from ._critical import critical
 
     c = _common(workload, trace, s_col, o_col, t_col, split, M, chunk, b, b_samples, b_estimator, b_col, policy,
-                replicas, steps, warmup, seed, token_budget, K, b_model)
+                replicas, steps, warmup, seed, token_budget, K, b_model, servers, routing)
     res = critical(c["wl"].workload, M=c["M"], chunk=c["chunk"], b=c["batch"], policy=c["policy"],
                    replicas=c["replicas"], steps=c["steps"], warmup=c["warmup"], key=jax.random.key(c["seed"]),
                    grid_points=parse_int("grid_points", grid_points, 0, 1000),
                    grid_replicas=parse_int("grid_replicas", grid_replicas, 1), token_budget=c["token_budget"],
-                   K=c["K"], progress=_show_progress(progress), b_theory=c["bb"].b_s)
+                   K=c["K"], progress=_show_progress(progress), b_theory=c["bb"].b_s, servers=c["servers"],
+                   routing=c["routing"])
     out = dict(workload=c["wl"].label, **res.summary)
     if as_json:
         click.echo(json.dumps(_json_clean(out)))

@@ -409,6 +409,10 @@ def _prepare(workload, *, M, chunk, lam, b, policy, replicas, steps, warmup, tok
     for m in Ms:
         workload.validate(m)
     M_max = max(Ms)
+    lam_b = max(lams) * max(bt.max_s(M_max, 64, chunk) for bt in batches)
+    if lam_b > 1000:
+        raise LqsError("lam", max(lams), f"λ·b gives {lam_b:.3g} arrivals per step; at most 1000 are supported "
+                                          "(a rate this far above any capacity is unstable anyway)")
     lam_max = max(lams) if phased is None else max(max(lams), float(np.max(phased[2])))
     if phased is not None:
         for m in Ms:
@@ -424,7 +428,9 @@ def _prepare(workload, *, M, chunk, lam, b, policy, replicas, steps, warmup, tok
     # ≤ max_points records; chunks of about 4096 steps between host round trips (progress, early stop)
     total_blocks = math.ceil(steps / compact_every)
     bpr = max(1, math.ceil(total_blocks / max_points))
-    rpc = max(1, round(4096 / (compact_every * bpr)))
+    total_records = math.ceil(total_blocks / bpr)
+    n_chunks = max(1, round(total_records * compact_every * bpr / 4096))
+    rpc = math.ceil(total_records / n_chunks)  # chunks of ≈ 4096 steps that add up to just ≥ steps
     cfg = _k.EngineConfig(K=Kc, policy=policy, a_max=sizing.a_max, token_budget=token_budget is not None,
                           servers=servers, routing=routing,
                           phased=phased is not None, n_u=0 if phased is None else phased[0].n_uniforms,
@@ -546,6 +552,10 @@ def _collect(workload, grid, R, cfg, sizing, st, recs, steps_run, steps_asked, w
         # control variate: memory-work completed per second / E[g_exact]. (SPEC.md writes the ratio the other
         # way up, throughput × E[g]/mean g, which doubles the noise instead of removing it: see README.)
         thr_cv = np.where(comp_w > 0, thr * g_mean_done / mom.g_exact, np.nan)
+        import warnings
+
+        warnings.filterwarnings("ignore", message="Mean of empty slice", category=RuntimeWarning)
+        warnings.filterwarnings("ignore", message="Degrees of freedom", category=RuntimeWarning)
         t_w0 = a(st.t_w0)[ci].astype(np.float64)
         unstable, tstat, drift, rise = stability_verdict(t_ser[ci], w_ser[ci], arr_w, t_w0)
         overflow = a(st.overflow)[ci]
