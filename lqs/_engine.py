@@ -645,15 +645,22 @@ def _wilson(k, n, z=1.96):
 
 
 def _describe(obj):
-    """A JSON-able description of a workload or batch model (class name and numbers)."""
-    leaves, treedef = jax.tree_util.tree_flatten(obj)
-    out = {"type": type(obj).__name__, "tree": str(treedef)[:500]}
-    small = [np.asarray(x).tolist() for x in leaves if np.size(x) <= 16]
-    if len(small) == len(leaves):
-        out["values"] = small
-    else:
-        out["n_leaves"] = len(leaves)
-        out["leaf_sizes"] = [int(np.size(x)) for x in leaves]
-    if hasattr(obj, "max_total"):
-        out["max_total_tokens"] = int(obj.max_total)
-    return out
+    """A readable, JSON-able description of a workload or batch model: its class and fields, recursively;
+    arrays of more than 16 numbers are summarised (n, min, mean, max)."""
+    import dataclasses
+
+    if isinstance(obj, (list, tuple)):
+        return [_describe(x) for x in obj]
+    if dataclasses.is_dataclass(obj):
+        out = {"type": type(obj).__name__}
+        for f in dataclasses.fields(obj):
+            out[f.name] = _describe(getattr(obj, f.name))
+        if hasattr(obj, "max_total"):
+            out["max_total_tokens"] = int(obj.max_total)
+        return out
+    if isinstance(obj, (np.ndarray, jnp.ndarray, np.generic)):
+        x = np.asarray(obj)
+        if x.size <= 16:
+            return x.tolist()
+        return {"n": int(x.size), "min": float(x.min()), "mean": float(x.mean()), "max": float(x.max())}
+    return obj
