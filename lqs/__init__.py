@@ -72,3 +72,4 @@ from ._batch import AffineBatch, BatchTime, ConstantBatch, EmpiricalBatch, LogNo
 from ._engine import SimResult, auto_steps, simulate, simulate_trace, stability_verdict  # noqa: E402
 from ._critical import CriticalResult, critical  # noqa: E402
 from ._sweep import sweep, SweepSpec  # noqa: E402
+from ._studies import *  # noqa: E402,F401,F403

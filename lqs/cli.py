@@ -181,6 +181,7 @@ def _register(module_name: str, names: tuple[str, ...]):
 
 _register("_cli_sim", ("simulate", "critical", "sweep"))
 _register("_cli_sweep", ("sweep",))
+_register("_cli_studies", ("study",))
 # <<< end of registration spot >>>
 
 
