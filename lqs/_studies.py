@@ -291,6 +291,19 @@ def default_b_models(b_mean: float, slow_factor: float = 3.0, slow_frac: float =
                 LogNormalMixBatch.two_speed(fast, slow_factor * fast, slow_frac, sigma)}
 
 
+def default_affine(ref_workload, M, chunk, b_mean, shares=(0.35, 0.2, 0.15, 0.3)) -> tuple:
+    """Affine coefficients (a0, a1, a2, a3) that make a saturated server on ``ref_workload`` average about
+    ``b_mean`` per step, split into a fixed cost, prefill tokens, decode tokens and KV memory read by ``shares``.
+
+    At saturation a server completes about c = M/E[g_exact] requests per step, so it processes about c·E[s] prefill
+    and c·E[o] decode tokens per step and holds about M tokens of KV cache.
+    """
+    m = ref_workload.expected_g(chunk)
+    c = M / m.g_exact
+    f0, f1, f2, f3 = (float(x) / float(sum(shares)) for x in shares)
+    return (f0 * b_mean, f1 * b_mean / (c * m.mean_s), f2 * b_mean / (c * m.mean_o), f3 * b_mean / M)
+
+
 def b_error(workload=None, *, M=None, chunk=None, b=None, total_hi=None, models=None,
             estimators=("mean", "median", "trimmed:0.05", "trimmed:0.1"), rel_errors=None, n_samples: int = 1_000_000,
             affine=None, affine_ratios=None, parts=("closed_form", "iid", "affine"), replicas=None, steps=None,
@@ -307,8 +320,9 @@ def b_error(workload=None, *, M=None, chunk=None, b=None, total_hi=None, models=
       random numbers), which isolates the estimator from the KV-packing loss ≤ δ. Renewal–reward: with batch
       times independent of the batch, throughput = completions per step / E[b], so the *mean* predicts λ*.
     * ``affine``: b_n = a0 + a1·prefill + a2·decode + a3·memory (``affine`` = (a0, a1, a2, a3)) for P/D mixes
-      ``affine_ratios``: λ* against the closed form with b̄ = the mean batch time observed at saturation, at a
-      light load (ρ ≈ ½ of λ*), and at saturation on the 1:1 mix (one b̄ measured once, used for every mix).
+      ``affine_ratios`` (default coefficients: :func:`default_affine`): λ* against the closed form with b̄ = the mean
+      batch time observed at saturation, at a light load (λ = ½λ*), and at saturation on the 1:1 mix (one b̄
+      measured once, used for every mix).
     """
     from ._batch import AffineBatch, ConstantBatch
     from ._critical import critical
@@ -382,8 +396,7 @@ def b_error(workload=None, *, M=None, chunk=None, b=None, total_hi=None, models=
         if 1.0 not in ratios:
             ratios = ratios + (1.0,)
         if affine is None:
-            # about b̄ on the 1:1 mix at saturation: fixed cost, prefill tokens, decode tokens, KV memory read
-            affine = (0.3 * d["b"], 0.6 * d["b"] / (4 * d["chunk"]), 0.1 * d["b"] / 100, 0.3 * d["b"] / d["M"])
+            affine = default_affine(pd_ratio(1.0, total_hi=d["total_hi"]), d["M"], d["chunk"], d["b"])
         bt = AffineBatch(*affine)
         aff = {}
         for ri, r in enumerate(ratios):
@@ -407,7 +420,7 @@ def b_error(workload=None, *, M=None, chunk=None, b=None, total_hi=None, models=
         for r in ratios:
             a = aff[r]
             for est, bh in (("mean b at saturation (this mix)", a["b_sat"]),
-                            ("mean b at ρ≈½ (this mix)", a["b_light"]),
+                            ("mean b at λ = ½λ* (this mix)", a["b_light"]),
                             ("mean b at saturation on 1:1", b_ref)):
                 mu_e = a["cap"].mu_exact_rps / bh
                 rows.append({**common, "part": "affine", "case": f"P/D {_ratio_label(r)}", "estimator": est,
@@ -460,11 +473,15 @@ def b_error(workload=None, *, M=None, chunk=None, b=None, total_hi=None, models=
             ax.set_xticks(np.arange(len(cases)))
             ax.set_xticklabels(cases)
             ax.set_ylabel("μ_exact(b̂)/λ* − 1 (%)  [> 0: over-predicts]")
-            ax.set_title("(c) affine batch time: b̄ measured where?", fontsize=10)
+            a = meta["affine"]["coefficients"]
+            ax.set_title("(c) affine b = a0 + a1·prefill + a2·decode + a3·KV: b̄ measured where?\n"
+                         f"a0={a['a0_s'] * 1e3:.3g} ms, a1={a['a1_s_per_prefill_token'] * 1e6:.3g} µs/token, "
+                         f"a2={a['a2_s_per_decode_token'] * 1e6:.3g} µs/token, a3={a['a3_s_per_kv_token'] * 1e9:.3g} ns/token",
+                         fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7.5)
-    fig.suptitle(f"Batch-time estimate vs simulated critical rate — {_label(workload)}, M={d['M']:,}, ŝ={d['chunk']}",
-                 fontsize=11)
+    fig.suptitle(f"Batch-time estimate vs simulated critical rate\n{_label(workload)}, M={d['M']:,}, ŝ={d['chunk']}",
+                 fontsize=10.5)
     fig.tight_layout()
     return _write("b_error", df, meta, fig, out)
 
@@ -745,7 +762,8 @@ def cluster_study(workload=None, *, servers: int = 8, routings=("round_robin", "
         x = np.arange(len(routings))
         v = np.asarray([sat[r][0] for r in routings])
         e = np.asarray([sat[r][1] for r in routings])
-        ax.bar(x, v, yerr=1.96 * e, capsize=4, color=[f"C{i}" for i in range(len(routings))], alpha=0.8)
+        for i in range(len(routings)):
+            ax.errorbar(x[i], v[i], yerr=1.96 * e[i], fmt="o", ms=9, capsize=6, color=f"C{i}")
         ax.axhline(G * cap.mu_rps, color="k", lw=1.5, label=f"G·μ (closed form) = {G * cap.mu_rps:.4g}")
         ax.axhline(G * cap.mu_stable_rps, color="k", ls="--", lw=1, label=f"G·μ(1−δ) = {G * cap.mu_stable_rps:.4g}")
         if G == PAPER_CLUSTER["servers"] and d["M"] == PAPER_M:
@@ -755,6 +773,7 @@ def cluster_study(workload=None, *, servers: int = 8, routings=("round_robin", "
                        label=f"paper Table 3, μ_theory: {PAPER_CLUSTER['mu_theory_rps']}")
         ax.set_xticks(x)
         ax.set_xticklabels(routings)
+        ax.set_xlim(-0.6, len(routings) - 0.4)
         lo = min(v.min(), G * cap.mu_stable_rps) * 0.97
         ax.set_ylim(lo, max(v.max(), G * cap.mu_rps) * 1.02)
         ax.set_ylabel("critical rate λ* (requests/s, 95% interval)")
@@ -867,8 +886,10 @@ def slo_replicas(lam: float, target_s: float, workload=None, *, metric: str = "t
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.8, 4.9))
+    what, q = metric[:-2].split("_")
+    pretty = f"{q} {dict(wait='waiting time', ttft='TTFT', e2e='end-to-end latency')[what]}"
     stable = df.p_unstable <= max_p_unstable
-    ax.plot(df.G[stable], df.value_s[stable], "C0o-", label=f"simulated {metric.replace('_s', '')} per replica")
+    ax.plot(df.G[stable], df.value_s[stable], "C0o-", label=f"simulated {pretty} per replica")
     if (~stable).any():
         ax.plot(df.G[~stable], df.value_s[~stable], "C3x", ms=9, label="unstable (P(unstable) > "
                                                                          f"{max_p_unstable:g}): grows with the horizon")
@@ -880,7 +901,7 @@ def slo_replicas(lam: float, target_s: float, workload=None, *, metric: str = "t
     ax.set_yscale("log")
     ax.set_xticks(Gs)
     ax.set_xlabel("replicas G (each serves λ/G)")
-    ax.set_ylabel(f"{metric.replace('_s', '')} (s)")
+    ax.set_ylabel(f"{pretty} (s)")
     ax.set_title(f"Replicas for a latency SLO at λ = {lam:.4g} req/s — {_label(workload)}\n"
                  f"M={d['M']:,}, ŝ={d['chunk']}, b̄={d['b']:g} s, μ={cap.mu_rps:.4g} req/s per replica; "
                  f"{d['replicas']} replicas per G", fontsize=10)
