@@ -403,19 +403,29 @@ def b_error(workload=None, *, M=None, chunk=None, b=None, total_hi=None, models=
             w = pd_ratio(r, total_hi=d["total_hi"])
             cap_r = capacity(w, d["M"], d["chunk"], 1.0)  # μ with b̄ = 1 s; scale by 1/b̄
             b_lo = affine[0] + affine[3] * d["M"] * (1 - cap_r.delta)  # ≤ every saturated step: λ_sat > λ*
+            K_r = K
+            if K_r is None:  # the engine sizes an affine model by its loose upper bound max_s: far too many slots
+                from ._engine import size_engine
+
+                m = w.expected_g(d["chunk"])
+                c_sat = d["M"] / m.g_exact  # completions per step at saturation
+                b_est = affine[0] + affine[1] * c_sat * m.mean_s + affine[2] * c_sat * m.mean_o + affine[3] * d["M"]
+                K_r = size_engine(w, d["M"], d["chunk"], 1.3 * cap_r.mu_rps / b_lo, ConstantBatch(2 * b_est), "fcfs",
+                                  64).K
             c = critical(w, M=d["M"], chunk=d["chunk"], b=bt, b_theory=b_lo, replicas=d["replicas"],
-                         steps=d["steps"], warmup=d["warmup"], key=_key(seed, 100 + ri), grid_points=0, K=K,
+                         steps=d["steps"], warmup=d["warmup"], key=_key(seed, 100 + ri), grid_points=0, K=K_r,
                          progress=progress)
             ls, se = c.summary["lam_star_rps"], c.summary["lam_star_se_rps"]
             rep = c.saturation.replicas
             b_sat = float((rep.window_s / (rep.steps - rep.warmup_steps)).mean())
             light = simulate(w, M=d["M"], chunk=d["chunk"], lam=0.5 * ls, b=bt, replicas=d["replicas"],
-                             steps=d["steps"], warmup=d["warmup"], key=_key(seed, 200 + ri), K=K, b_theory=b_lo,
-                             progress=progress)
+                             steps=d["steps"], warmup=d["warmup"], key=_key(seed, 200 + ri), K=K_r,
+                             b_theory=b_lo, progress=progress)
             lr = light.replicas
             b_light = float((lr.window_s / (lr.steps - lr.warmup_steps)).mean())
             aff[r] = dict(w=w, cap=cap_r, lam_star=ls, se=se, b_sat=b_sat, b_light=b_light,
-                          mem_util=float(c.saturation.summary.iloc[0].mem_util))
+                          mem_util=float(c.saturation.summary.iloc[0].mem_util),
+                          reliable=bool(c.summary["reliable"]) and bool(light.reliable))
         b_ref = aff[1.0]["b_sat"]
         for r in ratios:
             a = aff[r]
@@ -427,7 +437,7 @@ def b_error(workload=None, *, M=None, chunk=None, b=None, total_hi=None, models=
                              "b_hat_s": bh, "b_rel_err": bh / a["b_sat"] - 1, "mu_hat_rps": a["cap"].mu_rps / bh,
                              "mu_exact_hat_rps": mu_e, "lam_star_rps": a["lam_star"], "lam_star_se_rps": a["se"],
                              "rel_miss": mu_e / a["lam_star"] - 1, "miss_in_se": (mu_e - a["lam_star"]) / a["se"],
-                             "mem_util": a["mem_util"]})
+                             "mem_util": a["mem_util"], "reliable": a["reliable"]})
         meta["affine"] = dict(coefficients=dict(a0_s=affine[0], a1_s_per_prefill_token=affine[1],
                                                 a2_s_per_decode_token=affine[2], a3_s_per_kv_token=affine[3]),
                               ratios=list(ratios))

@@ -166,3 +166,19 @@ def test_cli_study_closed_form_and_errors(tmp_path):
     assert r.exit_code == 0
     for name in ("phase", "b-error", "delta", "mixture", "cluster", "latency", "slo"):
         assert name in r.output
+
+
+def test_b_error_affine_mean_at_saturation_predicts_lam_star():
+    res = S.b_error(FAST, parts=("affine",), affine_ratios=(4.0,), total_hi=400, **SMALL)
+    df = res.data.set_index(["case", "estimator"])
+    assert df.reliable.all()
+    for case in ("P/D 4:1", "P/D 1:1"):
+        sat = df.loc[(case, "mean b at saturation (this mix)")]
+        d = lqs.pd_ratio(4.0 if case == "P/D 4:1" else 1.0, total_hi=400).max_total / M
+        se = sat.lam_star_se_rps
+        # renewal–reward: the closed form with b̄ = mean batch time at saturation brackets λ* like a constant b̄
+        assert sat.mu_exact_hat_rps * (1 - d) - 4 * se <= sat.lam_star_rps <= sat.mu_exact_hat_rps + 4 * se
+        # b̄ measured at a light load is too small: μ over-predicted
+        assert df.loc[(case, "mean b at λ = ½λ* (this mix)")].rel_miss > 0.1
+    # prefill-heavy mix: a b̄ calibrated on 1:1 is too small (prefill tokens cost time), μ over-predicted
+    assert df.loc[("P/D 4:1", "mean b at saturation on 1:1")].rel_miss > 0.05
