@@ -60,6 +60,9 @@ def size_engine(workload: Workload, M_max: int, chunk: int, lam_max: float, batc
     life = mean_k + m.mean_o  # scheduled steps per request
     n_serv = M_max * life / m.g_exact
     b_typ = _nominal_b(batch, default=None)
+    if b_typ is None and isinstance(batch, AffineBatch):  # typical saturated step: one chunk, n_serv decodes, full M
+        a = np.asarray(batch.a, np.float64)
+        b_typ = float(a[0] + a[1] * chunk + a[2] * n_serv + a[3] * M_max)
     b_max = batch.max_s(M_max, 4096, chunk)
     rate_steps = max(lam_max / servers * (b_typ or b_max), n_serv / life)  # arrivals or completions per step
     if K is None:
@@ -69,7 +72,8 @@ def size_engine(workload: Workload, M_max: int, chunk: int, lam_max: float, batc
         K = int(max(64, 32 * math.ceil(k_est / 32)))
     else:
         K = check_int("K", K, 8)
-    a_max = 4 * math.ceil(_rng.poisson_cap(lam_max * b_max) / 4)  # rounded so nearby λ share a compilation
+    b_cap = b_max if b_typ is None or not isinstance(batch, AffineBatch) else min(b_max, 4.0 * b_typ)
+    a_max = 4 * math.ceil(_rng.poisson_cap(lam_max * b_cap) / 4)  # (a hit is counted and flags the run)  # rounded so nearby λ share a compilation
     check = (workload.max_total + 1) ** 2 < 2**30
     return Sizing(K=K, a_max=a_max, n_service_est=n_serv, check_work=check)
 
