@@ -239,7 +239,7 @@ def serve(state: State, params: Params, cfg: EngineConfig) -> Served:
 
     # the schedule could have reached past the slots while requests wait in the overflow queue: capacity limit
     n_live = jnp.sum(live.astype(jnp.int32))
-    room = M - cw[-1]
+    room = M - jnp.sum(w)  # = cw[-1] (exact integers; a reduction lowers to every backend, a slice does not)
     starved = (n_sched == n_live) & (state.overflow > 0) & (room >= params.min_w)
     if cfg.token_budget:
         starved = starved & (jnp.sum(tok) + 1 <= params.budget)
@@ -317,13 +317,20 @@ def finish(state: State, sv: Served, b_n, n_arr, trunc, phase, params: Params, c
 
 def step(state: State, params: Params, cfg: EngineConfig) -> tuple[State, StepOut]:
     """One batch iteration of one server (SPEC.md steps 1–6). Returns the new state and what the step did."""
-    sv = serve(state, params, cfg)
+    return step_with(state, params, cfg, params.batch.draw, serve_fn=serve, finish_fn=finish)
+
+
+def step_with(state, params, cfg: EngineConfig, draw_b, serve_fn, finish_fn):
+    """The step with its batch-time draw and its per-server halves passed in: ``step`` uses the plain functions on
+    one replica; the fused kernel (kernels/fused.py) passes them vmapped over a block of replicas and a draw that
+    reads its tables from kernel memory. Both paths therefore run the same operations in the same order."""
+    sv = serve_fn(state, params, cfg)
     ub1 = rng.uniform(state.keys[1], state.step, 0)
     ub2 = rng.uniform(state.keys[1], state.step, 1)
-    b_n = params.batch.draw(ub1, ub2, sv.n_pre_tok, sv.n_dec_tok, sv.mem).astype(jnp.float32)
+    b_n = draw_b(ub1, ub2, sv.n_pre_tok, sv.n_dec_tok, sv.mem).astype(jnp.float32)
     lam, phase = phase_rate(state.t, params, cfg)
     n_arr, trunc = rng.poisson_inverse(rng.uniform(state.keys[0], state.step, 0), lam * b_n, cfg.a_max)
-    return finish(state, sv, b_n, n_arr, trunc, phase, params, cfg)
+    return finish_fn(state, sv, b_n, n_arr, trunc, phase, params, cfg)
 
 
 # ----------------------------------------------------------------------------------------------- clusters

@@ -15,6 +15,7 @@ import numpy as np
 
 from ._errors import LqsError, check_float
 from ._theory import estimate_b
+from .kernels import rng as _rng
 
 
 class BatchTime(eqx.Module):
@@ -125,7 +126,7 @@ class LogNormalMixBatch(BatchTime):
     def draw(self, u1, u2, prefill_tokens, decode_tokens, mem_used):
         cum = jnp.cumsum(jnp.asarray(self.probs))
         j = jnp.sum(u1 >= cum[:-1])
-        z = jax.scipy.special.ndtri(jnp.clip(u2, 1e-7, 1 - 1e-7))
+        z = _rng.std_normal(u2)
         return jnp.exp(jnp.asarray(self.log_median)[j] + jnp.asarray(self.sigma)[j] * z)
 
     @property
