@@ -1,0 +1,254 @@
+"""The fused step loop: one Pallas kernel runs a whole block of steps for a block of replicas on chip.
+
+The XLA engine (kernels/engine.py) runs one ``lax.scan`` iteration per step: every step reads and writes every
+replica's slots through GPU memory and launches its kernels again. Here one ``pallas_call`` launch runs
+``cfg.compact_every`` steps; each program of its grid loads the slots of ``rb`` replicas (``rb × K`` per field)
+once, keeps them in registers / on-chip memory through the ``fori_loop`` over steps, and writes them back once.
+Compaction, latency binning and the time-series record stay in XLA between launches (once per block of steps).
+
+Identity with the XLA path is by construction, not by a second implementation: the kernel body is
+``engine.step_with`` with ``engine.serve`` and ``engine.finish`` vmapped over the block, so the scheduling rule,
+the counters (overflow, admission cap, starvation, invariant checks) and the counter-based random numbers
+(kernels/rng.py, keyed by (replica, step) and (replica, request index)) are the same code. Only the batch-time
+draw is rewritten, so that its tables are read with kernel-memory loads instead of XLA gathers; it performs the
+same floating-point operations in the same order. tests/test_fused.py checks bit-identity in interpret mode.
+
+Lowering: Triton (``jax.experimental.pallas.triton``). Mosaic GPU, in jax 0.10.x, has no lowering for the
+prefix sum (``cumsum``) the FCFS admission needs; Triton lowers every primitive of the step (checked on any
+machine by :func:`lower_for_gpu`, which lowers the kernel for CUDA without a GPU). Triton needs power-of-two
+block shapes: K, ``rb`` and the padded empirical table are powers of two on a GPU.
+
+Not fused (the XLA path runs them): clusters (``servers > 1``) and phased schedules.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import engine as E
+from . import rng
+
+# State fields the step reads or writes (the rest are compaction's): per-replica scalars and [K] slot fields
+SCALARS = ("step", "t", "n_used", "overflow", "next_ovf", "arrivals", "completions", "swaps", "t_w0",
+           "arrivals_w", "completions_w", "mem_sum_w", "steps_w", "busy_w", "mem_max", "started_max",
+           "waiting_max", "starved", "arr_trunc", "violations")
+SLOTS = ("s", "o", "k", "u", "flags", "t_arr", "t_first", "t_ttft", "t_done", "work", "u_off")
+PARAMS = ("lam", "M", "chunk", "budget", "warmup", "min_w")
+BATCH_KINDS = ("constant", "affine", "iid-empirical", "iid-lognormal")
+
+
+def unsupported(cfg: E.EngineConfig) -> str | None:
+    """Why this configuration cannot run fused (None when it can)."""
+    if cfg.servers > 1:
+        return "clusters (servers > 1) run on the XLA path"
+    if cfg.phased:
+        return "phased schedules run on the XLA path"
+    return None
+
+
+def _pow2(n: int) -> bool:
+    return n >= 1 and (n & (n - 1)) == 0
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def default_block(K: int) -> int:
+    """Replicas per program: about 2048 slots per field on chip (a power of two, 1..64)."""
+    return int(min(64, 1 << (max(1, 2048 // K).bit_length() - 1)))
+
+
+# --------------------------------------------------------------------------------- batch-time operands
+def batch_operands(batch):
+    """(kind, [N]-shaped operands, [N, n] tables, static info) of a stacked BatchTime pytree (leading axis N).
+
+    Tables are padded to a power of two along their last axis (never read past the true length)."""
+    kind = batch.kind
+    if kind == "constant":
+        return kind, [jnp.asarray(batch.b, jnp.float32)], [], ()
+    if kind == "affine":
+        a = jnp.asarray(batch.a, jnp.float32)
+        return kind, [a[:, j] for j in range(4)], [], ()
+    if kind == "iid-empirical":
+        x = jnp.asarray(batch.samples, jnp.float32)
+        n = x.shape[-1]
+        pad = next_pow2(n) - n
+        if pad:
+            x = jnp.concatenate([x, jnp.zeros(x.shape[:-1] + (pad,), x.dtype)], axis=-1)
+        return kind, [], [x], (n,)
+    if kind == "iid-lognormal":
+        probs = jnp.asarray(batch.probs)
+        cum = jax.vmap(jnp.cumsum)(probs)  # as the XLA draw computes it, per replica
+        lm, sg = jnp.asarray(batch.log_median), jnp.asarray(batch.sigma)
+        c = probs.shape[-1]
+        ops = [cum[:, j] for j in range(c - 1)] + [lm[:, j] for j in range(c)] + [sg[:, j] for j in range(c)]
+        return kind, ops, [], (c,)
+    raise ValueError(f"batch kind {kind!r} has no fused draw")
+
+
+def _draw_fn(kind, info, ops, tables, rb):
+    """The batch-time draw on a block of rb replicas: the XLA draws' operations, with loads instead of gathers."""
+    if kind == "constant":
+        (b,) = ops
+        return lambda u1, u2, pre, dec, mem: b
+    if kind == "affine":
+        a0, a1, a2, a3 = ops
+        return lambda u1, u2, pre, dec, mem: (a0 + a1 * pre.astype(jnp.float32) + a2 * dec.astype(jnp.float32)
+                                              + a3 * mem.astype(jnp.float32))
+    if kind == "iid-empirical":
+        (n,) = info
+        (table,) = tables  # a Ref [rb, n_pad]
+        rows = jax.lax.broadcasted_iota(jnp.int32, (rb,), 0)
+
+        def draw(u1, u2, pre, dec, mem):
+            i = jnp.minimum(jnp.floor(u1 * n).astype(jnp.int32), n - 1)
+            return table[rows, i]
+
+        return draw
+    if kind == "iid-lognormal":
+        (c,) = info
+        cum, lm, sg = ops[:c - 1], ops[c - 1:2 * c - 1], ops[2 * c - 1:]
+
+        def draw(u1, u2, pre, dec, mem):
+            j = jnp.zeros(u1.shape, jnp.int32)
+            for x in cum:
+                j = j + (u1 >= x).astype(jnp.int32)
+            m, s = lm[0], sg[0]
+            for q in range(1, c):
+                m = jnp.where(j == q, lm[q], m)
+                s = jnp.where(j == q, sg[q], s)
+            z = rng.std_normal(u2)
+            return jnp.exp(m + s * z)
+
+        return draw
+    raise ValueError(kind)
+
+
+# --------------------------------------------------------------------------------- the kernel
+def _kernel(cfg: E.EngineConfig, kind, info, rb, n_ops, n_tables, *refs):
+    n_in = len(SCALARS) + len(SLOTS) + 2 + len(PARAMS) + n_ops + n_tables
+    ins, outs = refs[:n_in], refs[n_in:]
+    it = iter(ins)
+    sc = {f: next(it)[...] for f in SCALARS}
+    sl = {f: next(it)[...] for f in SLOTS}
+    k0, k1 = next(it)[...], next(it)[...]
+    pv = {f: next(it)[...] for f in PARAMS}
+    ops = [next(it)[...] for _ in range(n_ops)]
+    tables = [next(it) for _ in range(n_tables)]  # Refs: read by index inside the draw
+
+    slots = E.Slots(**sl, uu=None)
+    none = dict(gsum_w=None, lat_lost=None, hist=None, lat_sum=None, lat_max=None, lat_n=None)
+    st = E.State(slots=slots, keys=(k0, k1, None, None), **sc, **none)
+    p = E.Params(**pv, workload=None, batch=None, phase_end=None, phase_lam=None)
+    draw = _draw_fn(kind, info, ops, tables, rb)
+    serve_v = jax.vmap(lambda s_, p_, c_: E.serve(s_, p_, c_), in_axes=(0, 0, None))
+    finish_v = jax.vmap(lambda s_, sv, b, n, tr, ph, p_, c_: E.finish(s_, sv, b, n, tr, ph, p_, c_),
+                        in_axes=(0, 0, 0, 0, 0, None, 0, None))
+
+    def body(_, carry):
+        st_, _mem = carry
+        st_, out = E.step_with(st_, p, cfg, draw, serve_fn=lambda a, b_, c: serve_v(a, b_, c),
+                               finish_fn=lambda a, sv, b_, n, tr, ph, p_, c: finish_v(a, sv, b_, n, tr, ph, p_, c))
+        return st_, out.mem
+
+    st, mem = jax.lax.fori_loop(0, cfg.compact_every, body, (st, jnp.zeros((rb,), jnp.int32)))
+    o = iter(outs)
+    for f in SCALARS:
+        next(o)[...] = getattr(st, f)
+    for f in SLOTS:
+        next(o)[...] = getattr(st.slots, f)
+    next(o)[...] = mem
+
+
+def fused_block(states: E.State, params: E.Params, cfg: E.EngineConfig, *, rb: int, interpret: bool,
+                num_warps: int = 4, num_stages: int = 1):
+    """``cfg.compact_every`` steps of every replica (leading axis N, a multiple of rb) in one kernel launch.
+
+    Returns (states, mem of the last step [N])."""
+    from jax.experimental import pallas as pl
+
+    N, K = states.slots.s.shape
+    if N % rb:
+        raise ValueError(f"N={N} is not a multiple of the block rb={rb}")
+    kind, ops, tables, info = batch_operands(params.batch)
+    args = ([getattr(states, f) for f in SCALARS] + [getattr(states.slots, f) for f in SLOTS]
+            + [states.keys[:, 0], states.keys[:, 1]] + [getattr(params, f) for f in PARAMS] + ops + tables)
+    args = [jnp.asarray(a) for a in args]
+
+    def spec(a):
+        if a.ndim == 1:
+            return pl.BlockSpec((rb,), lambda i: (i,))
+        return pl.BlockSpec((rb, a.shape[1]), lambda i: (i, 0))
+
+    out_shape = ([jax.ShapeDtypeStruct((N,), getattr(states, f).dtype) for f in SCALARS]
+                 + [jax.ShapeDtypeStruct((N, K), getattr(states.slots, f).dtype) for f in SLOTS]
+                 + [jax.ShapeDtypeStruct((N,), jnp.int32)])
+    out_specs = [pl.BlockSpec((rb,), lambda i: (i,)) for _ in SCALARS] + \
+                [pl.BlockSpec((rb, K), lambda i: (i, 0)) for _ in SLOTS] + [pl.BlockSpec((rb,), lambda i: (i,))]
+    n_state = len(SCALARS) + len(SLOTS)
+    kw = {}
+    if not interpret:
+        from jax.experimental.pallas import triton as plt
+
+        kw["compiler_params"] = plt.CompilerParams(num_warps=num_warps, num_stages=num_stages)
+    call = pl.pallas_call(
+        functools.partial(_kernel, cfg, kind, info, rb, len(ops), len(tables)),
+        out_shape=out_shape, grid=(N // rb,), in_specs=[spec(a) for a in args], out_specs=out_specs,
+        input_output_aliases={i: i for i in range(n_state)}, interpret=interpret, name="lqs_step_loop", **kw)
+    res = call(*args)
+    sc = dict(zip(SCALARS, res[:len(SCALARS)]))
+    sl = dict(zip(SLOTS, res[len(SCALARS):n_state]))
+    states = states._replace(slots=states.slots._replace(**sl), **sc)
+    return states, res[n_state]
+
+
+def run_chunk_batched(states: E.State, params: E.Params, cfg: E.EngineConfig, *, rb: int, interpret: bool,
+                      num_warps: int = 4, num_stages: int = 1):
+    """Same contract and results as ``engine.run_chunk_batched``: the step blocks run as fused kernel launches,
+    compaction and records as vmapped XLA between them. N need not be a multiple of rb (padded here)."""
+    why = unsupported(cfg)
+    if why:
+        raise ValueError(why)
+    N = states.slots.s.shape[0]
+    n_pad = (-N) % rb
+
+    def pad(x):
+        x = jnp.asarray(x)
+        return jnp.concatenate([x, jnp.repeat(x[-1:], n_pad, axis=0)]) if n_pad else x
+
+    def unpad(x):
+        return x[:N] if n_pad else x
+
+    st0 = jax.tree_util.tree_map(pad, states)
+    p0 = jax.tree_util.tree_map(pad, params)
+    compact_v = jax.vmap(lambda s, p: E.compact(s, p, cfg))
+
+    def one_block(st, _):
+        st, mem = fused_block(st, p0, cfg, rb=rb, interpret=interpret, num_warps=num_warps, num_stages=num_stages)
+        return compact_v(st, p0), mem
+
+    def one_record(st, _):
+        st, mems = jax.lax.scan(one_block, st, None, length=cfg.blocks_per_record)
+        return st, jax.vmap(E._record)(st, mems[-1])
+
+    st, recs = jax.lax.scan(one_record, st0, None, length=cfg.records_per_chunk)
+    recs = jax.tree_util.tree_map(lambda x: unpad(jnp.swapaxes(x, 0, 1)), recs)
+    return jax.tree_util.tree_map(unpad, st), recs
+
+
+def lower_for_gpu(states: E.State, params: E.Params, cfg: E.EngineConfig, *, rb: int, num_warps: int = 4):
+    """Lower one fused block for CUDA through Triton without a GPU (jax.export); returns the StableHLO text.
+
+    Raises if any primitive of the step has no Triton lowering or a block shape is not a power of two."""
+    from jax import export
+
+    fn = jax.jit(lambda s, p: fused_block(s, p, cfg, rb=rb, interpret=False, num_warps=num_warps))
+    spec = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype), (states, params))
+    exp = export.export(fn, platforms=["cuda"],
+                        disabled_checks=[export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")])(*spec)
+    return exp.mlir_module()
