@@ -29,7 +29,7 @@ def critical(workload, *, M: int, chunk: int, b, policy: str = "fcfs", replicas:
              warmup: int = 4_000, key=None, seed: int = 0, grid_points: int = 9, grid_replicas: int | None = None,
              token_budget: int | None = None, K: int | None = None, progress: bool = False,
              b_theory: float | None = None, overload: float = 1.3, servers: int = 1,
-             routing: str = "round_robin") -> CriticalResult:
+             routing: str = "round_robin", engine: str | None = None) -> CriticalResult:
     """Estimate the critical arrival rate λ* of one server.
 
     λ* is the saturation throughput: the rate at which a server with an unbounded backlog completes requests
@@ -66,7 +66,7 @@ def critical(workload, *, M: int, chunk: int, b, policy: str = "fcfs", replicas:
     lam_sat = overload * cap.mu_rps
     sat = simulate(workload, M=M, chunk=chunk, lam=lam_sat, b=bt, policy=policy, replicas=replicas, steps=steps,
                    warmup=warmup, key=key_sat, token_budget=token_budget, K=K, progress=progress,
-                   b_theory=b_theory, servers=G, routing=routing)
+                   b_theory=b_theory, servers=G, routing=routing, engine=engine)
     s = sat.summary.iloc[0]
     use_cv = bool(np.isfinite(s["throughput_cv_rps"]))
     lam_star = float(s["throughput_cv_rps"] if use_cv else s["throughput_rps"])
@@ -89,7 +89,7 @@ def critical(workload, *, M: int, chunk: int, b, policy: str = "fcfs", replicas:
         lams = np.linspace(lo, hi, grid_points)
         grid = simulate(workload, M=M, chunk=chunk, lam=lams, b=bt, policy=policy, replicas=grid_replicas,
                         steps=steps, warmup=warmup, key=key_grid, token_budget=token_budget, K=K,
-                        progress=progress, b_theory=b_theory, servers=G, routing=routing)
+                        progress=progress, b_theory=b_theory, servers=G, routing=routing, engine=engine)
         g = grid.summary
         summary["grid_lam_rps"] = [float(x) for x in g["lam_rps"]]
         summary["grid_p_unstable"] = [float(x) for x in g["p_unstable"]]

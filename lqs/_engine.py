@@ -6,7 +6,8 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+import warnings
+from dataclasses import asdict, dataclass, field, replace
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +19,7 @@ from ._errors import LqsError, check_choice, check_float, check_int
 from ._theory import capacity as _capacity
 from ._workload import Workload
 from .kernels import engine as _k
+from .kernels import fused as _fused
 from .kernels import rng as _rng
 
 POLICIES = _k.POLICIES
@@ -27,12 +29,65 @@ _INT32_MAX = 2**31 - 1
 TRACE_COUNT = {"run_chunk": 0}
 
 
-def _traced_run_chunk(states, params, cfg):
+def _traced_run_chunk(states, params, cfg, path="xla", rb=1, mesh=None):
     TRACE_COUNT["run_chunk"] += 1
-    return _k.run_chunk_batched(states, params, cfg)
+    if path == "xla":  # XLA partitions the vmapped program over a sharded replica axis by itself
+        return _k.run_chunk_batched(states, params, cfg)
+
+    def run(st, p):
+        return _fused.run_chunk_batched(st, p, cfg, rb=rb, interpret=path == "fused-interpret")
+
+    if mesh is None:
+        return run(states, params)
+    # a Pallas call is not partitioned automatically: each device runs the kernel on its own replicas
+    from jax.sharding import PartitionSpec as P
+
+    return jax.shard_map(run, mesh=mesh, in_specs=(P("r"), P("r")), out_specs=(P("r"), P("r")),
+                         check_vma=False)(states, params)
 
 
-_run_chunk_jit = jax.jit(_traced_run_chunk, static_argnums=2, donate_argnums=0)
+_run_chunk_jit = jax.jit(_traced_run_chunk, static_argnums=(2, 3, 4, 5), donate_argnums=0)
+
+# ----------------------------------------------------------------------------------------------- engine paths
+ENGINES = ("auto", "xla", "fused")
+_ENGINE = {"default": None}
+
+
+def set_engine(engine: str | None) -> None:
+    """Process-wide default engine path for :func:`simulate` (and everything built on it): ``"auto"`` (the fused
+    Pallas kernel on a GPU, the XLA path elsewhere), ``"xla"`` or ``"fused"`` (on a CPU the fused kernel runs in
+    Pallas interpret mode: exact but slow, for verification). ``None`` restores the default, which is the
+    ``LQS_ENGINE`` environment variable, else ``"auto"``."""
+    _ENGINE["default"] = None if engine is None else check_choice("engine", engine, ENGINES)
+
+
+def default_engine() -> str:
+    if _ENGINE["default"] is not None:
+        return _ENGINE["default"]
+    env = os.environ.get("LQS_ENGINE")
+    return check_choice("LQS_ENGINE", env, ENGINES) if env else "auto"
+
+
+def _on_gpu() -> bool:
+    return jax.default_backend() in ("gpu", "cuda", "rocm")
+
+
+def _select_path(engine, cfg: _k.EngineConfig) -> tuple[str, str]:
+    """(path, reason): path is "xla", "fused" (Triton on a GPU) or "fused-interpret" (Pallas interpret mode)."""
+    engine = default_engine() if engine is None else check_choice("engine", engine, ENGINES)
+    why = _fused.unsupported(cfg)
+    if engine == "xla":
+        return "xla", "asked for"
+    if engine == "fused":
+        if why:
+            raise LqsError("engine", "fused", f"the fused kernel does not run this configuration: {why}; "
+                                              "use engine='xla' or 'auto'")
+        return ("fused", "asked for") if _on_gpu() else ("fused-interpret", "asked for; no GPU: interpret mode")
+    if why:
+        return "xla", why
+    if _on_gpu():
+        return "fused", "auto: GPU"
+    return "xla", f"auto: backend {jax.default_backend()} (the fused kernel is for GPUs)"
 
 
 def _init_states(keys, params, cfg):
@@ -50,6 +105,9 @@ class Sizing:
     a_max: int
     n_service_est: float  # mean number of requests in service at saturation, estimated
     check_work: bool
+    engine: str = "xla"  # the path that ran: xla, fused (Pallas/Triton) or fused-interpret
+    engine_reason: str = ""
+    fused_rb: int = 0  # replicas per fused-kernel program (0: XLA path)
 
 
 def size_engine(workload: Workload, M_max: int, chunk: int, lam_max: float, batch: BatchTime, policy: str,
@@ -247,7 +305,8 @@ def simulate(workload: Workload, *, M, chunk: int, lam, b, policy: str = "fcfs",
              steps: int | None = None, warmup: int = 4_000, key=None, seed: int = 0, token_budget: int | None = None,
              K: int | None = None, compact_every: int = 64, max_points: int = 1000, progress: bool = False,
              stop_when_settled: bool = False, b_theory: float | None = None, phases=None, servers: int = 1,
-             routing: str = "round_robin", devices=None) -> SimResult:
+             routing: str = "round_robin", devices=None, engine: str | None = None,
+             fused_rb: int | None = None) -> SimResult:
     """Simulate ``replicas`` independent servers for every λ (and M, b̄) of a grid.
 
     ``lam``, ``M`` and ``b`` may be scalars or 1-D lists; the grid is their product. ``steps=None`` picks the
@@ -265,6 +324,13 @@ def simulate(workload: Workload, *, M, chunk: int, lam, b, policy: str = "fcfs",
     ``servers=G`` makes every replica a cluster of G identical servers stepping in lock-step (the step lasts as long
     as the slowest server's batch); ``lam`` is then the cluster's total rate, each arrival is routed on arrival by
     ``routing`` (round_robin, random, jsq, least_kv), and the theory columns are G·μ.
+
+    ``engine`` picks the step loop: ``"auto"`` (default, see :func:`set_engine`) runs the fused Pallas kernel
+    (kernels/fused.py) on a GPU and the XLA path elsewhere; ``"xla"`` and ``"fused"`` force one (fused on a CPU
+    runs in Pallas interpret mode). Both give identical trajectories from the same key. Clusters and phased
+    schedules always run on the XLA path. On the fused GPU path K is rounded up to a power of two (Triton block
+    shapes). ``fused_rb`` sets the replicas per kernel program (a power of two; default about 2048/K).
+    The path that ran is ``result.config["sizing"]["engine"]``.
     """
     phased = None
     if phases is not None:
@@ -274,7 +340,7 @@ def simulate(workload: Workload, *, M, chunk: int, lam, b, policy: str = "fcfs",
     cfg, sizing, grid, params = _prepare(workload, M=M, chunk=chunk, lam=lam, b=b, policy=policy, replicas=replicas,
                                          steps=steps, warmup=warmup, token_budget=token_budget, K=K,
                                          compact_every=compact_every, max_points=max_points, phased=phased,
-                                         servers=servers, routing=routing)
+                                         servers=servers, routing=routing, engine=engine, fused_rb=fused_rb)
     if b_theory is not None:
         b_theory = check_float("b_theory", b_theory, 0.0, lo_open=True)
     if key is None:
@@ -284,7 +350,7 @@ def simulate(workload: Workload, *, M, chunk: int, lam, b, policy: str = "fcfs",
     spc = cfg.steps_per_chunk
     n_chunks = math.ceil(steps / spc)
     keys = jax.random.split(key, N)
-    keys, params, n_pad, n_dev = _shard(keys, params, devices)
+    keys, params, n_pad, mesh = _shard(keys, params, devices)
     states = _init_jit(keys, params, cfg)
 
     recs = []
@@ -293,7 +359,15 @@ def simulate(workload: Workload, *, M, chunk: int, lam, b, policy: str = "fcfs",
     done_chunks = 0
     stopped_early = False
     for c in range(n_chunks):
-        states, rec = _run_chunk_jit(states, params, cfg)
+        try:
+            states, rec = _run_chunk_jit(states, params, cfg, sizing.engine, sizing.fused_rb, mesh)
+        except Exception as e:  # noqa: BLE001 - only the first launch of an automatically chosen fused kernel
+            if c > 0 or sizing.engine != "fused" or not sizing.engine_reason.startswith("auto"):
+                raise
+            why = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+            warnings.warn(f"lqs: the fused kernel failed to compile, running the XLA path instead ({why})")
+            sizing = replace(sizing, engine="xla", engine_reason=f"auto: fused kernel failed ({why})", fused_rb=0)
+            states, rec = _run_chunk_jit(states, params, cfg, "xla", 0, mesh)
         recs.append(jax.device_get(rec))
         done_chunks += 1
         if bar is not None:
@@ -347,11 +421,12 @@ def _phases(phases, workload, lam):
 
 def _shard(keys, params, devices):
     """Place the flattened (configuration × replica) axis across devices (padding it to a multiple of their
-    number with copies of the last entry, dropped again after the run). Returns (keys, params, n_pad, n_dev)."""
+    number with copies of the last entry, dropped again after the run). Returns (keys, params, n_pad, mesh):
+    mesh is None on one device."""
     devs = list(jax.local_devices() if devices is None else devices)
     n_dev = len(devs)
     if n_dev <= 1:
-        return keys, params, 0, 1
+        return keys, params, 0, None
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     N = keys.shape[0]
@@ -367,7 +442,7 @@ def _shard(keys, params, devices):
     sh = NamedSharding(mesh, PartitionSpec("r"))
     keys = jax.device_put(pad(keys), sh)
     params = jax.tree_util.tree_map(lambda x: jax.device_put(pad(x), sh), params)
-    return keys, params, n_pad, n_dev
+    return keys, params, n_pad, mesh
 
 
 def _reduce_cluster(cl):
@@ -388,7 +463,7 @@ def _reduce_cluster(cl):
 
 
 def _prepare(workload, *, M, chunk, lam, b, policy, replicas, steps, warmup, token_budget, K, compact_every,
-             max_points, phased=None, servers=1, routing="round_robin"):
+             max_points, phased=None, servers=1, routing="round_robin", engine=None, fused_rb=None):
     """Validate every input (before anything compiles), size the engine, build the static config and the
     flattened (configuration × replica) parameter arrays."""
     if not isinstance(workload, Workload):
@@ -426,6 +501,17 @@ def _prepare(workload, *, M, chunk, lam, b, policy, replicas, steps, warmup, tok
     ref_batch = batches[0] if len(batches) == 1 else ConstantBatch(max(bt.mean_s for bt in batches))
     sizing = size_engine(workload, M_max, chunk, lam_max, ref_batch, policy, compact_every, K, servers=servers)
     Kc = sizing.K
+    engine = default_engine() if engine is None else check_choice("engine", engine, ENGINES)
+    if fused_rb is not None:
+        fused_rb = check_int("fused_rb", fused_rb, 1, 1024)
+        if fused_rb & (fused_rb - 1):
+            raise LqsError("fused_rb", fused_rb, "must be a power of two in [1, 1024] (Triton block shapes)")
+    probe = _k.EngineConfig(K=Kc, servers=servers, phased=phased is not None)
+    path, reason = _select_path(engine, probe)
+    if path == "fused" and Kc & (Kc - 1):
+        Kc = _fused.next_pow2(Kc)  # Triton block shapes are powers of two (extra slots only lift capacity limits)
+    rb = 0 if path == "xla" else (fused_rb or _fused.default_block(Kc))
+    sizing = replace(sizing, K=Kc, engine=path, engine_reason=reason, fused_rb=rb)
     if Kc * (M_max + 1) >= _INT32_MAX:
         raise LqsError("M", M_max, f"K·(M+1) must stay below 2^31 for int32 accounting (K={Kc}); "
                        "use a smaller M or K")

@@ -42,8 +42,15 @@ class LqsGroup(click.Group):
 
 @click.group(cls=LqsGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="lqs")
-def main():
+@click.option("--engine", "engine", type=click.Choice(["auto", "xla", "fused"]), default=None,
+              help="Monte Carlo step loop: auto (fused Pallas kernel on a GPU, XLA elsewhere; default, or "
+                   "$LQS_ENGINE), xla, or fused (interpret mode on a CPU: exact but slow).")
+def main(engine=None):
     """lqs — LLM queueing stability: is a KV-cache-limited LLM server stable at a given arrival rate?"""
+    from ._engine import set_engine
+
+    set_engine(engine)  # None: $LQS_ENGINE or auto
+    click.get_current_context().call_on_close(lambda: set_engine(None))  # nothing leaks into a later call
 
 
 # ----------------------------------------------------------------------------------------------- capacity

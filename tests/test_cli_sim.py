@@ -270,3 +270,22 @@ def test_critical_bad_input_exit_2_one_line(over, param):
 
 def test_missing_lam():
     _assert_one_line_error(run(SIM), "lam")
+
+
+def test_engine_option_selects_the_path_with_identical_numbers(tmp_path):
+    """``lqs --engine fused simulate`` (interpret mode on a CPU) gives the XLA run's numbers and records the path."""
+    args = SIM + ["--lam", "0.2,1.0", "--seed", "3"]
+    outs = {}
+    for eng in ("xla", "fused"):
+        out = tmp_path / eng
+        r = run(["--engine", eng, *args, "--out", str(out)])
+        assert r.exit_code == 0, r.output
+        outs[eng] = (json.loads((out / "config.json").read_text()), pd.read_csv(out / "replicas.csv"))
+    assert outs["xla"][0]["sizing"]["engine"] == "xla"
+    assert outs["fused"][0]["sizing"]["engine"] == "fused-interpret"
+    pd.testing.assert_frame_equal(outs["xla"][1], outs["fused"][1])
+    r = run(["--engine", "cuda", *args])
+    assert r.exit_code == 2 and "engine" in r.output
+    import lqs
+
+    assert lqs.default_engine() == "auto"  # the option does not outlive its command

@@ -9,18 +9,18 @@ SCRIPT = r"""
 import json, jax, lqs
 w = lqs.Independent(lqs.IntUniform(10, 200), lqs.IntUniform(10, 200))
 r = lqs.simulate(w, M=4096, chunk=512, lam=[5.0, 12.0, 20.0], b=0.02, replicas=3, steps=2000, warmup=500,
-                 key=jax.random.key(3), devices=None if DEVICES else jax.local_devices()[:1])
-print(json.dumps(dict(n=jax.local_device_count(), devices=r.config["devices"],
+                 key=jax.random.key(3), devices=None if DEVICES else jax.local_devices()[:1], engine="ENGINE")
+print(json.dumps(dict(n=jax.local_device_count(), devices=r.config["devices"], engine=r.config["sizing"]["engine"],
                       arrivals=r.replicas.arrivals.tolist(), thr=r.replicas.throughput_rps.tolist(),
                       wait=r.summary.wait_p99_s.tolist())))
 """
 
 
-def _run(devices: bool):
+def _run(devices: bool, engine: str = "xla"):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    code = SCRIPT.replace("DEVICES", "True" if devices else "False")
+    code = SCRIPT.replace("DEVICES", "True" if devices else "False").replace("ENGINE", engine)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -32,6 +32,16 @@ def test_two_devices_match_one_device():
     assert two["n"] == 2 and len(two["devices"]) == 2
     # 3 configurations × 3 replicas = 9 rows on 2 devices: the padding path is exercised too
     assert len(two["arrivals"]) == 9
+    assert two["arrivals"] == one["arrivals"]
+    assert two["thr"] == one["thr"]
+    assert two["wait"] == one["wait"]
+
+
+def test_fused_kernel_sharded_over_two_devices_matches_xla_on_one():
+    """The fused path runs per device under shard_map (a Pallas call is not partitioned by XLA)."""
+    two = _run(True, "fused")
+    one = _run(False, "xla")
+    assert two["engine"] == "fused-interpret" and one["engine"] == "xla"
     assert two["arrivals"] == one["arrivals"]
     assert two["thr"] == one["thr"]
     assert two["wait"] == one["wait"]
