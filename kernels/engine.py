@@ -176,6 +176,15 @@ def g_exact_i32(s, o, k, chunk):
     return chunk * ((k * (k - 1)) >> 1) + s + o * s + ((o * (o + 1)) >> 1)
 
 
+def affine_time(a0, a1, a2, a3, prefill_tokens, decode_tokens, mem_used):
+    """a0 + a1·prefill + a2·decode + a3·mem, every product rounded on its own (no fused multiply-add), so the XLA
+    engine and the fused kernel (kernels/fused.py, which calls this too) give the same bits."""
+    f32 = jnp.float32
+    m = rng.unfused_mul
+    return (a0 + m(a1, prefill_tokens.astype(f32), prefill_tokens) + m(a2, decode_tokens.astype(f32), decode_tokens)
+            + m(a3, mem_used.astype(f32), mem_used))
+
+
 class StepOut(NamedTuple):
     """What one step did (scan outputs; unused ones are dead code in long runs)."""
 
@@ -289,7 +298,7 @@ def finish(state: State, sv: Served, b_n, n_arr, trunc, phase, params: Params, c
         o_p = o_p.astype(jnp.int32)
         sl = sl._replace(s=jnp.where(arrived, s_p, sl.s), o=jnp.where(arrived, o_p, sl.o),
                          k=jnp.where(arrived, (s_p + chunk - 1) // chunk, sl.k))
-    slots = sl._replace(t_arr=jnp.where(arrived, t + b_n * sl.u_off, sl.t_arr),
+    slots = sl._replace(t_arr=jnp.where(arrived, t + rng.unfused_mul(b_n, sl.u_off, state.n_used), sl.t_arr),
                         t_ttft=jnp.where(sv.prefill_done, t_end, sl.t_ttft),
                         t_done=jnp.where(sv.done, t_end, sl.t_done))
     overflow = state.overflow + n_ovf
@@ -320,17 +329,35 @@ def step(state: State, params: Params, cfg: EngineConfig) -> tuple[State, StepOu
     return step_with(state, params, cfg, params.batch.draw, serve_fn=serve, finish_fn=finish)
 
 
-def step_with(state, params, cfg: EngineConfig, draw_b, serve_fn, finish_fn):
+def step_with(state, params, cfg: EngineConfig, draw_b, serve_fn, finish_fn, pre_drawn=None):
     """The step with its batch-time draw and its per-server halves passed in: ``step`` uses the plain functions on
     one replica; the fused kernel (kernels/fused.py) passes them vmapped over a block of replicas and a draw that
-    reads its tables from kernel memory. Both paths therefore run the same operations in the same order."""
+    reads its tables from kernel memory. Both paths therefore run the same operations in the same order.
+
+    ``pre_drawn = (b_n, n_arr, trunc)`` replaces the draws when they do not depend on the state (i.i.d. batch
+    times, no phases): :func:`draw_arrivals` computes them for a block of steps ahead of time."""
     sv = serve_fn(state, params, cfg)
-    ub1 = rng.uniform(state.keys[1], state.step, 0)
-    ub2 = rng.uniform(state.keys[1], state.step, 1)
-    b_n = draw_b(ub1, ub2, sv.n_pre_tok, sv.n_dec_tok, sv.mem).astype(jnp.float32)
-    lam, phase = phase_rate(state.t, params, cfg)
-    n_arr, trunc = rng.poisson_inverse(rng.uniform(state.keys[0], state.step, 0), lam * b_n, cfg.a_max)
+    if pre_drawn is not None:
+        b_n, n_arr, trunc = pre_drawn
+        phase = jnp.int32(0)
+    else:
+        ub1 = rng.uniform(state.keys[1], state.step, 0)
+        ub2 = rng.uniform(state.keys[1], state.step, 1)
+        b_n = draw_b(ub1, ub2, sv.n_pre_tok, sv.n_dec_tok, sv.mem).astype(jnp.float32)
+        lam, phase = phase_rate(state.t, params, cfg)
+        n_arr, trunc = rng.poisson_inverse(rng.uniform(state.keys[0], state.step, 0), lam * b_n, cfg.a_max)
     return finish_fn(state, sv, b_n, n_arr, trunc, phase, params, cfg)
+
+
+def draw_arrivals(keys, step, params: Params, cfg: EngineConfig):
+    """(b_n, n_arr, trunc) of step ``step`` of one unphased replica whose batch time does not depend on the
+    batch (i.i.d. models): exactly what :func:`step_with` draws, computed without the state."""
+    ub1 = rng.uniform(keys[1], step, 0)
+    ub2 = rng.uniform(keys[1], step, 1)
+    z = jnp.int32(0)
+    b_n = params.batch.draw(ub1, ub2, z, z, z).astype(jnp.float32)
+    n_arr, trunc = rng.poisson_inverse(rng.uniform(keys[0], step, 0), params.lam * b_n, cfg.a_max)
+    return b_n, n_arr, trunc
 
 
 # ----------------------------------------------------------------------------------------------- clusters
@@ -414,7 +441,7 @@ def compact(state: State, params: Params, cfg: EngineConfig) -> State:
     violations = state.violations
     if cfg.check_work and cfg.policy == "fcfs":
         violations = violations + jnp.sum((fin & (sl.work != g)).astype(jnp.int32))
-    gsum_w = state.gsum_w + jnp.sum(jnp.where(fin & (sl.t_done > state.t_w0), g.astype(jnp.float32), 0.0))
+    gsum_w = state.gsum_w + _fixed_order_sum(jnp.where(fin & (sl.t_done > state.t_w0), g.astype(jnp.float32), 0.0))
     # latencies of requests that arrived inside the window (t_arr ≥ t_w0) and whose arrival instant is known
     counted = fin & (sl.t_arr >= state.t_w0) & (sl.t_arr >= 0)
     lats = jnp.stack([sl.t_first - sl.t_arr, sl.t_ttft - sl.t_arr, sl.t_done - sl.t_arr])  # [3, K]
@@ -424,7 +451,7 @@ def compact(state: State, params: Params, cfg: EngineConfig) -> State:
     hist = state.hist
     for m in range(N_LAT):
         hist = hist.at[m, bins[m]].add(add)
-    lat_sum = state.lat_sum + jnp.sum(jnp.where(counted, lats, 0.0), axis=1)
+    lat_sum = state.lat_sum + _fixed_order_sum(jnp.where(counted, lats, 0.0))
     lat_max = jnp.maximum(state.lat_max, jnp.max(jnp.where(counted, lats, 0.0), axis=1))
     lat_n = state.lat_n + jnp.sum(add)
 
@@ -434,6 +461,20 @@ def compact(state: State, params: Params, cfg: EngineConfig) -> State:
     state = state._replace(hist=hist, lat_sum=lat_sum, lat_max=lat_max, lat_n=lat_n, gsum_w=gsum_w,
                            violations=violations)
     return _fill_free(state._replace(slots=slots), n_live, params, cfg)
+
+
+def _fixed_order_sum(x):
+    """Float sum over the last axis in a fixed pairwise order (halves added elementwise, zero-padded to a power of
+    two). ``jnp.sum`` leaves the association to the compiler, which may vectorise it differently from one program
+    to another: the XLA and fused paths must give the same bits."""
+    n = x.shape[-1]
+    m = 1 << max(0, n - 1).bit_length()
+    if m != n:
+        x = jnp.concatenate([x, jnp.zeros(x.shape[:-1] + (m - n,), x.dtype)], axis=-1)
+    while x.shape[-1] > 1:
+        h = x.shape[-1] // 2
+        x = x[..., :h] + x[..., h:]
+    return x[..., 0]
 
 
 def squeeze(keep, arrays):

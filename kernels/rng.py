@@ -102,6 +102,18 @@ def _horner(coeffs, x):
     return y
 
 
+def unfused_mul(a, b, nonneg):
+    """a·b rounded to float32 on every backend: its bits pass through an integer xor with ``nonneg >> 31`` (zero,
+    as ``nonneg`` is a non-negative int32 the compiler cannot prove non-negative), so no compiler can contract it
+    with a following addition into a fused multiply-add. XLA on a CPU contracts ``t + b·u`` in some programs and
+    not in others; with this the XLA engine and the fused kernel round alike."""
+    import jax
+
+    z = (jnp.asarray(nonneg, jnp.int32) >> 31).astype(jnp.uint32)
+    p = jax.lax.bitcast_convert_type(jnp.asarray(a, jnp.float32) * b, jnp.uint32) ^ z
+    return jax.lax.bitcast_convert_type(p, jnp.float32)
+
+
 def std_normal(u):
     """Standard normal quantile (Cephes ndtri, float32) of uniforms u, clipped to [1e-7, 1 − 1e-7].
 

@@ -16,6 +16,7 @@ import numpy as np
 from ._errors import LqsError, check_float
 from ._theory import estimate_b
 from .kernels import rng as _rng
+from .kernels.engine import affine_time
 
 
 class BatchTime(eqx.Module):
@@ -152,8 +153,7 @@ class AffineBatch(BatchTime):
 
     def draw(self, u1, u2, prefill_tokens, decode_tokens, mem_used):
         a = jnp.asarray(self.a)
-        return (a[0] + a[1] * prefill_tokens.astype(jnp.float32) + a[2] * decode_tokens.astype(jnp.float32)
-                + a[3] * mem_used.astype(jnp.float32))
+        return affine_time(a[0], a[1], a[2], a[3], prefill_tokens, decode_tokens, mem_used)
 
     @property
     def mean_s(self):
