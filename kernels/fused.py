@@ -9,9 +9,14 @@ Compaction, latency binning and the time-series record stay in XLA between launc
 Identity with the XLA path is by construction, not by a second implementation: the kernel body is
 ``engine.step_with`` with ``engine.serve`` and ``engine.finish`` vmapped over the block, so the scheduling rule,
 the counters (overflow, admission cap, starvation, invariant checks) and the counter-based random numbers
-(kernels/rng.py, keyed by (replica, step) and (replica, request index)) are the same code. Only the batch-time
-draw is rewritten, so that its tables are read with kernel-memory loads instead of XLA gathers; it performs the
-same floating-point operations in the same order. tests/test_fused.py checks bit-identity in interpret mode.
+(kernels/rng.py, keyed by (replica, step) and (replica, request index)) are the same code. When the batch time
+does not depend on the batch (constant and i.i.d. models) the block's (b_n, arrivals, truncation) are drawn ahead
+in XLA by ``engine.draw_arrivals`` (the step's own draw) and the kernel reads them: every thread of a program
+would otherwise repeat the hashing, the normal quantile and the Poisson inversion (measured: the step loop
+shrinks from 532 to 439 SASS instructions per thread for constant b̄ and from 1,127 to 439 for a lognormal b).
+For the affine model the draw runs in the kernel, with its coefficients as kernel operands. Products that feed
+an addition go through ``rng.unfused_mul`` so that no compiler contracts them into a fused multiply-add in one
+path and not in the other. tests/test_fused.py checks bit-identity in interpret mode.
 
 Lowering: Triton (``jax.experimental.pallas.triton``). Mosaic GPU, in jax 0.10.x, has no lowering for the
 prefix sum (``cumsum``) the FCFS admission needs; Triton lowers every primitive of the step (checked on any
@@ -58,9 +63,22 @@ def next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
+SLOTS_PER_THREAD = 4  # slots of each field per GPU thread; see default_block
+
+
 def default_block(K: int) -> int:
-    """Replicas per program: about 2048 slots per field on chip (a power of two, 1..64)."""
-    return int(min(64, 1 << (max(1, 2048 // K).bit_length() - 1)))
+    """Replicas per kernel program: about 1024 slots per field (a power of two, 1..64).
+
+    Measured for sm_90 by bench/fused_resources.py (Triton → PTX → ptxas, no GPU needed): the step keeps about
+    ten slot fields live, so registers grow with the slots each thread holds: at 4 per thread (K = 512, two
+    replicas, 8 warps: the default) 166 registers and no spills; at 8 per thread 255 registers; at 16 per thread
+    it spills (~900 B per thread). bench/results/fused-resources-sm90.json has the grid."""
+    return int(min(64, 1 << (max(1, 1024 // K).bit_length() - 1)))
+
+
+def default_warps(K: int, rb: int) -> int:
+    """Warps per program so that each thread holds at most SLOTS_PER_THREAD slots of each field (1..32)."""
+    return int(min(32, next_pow2(-(-(rb * K) // (32 * SLOTS_PER_THREAD)))))
 
 
 # --------------------------------------------------------------------------------- batch-time operands
@@ -98,8 +116,7 @@ def _draw_fn(kind, info, ops, tables, rb):
         return lambda u1, u2, pre, dec, mem: b
     if kind == "affine":
         a0, a1, a2, a3 = ops
-        return lambda u1, u2, pre, dec, mem: (a0 + a1 * pre.astype(jnp.float32) + a2 * dec.astype(jnp.float32)
-                                              + a3 * mem.astype(jnp.float32))
+        return lambda u1, u2, pre, dec, mem: E.affine_time(a0, a1, a2, a3, pre, dec, mem)
     if kind == "iid-empirical":
         (n,) = info
         (table,) = tables  # a Ref [rb, n_pad]
@@ -130,8 +147,8 @@ def _draw_fn(kind, info, ops, tables, rb):
 
 
 # --------------------------------------------------------------------------------- the kernel
-def _kernel(cfg: E.EngineConfig, kind, info, rb, n_ops, n_tables, *refs):
-    n_in = len(SCALARS) + len(SLOTS) + 2 + len(PARAMS) + n_ops + n_tables
+def _kernel(cfg: E.EngineConfig, kind, info, rb, n_ops, n_tables, n_pre, *refs):
+    n_in = len(SCALARS) + len(SLOTS) + 2 + len(PARAMS) + n_ops + n_tables + n_pre
     ins, outs = refs[:n_in], refs[n_in:]
     it = iter(ins)
     sc = {f: next(it)[...] for f in SCALARS}
@@ -140,20 +157,23 @@ def _kernel(cfg: E.EngineConfig, kind, info, rb, n_ops, n_tables, *refs):
     pv = {f: next(it)[...] for f in PARAMS}
     ops = [next(it)[...] for _ in range(n_ops)]
     tables = [next(it) for _ in range(n_tables)]  # Refs: read by index inside the draw
+    pre = [next(it) for _ in range(n_pre)]  # Refs [rb, steps]: (b_n, n_arr, trunc) drawn ahead of the block
 
     slots = E.Slots(**sl, uu=None)
     none = dict(gsum_w=None, lat_lost=None, hist=None, lat_sum=None, lat_max=None, lat_n=None)
     st = E.State(slots=slots, keys=(k0, k1, None, None), **sc, **none)
     p = E.Params(**pv, workload=None, batch=None, phase_end=None, phase_lam=None)
-    draw = _draw_fn(kind, info, ops, tables, rb)
+    draw = None if n_pre else _draw_fn(kind, info, ops, tables, rb)
     serve_v = jax.vmap(lambda s_, p_, c_: E.serve(s_, p_, c_), in_axes=(0, 0, None))
     finish_v = jax.vmap(lambda s_, sv, b, n, tr, ph, p_, c_: E.finish(s_, sv, b, n, tr, ph, p_, c_),
                         in_axes=(0, 0, 0, 0, 0, None, 0, None))
 
-    def body(_, carry):
+    def body(i, carry):
         st_, _mem = carry
+        drawn = (pre[0][:, i], pre[1][:, i], pre[2][:, i] != 0) if n_pre else None
         st_, out = E.step_with(st_, p, cfg, draw, serve_fn=lambda a, b_, c: serve_v(a, b_, c),
-                               finish_fn=lambda a, sv, b_, n, tr, ph, p_, c: finish_v(a, sv, b_, n, tr, ph, p_, c))
+                               finish_fn=lambda a, sv, b_, n, tr, ph, p_, c: finish_v(a, sv, b_, n, tr, ph, p_, c),
+                               pre_drawn=drawn)
         return st_, out.mem
 
     st, mem = jax.lax.fori_loop(0, cfg.compact_every, body, (st, jnp.zeros((rb,), jnp.int32)))
@@ -165,8 +185,25 @@ def _kernel(cfg: E.EngineConfig, kind, info, rb, n_ops, n_tables, *refs):
     next(o)[...] = mem
 
 
+STATE_FREE = ("constant", "iid-empirical", "iid-lognormal")  # b_n independent of the batch: drawn ahead
+
+
+def pre_draw(states: E.State, params: E.Params, cfg: E.EngineConfig):
+    """(b_n, n_arr, trunc) of the block's steps for every replica, [N, steps padded to a power of two], computed
+    in XLA with the engine's own draw: the kernel then spends no instruction on hashing, the normal quantile or
+    the Poisson inversion (which every thread of a program would repeat)."""
+    n = next_pow2(cfg.compact_every)
+    steps = states.step[:, None] + jnp.arange(n, dtype=jnp.int32)[None, :]
+
+    def one(keys, row, p):
+        return jax.vmap(lambda m: E.draw_arrivals(keys, m, p, cfg))(row)
+
+    b, n_arr, trunc = jax.vmap(one)(states.keys, steps, params)
+    return [b, n_arr, trunc.astype(jnp.int32)]
+
+
 def fused_block(states: E.State, params: E.Params, cfg: E.EngineConfig, *, rb: int, interpret: bool,
-                num_warps: int = 4, num_stages: int = 1):
+                num_warps: int | None = None, num_stages: int = 1):
     """``cfg.compact_every`` steps of every replica (leading axis N, a multiple of rb) in one kernel launch.
 
     Returns (states, mem of the last step [N])."""
@@ -175,9 +212,14 @@ def fused_block(states: E.State, params: E.Params, cfg: E.EngineConfig, *, rb: i
     N, K = states.slots.s.shape
     if N % rb:
         raise ValueError(f"N={N} is not a multiple of the block rb={rb}")
-    kind, ops, tables, info = batch_operands(params.batch)
+    kind = params.batch.kind
+    if kind in STATE_FREE and not cfg.phased:
+        ops, tables, info, pre = [], [], (), pre_draw(states, params, cfg)
+    else:
+        kind, ops, tables, info = batch_operands(params.batch)
+        pre = []
     args = ([getattr(states, f) for f in SCALARS] + [getattr(states.slots, f) for f in SLOTS]
-            + [states.keys[:, 0], states.keys[:, 1]] + [getattr(params, f) for f in PARAMS] + ops + tables)
+            + [states.keys[:, 0], states.keys[:, 1]] + [getattr(params, f) for f in PARAMS] + ops + tables + pre)
     args = [jnp.asarray(a) for a in args]
 
     def spec(a):
@@ -195,9 +237,9 @@ def fused_block(states: E.State, params: E.Params, cfg: E.EngineConfig, *, rb: i
     if not interpret:
         from jax.experimental.pallas import triton as plt
 
-        kw["compiler_params"] = plt.CompilerParams(num_warps=num_warps, num_stages=num_stages)
+        kw["compiler_params"] = plt.CompilerParams(num_warps=num_warps or default_warps(K, rb), num_stages=num_stages)
     call = pl.pallas_call(
-        functools.partial(_kernel, cfg, kind, info, rb, len(ops), len(tables)),
+        functools.partial(_kernel, cfg, kind, info, rb, len(ops), len(tables), len(pre)),
         out_shape=out_shape, grid=(N // rb,), in_specs=[spec(a) for a in args], out_specs=out_specs,
         input_output_aliases={i: i for i in range(n_state)}, interpret=interpret, name="lqs_step_loop", **kw)
     res = call(*args)
@@ -208,7 +250,7 @@ def fused_block(states: E.State, params: E.Params, cfg: E.EngineConfig, *, rb: i
 
 
 def run_chunk_batched(states: E.State, params: E.Params, cfg: E.EngineConfig, *, rb: int, interpret: bool,
-                      num_warps: int = 4, num_stages: int = 1):
+                      num_warps: int | None = None, num_stages: int = 1):
     """Same contract and results as ``engine.run_chunk_batched``: the step blocks run as fused kernel launches,
     compaction and records as vmapped XLA between them. N need not be a multiple of rb (padded here)."""
     why = unsupported(cfg)
@@ -241,7 +283,7 @@ def run_chunk_batched(states: E.State, params: E.Params, cfg: E.EngineConfig, *,
     return jax.tree_util.tree_map(unpad, st), recs
 
 
-def lower_for_gpu(states: E.State, params: E.Params, cfg: E.EngineConfig, *, rb: int, num_warps: int = 4):
+def lower_for_gpu(states: E.State, params: E.Params, cfg: E.EngineConfig, *, rb: int, num_warps: int | None = None):
     """Lower one fused block for CUDA through Triton without a GPU (jax.export); returns the StableHLO text.
 
     Raises if any primitive of the step has no Triton lowering or a block shape is not a power of two."""

@@ -156,10 +156,13 @@ def test_lowers_to_triton_for_cuda(policy, batch, budget):
     assert "__gpu$xla.gpu.triton" in text and "lqs_step_loop" in text
 
 
-def test_default_block_is_a_power_of_two():
+def test_default_block_and_warps_are_powers_of_two():
     for K in (64, 96, 128, 288, 512, 1024, 4096, 8192):
         rb = F.default_block(K)
-        assert rb >= 1 and rb & (rb - 1) == 0 and (rb * K <= 2048 or rb == 1)
+        w = F.default_warps(K, rb)
+        assert rb >= 1 and rb & (rb - 1) == 0 and (rb * K <= 1024 or rb == 1)
+        assert 1 <= w <= 32 and w & (w - 1) == 0
+        assert rb * K <= 32 * w * F.SLOTS_PER_THREAD or w == 32
 
 
 def test_auto_falls_back_to_xla_when_the_kernel_cannot_compile(monkeypatch):
