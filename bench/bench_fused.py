@@ -51,7 +51,8 @@ def int_ops_per_s():
 
 
 def ops_per_replica_step(cfg, params1, state1):
-    """Element operations of one replica-step: Σ over the step's jaxpr equations of their output sizes."""
+    """Element operations of one replica-step: Σ over the step's jaxpr equations of their output sizes (a lower
+    bound of the work: bench/fused_resources.py counts the compiled SASS of the fused loop instead)."""
     import jax
     import numpy as np
 
@@ -72,6 +73,8 @@ def ops_per_replica_step(cfg, params1, state1):
                 for sub in subs:
                     walk(sub)
                 continue
+            if eqn.primitive.name == "broadcast_in_dim":  # folded into its consumer, not an operation
+                continue
             for v in eqn.outvars:
                 total += int(np.prod(getattr(v.aval, "shape", ()) or (1,)))
 
@@ -79,7 +82,7 @@ def ops_per_replica_step(cfg, params1, state1):
     return total
 
 
-def setup(R, seed, policy="fcfs", K=None):
+def setup(R, seed, policy="fcfs", K=None, compact_every=64):
     import jax
 
     import lqs
@@ -89,12 +92,12 @@ def setup(R, seed, policy="fcfs", K=None):
     cap = lqs.capacity(w, 131000, 512, 0.0372)
     cfg, sizing, grid, params = L._prepare(w, M=131000, chunk=512, lam=1.5 * cap.mu_rps, b=0.0372, policy=policy,
                                            replicas=R, steps=4096 * 4, warmup=4096, token_budget=None, K=K,
-                                           compact_every=64, max_points=10**6, engine="xla")
+                                           compact_every=compact_every, max_points=10**6, engine="xla")
     keys = jax.random.split(jax.random.key(seed), R)
     return cfg, params, L._init_jit(keys, params, cfg)
 
 
-def runner(cfg, path, rb=1, warps=4):
+def runner(cfg, path, rb=1, warps=None):
     import jax
 
     from lqs.kernels import engine as E
@@ -167,6 +170,8 @@ def main():
                     help="replica count at which every (rb, warps) is tried (default: the first); the others use "
                          "the best one found there")
     ap.add_argument("--budget-s", type=float, default=420.0, help="stop trying new (rb, warps) after this long")
+    ap.add_argument("--compact-every", type=int, default=64, help="steps per fused launch (and per compaction)")
+    ap.add_argument("--K", type=int, default=None, help="slots per replica (default: 512 on a GPU, sized on a CPU)")
     ap.add_argument("--quick", action="store_true", help="small sizes (a CPU smoke run)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
@@ -188,7 +193,8 @@ def main():
     R_list = [tune_at] + [R for R in R_list if R != tune_at]
     chosen = None
     for R in R_list:
-        cfg, params, st0 = setup(R, seed=R, policy=a.policy, K=512 if gpu else None)  # Triton: K a power of two
+        cfg, params, st0 = setup(R, seed=R, policy=a.policy, K=a.K or (512 if gpu else None),  # Triton: 2^n
+                                 compact_every=a.compact_every)
         p1 = jax.tree_util.tree_map(lambda x: x[0], params)
         s1 = jax.tree_util.tree_map(lambda x: x[0], st0)
         ops = ops_per_replica_step(cfg, p1, s1)
@@ -214,9 +220,13 @@ def main():
         print(f"  xla:   {x['replica_steps_per_s']:,.0f} replica-steps/s, {x['slot_steps_per_s']:,.0f} slot-steps/s, "
               f"{x['requests_per_s']:,.0f} requests/s")
         tried = []
-        rbs = a.rb or ([1, 2, 4, 8, 16] if gpu else [rb0])
-        warps = a.warps or ([4, 8] if gpu else [4])
-        combos = [(rb, wp) for rb in rbs for wp in warps] if chosen is None else [chosen]
+        rbs = a.rb or (sorted({max(1, rb0 // 2), rb0, 2 * rb0}) if gpu else [rb0])
+
+        def warps_for(rb):  # around the register-derived default (bench/fused_resources.py)
+            dw = F.default_warps(cfg.K, rb)
+            return a.warps or (sorted({max(1, dw // 2), dw, min(16, 2 * dw)}) if gpu else [dw])
+
+        combos = [(rb, wp) for rb in rbs for wp in warps_for(rb)] if chosen is None else [chosen]
         for rb, wp in combos:
             if tried and time.perf_counter() - t_start > a.budget_s:
                 print(f"  fused rb={rb} warps={wp}: skipped (time budget)")
@@ -238,7 +248,7 @@ def main():
         best = max(ok, key=lambda t: t["replica_steps_per_s"]) if ok else None
         if best and chosen is None:
             chosen = (best["rb"], best["warps"])
-        row = dict(replicas=R, K=cfg.K, policy=a.policy, ops_per_replica_step=ops, ceiling_replica_steps_per_s=ceiling,
+        row = dict(replicas=R, K=cfg.K, compact_every=cfg.compact_every, policy=a.policy, ops_per_replica_step=ops, ceiling_replica_steps_per_s=ceiling,
                    identical_replica_fraction=frac, differing_leaves=bad, completions_xla=ca, completions_fused=cb,
                    fused_violations=viol, xla=x, fused_tried=tried, fused_best=best,
                    fused_mode="triton" if gpu else "interpret (not a performance path)")
