@@ -11,17 +11,17 @@ Identity with the XLA path is by construction, not by a second implementation: t
 the counters (overflow, admission cap, starvation, invariant checks) and the counter-based random numbers
 (kernels/rng.py, keyed by (replica, step) and (replica, request index)) are the same code. When the batch time
 does not depend on the batch (constant and i.i.d. models) the block's (b_n, arrivals, truncation) are drawn ahead
-in XLA by ``engine.draw_arrivals`` (the step's own draw) and the kernel reads them: every thread of a program
-would otherwise repeat the hashing, the normal quantile and the Poisson inversion (measured: the step loop
-shrinks from 532 to 439 SASS instructions per thread for constant b̄ and from 1,127 to 439 for a lognormal b).
-For the affine model the draw runs in the kernel, with its coefficients as kernel operands. Products that feed
+in XLA by ``engine.draw_arrivals`` (the step's own draw, gathers and normal quantile included) and the kernel reads
+them: every thread of a program would otherwise repeat that per-replica work (measured with in-kernel draws: the
+step loop was 532 SASS instructions per thread for constant b̄ and 1,127 for a lognormal b; drawn ahead, 439).
+The affine model depends on the batch, so it is drawn in the kernel (``engine.affine_time``). Products that feed
 an addition go through ``rng.unfused_mul`` so that no compiler contracts them into a fused multiply-add in one
 path and not in the other. tests/test_fused.py checks bit-identity in interpret mode.
 
 Lowering: Triton (``jax.experimental.pallas.triton``). Mosaic GPU, in jax 0.10.x, has no lowering for the
 prefix sum (``cumsum``) the FCFS admission needs; Triton lowers every primitive of the step (checked on any
 machine by :func:`lower_for_gpu`, which lowers the kernel for CUDA without a GPU). Triton needs power-of-two
-block shapes: K, ``rb`` and the padded empirical table are powers of two on a GPU.
+block shapes. K and ``rb`` are powers of two on a GPU.
 
 Not fused (the XLA path runs them): clusters (``servers > 1``) and phased schedules.
 """
@@ -35,7 +35,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import engine as E
-from . import rng
 
 # State fields the step reads or writes (the rest are compaction's): per-replica scalars and [K] slot fields
 SCALARS = ("step", "t", "n_used", "overflow", "next_ovf", "arrivals", "completions", "swaps", "t_w0",
@@ -43,7 +42,6 @@ SCALARS = ("step", "t", "n_used", "overflow", "next_ovf", "arrivals", "completio
            "waiting_max", "starved", "arr_trunc", "violations")
 SLOTS = ("s", "o", "k", "u", "flags", "t_arr", "t_first", "t_ttft", "t_done", "work", "u_off")
 PARAMS = ("lam", "M", "chunk", "budget", "warmup", "min_w")
-BATCH_KINDS = ("constant", "affine", "iid-empirical", "iid-lognormal")
 
 
 def unsupported(cfg: E.EngineConfig) -> str | None:
@@ -53,10 +51,6 @@ def unsupported(cfg: E.EngineConfig) -> str | None:
     if cfg.phased:
         return "phased schedules run on the XLA path"
     return None
-
-
-def _pow2(n: int) -> bool:
-    return n >= 1 and (n & (n - 1)) == 0
 
 
 def next_pow2(n: int) -> int:
@@ -81,89 +75,34 @@ def default_warps(K: int, rb: int) -> int:
     return int(min(32, next_pow2(-(-(rb * K) // (32 * SLOTS_PER_THREAD)))))
 
 
-# --------------------------------------------------------------------------------- batch-time operands
-def batch_operands(batch):
-    """(kind, [N]-shaped operands, [N, n] tables, static info) of a stacked BatchTime pytree (leading axis N).
-
-    Tables are padded to a power of two along their last axis (never read past the true length)."""
-    kind = batch.kind
-    if kind == "constant":
-        return kind, [jnp.asarray(batch.b, jnp.float32)], [], ()
-    if kind == "affine":
-        a = jnp.asarray(batch.a, jnp.float32)
-        return kind, [a[:, j] for j in range(4)], [], ()
-    if kind == "iid-empirical":
-        x = jnp.asarray(batch.samples, jnp.float32)
-        n = x.shape[-1]
-        pad = next_pow2(n) - n
-        if pad:
-            x = jnp.concatenate([x, jnp.zeros(x.shape[:-1] + (pad,), x.dtype)], axis=-1)
-        return kind, [], [x], (n,)
-    if kind == "iid-lognormal":
-        probs = jnp.asarray(batch.probs)
-        cum = jax.vmap(jnp.cumsum)(probs)  # as the XLA draw computes it, per replica
-        lm, sg = jnp.asarray(batch.log_median), jnp.asarray(batch.sigma)
-        c = probs.shape[-1]
-        ops = [cum[:, j] for j in range(c - 1)] + [lm[:, j] for j in range(c)] + [sg[:, j] for j in range(c)]
-        return kind, ops, [], (c,)
-    raise ValueError(f"batch kind {kind!r} has no fused draw")
+# --------------------------------------------------------------------------------- batch times
+STATE_FREE = ("constant", "iid-empirical", "iid-lognormal")  # b_n independent of the batch: drawn ahead
+IN_KERNEL = ("affine",)  # b_n depends on the batch: drawn in the kernel
 
 
-def _draw_fn(kind, info, ops, tables, rb):
-    """The batch-time draw on a block of rb replicas: the XLA draws' operations, with loads instead of gathers."""
-    if kind == "constant":
-        (b,) = ops
-        return lambda u1, u2, pre, dec, mem: b
-    if kind == "affine":
-        a0, a1, a2, a3 = ops
-        return lambda u1, u2, pre, dec, mem: E.affine_time(a0, a1, a2, a3, pre, dec, mem)
-    if kind == "iid-empirical":
-        (n,) = info
-        (table,) = tables  # a Ref [rb, n_pad]
-        rows = jax.lax.broadcasted_iota(jnp.int32, (rb,), 0)
-
-        def draw(u1, u2, pre, dec, mem):
-            i = jnp.minimum(jnp.floor(u1 * n).astype(jnp.int32), n - 1)
-            return table[rows, i]
-
-        return draw
-    if kind == "iid-lognormal":
-        (c,) = info
-        cum, lm, sg = ops[:c - 1], ops[c - 1:2 * c - 1], ops[2 * c - 1:]
-
-        def draw(u1, u2, pre, dec, mem):
-            j = jnp.zeros(u1.shape, jnp.int32)
-            for x in cum:
-                j = j + (u1 >= x).astype(jnp.int32)
-            m, s = lm[0], sg[0]
-            for q in range(1, c):
-                m = jnp.where(j == q, lm[q], m)
-                s = jnp.where(j == q, sg[q], s)
-            z = rng.std_normal(u2)
-            return jnp.exp(m + s * z)
-
-        return draw
-    raise ValueError(kind)
+def _affine_operands(batch):
+    """The stacked affine coefficients [N, 4] as four [N] kernel operands."""
+    a = jnp.asarray(batch.a, jnp.float32)
+    return [a[:, j] for j in range(4)]
 
 
 # --------------------------------------------------------------------------------- the kernel
-def _kernel(cfg: E.EngineConfig, kind, info, rb, n_ops, n_tables, n_pre, *refs):
-    n_in = len(SCALARS) + len(SLOTS) + 2 + len(PARAMS) + n_ops + n_tables + n_pre
+def _kernel(cfg: E.EngineConfig, rb, n_ops, n_pre, *refs):
+    n_in = len(SCALARS) + len(SLOTS) + 2 + len(PARAMS) + n_ops + n_pre
     ins, outs = refs[:n_in], refs[n_in:]
     it = iter(ins)
     sc = {f: next(it)[...] for f in SCALARS}
     sl = {f: next(it)[...] for f in SLOTS}
     k0, k1 = next(it)[...], next(it)[...]
     pv = {f: next(it)[...] for f in PARAMS}
-    ops = [next(it)[...] for _ in range(n_ops)]
-    tables = [next(it) for _ in range(n_tables)]  # Refs: read by index inside the draw
+    ops = [next(it)[...] for _ in range(n_ops)]  # affine coefficients a0..a3
     pre = [next(it) for _ in range(n_pre)]  # Refs [rb, steps]: (b_n, n_arr, trunc) drawn ahead of the block
 
     slots = E.Slots(**sl, uu=None)
     none = dict(gsum_w=None, lat_lost=None, hist=None, lat_sum=None, lat_max=None, lat_n=None)
     st = E.State(slots=slots, keys=(k0, k1, None, None), **sc, **none)
     p = E.Params(**pv, workload=None, batch=None, phase_end=None, phase_lam=None)
-    draw = None if n_pre else _draw_fn(kind, info, ops, tables, rb)
+    draw = None if n_pre else (lambda u1, u2, pre_tok, dec, mem: E.affine_time(*ops, pre_tok, dec, mem))
     serve_v = jax.vmap(lambda s_, p_, c_: E.serve(s_, p_, c_), in_axes=(0, 0, None))
     finish_v = jax.vmap(lambda s_, sv, b, n, tr, ph, p_, c_: E.finish(s_, sv, b, n, tr, ph, p_, c_),
                         in_axes=(0, 0, 0, 0, 0, None, 0, None))
@@ -183,9 +122,6 @@ def _kernel(cfg: E.EngineConfig, kind, info, rb, n_ops, n_tables, n_pre, *refs):
     for f in SLOTS:
         next(o)[...] = getattr(st.slots, f)
     next(o)[...] = mem
-
-
-STATE_FREE = ("constant", "iid-empirical", "iid-lognormal")  # b_n independent of the batch: drawn ahead
 
 
 def pre_draw(states: E.State, params: E.Params, cfg: E.EngineConfig):
@@ -213,13 +149,14 @@ def fused_block(states: E.State, params: E.Params, cfg: E.EngineConfig, *, rb: i
     if N % rb:
         raise ValueError(f"N={N} is not a multiple of the block rb={rb}")
     kind = params.batch.kind
-    if kind in STATE_FREE and not cfg.phased:
-        ops, tables, info, pre = [], [], (), pre_draw(states, params, cfg)
+    if kind in STATE_FREE:
+        ops, pre = [], pre_draw(states, params, cfg)
+    elif kind in IN_KERNEL:
+        ops, pre = _affine_operands(params.batch), []
     else:
-        kind, ops, tables, info = batch_operands(params.batch)
-        pre = []
+        raise ValueError(f"batch kind {kind!r} has no fused draw")
     args = ([getattr(states, f) for f in SCALARS] + [getattr(states.slots, f) for f in SLOTS]
-            + [states.keys[:, 0], states.keys[:, 1]] + [getattr(params, f) for f in PARAMS] + ops + tables + pre)
+            + [states.keys[:, 0], states.keys[:, 1]] + [getattr(params, f) for f in PARAMS] + ops + pre)
     args = [jnp.asarray(a) for a in args]
 
     def spec(a):
@@ -239,7 +176,7 @@ def fused_block(states: E.State, params: E.Params, cfg: E.EngineConfig, *, rb: i
 
         kw["compiler_params"] = plt.CompilerParams(num_warps=num_warps or default_warps(K, rb), num_stages=num_stages)
     call = pl.pallas_call(
-        functools.partial(_kernel, cfg, kind, info, rb, len(ops), len(tables), len(pre)),
+        functools.partial(_kernel, cfg, rb, len(ops), len(pre)),
         out_shape=out_shape, grid=(N // rb,), in_specs=[spec(a) for a in args], out_specs=out_specs,
         input_output_aliases={i: i for i in range(n_state)}, interpret=interpret, name="lqs_step_loop", **kw)
     res = call(*args)

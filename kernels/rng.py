@@ -74,34 +74,6 @@ def uniform(skey, counter, sub=0):
     return to_uniform(bits(skey, counter, sub))
 
 
-# Cephes ndtri (the coefficients jax.scipy.special.ndtri uses), written with scalar constants: a fused kernel
-# cannot capture constant arrays, and √2·erf⁻¹(2u − 1) loses the tails in float32.
-_P0 = (-5.99633501014107895267E1, 9.80010754185999661536E1, -5.66762857469070293439E1, 1.39312609387279679503E1,
-       -1.23916583867381258016E0)
-_Q0 = (1.0, 1.95448858338141759834E0, 4.67627912898881538453E0, 8.63602421390890590575E1,
-       -2.25462687854119370527E2, 2.00260212380060660359E2, -8.20372256168333339912E1, 1.59056225126211695515E1,
-       -1.18331621121330003142E0)
-_P1 = (4.05544892305962419923E0, 3.15251094599893866154E1, 5.71628192246421288162E1, 4.40805073893200834700E1,
-       1.46849561928858024014E1, 2.18663306850790267539E0, -1.40256079171354495875E-1, -3.50424626827848203418E-2,
-       -8.57456785154685413611E-4)
-_Q1 = (1.0, 1.57799883256466749731E1, 4.53907635128879210584E1, 4.13172038254672030440E1,
-       1.50425385692907503408E1, 2.50464946208309415979E0, -1.42182922854787788574E-1, -3.80806407691578277194E-2,
-       -9.33259480895457427372E-4)
-_P2 = (3.23774891776946035970E0, 6.91522889068984211695E0, 3.93881025292474443415E0, 1.33303460815807542389E0,
-       2.01485389549179081538E-1, 1.23716634817820021358E-2, 3.01581553508235416007E-4, 2.65806974686737550832E-6,
-       6.23974539184983293730E-9)
-_Q2 = (1.0, 6.02427039364742014255E0, 3.67983563856160859403E0, 1.37702099489081330271E0,
-       2.16236993594496635890E-1, 1.34204006088543189037E-2, 3.28014464682127739104E-4, 2.89247864745380683936E-6,
-       6.79019408009981274425E-9)
-
-
-def _horner(coeffs, x):
-    y = jnp.full(jnp.shape(x), np.float32(coeffs[0]), jnp.float32)
-    for c in coeffs[1:]:
-        y = y * x + np.float32(c)
-    return y
-
-
 def unfused_mul(a, b, nonneg):
     """a·b rounded to float32 on every backend: its bits pass through an integer xor with ``nonneg >> 31`` (zero,
     as ``nonneg`` is a non-negative int32 the compiler cannot prove non-negative), so no compiler can contract it
@@ -112,25 +84,6 @@ def unfused_mul(a, b, nonneg):
     z = (jnp.asarray(nonneg, jnp.int32) >> 31).astype(jnp.uint32)
     p = jax.lax.bitcast_convert_type(jnp.asarray(a, jnp.float32) * b, jnp.uint32) ^ z
     return jax.lax.bitcast_convert_type(p, jnp.float32)
-
-
-def std_normal(u):
-    """Standard normal quantile (Cephes ndtri, float32) of uniforms u, clipped to [1e-7, 1 − 1e-7].
-
-    Shared by the XLA engine and the fused kernel (scalar constants only, so it lowers inside a kernel)."""
-    p = jnp.clip(jnp.asarray(u, jnp.float32), np.float32(1e-7), np.float32(1 - 1e-7))
-    big = p > np.float32(-np.expm1(-2.0))
-    q = jnp.where(big, np.float32(1.0) - p, p)
-    w = q - np.float32(0.5)
-    ww = w * w
-    x_mid = (w + w * ww * (_horner(_P0, ww) / _horner(_Q0, ww))) * np.float32(-np.sqrt(2.0 * np.pi))
-    z = jnp.sqrt(np.float32(-2.0) * jnp.log(q))
-    first = z - jnp.log(z) / z
-    iz = np.float32(1.0) / z
-    x_small = first - _horner(_P2, iz) / _horner(_Q2, iz) / z
-    x_other = first - _horner(_P1, iz) / _horner(_Q1, iz) / z
-    x = jnp.where(q > np.float32(np.exp(-2.0)), x_mid, jnp.where(z >= np.float32(8.0), x_small, x_other))
-    return jnp.where(big, x, -x)
 
 
 def poisson_inverse(u, mean, n_max: int):

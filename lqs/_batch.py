@@ -15,7 +15,6 @@ import numpy as np
 
 from ._errors import LqsError, check_float
 from ._theory import estimate_b
-from .kernels import rng as _rng
 from .kernels.engine import affine_time
 
 
@@ -127,7 +126,7 @@ class LogNormalMixBatch(BatchTime):
     def draw(self, u1, u2, prefill_tokens, decode_tokens, mem_used):
         cum = jnp.cumsum(jnp.asarray(self.probs))
         j = jnp.sum(u1 >= cum[:-1])
-        z = _rng.std_normal(u2)
+        z = jax.scipy.special.ndtri(jnp.clip(u2, 1e-7, 1 - 1e-7))
         return jnp.exp(jnp.asarray(self.log_median)[j] + jnp.asarray(self.sigma)[j] * z)
 
     @property
