@@ -15,6 +15,7 @@ import numpy as np
 
 from ._cli_common import parse_float, parse_int
 from ._errors import LqsError
+from ._jsonio import json_default as _jd
 
 
 def _common(f):
@@ -63,14 +64,6 @@ def _report(res, cols=None, headline=None):
     for p in (res.csv, res.png):
         if p:
             click.echo(f"wrote {os.path.abspath(p)}")
-
-
-def _jd(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    return str(o)
 
 
 @click.group("study")

@@ -16,6 +16,7 @@ import pandas as pd
 
 from ._batch import AffineBatch, BatchTime, ConstantBatch
 from ._errors import LqsError, check_choice, check_float, check_int
+from ._jsonio import json_default as _json_default
 from ._theory import capacity as _capacity
 from ._workload import Workload
 from .kernels import engine as _k
@@ -288,16 +289,6 @@ class SimResult:
             plot_waiting(self, p)
             written.append(p)
         return written
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 # ----------------------------------------------------------------------------------------------- simulate

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ._errors import LqsError, check_float, check_int
+from ._jsonio import json_default as _json_default
 
 __all__ = ["StudyResult", "phase_diagram", "b_error", "delta_study", "mixture_study", "cluster_study",
            "latency_study", "slo_replicas"]
@@ -126,18 +127,6 @@ def _write(name, df, meta, fig, out) -> StudyResult:
     if fig is not None:
         plt.close(fig)
     return res
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, pd.DataFrame):
-        return o.to_dict(orient="records")
-    return str(o)
 
 
 def _row_edges(v, log):
