@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import click
 
-from ._errors import LqsError, check_float, check_int
+from ._errors import LqsError, check_float, check_int, parse_number
 
 SPLITS = ("all", "train", "test")
 TRAIN_FRAC = 0.8
@@ -30,21 +30,6 @@ SPLIT_SEED = 0
 
 
 # ----------------------------------------------------------------------------------------------- numbers
-def parse_number(param: str, text) -> float:
-    """Text (or a number) → int if it is written as one, else float; LqsError naming ``param`` otherwise."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        return text
-    txt = str(text).strip().replace("_", "")
-    try:
-        return int(txt)
-    except ValueError:
-        pass
-    try:
-        return float(txt)
-    except (TypeError, ValueError):
-        raise LqsError(param, text, "must be a number") from None
-
-
 def parse_int(param: str, text, lo: int | None = None, hi: int | None = None) -> int:
     """Text → int in [lo, hi]; accepts '131000', '131_000' and '1.31e5' (an integral value)."""
     return check_int(param, parse_number(param, text), lo, hi)

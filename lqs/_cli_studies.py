@@ -11,7 +11,6 @@ import json
 import os
 
 import click
-import numpy as np
 
 from ._cli_common import parse_float, parse_int
 from ._errors import LqsError

@@ -19,6 +19,26 @@ class LqsError(ValueError):
         super().__init__(msg)
 
 
+def parse_number(param: str, x):
+    """A number from a number or its text ('1e-3', '131_000', '1.31e5'): int if written as one, else float.
+    numpy scalars become Python numbers; bool, None and non-numeric text raise an LqsError naming ``param``."""
+    import numpy as np
+
+    if isinstance(x, (bool, np.bool_)) or x is None:
+        raise LqsError(param, x, "must be a number")
+    if isinstance(x, (int, float, np.integer, np.floating)):
+        return x.item() if isinstance(x, np.generic) else x
+    txt = str(x).strip().replace("_", "")
+    try:
+        return int(txt)
+    except ValueError:
+        pass
+    try:
+        return float(txt)
+    except ValueError:
+        raise LqsError(param, x, "must be a number") from None
+
+
 def _is_int(x) -> bool:
     try:
         import numpy as np

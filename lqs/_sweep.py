@@ -53,7 +53,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 import pandas as pd
 
-from ._errors import LqsError, check_choice, check_float, check_int
+from ._errors import LqsError, check_choice, check_float, check_int, parse_number
 
 POLICIES = ("fcfs", "recompute", "reserve")
 ROUTINGS = ("round_robin", "random", "jsq", "least_kv")
@@ -65,23 +65,6 @@ SPEC_VERSION = 1
 
 
 # ----------------------------------------------------------------------------------------------- parsing helpers
-def _num(param, x):
-    """A number from a number or its text ('1e-3', '131_000'); LqsError naming ``param`` otherwise."""
-    if isinstance(x, bool) or x is None:
-        raise LqsError(param, x, "must be a number")
-    if isinstance(x, (int, float, np.integer, np.floating)):
-        return x.item() if isinstance(x, np.generic) else x
-    txt = str(x).strip().replace("_", "")
-    try:
-        return int(txt)
-    except ValueError:
-        pass
-    try:
-        return float(txt)
-    except ValueError:
-        raise LqsError(param, x, "must be a number") from None
-
-
 def _as_list(param, v, *, allow_empty=False):
     if isinstance(v, (list, tuple, np.ndarray)):
         out = list(v.tolist() if isinstance(v, np.ndarray) else v)
@@ -103,11 +86,12 @@ def _no_dups(param, vals):
 
 
 def _ints(param, v, lo=1, hi=2**30):
-    return _no_dups(param, [check_int(param, _num(param, x), lo, hi) for x in _as_list(param, v)])
+    return _no_dups(param, [check_int(param, parse_number(param, x), lo, hi) for x in _as_list(param, v)])
 
 
 def _floats(param, v, lo=0.0, lo_open=False):
-    return _no_dups(param, [check_float(param, _num(param, x), lo, lo_open=lo_open) for x in _as_list(param, v)])
+    vals = [check_float(param, parse_number(param, x), lo, lo_open=lo_open) for x in _as_list(param, v)]
+    return _no_dups(param, vals)
 
 
 def _strs(param, v, choices=None):
@@ -124,9 +108,9 @@ def _strs(param, v, choices=None):
 
 
 def _lam_range(param, lo, hi, n):
-    lo = check_float(param, _num(param, lo), 0.0)
-    hi = check_float(param, _num(param, hi), lo)
-    n = check_int(param, _num(param, n), 1, 100_000)
+    lo = check_float(param, parse_number(param, lo), 0.0)
+    hi = check_float(param, parse_number(param, hi), lo)
+    n = check_int(param, parse_number(param, n), 1, 100_000)
     return [float(x) for x in np.linspace(lo, hi, n)]
 
 
@@ -159,9 +143,9 @@ def _check_workload_name(w: str):
         parts = w.split(":")[1:]
         if len(parts) not in (1, 2):
             raise LqsError("workload", w, "pd_ratio:R or pd_ratio:R:TOTAL_HI, e.g. pd_ratio:2")
-        check_float("workload", _num("workload", parts[0]), 0.0, lo_open=True)
+        check_float("workload", parse_number("workload", parts[0]), 0.0, lo_open=True)
         if len(parts) == 2:
-            check_int("workload", _num("workload", parts[1]), 22, 2**30)
+            check_int("workload", parse_number("workload", parts[1]), 22, 2**30)
         return w
     names = list(PRESETS) + ["mix-2:1/1:2"]
     if w not in names:
@@ -179,8 +163,8 @@ def _load_workload(w: str):
         return load_trace(w[6:].strip()).workload()
     if w.startswith("pd_ratio:"):
         parts = w.split(":")[1:]
-        r = float(_num("workload", parts[0]))
-        return pd_ratio(r) if len(parts) == 1 else pd_ratio(r, total_hi=int(_num("workload", parts[1])))
+        r = float(parse_number("workload", parts[0]))
+        return pd_ratio(r) if len(parts) == 1 else pd_ratio(r, total_hi=int(parse_number("workload", parts[1])))
     return preset(w)
 
 
@@ -261,7 +245,7 @@ class SweepSpec:
             if x is None or (isinstance(x, str) and x.strip().lower() in ("null", "none", "")):
                 tb.append(None)
             else:
-                v = check_int("token_budget", _num("token_budget", x), 1, 2**30)
+                v = check_int("token_budget", parse_number("token_budget", x), 1, 2**30)
                 for c in self.chunk:
                     if v < c:
                         raise LqsError("token_budget", v, f"must be ≥ every chunk size (chunk={c}); a budget below "
@@ -270,19 +254,19 @@ class SweepSpec:
         self.token_budget = _no_dups("token_budget", tb)
         self.servers = _ints("servers", self.servers, 1, 4096)
         self.routing = _strs("routing", self.routing, ROUTINGS)
-        self.replicas = check_int("replicas", _num("replicas", self.replicas), 1, 2**24)
-        self.warmup = check_int("warmup", _num("warmup", self.warmup), 0)
+        self.replicas = check_int("replicas", parse_number("replicas", self.replicas), 1, 2**24)
+        self.warmup = check_int("warmup", parse_number("warmup", self.warmup), 0)
         if self.steps is not None and not (isinstance(self.steps, str) and self.steps.strip().lower() == "auto"):
-            self.steps = check_int("steps", _num("steps", self.steps), 2, 2**31 - 2**20)
+            self.steps = check_int("steps", parse_number("steps", self.steps), 2, 2**31 - 2**20)
             if self.steps <= self.warmup:
                 raise LqsError("steps", self.steps, f"must exceed warmup ({self.warmup})")
         else:
             self.steps = None
-        self.seed = check_int("seed", _num("seed", self.seed), 0, 2**63 - 1)
+        self.seed = check_int("seed", parse_number("seed", self.seed), 0, 2**63 - 1)
         if not isinstance(self.per_replica, (bool, np.bool_)):
             raise LqsError("per_replica", self.per_replica, "must be true or false")
         self.per_replica = bool(self.per_replica)
-        self.cells_per_chunk = check_int("cells_per_chunk", _num("cells_per_chunk", self.cells_per_chunk), 1,
+        self.cells_per_chunk = check_int("cells_per_chunk", parse_number("cells_per_chunk", self.cells_per_chunk), 1,
                                          1_000_000)
         if self.options is None:
             self.options = {}
