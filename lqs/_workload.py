@@ -360,15 +360,7 @@ class Mixture(Workload):
     def sample_from_uniforms(self, u):
         cum = jnp.cumsum(jnp.asarray(self.weights))
         j = jnp.sum(u[..., :1] >= cum[:-1], axis=-1)  # component index
-        s_out = o_out = None
-        for i, p in enumerate(self.parts):
-            s_i, o_i = p.sample_from_uniforms(u[..., 1:1 + p.n_uniforms])
-            if s_out is None:
-                s_out, o_out = s_i, o_i
-            else:
-                s_out = jnp.where(j == i, s_i, s_out)
-                o_out = jnp.where(j == i, o_i, o_out)
-        return s_out, o_out
+        return _pick(self.parts, j, u[..., 1:])
 
     def components(self):
         return [(float(w), p) for w, p in zip(np.asarray(self.weights), self.parts)]
@@ -422,6 +414,19 @@ def pd_ratio(ratio: float, total_hi: int = 3200, lo: int = 10) -> Workload:
     return Independent(IntUniform(lo, max(hs, lo), "s"), IntUniform(lo, max(ho, lo), "o"))
 
 
+def _pick(parts, index, u):
+    """(s, o) of ``parts[index]`` (index an int array), each part sampling from the leading uniforms of u."""
+    s_out = o_out = None
+    for i, p in enumerate(parts):
+        s_i, o_i = p.sample_from_uniforms(u[..., :p.n_uniforms])
+        if s_out is None:
+            s_out, o_out = s_i, o_i
+        else:
+            s_out = jnp.where(index == i, s_i, s_out)
+            o_out = jnp.where(index == i, o_i, o_out)
+    return s_out, o_out
+
+
 class Phased(Workload):
     """The workloads of a piecewise-constant schedule: request lengths come from the phase the request arrives in.
 
@@ -442,15 +447,7 @@ class Phased(Workload):
         return max(p.n_uniforms for p in self.parts)
 
     def sample_phase(self, u, phase):
-        s_out = o_out = None
-        for i, p in enumerate(self.parts):
-            s_i, o_i = p.sample_from_uniforms(u[..., :p.n_uniforms])
-            if s_out is None:
-                s_out, o_out = s_i, o_i
-            else:
-                s_out = jnp.where(phase == i, s_i, s_out)
-                o_out = jnp.where(phase == i, o_i, o_out)
-        return s_out, o_out
+        return _pick(self.parts, phase, u)
 
     def sample_from_uniforms(self, u):
         return self.parts[0].sample_from_uniforms(u[..., :self.parts[0].n_uniforms])
