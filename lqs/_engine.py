@@ -341,7 +341,7 @@ def simulate(workload: Workload, *, M, chunk: int, lam, b, policy: str = "fcfs",
     spc = cfg.steps_per_chunk
     n_chunks = math.ceil(steps / spc)
     keys = jax.random.split(key, N)
-    keys, params, n_pad, mesh = _shard(keys, params, devices)
+    keys, params, n_pad, mesh = _shard(keys, params, devices, block=sizing.fused_rb)
     states = _init_jit(keys, params, cfg)
 
     recs = []
@@ -410,24 +410,25 @@ def _phases(phases, workload, lam):
     return theory, mean_lam, (Phased(parts), ends, np.asarray(lams, np.float32))
 
 
-def _shard(keys, params, devices):
-    """Place the flattened (configuration × replica) axis across devices (padding it to a multiple of their
-    number with copies of the last entry, dropped again after the run). Returns (keys, params, n_pad, mesh):
-    mesh is None on one device."""
+def _shard(keys, params, devices, block: int = 1):
+    """Place the flattened (configuration × replica) axis across devices, padding it with copies of the last entry
+    (dropped again after the run) so that every device holds a multiple of ``block`` replicas (the fused kernel's
+    replicas per program; padding once here spares a copy of the state per chunk). Returns
+    (keys, params, n_pad, mesh): mesh is None on one device."""
     devs = list(jax.local_devices() if devices is None else devices)
     n_dev = len(devs)
-    if n_dev <= 1:
-        return keys, params, 0, None
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
     N = keys.shape[0]
-    n_pad = (-N) % n_dev
+    n_pad = (-N) % (n_dev * max(1, block))
 
     def pad(x):
         x = jnp.asarray(x)
         if n_pad:
             x = jnp.concatenate([x, jnp.repeat(x[-1:], n_pad, axis=0)])
         return x
+
+    if n_dev <= 1:
+        return pad(keys), jax.tree_util.tree_map(pad, params), n_pad, None
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     mesh = Mesh(np.asarray(devs), ("r",))
     sh = NamedSharding(mesh, PartitionSpec("r"))

@@ -180,3 +180,13 @@ def test_auto_falls_back_to_xla_when_the_kernel_cannot_compile(monkeypatch):
     x = lqs.simulate(SMALL, engine="xla", K=sz["K"], **kw)
     for c in x.replicas.columns:
         assert x.replicas[c].equals(r.replicas[c]), c
+
+
+def test_replica_count_not_a_multiple_of_the_block():
+    """6 replicas in programs of 4: padded once before the run (copies of the last replica), dropped after."""
+    kw = dict(M=400, chunk=16, lam=[2.0, 6.0], b=0.05, replicas=3, steps=512, warmup=64, key=jax.random.key(2))
+    x = lqs.simulate(SMALL, engine="xla", **kw)
+    f = lqs.simulate(SMALL, engine="fused", fused_rb=4, **kw)
+    assert len(f.replicas) == 6 and f.hist.shape == x.hist.shape
+    for c in x.replicas.columns:
+        assert x.replicas[c].equals(f.replicas[c]), c
