@@ -331,8 +331,8 @@ def step(state: State, params: Params, cfg: EngineConfig) -> tuple[State, StepOu
 
 def step_with(state, params, cfg: EngineConfig, draw_b, serve_fn, finish_fn, pre_drawn=None):
     """The step with its batch-time draw and its per-server halves passed in: ``step`` uses the plain functions on
-    one replica; the fused kernel (kernels/fused.py) passes them vmapped over a block of replicas and a draw that
-    reads its tables from kernel memory. Both paths therefore run the same operations in the same order.
+    one replica; the fused kernel (kernels/fused.py) passes them vmapped over a block of replicas, with the affine
+    draw on kernel operands. Both paths therefore run the same operations in the same order.
 
     ``pre_drawn = (b_n, n_arr, trunc)`` replaces the draws when they do not depend on the state (i.i.d. batch
     times, no phases): :func:`draw_arrivals` computes them for a block of steps ahead of time."""

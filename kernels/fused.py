@@ -44,11 +44,11 @@ SLOTS = ("s", "o", "k", "u", "flags", "t_arr", "t_first", "t_ttft", "t_done", "w
 PARAMS = ("lam", "M", "chunk", "budget", "warmup", "min_w")
 
 
-def unsupported(cfg: E.EngineConfig) -> str | None:
-    """Why this configuration cannot run fused (None when it can)."""
-    if cfg.servers > 1:
+def unsupported(servers: int, phased: bool) -> str | None:
+    """Why a configuration with these servers per replica and phasing cannot run fused (None when it can)."""
+    if servers > 1:
         return "clusters (servers > 1) run on the XLA path"
-    if cfg.phased:
+    if phased:
         return "phased schedules run on the XLA path"
     return None
 
@@ -190,7 +190,7 @@ def run_chunk_batched(states: E.State, params: E.Params, cfg: E.EngineConfig, *,
                       num_warps: int | None = None, num_stages: int = 1):
     """Same contract and results as ``engine.run_chunk_batched``: the step blocks run as fused kernel launches,
     compaction and records as vmapped XLA between them. N need not be a multiple of rb (padded here)."""
-    why = unsupported(cfg)
+    why = unsupported(cfg.servers, cfg.phased)
     if why:
         raise ValueError(why)
     N = states.slots.s.shape[0]

@@ -73,10 +73,10 @@ def _on_gpu() -> bool:
     return jax.default_backend() in ("gpu", "cuda", "rocm")
 
 
-def _select_path(engine, cfg: _k.EngineConfig) -> tuple[str, str]:
+def _select_path(engine, servers: int, phased: bool) -> tuple[str, str]:
     """(path, reason): path is "xla", "fused" (Triton on a GPU) or "fused-interpret" (Pallas interpret mode)."""
     engine = default_engine() if engine is None else check_choice("engine", engine, ENGINES)
-    why = _fused.unsupported(cfg)
+    why = _fused.unsupported(servers, phased)
     if engine == "xla":
         return "xla", "asked for"
     if engine == "fused":
@@ -320,7 +320,7 @@ def simulate(workload: Workload, *, M, chunk: int, lam, b, policy: str = "fcfs",
     (kernels/fused.py) on a GPU and the XLA path elsewhere; ``"xla"`` and ``"fused"`` force one (fused on a CPU
     runs in Pallas interpret mode). Both give identical trajectories from the same key. Clusters and phased
     schedules always run on the XLA path. On the fused GPU path K is rounded up to a power of two (Triton block
-    shapes). ``fused_rb`` sets the replicas per kernel program (a power of two; default about 2048/K).
+    shapes). ``fused_rb`` sets the replicas per kernel program (a power of two; default about 1024/K).
     The path that ran is ``result.config["sizing"]["engine"]``.
     """
     phased = None
@@ -493,13 +493,11 @@ def _prepare(workload, *, M, chunk, lam, b, policy, replicas, steps, warmup, tok
     ref_batch = batches[0] if len(batches) == 1 else ConstantBatch(max(bt.mean_s for bt in batches))
     sizing = size_engine(workload, M_max, chunk, lam_max, ref_batch, policy, compact_every, K, servers=servers)
     Kc = sizing.K
-    engine = default_engine() if engine is None else check_choice("engine", engine, ENGINES)
     if fused_rb is not None:
         fused_rb = check_int("fused_rb", fused_rb, 1, 1024)
         if fused_rb & (fused_rb - 1):
             raise LqsError("fused_rb", fused_rb, "must be a power of two in [1, 1024] (Triton block shapes)")
-    probe = _k.EngineConfig(K=Kc, servers=servers, phased=phased is not None)
-    path, reason = _select_path(engine, probe)
+    path, reason = _select_path(engine, servers, phased is not None)
     if path == "fused" and Kc & (Kc - 1):
         Kc = _fused.next_pow2(Kc)  # Triton block shapes are powers of two (extra slots only lift capacity limits)
     rb = 0 if path == "xla" else (fused_rb or _fused.default_block(Kc))
