@@ -15,21 +15,13 @@ from click.testing import CliRunner
 import lqs
 from lqs.cli import VERDICT_BAND, VERDICT_STABLE, VERDICT_UNSTABLE, main
 
+from cli_run import run, run_json
+
 ROOT = Path(__file__).resolve().parents[1]
 PD11 = ["capacity", "--workload", "pd-1:1", "--M", "131000", "--chunk", "512", "--b", "0.0372"]
 BASE_KEYS = {"mu_rps", "mu_exact_rps", "mu_stable_rps", "mu_exact_stable_rps", "delta", "mean_g_tokens2",
              "mean_g_exact_tokens2", "b_s", "M_tokens", "chunk_tokens", "max_total_tokens", "workload"}
 LAM_KEYS = {"lam_rps", "rho", "utilisation", "verdict", "replicas"}
-
-
-def run(args):
-    return CliRunner().invoke(main, args, catch_exceptions=False)
-
-
-def run_json(args):
-    r = run(args + ["--json"])
-    assert r.exit_code == 0, r.output
-    return json.loads(r.stdout)
 
 
 # ----------------------------------------------------------------------------------------------- numbers

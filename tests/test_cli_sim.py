@@ -14,9 +14,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 
-from lqs.cli import main
+from cli_run import run, run_json
 
 BASE = ["--workload", "pd-1:1", "--M", "16384", "--chunk", "512", "--b", "0.0372"]
 SIM = ["simulate", *BASE, "--replicas", "4", "--steps", "3000", "--warmup", "1000"]
@@ -25,16 +24,6 @@ CRIT = ["critical", *BASE, "--replicas", "8", "--steps", "6000", "--warmup", "10
 THEORY = ("mu_rps", "mu_exact_rps", "mu_stable_rps", "mu_exact_stable_rps", "delta")
 SUMMARY_KEYS = {"lam_rps", "mu_rps", "mu_exact_rps", "mu_stable_rps", "p_unstable", "throughput_rps", "wait_p99_s",
                 "reliable"}
-
-
-def run(args):
-    return CliRunner().invoke(main, args, catch_exceptions=False)
-
-
-def run_json(args):
-    r = run(args + ["--json"])
-    assert r.exit_code == 0, r.output
-    return json.loads(r.stdout)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,17 @@
+"""Invoke the ``lqs`` command line in-process (shared by the CLI tests)."""
+
+import json
+
+from click.testing import CliRunner
+
+from lqs.cli import main
+
+
+def run(args):
+    return CliRunner().invoke(main, args, catch_exceptions=False)
+
+
+def run_json(args):
+    r = run(args + ["--json"])
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout)
