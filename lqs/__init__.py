@@ -67,7 +67,7 @@ from ._workload import (  # noqa: E402
 )
 
 __version__ = "0.1.0"
-from ._traces import Trace, load_b_samples, load_trace  # noqa: E402
+from .traces import Trace, load_b_samples, load_trace  # noqa: E402
 from ._batch import AffineBatch, BatchTime, ConstantBatch, EmpiricalBatch, LogNormalMixBatch  # noqa: E402
 from ._engine import SimResult, auto_steps, default_engine, set_engine, simulate, simulate_trace, stability_verdict  # noqa: E402
 from ._critical import CriticalResult, critical  # noqa: E402

@@ -129,7 +129,7 @@ def resolve_workload(workload=None, trace=None, s_col=None, o_col=None, t_col=No
             w.validate(M)
         return ResolvedWorkload(workload=w, label=workload, trace=None)
 
-    from ._traces import load_trace
+    from .traces import load_trace
 
     tr = load_trace(trace, s_col=s_col, o_col=o_col, t_col=t_col)
     if split != "all":
@@ -154,7 +154,7 @@ def resolve_b(b=None, b_samples=None, b_estimator=None, b_col=None, **_ignored) 
             raise LqsError("b_col", b_col, "only applies with --b-samples")
         return ResolvedB(b_s=parse_float("b", b, 0.0, lo_open=True), source="given")
 
-    from ._traces import load_b_samples
+    from .traces import load_b_samples
 
     est = "median" if b_estimator is None else b_estimator
     parse_estimator(est)  # validate the name before reading the file

@@ -75,7 +75,7 @@ def _batch_model(spec: str, b_s: float, b_samples_file, b_col):
     if name == "empirical":
         if b_samples_file is None:
             raise LqsError("b_model", spec, "empirical needs --b-samples FILE")
-        from ._traces import load_b_samples
+        from .traces import load_b_samples
 
         return EmpiricalBatch(load_b_samples(b_samples_file, col=b_col))
     if name == "lognormal":

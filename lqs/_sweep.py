@@ -158,7 +158,7 @@ def _load_workload(w: str):
     from ._workload import pd_ratio, preset
 
     if w.startswith("trace:"):
-        from ._traces import load_trace
+        from .traces import load_trace
 
         return load_trace(w[6:].strip()).workload()
     if w.startswith("pd_ratio:"):
