@@ -161,3 +161,70 @@ class AffineBatch(BatchTime):
     def max_s(self, M, K, chunk):
         a = self.a.astype(np.float64)
         return float(a[0] + a[1] * min(M, K * chunk) + a[2] * K + a[3] * M)
+
+
+# ----------------------------------------------------------------------------------------------- text specs
+BATCH_KINDS = ("constant", "empirical", "lognormal", "two-speed", "affine")
+_SPEC_FORMS = "constant, empirical, lognormal:CV, two-speed:RATIO:FRAC or affine:A0,A1,A2,A3"
+
+
+def parse_batch_spec(spec: str | None, b_s: float, samples=None, *, param: str = "batch") -> BatchTime:
+    """A BatchTime from its text form, with mean b̄ = ``b_s`` seconds where the form needs one:
+
+    - ``constant``: b̄ every step (the paper);
+    - ``empirical``: i.i.d. draws from ``samples`` (measured step times, seconds);
+    - ``lognormal:CV``: i.i.d. log-normal with mean b̄ and coefficient of variation CV (default 0.5);
+    - ``two-speed:RATIO:FRAC``: a fraction FRAC of steps RATIO times slower than the rest, mean b̄;
+    - ``affine:A0,A1,A2,A3``: b = A0 + A1·prefill tokens + A2·decode tokens + A3·memory in use (b̄ unused).
+
+    Errors name ``param``."""
+    from ._errors import check_float, parse_number
+
+    def num(text, lo=None, hi=None):
+        return check_float(param, parse_number(param, text), lo, hi)
+
+    spec = (spec or "constant").strip()
+    name, _, arg = spec.partition(":")
+    if name in ("constant", "empirical") and arg:
+        raise LqsError(param, spec, f"{name} takes no argument (b̄ comes from b / the samples)")
+    if name == "constant":
+        return ConstantBatch(b_s)
+    if name == "empirical":
+        if samples is None:
+            raise LqsError(param, spec, "empirical needs measured step times (--b-samples FILE)")
+        return EmpiricalBatch(samples)
+    if name == "lognormal":
+        return LogNormalMixBatch.from_mean_cv(b_s, num(arg or "0.5", 0.0))
+    if name == "two-speed":
+        try:
+            r_s, f_s = arg.split(",") if "," in arg else arg.split(":")
+        except ValueError:
+            raise LqsError(param, spec, "two-speed:RATIO:FRAC, e.g. two-speed:3:0.3") from None
+        ratio, frac = num(r_s, 1.0), num(f_s, 0.0, 1.0)
+        fast = b_s / (1 - frac + frac * ratio)  # mean b̄ (σ = 0.1 adds < 1 %, corrected below)
+        m = LogNormalMixBatch.two_speed(fast, fast * ratio, frac)
+        return LogNormalMixBatch.two_speed(fast * b_s / m.mean_s, fast * ratio * b_s / m.mean_s, frac)
+    if name == "affine":
+        try:
+            a = [float(x) for x in arg.split(",")]
+        except ValueError:
+            a = []
+        if len(a) != 4:
+            raise LqsError(param, spec, "affine:A0,A1,A2,A3 with four numbers (seconds, s/token, s/token, s/token)")
+        try:
+            return AffineBatch(*a)
+        except LqsError as e:
+            raise LqsError(param, spec, "affine:A0,A1,A2,A3 needs A0 > 0 and A1, A2, A3 ≥ 0",
+                           f"{e.param}={e.value}") from None
+    raise LqsError(param, spec, f"must be {_SPEC_FORMS}")
+
+
+def check_batch_spec(spec: str, *, param: str = "batch", allow_empirical: bool = False) -> str:
+    """Validate a batch-model text form without samples (sweeps and studies); returns it stripped."""
+    spec = str(spec).strip()
+    name = spec.partition(":")[0]
+    if name == "empirical" and not allow_empirical:
+        raise LqsError(param, spec, "must be constant, lognormal:CV, two-speed:RATIO:FRAC or affine:A0,A1,A2,A3",
+                       "empirical batch times need a samples file: use lqs simulate --b-model empirical")
+    parse_batch_spec(spec, 1.0, samples=[1.0] if name == "empirical" else None, param=param)
+    return spec
