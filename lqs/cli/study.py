@@ -12,9 +12,9 @@ import os
 
 import click
 
-from ._cli_common import parse_float, parse_int
-from ._errors import LqsError
-from ._jsonio import json_default as _jd
+from .options import parse_float, parse_int
+from .._errors import LqsError
+from .._jsonio import json_default as _jd
 
 
 def _common(f):
@@ -83,7 +83,7 @@ def study():
 @click.option("--policy", default="fcfs", show_default=True, type=click.Choice(["fcfs", "recompute", "reserve"]))
 def phase_cmd(M, chunk, b, replicas, steps, warmup, seed, quick, out, progress, axis, points, policy):
     """P(unstable) over (λ, P/D ratio), (λ, M) and (λ, b̄) with the curves μ and μ(1−δ) on top."""
-    from ._studies import phase_diagram
+    from .._studies import phase_diagram
 
     kw = _sizes(M, chunk, b, replicas, steps, warmup, seed, quick, out, progress)
     n = None if points is None else parse_int("points", points, 2, 1000)
@@ -116,7 +116,7 @@ def _report_phase(res):
               help="Which parts: closed_form, iid, affine (comma-separated).")
 def b_error_cmd(M, chunk, b, replicas, steps, warmup, seed, quick, out, progress, samples, parts):
     """How b̄'s estimator (mean, median, trimmed means) moves μ against simulated λ* (i.i.d. and affine b)."""
-    from ._studies import b_error
+    from .._studies import b_error
 
     kw = _sizes(M, chunk, b, replicas, steps, warmup, seed, quick, out, progress)
     ps = tuple(p.strip() for p in parts.split(",") if p.strip())
@@ -132,7 +132,7 @@ def b_error_cmd(M, chunk, b, replicas, steps, warmup, seed, quick, out, progress
 @click.option("--policies", default="fcfs,recompute,reserve", show_default=True, metavar="LIST")
 def delta_cmd(M, chunk, b, replicas, steps, warmup, seed, quick, out, progress, policies):
     """Where λ* falls in [μ_exact(1−δ), μ_exact] as δ = max(s+o)/M grows (M shrinks), per policy."""
-    from ._studies import delta_study
+    from .._studies import delta_study
 
     kw = _no_M(_sizes(M, chunk, b, replicas, steps, warmup, seed, quick, out, progress))
     pol = tuple(p.strip() for p in policies.split(",") if p.strip())
@@ -148,7 +148,7 @@ def delta_cmd(M, chunk, b, replicas, steps, warmup, seed, quick, out, progress, 
 @click.option("--cycles", default="24", show_default=True, metavar="N", help="2:1 → 1:2 cycles in the horizon.")
 def mixture_cmd(M, chunk, b, replicas, steps, warmup, seed, quick, out, progress, lam_ratio, cycles):
     """The paper's piecewise-stationary P/D 2:1 → 1:2 schedule against μ_mix (count and time weights)."""
-    from ._studies import mixture_study
+    from .._studies import mixture_study
 
     kw = _sizes(M, chunk, b, replicas, steps, warmup, seed, quick, out, progress)
     lr = [parse_float("lam_ratio", x, 0.0, lo_open=True) for x in lam_ratio.split(",")]
@@ -167,7 +167,7 @@ def mixture_cmd(M, chunk, b, replicas, steps, warmup, seed, quick, out, progress
 @click.option("--saturation/--no-saturation", default=True, help="Also estimate each routing's λ*.")
 def cluster_cmd(M, chunk, b, replicas, steps, warmup, seed, quick, out, progress, servers, routings, saturation):
     """G servers behind a router (round_robin, random, jsq, least_kv): λ* and waiting-time percentiles."""
-    from ._studies import cluster_study
+    from .._studies import cluster_study
 
     kw = _sizes(M, chunk, b, replicas, steps, warmup, seed, quick, out, progress)
     rts = tuple(r.strip() for r in routings.split(",") if r.strip())
@@ -183,7 +183,7 @@ def cluster_cmd(M, chunk, b, replicas, steps, warmup, seed, quick, out, progress
 @click.option("--policy", default="fcfs", show_default=True, type=click.Choice(["fcfs", "recompute", "reserve"]))
 def latency_cmd(M, chunk, b, replicas, steps, warmup, seed, quick, out, progress, policy):
     """Waiting time and TTFT percentiles (p50, p90, p99) against utilisation ρ = λ/μ."""
-    from ._studies import latency_study
+    from .._studies import latency_study
 
     kw = _sizes(M, chunk, b, replicas, steps, warmup, seed, quick, out, progress)
     res = latency_study(policy=policy, **kw)
@@ -200,8 +200,8 @@ def latency_cmd(M, chunk, b, replicas, steps, warmup, seed, quick, out, progress
 @click.option("--rho", metavar="RHO", default="0.9", show_default=True, help="ρ of the paper's rule ⌈λ/(μρ)⌉.")
 def slo_cmd(M, chunk, b, replicas, steps, warmup, seed, quick, out, progress, lam, target, metric, rho):
     """The fewest replicas that keep p99 TTFT under a target, next to ⌈λ/μ⌉ and ⌈λ/(μρ)⌉."""
-    from ._studies import _defaults, _fast_1to1, slo_replicas
-    from ._theory import capacity
+    from .._studies import _defaults, _fast_1to1, slo_replicas
+    from .._theory import capacity
 
     kw = _sizes(M, chunk, b, replicas, steps, warmup, seed, quick, out, progress)
     if lam is None:
@@ -216,4 +216,4 @@ def slo_cmd(M, chunk, b, replicas, steps, warmup, seed, quick, out, progress, la
             headline={k: m[k] for k in ("lam_rps", "metric", "target_s", "G_slo", "G_stability", "G_rho", "rho")})
 
 
-COMMANDS = [study]
+

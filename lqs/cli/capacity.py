@@ -1,59 +1,20 @@
-"""The ``lqs`` command line (console script ``lqs``, also ``python -m lqs``).
-
-Every :class:`lqs.LqsError` raised by any command is printed as one line ``error: <message>`` on stderr and the
-process exits with status 2 (click's own usage errors exit with 2 as well).
-"""
+"""``lqs capacity``: the closed form (μ, μ_exact, E[g], δ, the stable and unstable ranges) and, with --lam, the
+verdict and the servers needed for a target utilisation."""
 
 from __future__ import annotations
 
 import json
 import math
-import sys
 
 import click
 
-from . import __version__
-from ._cli_common import resolve_b, resolve_rate, resolve_server, resolve_workload, server_options, workload_options
-from ._errors import LqsError
+from .options import resolve_b, resolve_rate, resolve_server, resolve_workload, server_options, workload_options
 
 VERDICT_STABLE = "stable (guaranteed, λ < μ(1−δ))"
 VERDICT_BAND = "in the uncertain band μ(1−δ) ≤ λ ≤ μ — simulate it (lqs critical)"
 VERDICT_UNSTABLE = "UNSTABLE (λ > μ): the queue grows without bound"
 
 
-def report_error(err: Exception, ctx: click.Context | None = None):
-    """Print ``error: <message>`` on one line to stderr and exit with status 2."""
-    msg = " ".join(str(err).split())
-    click.echo(f"error: {msg}", err=True)
-    if ctx is not None:
-        ctx.exit(2)
-    sys.exit(2)
-
-
-class LqsGroup(click.Group):
-    """A click group whose sub-commands turn LqsError into a one-line message and exit status 2."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except LqsError as e:
-            report_error(e, ctx)
-
-
-@click.group(cls=LqsGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(__version__, prog_name="lqs")
-@click.option("--engine", "engine", type=click.Choice(["auto", "xla", "fused"]), default=None,
-              help="Monte Carlo step loop: auto (fused Pallas kernel on a GPU, XLA elsewhere; default, or "
-                   "$LQS_ENGINE), xla, or fused (interpret mode on a CPU: exact but slow).")
-def main(engine=None):
-    """lqs — LLM queueing stability: is a KV-cache-limited LLM server stable at a given arrival rate?"""
-    from ._engine import set_engine
-
-    set_engine(engine)  # None: $LQS_ENGINE or auto
-    click.get_current_context().call_on_close(lambda: set_engine(None))  # nothing leaks into a later call
-
-
-# ----------------------------------------------------------------------------------------------- capacity
 def verdict(lam: float, mu: float, mu_stable: float) -> tuple[str, str]:
     """(code, text) of the closed-form verdict: 'stable' if λ < μ(1−δ), 'unstable' if λ > μ, else 'uncertain'."""
     if lam < mu_stable:
@@ -65,7 +26,7 @@ def verdict(lam: float, mu: float, mu_stable: float) -> tuple[str, str]:
 
 def capacity_report(wl, cap, bb, lam=None, rho=0.9) -> dict:
     """The JSON object of ``lqs capacity`` (snake_case keys, units in the names)."""
-    from ._theory import replicas_needed
+    from .._theory import replicas_needed
 
     out = {"workload": wl.label}
     out.update(cap.to_dict())
@@ -133,14 +94,14 @@ def _print_table(rep: dict):
     con.print(t)
 
 
-@main.command()
+@click.command("capacity")
 @workload_options
 @server_options
 @click.option("--lam", "lam", metavar="RPS", default=None, help="Arrival rate λ in requests per second.")
 @click.option("--rho", "rho", metavar="RHO", default="0.9", show_default=True,
               help="Target utilisation ρ in (0, 1] for the replica count ⌈λ/(μ·ρ)⌉.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout instead of a table.")
-def capacity(workload, trace, s_col, o_col, t_col, split, M, chunk, b, b_samples, b_estimator, b_col, lam, rho,
+def capacity_cmd(workload, trace, s_col, o_col, t_col, split, M, chunk, b, b_samples, b_estimator, b_col, lam, rho,
              as_json):
     """Closed-form capacity: μ, μ_exact, E[g], δ, the stable and unstable ranges and, with --lam, the verdict.
 
@@ -151,7 +112,7 @@ def capacity(workload, trace, s_col, o_col, t_col, split, M, chunk, b, b_samples
       lqs capacity --trace my_log.csv --M 131000 --chunk 512 --b-samples batch_times.csv \\
                    --b-estimator trimmed:0.05 --json
     """
-    from ._theory import capacity as _capacity
+    from .._theory import capacity as _capacity
 
     M, chunk = resolve_server(M, chunk)
     lam_v, rho_v = resolve_rate(lam, rho)
@@ -163,34 +124,3 @@ def capacity(workload, trace, s_col, o_col, t_col, split, M, chunk, b, b_samples
         click.echo(json.dumps(rep, ensure_ascii=False))
     else:
         _print_table(rep)
-
-
-# ----------------------------------------------------------------------------------------------- more commands
-# >>> REGISTRATION SPOT for commands defined in other modules (simulate, critical, sweep, ...). <<<
-# lqs/_cli_sim.py defines click commands; they are added to `main` here. A module that is absent is skipped;
-# an ImportError *inside* a module that exists is re-raised (a broken command must not vanish silently).
-# A module may list its commands in COMMANDS = [...]; otherwise the attributes named below are used.
-def _register(module_name: str, names: tuple[str, ...]):
-    import importlib
-
-    full = f"{__package__}.{module_name}"
-    try:
-        mod = importlib.import_module(full)
-    except ImportError as e:
-        if getattr(e, "name", None) == full:
-            return
-        raise
-    cmds = getattr(mod, "COMMANDS", None) or [getattr(mod, n) for n in names if hasattr(mod, n)]
-    for cmd in cmds:
-        if isinstance(cmd, click.Command) and cmd.name not in main.commands:
-            main.add_command(cmd)
-
-
-_register("_cli_sim", ("simulate", "critical", "sweep"))
-_register("_cli_sweep", ("sweep",))
-_register("_cli_studies", ("study",))
-# <<< end of registration spot >>>
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main(prog_name="lqs")

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from ._errors import LqsError
+from .._errors import LqsError
 
 _GRID_FLAGS = ("workload", "lam", "rho", "M", "chunk", "b", "batch", "policy", "token_budget", "servers", "routing")
 
@@ -58,7 +58,7 @@ def sweep_cmd(config, out, workload, lam, rho, M, chunk, b, batch, policy, token
       lqs sweep --out runs/quick --workload pd-1:1,pd-2:1 --lam 2:4:5 --M 131000 --chunk 512 --b 0.0372
       lqs sweep --out runs/rho --workload pd-1:1 --rho 0.5,0.9,1.1 --M 65536,131000 --chunk 512 --b 0.0372
     """
-    from ._sweep import SweepSpec, run_sweep
+    from ..sweep import SweepSpec, run_sweep
 
     grid = dict(workload=workload, lam=lam, rho=rho, M=M, chunk=chunk, b=b, batch=list(batch) or None,
                 policy=policy, token_budget=token_budget, servers=servers, routing=routing)
@@ -108,4 +108,4 @@ def _report(df, info, spec):
     click.echo(f"wrote {os.path.join(os.path.abspath(info.out), '')} ({names}, spec.json, chunks/)")
 
 
-COMMANDS = [sweep_cmd]
+
