@@ -1,6 +1,6 @@
-"""The XLA engine: one serving replica as a pure ``step(state, params)`` over fixed-shape arrays (SPEC.md).
+"""The XLA engine: one simulated server (one Monte Carlo trial) as a pure ``step(state, params)`` over fixed-shape arrays (docs/model.md).
 
-Layout of one replica (all int32 unless noted):
+Layout of one trial (all int32 unless noted):
 
 * K **slots** hold requests in arrival order: the started ones, then the first waiting ones; slots
   ``0 .. n_used-1`` are occupied. Per slot: ``s, o, k = ⌈s/ŝ⌉``, progress ``u = c + d`` (c = min(u, k) chunks
@@ -14,7 +14,7 @@ Layout of one replica (all int32 unless noted):
   are a pure function of the request index (counter-based RNG), so nothing is stored and nothing is lost. Their
   arrival instants are not kept: when they reach a slot their latencies are counted in ``lat_lost``.
 * Counters make every capacity limit visible: ``starved`` counts steps where the schedule could have reached past
-  the slots (the run no longer follows SPEC.md exactly: unreliable), ``arr_trunc`` counts Poisson draws beyond
+  the slots (the run no longer follows docs/model.md exactly: unreliable), ``arr_trunc`` counts Poisson draws beyond
   the static arrival cap, ``violations`` counts broken invariants (memory above M, conservation, memory-work).
 
 The step is branch-free: a cumulative sum of the slot weights gives the longest FCFS prefix under M (and under
@@ -32,7 +32,7 @@ import numpy as np
 
 from . import rng
 
-POLICIES = ("fcfs", "recompute", "reserve")
+POLICIES = ("swap", "recompute", "reserve")
 N_LAT = 3  # wait, ttft, e2e
 LAT_NAMES = ("wait", "ttft", "e2e")
 
@@ -45,25 +45,25 @@ F_TTFT = 4
 class EngineConfig:
     """Static (hashable) configuration: changing it recompiles; everything else is a traced array."""
 
-    K: int  # slots per replica
-    policy: str = "fcfs"
+    K: int  # slots per trial
+    policy: str = "swap"
     a_max: int = 8  # static cap on arrivals per step (Poisson inversion terms)
     token_budget: bool = False
-    servers: int = 1  # G servers per replica in lock-step (a cluster); 1: a single server
+    servers: int = 1  # G servers per trial in lock-step (a cluster); 1: a single server
     routing: str = "round_robin"
     phased: bool = False  # piecewise-constant (duration, λ, workload) schedule: lengths drawn on arrival
     n_u: int = 0  # uniforms stored per slot when phased
     check_work: bool = False  # accumulate per-request memory-work and compare with g_exact (int32-safe sizes)
     compact_every: int = 64  # steps per block; compaction + latency binning once per block
     blocks_per_record: int = 1  # one time-series point every this many blocks
-    records_per_chunk: int = 16  # one host round trip every this many records
+    records_per_call: int = 16  # one host round trip every this many records
     n_bins: int = 256  # log-spaced latency histogram bins
     lat_lo_s: float = 1e-3
     lat_hi_s: float = 1e5
 
     @property
-    def steps_per_chunk(self) -> int:
-        return self.compact_every * self.blocks_per_record * self.records_per_chunk
+    def steps_per_call(self) -> int:
+        return self.compact_every * self.blocks_per_record * self.records_per_call
 
     @property
     def bin_edges(self) -> np.ndarray:
@@ -72,11 +72,11 @@ class EngineConfig:
 
 
 class Params(NamedTuple):
-    """Dynamic per-replica parameters (arrays: vmap over a grid of them without recompiling)."""
+    """Dynamic per-trial parameters (arrays: vmap over a grid of them without recompiling)."""
 
     lam: jax.Array  # float32 arrivals per second
     M: jax.Array  # int32 KV budget (tokens)
-    chunk: jax.Array  # int32 prefill chunk ŝ
+    prefill_chunk: jax.Array  # int32 prefill chunk ŝ
     budget: jax.Array  # int32 token budget B per step (ignored unless cfg.token_budget)
     warmup: jax.Array  # int32 steps before the measurement window
     min_w: jax.Array  # int32 lower bound of any waiting request's weight (starvation check)
@@ -131,12 +131,11 @@ class State(NamedTuple):
     # latency histograms and sums over requests that arrived in the window and finished
     hist: jax.Array  # int32 [N_LAT, n_bins]
     lat_sum: jax.Array  # float32 [N_LAT]
-    lat_max: jax.Array  # float32 [N_LAT]
     lat_n: jax.Array  # int32
 
 
-def replica_keys(key) -> jax.Array:
-    """uint32[4] stream keys of one replica from a typed JAX PRNG key."""
+def trial_keys(key) -> jax.Array:
+    """uint32[4] stream keys of one trial from a typed JAX PRNG key."""
     kd = jax.random.key_data(key).astype(jnp.uint32).reshape(-1)
     k0, k1 = kd[0], kd[-1]
     return jnp.stack([rng.stream_key(k0, k1, s) for s in rng.STREAMS])
@@ -149,12 +148,12 @@ def init_state(key, params: Params, cfg: EngineConfig) -> State:
     slots = Slots(zi, zi, zi, zi, zi, zf, zf, zf, zf, zi, zf, jnp.zeros((K, cfg.n_u), jnp.float32))
     i0 = jnp.int32(0)
     f0 = jnp.float32(0.0)
-    state = State(slots=slots, keys=replica_keys(key), step=i0, t=f0, n_used=i0, overflow=i0, next_ovf=i0,
+    state = State(slots=slots, keys=trial_keys(key), step=i0, t=f0, n_used=i0, overflow=i0, next_ovf=i0,
                  arrivals=i0, completions=i0, swaps=i0, t_w0=jnp.float32(jnp.inf), arrivals_w=i0,
                  completions_w=i0, gsum_w=f0, mem_sum_w=f0, steps_w=i0, busy_w=f0, mem_max=i0, started_max=i0,
                  waiting_max=i0, starved=i0, arr_trunc=i0, lat_lost=i0, violations=i0,
                  hist=jnp.zeros((N_LAT, cfg.n_bins), jnp.int32), lat_sum=jnp.zeros((N_LAT,), jnp.float32),
-                 lat_max=jnp.zeros((N_LAT,), jnp.float32), lat_n=i0)
+                 lat_n=i0)
     return _fill_free(state, i0, params, cfg)
 
 
@@ -200,7 +199,7 @@ class StepOut(NamedTuple):
 
 
 class Served(NamedTuple):
-    """A server's state after scheduling and advancing (SPEC.md steps 1–4), before the step's duration is known."""
+    """A server's state after scheduling and advancing (docs/model.md steps 1–4), before the step's duration is known."""
 
     slots: Slots
     prefill_done: jax.Array
@@ -217,10 +216,10 @@ class Served(NamedTuple):
 
 
 def serve(state: State, params: Params, cfg: EngineConfig) -> Served:
-    """SPEC.md steps 1–4 for one server: footprints, the longest FCFS prefix under M (and B), advance, preempt."""
+    """docs/model.md steps 1–4 for one server: footprints, the longest FCFS prefix under M (and B), advance, preempt."""
     sl = state.slots
     s, o, k, u, fl = sl.s, sl.o, sl.k, sl.u, sl.flags
-    chunk, M = params.chunk, params.M
+    chunk, M = params.prefill_chunk, params.M
     iota = jnp.arange(s.shape[0], dtype=jnp.int32)
 
     # 1. next footprint of every live request
@@ -280,12 +279,12 @@ def phase_rate(t, params: Params, cfg: EngineConfig):
 
 
 def finish(state: State, sv: Served, b_n, n_arr, trunc, phase, params: Params, cfg: EngineConfig):
-    """SPEC.md steps 5–6 for one server: the step lasts b_n; n_arr requests arrive (they take the pre-filled slots
+    """docs/model.md steps 5–6 for one server: the step lasts b_n; n_arr requests arrive (they take the pre-filled slots
     n_used .. n_used+fits-1); counters and invariant checks."""
     sl = sv.slots
     t = state.t
     t_end = t + b_n
-    M, chunk = params.M, params.chunk
+    M, chunk = params.M, params.prefill_chunk
     in_window = state.step >= params.warmup
     K = sl.s.shape[0]
     iota = jnp.arange(K, dtype=jnp.int32)
@@ -325,13 +324,13 @@ def finish(state: State, sv: Served, b_n, n_arr, trunc, phase, params: Params, c
 
 
 def step(state: State, params: Params, cfg: EngineConfig) -> tuple[State, StepOut]:
-    """One batch iteration of one server (SPEC.md steps 1–6). Returns the new state and what the step did."""
+    """One batch iteration of one server (docs/model.md steps 1–6). Returns the new state and what the step did."""
     return step_with(state, params, cfg, params.batch.draw, serve_fn=serve, finish_fn=finish)
 
 
 def step_with(state, params, cfg: EngineConfig, draw_b, serve_fn, finish_fn, pre_drawn=None):
     """The step with its batch-time draw and its per-server halves passed in: ``step`` uses the plain functions on
-    one replica; the fused kernel (kernels/fused.py) passes them vmapped over a block of replicas, with the affine
+    one trial; the fused kernel (kernels/fused.py) passes them vmapped over a block of trials, with the affine
     draw on kernel operands. Both paths therefore run the same operations in the same order.
 
     ``pre_drawn = (b_n, n_arr, trunc)`` replaces the draws when they do not depend on the state (i.i.d. batch
@@ -350,7 +349,7 @@ def step_with(state, params, cfg: EngineConfig, draw_b, serve_fn, finish_fn, pre
 
 
 def draw_arrivals(keys, step, params: Params, cfg: EngineConfig):
-    """(b_n, n_arr, trunc) of step ``step`` of one unphased replica whose batch time does not depend on the
+    """(b_n, n_arr, trunc) of step ``step`` of one unphased trial whose batch time does not depend on the
     batch (i.i.d. models): exactly what :func:`step_with` draws, computed without the state."""
     ub1 = rng.uniform(keys[1], step, 0)
     ub2 = rng.uniform(keys[1], step, 1)
@@ -365,7 +364,7 @@ ROUTINGS = ("round_robin", "random", "jsq", "least_kv")
 
 
 class Cluster(NamedTuple):
-    """G servers of one replica in lock-step (every State leaf has a leading [G] axis) and the router."""
+    """G servers of one trial in lock-step (every State leaf has a leading [G] axis) and the router."""
 
     servers: State
     keys: jax.Array  # uint32[4] cluster streams (arrivals, batch, routing, -)
@@ -375,7 +374,7 @@ class Cluster(NamedTuple):
 def init_cluster(key, params: Params, cfg: EngineConfig) -> Cluster:
     ks = jax.random.split(key, cfg.servers + 1)
     servers = jax.vmap(lambda k: init_state(k, params, cfg))(ks[:-1])
-    return Cluster(servers=servers, keys=replica_keys(ks[-1]), rr=jnp.int32(0))
+    return Cluster(servers=servers, keys=trial_keys(ks[-1]), rr=jnp.int32(0))
 
 
 def cluster_step(cl: Cluster, params: Params, cfg: EngineConfig) -> tuple[Cluster, StepOut]:
@@ -408,7 +407,7 @@ def cluster_step(cl: Cluster, params: Params, cfg: EngineConfig) -> tuple[Cluste
         elif cfg.routing == "jsq":
             g = jnp.argmin(in_sys + routed).astype(jnp.int32)
         else:  # least_kv
-            g = jnp.argmin(svs.mem + routed * params.chunk).astype(jnp.int32)
+            g = jnp.argmin(svs.mem + routed * params.prefill_chunk).astype(jnp.int32)
         routed = routed + ((gi == g) & active).astype(jnp.int32)
     trunc_g = trunc & (gi == 0)  # counted once per cluster
     new_srv, outs = jax.vmap(lambda st, sv, m, tr: finish(st, sv, b_n, m, tr, phase, params, cfg))(
@@ -436,10 +435,10 @@ def compact(state: State, params: Params, cfg: EngineConfig) -> State:
     occupied = iota < state.n_used
     live = occupied & (sl.u < sl.k + sl.o)
     fin = occupied & ~live
-    chunk = params.chunk
+    chunk = params.prefill_chunk
     g = g_exact_i32(sl.s, sl.o, sl.k, chunk)
     violations = state.violations
-    if cfg.check_work and cfg.policy == "fcfs":
+    if cfg.check_work and cfg.policy == "swap":
         violations = violations + jnp.sum((fin & (sl.work != g)).astype(jnp.int32))
     gsum_w = state.gsum_w + _fixed_order_sum(jnp.where(fin & (sl.t_done > state.t_w0), g.astype(jnp.float32), 0.0))
     # latencies of requests that arrived inside the window (t_arr ≥ t_w0) and whose arrival instant is known
@@ -452,13 +451,12 @@ def compact(state: State, params: Params, cfg: EngineConfig) -> State:
     for m in range(N_LAT):
         hist = hist.at[m, bins[m]].add(add)
     lat_sum = state.lat_sum + _fixed_order_sum(jnp.where(counted, lats, 0.0))
-    lat_max = jnp.maximum(state.lat_max, jnp.max(jnp.where(counted, lats, 0.0), axis=1))
     lat_n = state.lat_n + jnp.sum(add)
 
     # stable compaction of live slots to the front
     n_live = jnp.sum(live.astype(jnp.int32))
     slots = Slots(*squeeze(live, tuple(sl)))
-    state = state._replace(hist=hist, lat_sum=lat_sum, lat_max=lat_max, lat_n=lat_n, gsum_w=gsum_w,
+    state = state._replace(hist=hist, lat_sum=lat_sum, lat_n=lat_n, gsum_w=gsum_w,
                            violations=violations)
     return _fill_free(state._replace(slots=slots), n_live, params, cfg)
 
@@ -526,10 +524,10 @@ def _fill_free(state: State, n_live, params: Params, cfg: EngineConfig) -> State
         s_p, o_p = params.workload.sample_phase(uu, phase)
         s_f = jnp.where(from_ovf, s_p.astype(jnp.int32), 0)
         o_f = jnp.where(from_ovf, o_p.astype(jnp.int32), 0)
-        k_f = (s_f + params.chunk - 1) // params.chunk
+        k_f = (s_f + params.prefill_chunk - 1) // params.prefill_chunk
         sl = sl._replace(uu=jnp.where(free[:, None], uu, sl.uu))
     else:
-        s_f, o_f, k_f = draw_lengths(params.workload, state.keys[2], idx, params.chunk)
+        s_f, o_f, k_f = draw_lengths(params.workload, state.keys[2], idx, params.prefill_chunk)
     slots = sl._replace(s=jnp.where(free, s_f, sl.s), o=jnp.where(free, o_f, sl.o), k=jnp.where(free, k_f, sl.k),
                         u_off=jnp.where(free, off, sl.u_off), t_arr=jnp.where(from_ovf, -1.0, sl.t_arr))
     return state._replace(slots=slots, n_used=n_live + n_fill, overflow=state.overflow - n_fill,
@@ -541,57 +539,54 @@ class Record(NamedTuple):
 
     t: jax.Array
     waiting: jax.Array
-    in_system: jax.Array
     started: jax.Array
-    mem: jax.Array
 
 
-def _record(state: State, mem) -> Record:
+def _record(state: State) -> Record:
     sl = state.slots
     live = (jnp.arange(sl.s.shape[0]) < state.n_used) & (sl.u < sl.k + sl.o)
     started = live & ((sl.flags & F_STARTED) != 0)
     n_started = jnp.sum(started.astype(jnp.int32))
     in_sys = state.arrivals - state.completions
-    return Record(t=state.t, waiting=in_sys - n_started, in_system=in_sys, started=n_started, mem=mem)
+    return Record(t=state.t, waiting=in_sys - n_started, started=n_started)
 
 
-def run_chunk(state, params: Params, cfg: EngineConfig):
-    """cfg.steps_per_chunk steps of one replica (a server, or a Cluster when cfg.servers > 1):
+def run_call(state, params: Params, cfg: EngineConfig):
+    """cfg.steps_per_call steps of one trial (a server, or a Cluster when cfg.servers > 1):
     scan(records) ∘ scan(blocks) ∘ scan(steps) + compaction."""
     clustered = cfg.servers > 1
 
     def one_step(st, _):
-        st, out = cluster_step(st, params, cfg) if clustered else step(st, params, cfg)
-        return st, out.mem
+        st, _out = cluster_step(st, params, cfg) if clustered else step(st, params, cfg)
+        return st, None
 
     def one_block(st, _):
-        st, mems = jax.lax.scan(one_step, st, None, length=cfg.compact_every)
+        st, _ = jax.lax.scan(one_step, st, None, length=cfg.compact_every)
         if clustered:
             st = st._replace(servers=jax.vmap(lambda s: compact(s, params, cfg))(st.servers))
         else:
             st = compact(st, params, cfg)
-        return st, mems[-1]
+        return st, None
 
     def one_record(st, _):
-        st, mems = jax.lax.scan(one_block, st, None, length=cfg.blocks_per_record)
+        st, _ = jax.lax.scan(one_block, st, None, length=cfg.blocks_per_record)
         if clustered:
-            r = jax.vmap(lambda s: _record(s, 0))(st.servers)
-            rec = Record(t=r.t[0], waiting=jnp.sum(r.waiting), in_system=jnp.sum(r.in_system),
-                         started=jnp.sum(r.started), mem=mems[-1])
+            r = jax.vmap(_record)(st.servers)
+            rec = Record(t=r.t[0], waiting=jnp.sum(r.waiting), started=jnp.sum(r.started))
         else:
-            rec = _record(st, mems[-1])
+            rec = _record(st)
         return st, rec
 
-    return jax.lax.scan(one_record, state, None, length=cfg.records_per_chunk)
+    return jax.lax.scan(one_record, state, None, length=cfg.records_per_call)
 
 
-def run_chunk_batched(states: State, params: Params, cfg: EngineConfig):
-    """run_chunk vmapped over the leading (replica × configuration) axis of states and params."""
-    return jax.vmap(lambda st, p: run_chunk(st, p, cfg))(states, params)
+def run_call_batched(states: State, params: Params, cfg: EngineConfig):
+    """run_call vmapped over the leading (configuration × trial) axis of states and params."""
+    return jax.vmap(lambda st, p: run_call(st, p, cfg))(states, params)
 
 
 def trace_steps(state: State, params: Params, cfg: EngineConfig, n_blocks: int) -> tuple[State, StepOut]:
-    """n_blocks·compact_every steps of one replica, returning every step's StepOut (for tests and debugging)."""
+    """n_blocks·compact_every steps of one trial, returning every step's StepOut (for tests and debugging)."""
 
     def one_block(st, _):
         if cfg.servers > 1:

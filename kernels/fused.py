@@ -1,18 +1,18 @@
-"""The fused step loop: one Pallas kernel runs a whole block of steps for a block of replicas on chip.
+"""The fused step loop: one Pallas kernel runs a whole block of steps for a block of trials on chip.
 
 The XLA engine (kernels/engine.py) runs one ``lax.scan`` iteration per step: every step reads and writes every
-replica's slots through GPU memory and launches its kernels again. Here one ``pallas_call`` launch runs
-``cfg.compact_every`` steps; each program of its grid loads the slots of ``rb`` replicas (``rb × K`` per field)
+trial's slots through GPU memory and launches its kernels again. Here one ``pallas_call`` launch runs
+``cfg.compact_every`` steps; each program of its grid loads the slots of ``rb`` trials (``rb × K`` per field)
 once, keeps them in registers / on-chip memory through the ``fori_loop`` over steps, and writes them back once.
 Compaction, latency binning and the time-series record stay in XLA between launches (once per block of steps).
 
 Identity with the XLA path is by construction, not by a second implementation: the kernel body is
 ``engine.step_with`` with ``engine.serve`` and ``engine.finish`` vmapped over the block, so the scheduling rule,
 the counters (overflow, admission cap, starvation, invariant checks) and the counter-based random numbers
-(kernels/rng.py, keyed by (replica, step) and (replica, request index)) are the same code. When the batch time
+(kernels/rng.py, keyed by (trial, step) and (trial, request index)) are the same code. When the batch time
 does not depend on the batch (constant and i.i.d. models) the block's (b_n, arrivals, truncation) are drawn ahead
 in XLA by ``engine.draw_arrivals`` (the step's own draw, gathers and normal quantile included) and the kernel reads
-them: every thread of a program would otherwise repeat that per-replica work (measured with in-kernel draws: the
+them: every thread of a program would otherwise repeat that per-trial work (measured with in-kernel draws: the
 step loop was 532 SASS instructions per thread for constant b̄ and 1,127 for a lognormal b; drawn ahead, 439).
 The affine model depends on the batch, so it is drawn in the kernel (``engine.affine_time``). Products that feed
 an addition go through ``rng.unfused_mul`` so that no compiler contracts them into a fused multiply-add in one
@@ -36,16 +36,16 @@ import numpy as np
 
 from . import engine as E
 
-# State fields the step reads or writes (the rest are compaction's): per-replica scalars and [K] slot fields
+# State fields the step reads or writes (the rest are compaction's): per-trial scalars and [K] slot fields
 SCALARS = ("step", "t", "n_used", "overflow", "next_ovf", "arrivals", "completions", "swaps", "t_w0",
            "arrivals_w", "completions_w", "mem_sum_w", "steps_w", "busy_w", "mem_max", "started_max",
            "waiting_max", "starved", "arr_trunc", "violations")
 SLOTS = ("s", "o", "k", "u", "flags", "t_arr", "t_first", "t_ttft", "t_done", "work", "u_off")
-PARAMS = ("lam", "M", "chunk", "budget", "warmup", "min_w")
+PARAMS = ("lam", "M", "prefill_chunk", "budget", "warmup", "min_w")
 
 
 def unsupported(servers: int, phased: bool) -> str | None:
-    """Why a configuration with these servers per replica and phasing cannot run fused (None when it can)."""
+    """Why a configuration with these servers per trial and phasing cannot run fused (None when it can)."""
     if servers > 1:
         return "clusters (servers > 1) run on the XLA path"
     if phased:
@@ -65,7 +65,7 @@ def default_block(K: int) -> int:
 
     Measured for sm_90 by bench/fused_resources.py (Triton → PTX → ptxas, no GPU needed): the step keeps about
     ten slot fields live, so registers grow with the slots each thread holds: at 4 per thread (K = 512, two
-    replicas, 8 warps: the default) 166 registers and no spills; at 8 per thread 255 registers; at 16 per thread
+    trials, 8 warps: the default) 166 registers and no spills; at 8 per thread 255 registers; at 16 per thread
     it spills (~900 B per thread). bench/results/fused-resources-sm90.json has the grid."""
     return int(min(64, 1 << (max(1, 1024 // K).bit_length() - 1)))
 
@@ -99,7 +99,7 @@ def _kernel(cfg: E.EngineConfig, rb, n_ops, n_pre, *refs):
     pre = [next(it) for _ in range(n_pre)]  # Refs [rb, steps]: (b_n, n_arr, trunc) drawn ahead of the block
 
     slots = E.Slots(**sl, uu=None)
-    none = dict(gsum_w=None, lat_lost=None, hist=None, lat_sum=None, lat_max=None, lat_n=None)
+    none = dict(gsum_w=None, lat_lost=None, hist=None, lat_sum=None, lat_n=None)
     st = E.State(slots=slots, keys=(k0, k1, None, None), **sc, **none)
     p = E.Params(**pv, workload=None, batch=None, phase_end=None, phase_lam=None)
     draw = None if n_pre else (lambda u1, u2, pre_tok, dec, mem: E.affine_time(*ops, pre_tok, dec, mem))
@@ -125,7 +125,7 @@ def _kernel(cfg: E.EngineConfig, rb, n_ops, n_pre, *refs):
 
 
 def pre_draw(states: E.State, params: E.Params, cfg: E.EngineConfig):
-    """(b_n, n_arr, trunc) of the block's steps for every replica, [N, steps padded to a power of two], computed
+    """(b_n, n_arr, trunc) of the block's steps for every trial, [N, steps padded to a power of two], computed
     in XLA with the engine's own draw: the kernel then spends no instruction on hashing, the normal quantile or
     the Poisson inversion (which every thread of a program would repeat)."""
     n = next_pow2(cfg.compact_every)
@@ -140,7 +140,7 @@ def pre_draw(states: E.State, params: E.Params, cfg: E.EngineConfig):
 
 def fused_block(states: E.State, params: E.Params, cfg: E.EngineConfig, *, rb: int, interpret: bool,
                 num_warps: int | None = None, num_stages: int = 1):
-    """``cfg.compact_every`` steps of every replica (leading axis N, a multiple of rb) in one kernel launch.
+    """``cfg.compact_every`` steps of every trial (leading axis N, a multiple of rb) in one kernel launch.
 
     Returns (states, mem of the last step [N])."""
     from jax.experimental import pallas as pl
@@ -186,9 +186,9 @@ def fused_block(states: E.State, params: E.Params, cfg: E.EngineConfig, *, rb: i
     return states, res[n_state]
 
 
-def run_chunk_batched(states: E.State, params: E.Params, cfg: E.EngineConfig, *, rb: int, interpret: bool,
+def run_call_batched(states: E.State, params: E.Params, cfg: E.EngineConfig, *, rb: int, interpret: bool,
                       num_warps: int | None = None, num_stages: int = 1):
-    """Same contract and results as ``engine.run_chunk_batched``: the step blocks run as fused kernel launches,
+    """Same contract and results as ``engine.run_call_batched``: the step blocks run as fused kernel launches,
     compaction and records as vmapped XLA between them. N need not be a multiple of rb (padded here)."""
     why = unsupported(cfg.servers, cfg.phased)
     if why:
@@ -208,14 +208,14 @@ def run_chunk_batched(states: E.State, params: E.Params, cfg: E.EngineConfig, *,
     compact_v = jax.vmap(lambda s, p: E.compact(s, p, cfg))
 
     def one_block(st, _):
-        st, mem = fused_block(st, p0, cfg, rb=rb, interpret=interpret, num_warps=num_warps, num_stages=num_stages)
-        return compact_v(st, p0), mem
+        st, _mem = fused_block(st, p0, cfg, rb=rb, interpret=interpret, num_warps=num_warps, num_stages=num_stages)
+        return compact_v(st, p0), None
 
     def one_record(st, _):
-        st, mems = jax.lax.scan(one_block, st, None, length=cfg.blocks_per_record)
-        return st, jax.vmap(E._record)(st, mems[-1])
+        st, _ = jax.lax.scan(one_block, st, None, length=cfg.blocks_per_record)
+        return st, jax.vmap(E._record)(st)
 
-    st, recs = jax.lax.scan(one_record, st0, None, length=cfg.records_per_chunk)
+    st, recs = jax.lax.scan(one_record, st0, None, length=cfg.records_per_call)
     recs = jax.tree_util.tree_map(lambda x: unpad(jnp.swapaxes(x, 0, 1)), recs)
     return jax.tree_util.tree_map(unpad, st), recs
 

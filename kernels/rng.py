@@ -1,6 +1,6 @@
 """Counter-based random numbers shared by every engine path.
 
-A draw is a pure function of (replica key, stream, counter, sub-index): no state is carried, so request k's
+A draw is a pure function of (trial key, stream, counter, sub-index): no state is carried, so request k's
 lengths are the same whenever and wherever they are drawn, the XLA engine and a fused kernel produce identical
 trajectories, and the waiting queue needs no per-request buffer. The mixer is the ``lowbias32`` integer hash
 (Wellons, 2018): full avalanche on 32-bit words, only shifts, xors and 32-bit multiplies, so it lowers to any
@@ -47,7 +47,7 @@ def _u32(c, like):
 
 
 def stream_key(k0, k1, stream):
-    """Fold a replica's 64-bit key (two uint32 words) and a stream id into one uint32 word."""
+    """Fold a trial's 64-bit key (two uint32 words) and a stream id into one uint32 word."""
     return mix32(mix32(k0 ^ _u32(stream, k0)) ^ k1)
 
 

@@ -43,21 +43,17 @@ from ._theory import (  # noqa: E402
     g_exact,
     g_paper,
     mu_mix,
-    n_chunks,
-    replicas_needed,
+    prefill_steps,
+    servers_needed,
     service_rate,
     trimmed_mean,
 )
+from ._marginals import Constant, Empirical, IntUniform, LogNormal, Marginal  # noqa: E402
 from ._workload import (  # noqa: E402
     PAPER_B,
     PRESETS,
-    Constant,
-    Empirical,
     GMoments,
     Independent,
-    IntUniform,
-    LogNormal,
-    Marginal,
     Mixture,
     Pairs,
     Phased,
@@ -65,11 +61,31 @@ from ._workload import (  # noqa: E402
     pd_ratio,
     preset,
 )
-
-__version__ = "0.1.0"
+from ._batch import (  # noqa: E402
+    AffineBatch,
+    BatchTime,
+    ConstantBatch,
+    EmpiricalBatch,
+    LogNormalMixBatch,
+    parse_batch_spec,
+)
+from ._server import MonteCarlo, Server  # noqa: E402
 from .traces import Trace, load_b_samples, load_trace  # noqa: E402
-from ._batch import AffineBatch, BatchTime, ConstantBatch, EmpiricalBatch, LogNormalMixBatch  # noqa: E402
-from ._engine import SimResult, auto_steps, default_engine, set_engine, simulate, simulate_trace, stability_verdict  # noqa: E402
-from ._critical import CriticalResult, critical  # noqa: E402
-from ._sweep import sweep, SweepSpec  # noqa: E402
+from .engine import (  # noqa: E402
+    CriticalResult,
+    SimResult,
+    auto_steps,
+    backlog_grows,
+    critical,
+    default_engine,
+    set_engine,
+    simulate,
+    step_log,
+)
+from .sweep import SweepSpec, load_sweep, sweep  # noqa: E402
 from ._studies import *  # noqa: E402,F401,F403
+
+__version__ = "0.2.0"
+
+#: old name of :func:`servers_needed` (kept for scripts written against lqs 0.1)
+replicas_needed = servers_needed

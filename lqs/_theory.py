@@ -1,4 +1,4 @@
-"""Closed-form theory of Nie, Si & Zhou (arXiv 2605.04595) as SPEC.md states it.
+"""Closed-form theory of Nie, Si & Zhou (arXiv 2605.04595), as docs/model.md states it.
 
 Every function here is vectorised and works on Python numbers, numpy arrays and JAX arrays alike.
 """
@@ -13,32 +13,32 @@ import numpy as np
 from ._errors import LqsError, check_float, check_int
 
 
-def n_chunks(s, chunk):
-    """k(s) = ⌈s/ŝ⌉ prefill steps."""
-    return (s + chunk - 1) // chunk
+def prefill_steps(s, prefill_chunk):
+    """k(s) = ⌈s/ŝ⌉: the steps a prompt of s tokens takes to prefill in chunks of ŝ tokens."""
+    return (s + prefill_chunk - 1) // prefill_chunk
 
 
-def g_paper(s, o, chunk):
+def g_paper(s, o, prefill_chunk):
     """Paper's lifetime memory-work g(s,o) = [(1 + s/ŝ)·s + 2·o·s + (1 + o)·o] / 2 (s/ŝ treated as real)."""
-    return ((1.0 + s / chunk) * s + 2.0 * o * s + (1.0 + o) * o) / 2.0
+    return ((1.0 + s / prefill_chunk) * s + 2.0 * o * s + (1.0 + o) * o) / 2.0
 
 
-def g_exact(s, o, chunk):
+def g_exact(s, o, prefill_chunk):
     """Exact lifetime memory-work Σ_{c=1..k} min(cŝ, s) + o·s + o(o+1)/2 = ŝk(k−1)/2 + s + o·s + o(o+1)/2.
 
     Integer in, integer out (use int64 / Python ints for large lengths; int32 overflows above ~46,000 tokens).
     """
-    k = n_chunks(s, chunk)
-    return chunk * k * (k - 1) // 2 + s + o * s + o * (o + 1) // 2
+    k = prefill_steps(s, prefill_chunk)
+    return prefill_chunk * k * (k - 1) // 2 + s + o * s + o * (o + 1) // 2
 
 
-def g_s_term(s, chunk, exact: bool):
+def g_s_term(s, prefill_chunk, exact: bool):
     """A(s): the part of g that depends on s alone."""
     s = np.asarray(s, dtype=np.float64)
     if exact:
-        k = np.ceil(s / chunk)
-        return chunk * k * (k - 1) / 2.0 + s
-    return (1.0 + s / chunk) * s / 2.0
+        k = np.ceil(s / prefill_chunk)
+        return prefill_chunk * k * (k - 1) / 2.0 + s
+    return (1.0 + s / prefill_chunk) * s / 2.0
 
 
 def g_o_term(o):
@@ -71,8 +71,8 @@ def mu_mix(mus, weights):
     return float(1.0 / np.sum(q / mus))
 
 
-def replicas_needed(lam, mu, rho):
-    """G = ⌈λ / (μ·ρ)⌉ replicas for target utilisation ρ (at least 1)."""
+def servers_needed(lam, mu, rho):
+    """G = ⌈λ / (μ·ρ)⌉ serving instances of rate μ each for target utilisation ρ = λ/(G·μ) (at least 1)."""
     lam = check_float("lam", lam, 0.0)
     mu = check_float("mu", mu, 0.0, lo_open=True)
     rho = check_float("rho", rho, 0.0, 1.0, lo_open=True)
@@ -133,37 +133,53 @@ def estimate_b(samples, estimator: str = "median") -> float:
 # ----------------------------------------------------------------------------------------------- summary
 @dataclass(frozen=True)
 class Capacity:
-    """Closed-form capacity of one server (units in the field names)."""
+    """Closed-form capacity of a Server (units in the field names). Rates are for the whole deployment: a
+    cluster of ``servers`` instances serves ``servers`` times one instance's rate."""
 
     M_tokens: int
-    chunk_tokens: int
+    prefill_chunk_tokens: int
     b_s: float
+    servers: int
     mean_g_tokens2: float
     mean_g_exact_tokens2: float
     mean_g_se_tokens2: float  # 0 when E[g] is exact
     exact_moments: bool
     max_total_tokens: int
     delta: float
-    mu_rps: float
-    mu_exact_rps: float
+    mu_rps: float  # servers · M / (b̄ · E[g])
+    mu_exact_rps: float  # servers · M / (b̄ · E[g_exact])
     mu_stable_rps: float  # μ(1−δ)
     mu_exact_stable_rps: float  # μ_exact(1−δ)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def rho(self, lam):
+        """Utilisation ρ = λ / μ (μ of the whole deployment, paper's g): the one definition lqs uses."""
+        return np.asarray(lam, dtype=np.float64) / self.mu_rps
 
-def capacity(workload, M, chunk, b, *, key=None, n_mc: int = 1_000_000) -> Capacity:
-    """μ, μ_exact, δ and the stable range for a workload on one server with KV budget M, chunk ŝ, batch time b̄."""
+
+def capacity(workload, server, *, key=None, n_mc: int = 1_000_000) -> Capacity:
+    """μ, μ_exact, δ and the stable range of ``workload`` on ``server`` (an :class:`lqs.Server` with one M and one
+    b̄; for an affine batch-time model the closed form uses ``server.b_theory``). See docs/model.md."""
+    from ._server import as_server
+
+    server = as_server(server).require_scalar("capacity")
+    return _capacity(workload, server.M, server.prefill_chunk, server.b_mean_s, servers=server.servers, key=key,
+                     n_mc=n_mc)
+
+
+def _capacity(workload, M, prefill_chunk, b, *, servers: int = 1, key=None, n_mc: int = 1_000_000) -> Capacity:
     M = check_int("M", M, 1)
-    chunk = check_int("chunk", chunk, 1)
+    prefill_chunk = check_int("prefill_chunk", prefill_chunk, 1)
     b = check_float("b", b, 0.0, lo_open=True)
+    G = check_int("servers", servers, 1)
     workload.validate(M)
-    m = workload.expected_g(chunk, key=key, n_mc=n_mc)
+    m = workload.expected_g(prefill_chunk, key=key, n_mc=n_mc)
     d = delta(workload.max_total, M)
-    mu = service_rate(M, b, m.g)
-    mue = service_rate(M, b, m.g_exact)
-    return Capacity(M_tokens=M, chunk_tokens=chunk, b_s=b, mean_g_tokens2=m.g, mean_g_exact_tokens2=m.g_exact,
-                    mean_g_se_tokens2=m.se, exact_moments=m.exact, max_total_tokens=int(workload.max_total),
-                    delta=d, mu_rps=mu, mu_exact_rps=mue, mu_stable_rps=mu * (1 - d),
-                    mu_exact_stable_rps=mue * (1 - d))
+    mu = G * service_rate(M, b, m.g)
+    mue = G * service_rate(M, b, m.g_exact)
+    return Capacity(M_tokens=M, prefill_chunk_tokens=prefill_chunk, b_s=b, servers=G, mean_g_tokens2=m.g,
+                    mean_g_exact_tokens2=m.g_exact, mean_g_se_tokens2=m.se, exact_moments=m.exact,
+                    max_total_tokens=int(workload.max_total), delta=d, mu_rps=mu, mu_exact_rps=mue,
+                    mu_stable_rps=mu * (1 - d), mu_exact_stable_rps=mue * (1 - d))

@@ -20,12 +20,7 @@ import numpy as np
 from ._errors import LqsError, check_float, check_int
 from ._theory import g_exact, g_o_term, g_paper, g_s_term
 
-_MAX_SUPPORT = 5_000_000  # largest finite support enumerated exactly
-
-
-def _u_index(u, n):
-    """Map u in [0,1) to an integer index in [0, n)."""
-    return jnp.minimum(jnp.floor(u * n).astype(jnp.int32), n - 1)
+from ._marginals import _MAX_SUPPORT, Constant, Empirical, IntUniform, LogNormal, Marginal, _check_lengths, _u_index  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -36,167 +31,8 @@ class GMoments:
     g_exact: float
     se: float
     exact: bool
-    mean_s: float
-    mean_o: float
-
-
-# ----------------------------------------------------------------------------------------------- marginals
-class Marginal(eqx.Module):
-    """A distribution of one positive integer length (tokens)."""
-
-    def from_uniform(self, u):  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def support(self) -> tuple[np.ndarray, np.ndarray]:
-        """(values, probabilities) of the finite support, exactly."""
-        raise NotImplementedError  # pragma: no cover
-
-    @property
-    def lo(self) -> int:
-        raise NotImplementedError  # pragma: no cover
-
-    @property
-    def hi(self) -> int:
-        raise NotImplementedError  # pragma: no cover
-
-
-class IntUniform(Marginal):
-    """Integer uniform on {low, ..., high}."""
-
-    low: np.ndarray
-    high: np.ndarray
-
-    def __init__(self, low, high, name: str = "length"):
-        low = check_int(f"{name} low", low, 1)
-        high = check_int(f"{name} high", high, low)
-        self.low = np.asarray(low, np.int32)
-        self.high = np.asarray(high, np.int32)
-
-    def from_uniform(self, u):
-        n = self.high - self.low + 1
-        return self.low + jnp.minimum(jnp.floor(u * n.astype(jnp.float32)).astype(jnp.int32), n - 1)
-
-    def support(self):
-        v = np.arange(int(self.low), int(self.high) + 1, dtype=np.int64)
-        return v, np.full(v.size, 1.0 / v.size)
-
-    @property
-    def lo(self):
-        return int(np.min(self.low))
-
-    @property
-    def hi(self):
-        return int(np.max(self.high))
-
-
-class Constant(Marginal):
-    """A fixed length."""
-
-    value: np.ndarray
-
-    def __init__(self, value, name: str = "length"):
-        self.value = np.asarray(check_int(name, value, 1), np.int32)
-
-    def from_uniform(self, u):
-        return jnp.broadcast_to(self.value, jnp.shape(u)).astype(jnp.int32)
-
-    def support(self):
-        return np.array([int(self.value)], np.int64), np.array([1.0])
-
-    @property
-    def lo(self):
-        return int(np.min(self.value))
-
-    @property
-    def hi(self):
-        return int(np.max(self.value))
-
-
-class LogNormal(Marginal):
-    """round(exp(N(mu, sigma²))) clipped to {low, ..., high} (clipping puts the tail mass on the end points)."""
-
-    mu: np.ndarray
-    sigma: np.ndarray
-    low: np.ndarray
-    high: np.ndarray
-
-    def __init__(self, mu, sigma, low, high, name: str = "length"):
-        self.mu = np.asarray(check_float(f"{name} mu", mu), np.float32)
-        self.sigma = np.asarray(check_float(f"{name} sigma", sigma, 0.0, lo_open=True), np.float32)
-        low = check_int(f"{name} low", low, 1)
-        high = check_int(f"{name} high", high, low)
-        self.low = np.asarray(low, np.int32)
-        self.high = np.asarray(high, np.int32)
-
-    def from_uniform(self, u):
-        z = jax.scipy.special.ndtri(jnp.clip(u, 1e-7, 1 - 1e-7))
-        x = jnp.exp(self.mu + self.sigma * z)
-        x = jnp.clip(jnp.round(x), self.low.astype(jnp.float32), self.high.astype(jnp.float32))
-        return x.astype(jnp.int32)
-
-    def support(self):
-        lo, hi = int(self.low), int(self.high)
-        v = np.arange(lo, hi + 1, dtype=np.int64)
-        mu, sg = float(self.mu), float(self.sigma)
-        edges = np.concatenate([v - 0.5, [hi + 0.5]])
-        z = (np.log(np.maximum(edges, 1e-300)) - mu) / (sg * math.sqrt(2.0))
-        cdf = 0.5 * (1.0 + _erf(z))
-        cdf[0], cdf[-1] = 0.0, 1.0  # clipping: all mass below low goes to low, above high to high
-        p = np.diff(cdf)
-        return v, p / p.sum()
-
-    @property
-    def lo(self):
-        return int(self.low)
-
-    @property
-    def hi(self):
-        return int(self.high)
-
-
-def _erf(x):
-    return np.vectorize(math.erf, otypes=[np.float64])(x)
-
-
-class Empirical(Marginal):
-    """Resample observed lengths with equal weight."""
-
-    values: np.ndarray
-
-    def __init__(self, values, name: str = "length"):
-        v = _check_lengths(name, values)
-        self.values = v
-
-    def from_uniform(self, u):
-        return jnp.asarray(self.values)[_u_index(u, self.values.shape[-1])]
-
-    def support(self):
-        v, c = np.unique(np.asarray(self.values, np.int64), return_counts=True)
-        return v, c / c.sum()
-
-    @property
-    def lo(self):
-        return int(np.min(self.values))
-
-    @property
-    def hi(self):
-        return int(np.max(self.values))
-
-
-def _check_lengths(name, values) -> np.ndarray:
-    a = np.asarray(values)
-    if a.ndim != 1 or a.size == 0:
-        raise LqsError(name, f"array of shape {a.shape}", "must be a non-empty 1-D list of token lengths")
-    if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.bool_):
-        raise LqsError(name, str(a.dtype), "must be numeric token lengths")
-    af = a.astype(np.float64)
-    bad = ~np.isfinite(af) | (af != np.round(af)) | (af < 1)
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise LqsError(name, a[i].item(), f"every length must be an integer ≥ 1 (row {i})")
-    if af.max() > 2**30:
-        raise LqsError(name, int(af.max()), "every length must be ≤ 2^30 tokens")
-    return af.astype(np.int32)
+    mean_prompt_tokens: float  # E[s]
+    mean_output_tokens: float  # E[o]
 
 
 # ----------------------------------------------------------------------------------------------- workloads
@@ -223,7 +59,7 @@ class Workload(eqx.Module):
     def min_s(self) -> int:
         raise NotImplementedError  # pragma: no cover
 
-    def _exact_moments(self, chunk) -> GMoments | None:
+    def _exact_moments(self, prefill_chunk) -> GMoments | None:
         return None
 
     # -- shared
@@ -241,13 +77,13 @@ class Workload(eqx.Module):
             raise LqsError("lengths", f"s+o={self.max_total}",
                            f"every request must have s+o ≤ M={M}; this workload's largest request can never run")
 
-    def expected_g(self, chunk, *, key=None, n_mc: int = 1_000_000, method: str = "auto") -> GMoments:
+    def expected_g(self, prefill_chunk, *, key=None, n_mc: int = 1_000_000, method: str = "auto") -> GMoments:
         """E[g] and E[g_exact]: exact sums where the support is finite, else Monte Carlo with a standard error."""
-        chunk = check_int("chunk", chunk, 1)
+        prefill_chunk = check_int("prefill_chunk", prefill_chunk, 1)
         if method not in ("auto", "exact", "mc"):
             raise LqsError("method", method, "must be one of auto, exact, mc")
         if method != "mc":
-            m = self._exact_moments(chunk)
+            m = self._exact_moments(prefill_chunk)
             if m is not None:
                 return m
             if method == "exact":
@@ -257,10 +93,10 @@ class Workload(eqx.Module):
         s, o = eqx.filter_jit(lambda k, w: w.sample(k, (n_mc,)))(key, self)
         s = np.asarray(s, np.float64)
         o = np.asarray(o, np.float64)
-        g = g_paper(s, o, chunk)
-        ge = g_exact(s.astype(np.int64), o.astype(np.int64), chunk).astype(np.float64)
+        g = g_paper(s, o, prefill_chunk)
+        ge = g_exact(s.astype(np.int64), o.astype(np.int64), prefill_chunk).astype(np.float64)
         return GMoments(g=float(g.mean()), g_exact=float(ge.mean()), se=float(ge.std(ddof=1) / math.sqrt(n_mc)),
-                        exact=False, mean_s=float(s.mean()), mean_o=float(o.mean()))
+                        exact=False, mean_prompt_tokens=float(s.mean()), mean_output_tokens=float(o.mean()))
 
 
 class Independent(Workload):
@@ -287,16 +123,16 @@ class Independent(Workload):
     def min_s(self):
         return self.s.lo
 
-    def _exact_moments(self, chunk):
+    def _exact_moments(self, prefill_chunk):
         vs, ps = self.s.support()
         vo, po = self.o.support()
         if vs.size > _MAX_SUPPORT or vo.size > _MAX_SUPPORT:
             return None
         es, eo = float(ps @ vs), float(po @ vo)
         co = float(po @ g_o_term(vo))
-        g = float(ps @ g_s_term(vs, chunk, exact=False)) + es * eo + co
-        ge = float(ps @ g_s_term(vs, chunk, exact=True)) + es * eo + co
-        return GMoments(g=g, g_exact=ge, se=0.0, exact=True, mean_s=es, mean_o=eo)
+        g = float(ps @ g_s_term(vs, prefill_chunk, exact=False)) + es * eo + co
+        ge = float(ps @ g_s_term(vs, prefill_chunk, exact=True)) + es * eo + co
+        return GMoments(g=g, g_exact=ge, se=0.0, exact=True, mean_prompt_tokens=es, mean_output_tokens=eo)
 
 
 class Pairs(Workload):
@@ -328,12 +164,12 @@ class Pairs(Workload):
     def min_s(self):
         return int(np.min(self.s))
 
-    def _exact_moments(self, chunk):
+    def _exact_moments(self, prefill_chunk):
         s = np.asarray(self.s, np.int64)
         o = np.asarray(self.o, np.int64)
-        return GMoments(g=float(g_paper(s.astype(np.float64), o.astype(np.float64), chunk).mean()),
-                        g_exact=float(g_exact(s, o, chunk).mean()), se=0.0, exact=True,
-                        mean_s=float(s.mean()), mean_o=float(o.mean()))
+        return GMoments(g=float(g_paper(s.astype(np.float64), o.astype(np.float64), prefill_chunk).mean()),
+                        g_exact=float(g_exact(s, o, prefill_chunk).mean()), se=0.0, exact=True,
+                        mean_prompt_tokens=float(s.mean()), mean_output_tokens=float(o.mean()))
 
 
 class Mixture(Workload):
@@ -373,15 +209,15 @@ class Mixture(Workload):
     def min_s(self):
         return min(p.min_s for w, p in zip(np.asarray(self.weights), self.parts) if w > 0)
 
-    def _exact_moments(self, chunk):
-        ms = [p._exact_moments(chunk) for p in self.parts]
+    def _exact_moments(self, prefill_chunk):
+        ms = [p._exact_moments(prefill_chunk) for p in self.parts]
         if any(m is None for m in ms):
             return None
         q = np.asarray(self.weights, np.float64)
         return GMoments(g=float(sum(qi * m.g for qi, m in zip(q, ms))),
                         g_exact=float(sum(qi * m.g_exact for qi, m in zip(q, ms))), se=0.0, exact=True,
-                        mean_s=float(sum(qi * m.mean_s for qi, m in zip(q, ms))),
-                        mean_o=float(sum(qi * m.mean_o for qi, m in zip(q, ms))))
+                        mean_prompt_tokens=float(sum(qi * m.mean_prompt_tokens for qi, m in zip(q, ms))),
+                        mean_output_tokens=float(sum(qi * m.mean_output_tokens for qi, m in zip(q, ms))))
 
 
 # ----------------------------------------------------------------------------------------------- presets
@@ -460,5 +296,5 @@ class Phased(Workload):
     def min_s(self):
         return min(p.min_s for p in self.parts)
 
-    def _exact_moments(self, chunk):
-        return self.parts[0]._exact_moments(chunk)
+    def _exact_moments(self, prefill_chunk):
+        return self.parts[0]._exact_moments(prefill_chunk)

@@ -1,0 +1,225 @@
+"""Running the engine: :func:`simulate` (every configuration × trial as one jitted, vmapped program, a host round
+trip every few thousand steps) and :func:`step_log` (one trial, step by step)."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import replace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from .._errors import LqsError, check_float, check_int
+from .._server import as_server, resolve_mc
+from .._workload import Mixture, Phased, Workload
+from ..kernels import engine as _k
+from .paths import init_jit, run_call_jit
+from .results import SimResult, collect
+from .sizing import auto_steps, check_workload, prepare, rates
+
+
+def simulate(workload, server, lam=None, mc=None, *, key=None, phases=None, progress: bool = False, devices=None,
+             **mc_fields) -> SimResult:
+    """Simulate ``mc.trials`` independent copies of ``server`` for every λ (and M, b̄) of a grid.
+
+    ``lam`` (requests/s) may be a number or a 1-D list; with ``server.M`` and ``server.b`` (each a number or a
+    sequence) it spans the grid. ``mc`` is an :class:`lqs.MonteCarlo` (default ``MonteCarlo()``); keyword
+    arguments that name MonteCarlo fields override it (``simulate(w, server, 3.0, trials=32, steps=8000)``).
+    Randomness flows from ``key`` (a typed JAX key; default ``jax.random.key(mc.seed)``). Every input is checked
+    before anything is compiled.
+
+    ``phases=[(duration_s, lam, workload), ...]`` runs a non-stationary, piecewise-constant schedule instead of
+    ``lam`` (pass ``workload=None`` and ``lam=None``): requests arriving in a phase take that phase's lengths, the
+    last phase lasts until the end, and the theory columns use the request-weighted mixture (weights λ·duration).
+
+    ``devices`` (default: all local devices) shards the (configuration × trial) axis across devices; trials are
+    independent, so the partitioned program needs no communication.
+
+    A cluster (``server.servers = G > 1``) steps its G servers together (the step lasts as long as the slowest
+    server's batch); λ is the cluster's total rate, routed on arrival by ``server.routing``; the theory columns are
+    for the whole cluster (G·μ). The model is docs/model.md; the step-loop path is ``mc.engine`` (see
+    :func:`lqs.set_engine`) and the one that ran is ``result.config["sizing"]["engine"]``.
+    """
+    server = as_server(server)
+    mc = resolve_mc(mc, mc_fields)
+    phased = None
+    if phases is not None:
+        workload, lam, phased = _phases(phases, workload, lam)
+    check_workload(workload, server)
+    lams = rates(lam)
+    steps = mc.steps if mc.steps is not None else auto_steps(workload, server, mc.warmup)
+    cfg, sizing, grid, params = prepare(workload, server, lams, mc, steps, phased)
+    if key is None:
+        key = jax.random.key(mc.seed)
+    n_cfg = len(grid)
+    N = n_cfg * mc.trials
+    spc = cfg.steps_per_call
+    n_calls = math.ceil(steps / spc)
+    keys = jax.random.split(key, N)
+    keys, params, n_pad, mesh = _shard(keys, params, devices, block=sizing.fused_rb)
+    states = init_jit(keys, params, cfg)
+
+    recs = []
+    t_start = time.perf_counter()
+    bar = _progress(n_calls, progress, f"simulating {n_cfg} config × {mc.trials} trials")
+    done = 0
+    stopped_early = False
+    for c in range(n_calls):
+        try:
+            states, rec = run_call_jit(states, params, cfg, sizing.engine, sizing.fused_rb, mesh)
+        except Exception as e:  # noqa: BLE001 - only the first launch of an automatically chosen fused kernel
+            if c > 0 or sizing.engine != "fused" or not sizing.engine_reason.startswith("auto"):
+                raise
+            why = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+            warnings.warn(f"lqs: the fused kernel failed to compile, running the XLA path instead ({why})")
+            sizing = replace(sizing, engine="xla", engine_reason=f"auto: fused kernel failed ({why})", fused_rb=0)
+            states, rec = run_call_jit(states, params, cfg, "xla", 0, mesh)
+        recs.append(jax.device_get(rec))
+        done += 1
+        if bar is not None:
+            bar.update(1)
+        if mc.stop_when_settled and (c + 1) * spc >= mc.warmup + 8 * spc and c + 1 < n_calls:
+            if _all_settled(recs):
+                stopped_early = True
+                break
+    if bar is not None:
+        bar.close()
+    jax.block_until_ready(states)
+    wall = time.perf_counter() - t_start
+    st = jax.device_get(states)
+    if n_pad:
+        st = jax.tree_util.tree_map(lambda x: np.asarray(x)[:N], st)
+        recs = [jax.tree_util.tree_map(lambda x: np.asarray(x)[:N], r) for r in recs]
+    if cfg.servers > 1:
+        st = _reduce_cluster(st)
+    return collect(workload, server, mc, grid, cfg, sizing, st, recs, done * spc, steps, wall, stopped_early, key)
+
+
+def _phases(phases, workload, lam):
+    """Validate a (duration_s, lam, workload) schedule → (theory workload, mean λ, (Phased, ends, lams))."""
+    if workload is not None or lam is not None:
+        raise LqsError("phases", "with workload/lam", "give either phases or workload and lam, not both")
+    try:
+        items = [tuple(p) for p in phases]
+    except TypeError:
+        raise LqsError("phases", phases, "must be a list of (duration_s, lam, workload)") from None
+    if not items or any(len(p) != 3 for p in items):
+        raise LqsError("phases", phases, "must be a non-empty list of (duration_s, lam, workload)")
+    durs = [check_float("phase duration_s", p[0], 0.0, lo_open=True) for p in items]
+    lams = [check_float("phase lam", p[1], 0.0) for p in items]
+    parts = [p[2] for p in items]
+    if not all(isinstance(w, Workload) for w in parts):
+        raise LqsError("phases", parts, "every phase needs an lqs Workload")
+    weights = np.asarray(lams) * np.asarray(durs)
+    if weights.sum() <= 0:
+        weights = np.asarray(durs)
+    theory = parts[0] if len(parts) == 1 else Mixture(parts, weights)
+    ends = np.cumsum(durs).astype(np.float32)
+    ends[-1] = np.inf
+    mean_lam = float(np.sum(np.asarray(lams) * np.asarray(durs)) / np.sum(durs))
+    return theory, mean_lam, (Phased(parts), ends, np.asarray(lams, np.float32))
+
+
+def _shard(keys, params, devices, block: int = 1):
+    """Place the flattened (configuration × trial) axis across devices, padding it with copies of the last entry
+    (dropped again after the run) so that every device holds a multiple of ``block`` trials (the fused kernel's
+    trials per program; padding once here spares a copy of the state per call). Returns
+    (keys, params, n_pad, mesh): mesh is None on one device."""
+    devs = list(jax.local_devices() if devices is None else devices)
+    n_dev = len(devs)
+    N = keys.shape[0]
+    n_pad = (-N) % (n_dev * max(1, block))
+
+    def pad(x):
+        x = jnp.asarray(x)
+        if n_pad:
+            x = jnp.concatenate([x, jnp.repeat(x[-1:], n_pad, axis=0)])
+        return x
+
+    if n_dev <= 1:
+        return pad(keys), jax.tree_util.tree_map(pad, params), n_pad, None
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.asarray(devs), ("r",))
+    sh = NamedSharding(mesh, PartitionSpec("r"))
+    keys = jax.device_put(pad(keys), sh)
+    params = jax.tree_util.tree_map(lambda x: jax.device_put(pad(x), sh), params)
+    return keys, params, n_pad, mesh
+
+
+def _reduce_cluster(cl):
+    """A cluster's per-server counters folded into one trial's (sums; maxima for the maxima; clock of server 0)."""
+    st = cl.servers
+    first = ("slots", "keys", "step", "t", "t_w0", "steps_w", "busy_w")
+    maxed = ("mem_max", "started_max", "waiting_max")
+    out = {}
+    for name in _k.State._fields:
+        x = np.asarray(getattr(st, name)) if name != "slots" else None
+        if name in first:
+            out[name] = jax.tree_util.tree_map(lambda v: np.asarray(v)[:, 0], getattr(st, name))
+        elif name in maxed:
+            out[name] = x.max(axis=1)
+        else:
+            out[name] = x.sum(axis=1)
+    return _k.State(**out)
+
+
+def _progress(total, enabled, desc):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, unit="call", leave=False)
+    except Exception:  # pragma: no cover
+        return None
+
+
+def _all_settled(recs) -> bool:
+    """True when every trial's backlog is large and rising steadily in the last calls."""
+    w = np.concatenate([np.asarray(r.waiting) for r in recs[-8:]], axis=1)  # [N, P]
+    if w.shape[1] < 8:
+        return False
+    q = w.shape[1] // 4
+    first, last = w[:, :q].mean(1), w[:, -q:].mean(1)
+    return bool(np.all((last - first > 50) & (w.min(1) > 0)))
+
+
+def _trace_one(state, params, cfg, n_blocks):
+    return _k.trace_steps(state, params, cfg, n_blocks)
+
+
+_trace_jit = jax.jit(_trace_one, static_argnums=(2, 3))
+
+
+def step_log(workload, server, lam=None, *, steps: int = 256, key=None, seed: int = 0, K: int | None = None,
+             compact_every: int = 64, phases=None) -> tuple[pd.DataFrame, object, object]:
+    """Step-by-step log of one trial: (DataFrame with one row per step, final engine state, EngineConfig).
+
+    For debugging and for the tests that compare the engine with the plain-Python reference of docs/model.md.
+    Runs ``steps`` rounded up to a multiple of ``compact_every``; no warm-up.
+    """
+    from .._server import MonteCarlo
+
+    server = as_server(server).require_scalar("step_log")
+    phased = None
+    if phases is not None:
+        workload, lam, phased = _phases(phases, workload, lam)
+    steps = check_int("steps", steps, 1, 2**31 - 2**20)
+    mc = MonteCarlo(trials=1, steps=None, warmup=0, seed=seed, K=K, compact_every=compact_every, engine="xla")
+    cfg, sizing, grid, params = prepare(workload, server, rates(lam), mc, steps, phased, max_points=10**9)
+    if key is None:
+        key = jax.random.key(mc.seed)
+    p1 = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[0], params)
+    init = _k.init_cluster if cfg.servers > 1 else _k.init_state
+    state = init(jax.random.split(key, 1)[0], p1, cfg)
+    n_blocks = math.ceil(steps / cfg.compact_every)
+    st, outs = _trace_jit(state, p1, cfg, n_blocks)
+    df = pd.DataFrame({f: np.asarray(getattr(outs, f)) for f in outs._fields})
+    df.insert(0, "step", np.arange(len(df)))
+    df["t_start_s"] = np.concatenate([[0.0], np.cumsum(df["b"].to_numpy(np.float64))[:-1]])
+    return df, jax.device_get(st), cfg
