@@ -16,7 +16,10 @@ import pytest
 from click.testing import CliRunner
 
 import lqs
-from lqs import _sweep as S
+from lqs.sweep import io as SIO
+from lqs.sweep import plan as SP
+from lqs.sweep import run as S
+from lqs.sweep import spec as SS
 from lqs.cli import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,8 +75,8 @@ class Calls:
 def fake(monkeypatch):
     c = Calls()
     monkeypatch.setattr(S, "_simulate", c)
-    real_params = S._simulate_params()
-    monkeypatch.setattr(S, "_simulate_params", lambda: real_params | {"servers", "routing"})  # any engine version
+    real_params = SS._simulate_params()
+    monkeypatch.setattr(SS, "_simulate_params", lambda: real_params | {"servers", "routing"})  # any engine version
     return c
 
 
@@ -165,7 +168,7 @@ def test_yaml_round_trip_and_forms(tmp_path):
 
 def test_example_config_is_valid():
     s = lqs.SweepSpec.from_yaml(os.path.join(ROOT, "examples", "sweep_pd_ratio.yaml"))
-    _, groups, chunks = S._plan(s)
+    _, groups, chunks = SP._plan(s)
     assert s.n_cells == 20 and len(groups) == 4 and len(chunks) == 4
 
 
@@ -225,11 +228,11 @@ def test_rho_sets_lambda_from_each_cells_theory(fake):
 
 def test_keys_are_deterministic_and_distinct(fake):
     s = lqs.SweepSpec.from_dict(FAKE)
-    _, _, chunks = S._plan(s)
-    keys = [tuple(np.asarray(jax.random.key_data(S._chunk_key(0, c))).tolist()) for c in chunks]
+    _, _, chunks = SP._plan(s)
+    keys = [tuple(np.asarray(jax.random.key_data(SP._chunk_key(0, c))).tolist()) for c in chunks]
     assert len(set(keys)) == len(keys)
-    _, _, again = S._plan(lqs.SweepSpec.from_dict(FAKE))
-    assert keys == [tuple(np.asarray(jax.random.key_data(S._chunk_key(0, c))).tolist()) for c in again]
+    _, _, again = SP._plan(lqs.SweepSpec.from_dict(FAKE))
+    assert keys == [tuple(np.asarray(jax.random.key_data(SP._chunk_key(0, c))).tolist()) for c in again]
     a = lqs.sweep(s, progress=False)
     b = lqs.sweep(s, progress=False)
     c = lqs.sweep(s.replace(seed=1), progress=False)
@@ -283,7 +286,7 @@ def test_sigkilled_process_resumes(monkeypatch, tmp_path):
         import os, signal, sys
         sys.path.insert(0, {os.path.join(ROOT, "tests")!r})
         import lqs
-        from lqs import _sweep as S
+        from lqs.sweep import run as S
         from test_sweep import FAKE, fake_simulate
         n = [0]
         def dying(workload, **kw):
@@ -328,9 +331,9 @@ def test_per_replica_rows(fake, tmp_path):
     assert len(df) == 40 * 3 and list(df.groupby("cell").size().unique()) == [3]
     assert {"cell", "replica", "workload", "lam_rps", "mu_exact_rps", "throughput_rps"} <= set(df.columns)
     assert len(glob.glob(str(tmp_path / "chunks" / "*.replicas.parquet"))) == 16
-    cells = S.load_sweep(tmp_path)
+    cells = SIO.load_sweep(tmp_path)
     assert len(cells) == 40
-    pd.testing.assert_frame_equal(S.load_sweep(tmp_path, replicas=True), df)
+    pd.testing.assert_frame_equal(SIO.load_sweep(tmp_path, replicas=True), df)
     # a replicas file lost → that chunk is recomputed
     os.remove(glob.glob(str(tmp_path / "chunks" / "*.replicas.parquet"))[0])
     fake.kw.clear()

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 import lqs
-from lqs._sweep import run_sweep
+from lqs.sweep import run_sweep
 
 SPEC = dict(lam=[1.0, 3.0, 6.0], M=[4096], chunk=512, b=0.02, replicas=2,
             steps=1500, warmup=300, cells_per_chunk=2, seed=5)
