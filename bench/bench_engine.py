@@ -68,7 +68,7 @@ def bench_reference(steps: int, warm: int, seed: int = 0) -> dict:
         stamps.append(time.perf_counter())
         return 0.0372
 
-    out = reference_run(M=131000, chunk=512, policy="fcfs", steps=steps, arrivals=arrivals, lengths=lengths,
+    out = reference_run(M=131000, chunk=512, policy="swap", steps=steps, arrivals=arrivals, lengths=lengths,
                         batch_time=batch_time)
     wall = stamps[-1] - stamps[warm]
     n_steps = steps - 1 - warm
@@ -82,28 +82,29 @@ def bench_engine(replicas: int, chunks: int, seed: int = 0) -> dict:
     import numpy as np
 
     import lqs
-    from lqs import _engine as E
+    from lqs.engine import paths as P
+    from lqs.engine import prepare
 
     w = lqs.preset("pd-1:1")
-    cap = lqs.capacity(w, 131000, 512, 0.0372)
-    cfg, sizing, grid, params = E._prepare(w, M=131000, chunk=512, lam=1.5 * cap.mu_rps, b=0.0372, policy="fcfs",
-                                           replicas=replicas, steps=4096 * (chunks + 2), warmup=4096,
-                                           token_budget=None, K=None, compact_every=64, max_points=10**6)
+    srv = lqs.Server(M=131000, prefill_chunk=512, b=0.0372)
+    cap = lqs.capacity(w, srv)
+    mc = lqs.MonteCarlo(trials=replicas, warmup=4096, max_points=10**6, engine="xla")
+    cfg, sizing, grid, params = prepare(w, srv, [1.5 * cap.mu_rps], mc, 4096 * (chunks + 2))
     keys = jax.random.split(jax.random.key(seed), replicas)
     t0 = time.perf_counter()
-    st = E._init_jit(keys, params, cfg)
-    st, rec = E._run_chunk_jit(st, params, cfg)  # compile + first chunk (warm-up)
-    st, rec = E._run_chunk_jit(st, params, cfg)
+    st = P.init_jit(keys, params, cfg)
+    st, rec = P.run_call_jit(st, params, cfg)  # compile + first call (warm-up)
+    st, rec = P.run_call_jit(st, params, cfg)
     jax.block_until_ready(st)
     t_compile_warm = time.perf_counter() - t0
     c0 = int(np.asarray(st.completions).sum())
     t1 = time.perf_counter()
     for _ in range(chunks):
-        st, rec = E._run_chunk_jit(st, params, cfg)
+        st, rec = P.run_call_jit(st, params, cfg)
     jax.block_until_ready(st)
     wall = time.perf_counter() - t1
     c1 = int(np.asarray(st.completions).sum())
-    steps = chunks * cfg.steps_per_chunk
+    steps = chunks * cfg.steps_per_call
     nbytes = sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(st))
     return dict(replicas=replicas, K=cfg.K, a_max=cfg.a_max, check_work=cfg.check_work, steps_timed=steps,
                 wall_s=wall, replica_steps_per_s=replicas * steps / wall, slot_steps_per_s=replicas * steps * cfg.K / wall,
@@ -136,7 +137,7 @@ def main():
               f"(steps {e['speedup_steps']:.1f}×), compile+warm {e['compile_and_warm_s']:.1f} s, "
               f"state {e['state_bytes_per_replica'] / 1024:.1f} KiB/replica "
               f"({e['state_gib_for_32768']:.2f} GiB for 32768), violations {e['violations']}")
-    res = dict(machine=m, workload="pd-1:1", M=131000, chunk=512, b_s=0.0372, lam="1.5 mu", policy="fcfs",
+    res = dict(machine=m, workload="pd-1:1", M=131000, chunk=512, b_s=0.0372, lam="1.5 mu", policy="swap",
                command="PYTHONPATH=. python " + " ".join(sys.argv), reference=ref, engine=rows,
                when=time.strftime("%Y-%m-%d %H:%M:%S"))
     out = a.out or os.path.join(HERE, "results", f"engine-{m['backend']}-{m['host']}.json")

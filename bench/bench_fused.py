@@ -82,19 +82,20 @@ def ops_per_replica_step(cfg, params1, state1):
     return total
 
 
-def setup(R, seed, policy="fcfs", K=None, compact_every=64):
+def setup(R, seed, policy="swap", K=None, compact_every=64):
     import jax
 
     import lqs
-    from lqs import _engine as L
+    from lqs.engine import paths as P
+    from lqs.engine import prepare
 
     w = lqs.preset("pd-1:1")
-    cap = lqs.capacity(w, 131000, 512, 0.0372)
-    cfg, sizing, grid, params = L._prepare(w, M=131000, chunk=512, lam=1.5 * cap.mu_rps, b=0.0372, policy=policy,
-                                           replicas=R, steps=4096 * 4, warmup=4096, token_budget=None, K=K,
-                                           compact_every=compact_every, max_points=10**6, engine="xla")
+    srv = lqs.Server(M=131000, prefill_chunk=512, b=0.0372, policy=policy)
+    cap = lqs.capacity(w, srv)
+    mc = lqs.MonteCarlo(trials=R, warmup=4096, K=K, compact_every=compact_every, max_points=10**6, engine="xla")
+    cfg, sizing, grid, params = prepare(w, srv, [1.5 * cap.mu_rps], mc, 4096 * 4)
     keys = jax.random.split(jax.random.key(seed), R)
-    return cfg, params, L._init_jit(keys, params, cfg)
+    return cfg, params, P.init_jit(keys, params, cfg)
 
 
 def runner(cfg, path, rb=1, warps=None):
@@ -104,9 +105,9 @@ def runner(cfg, path, rb=1, warps=None):
     from lqs.kernels import fused as F
 
     if path == "xla":
-        return jax.jit(lambda s, p: E.run_chunk_batched(s, p, cfg))
+        return jax.jit(lambda s, p: E.run_call_batched(s, p, cfg))
     interp = jax.default_backend() == "cpu"
-    return jax.jit(lambda s, p: F.run_chunk_batched(s, p, cfg, rb=rb, interpret=interp, num_warps=warps))
+    return jax.jit(lambda s, p: F.run_call_batched(s, p, cfg, rb=rb, interpret=interp, num_warps=warps))
 
 
 def time_path(fn, st, params, chunks):
@@ -165,7 +166,7 @@ def main():
     ap.add_argument("--chunks", type=int, default=2, help="timed chunks of 4096 steps per path and size")
     ap.add_argument("--rb", type=int, nargs="+", default=None, help="replicas per fused program to try")
     ap.add_argument("--warps", type=int, nargs="+", default=None, help="Triton warps per program to try")
-    ap.add_argument("--policy", default="fcfs")
+    ap.add_argument("--policy", default="swap")
     ap.add_argument("--tune-at", type=int, default=None,
                     help="replica count at which every (rb, warps) is tried (default: the first); the others use "
                          "the best one found there")
@@ -214,7 +215,7 @@ def main():
               f"fused violations {viol}, differing leaves {bad[:6]}", flush=True)
         # timing
         _, wall, done, first = time_path(runner(cfg, "xla"), copy(st0), params, a.chunks)
-        steps = a.chunks * cfg.steps_per_chunk
+        steps = a.chunks * cfg.steps_per_call
         x = dict(path="xla", replica_steps_per_s=R * steps / wall, slot_steps_per_s=R * steps * cfg.K / wall,
                  requests_per_s=done / wall, compile_and_first_chunk_s=first, wall_s=wall)
         print(f"  xla:   {x['replica_steps_per_s']:,.0f} replica-steps/s, {x['slot_steps_per_s']:,.0f} slot-steps/s, "

@@ -32,7 +32,8 @@ def triton_ir(policy: str, batch: str, K: int, rb: int) -> str:
     from jax._src.pallas.triton import lowering as TL
 
     import lqs
-    from lqs import _engine as L
+    from lqs.engine import paths as P
+    from lqs.engine import prepare
     from lqs.kernels import fused as F
     from test_fused import BATCHES
 
@@ -47,10 +48,10 @@ def triton_ir(policy: str, batch: str, K: int, rb: int) -> str:
     TL.lower_jaxpr_to_triton_module = capture
     try:
         w = lqs.preset("pd-1:1")
-        cfg, _, grid, params = L._prepare(w, M=131000, chunk=512, lam=[4.0], b=BATCHES[batch], policy=policy,
-                                          replicas=2 * rb, steps=512, warmup=64, token_budget=None, K=K,
-                                          compact_every=64, max_points=1000, engine="xla")
-        st = L._init_jit(jax.random.split(jax.random.key(0), 2 * rb), params, cfg)
+        srv = lqs.Server(M=131000, prefill_chunk=512, b=BATCHES[batch], policy=policy)
+        mc = lqs.MonteCarlo(trials=2 * rb, warmup=64, K=K, engine="xla")
+        cfg, _, grid, params = prepare(w, srv, [4.0], mc, 512)
+        st = P.init_jit(jax.random.split(jax.random.key(0), 2 * rb), params, cfg)
         F.lower_for_gpu(st, params, cfg, rb=rb)
     finally:
         TL.lower_jaxpr_to_triton_module = orig
@@ -124,7 +125,7 @@ def step_loop_sass(cubin: bytes, d: str) -> dict:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--policy", nargs="+", default=["fcfs"])
+    ap.add_argument("--policy", nargs="+", default=["swap"])
     ap.add_argument("--batch", nargs="+", default=["constant"])
     ap.add_argument("--K", type=int, nargs="+", default=[256, 512])
     ap.add_argument("--rb", type=int, nargs="+", default=[1, 2, 4, 8])

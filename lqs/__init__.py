@@ -82,10 +82,50 @@ from .engine import (  # noqa: E402
     simulate,
     step_log,
 )
-from .sweep import SweepSpec, load_sweep, sweep  # noqa: E402
-from ._studies import *  # noqa: E402,F401,F403
+
+# sweeps and studies load on first use (``lqs.sweep``, ``lqs.phase_diagram``, ...): ``import lqs`` stays light
+_LAZY = {
+    "sweep": "sweep", "SweepSpec": "sweep", "load_sweep": "sweep",
+    "StudyResult": "studies", "phase_diagram": "studies", "b_error": "studies", "default_b_models": "studies",
+    "default_affine": "studies", "delta_study": "studies", "mixture_study": "studies", "cluster_study": "studies",
+    "latency_study": "studies", "slo_servers": "studies", "slo_replicas": "studies", "reproduce_paper": "studies",
+}
+
+
+def __getattr__(name):
+    sub = _LAZY.get(name)
+    if sub is None:
+        raise AttributeError(f"module 'lqs' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{sub}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
 
 __version__ = "0.2.0"
 
 #: old name of :func:`servers_needed` (kept for scripts written against lqs 0.1)
 replicas_needed = servers_needed
+
+__all__ = [
+    # errors
+    "LqsError",
+    # closed form
+    "Capacity", "capacity", "delta", "estimate_b", "g_exact", "g_paper", "mu_mix", "prefill_steps", "servers_needed",
+    "replicas_needed", "service_rate", "trimmed_mean",
+    # workloads and traces
+    "Constant", "Empirical", "IntUniform", "LogNormal", "Marginal", "PAPER_B", "PRESETS", "GMoments", "Independent",
+    "Mixture", "Pairs", "Phased", "Workload", "pd_ratio", "preset", "Trace", "load_b_samples", "load_trace",
+    # server
+    "AffineBatch", "BatchTime", "ConstantBatch", "EmpiricalBatch", "LogNormalMixBatch", "parse_batch_spec",
+    "MonteCarlo", "Server",
+    # engine and results
+    "CriticalResult", "SimResult", "auto_steps", "backlog_grows", "critical", "default_engine", "set_engine",
+    "simulate", "step_log",
+    # sweeps and studies
+    *_LAZY,
+]

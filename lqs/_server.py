@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ._batch import AffineBatch, BatchTime, ConstantBatch
-from ._errors import LqsError, check_choice, check_float, check_int, parse_number
+from ._errors import LqsError, check_choice, check_float, check_int
 
 POLICIES = ("swap", "recompute", "reserve")
 POLICY_ALIASES = {"fcfs": "swap"}  # the name used before 0.2: all three policies admit first-come first-served
@@ -43,13 +43,13 @@ def normalise_policy(policy, param: str = "policy") -> str:
 def _axis(param: str, value, check) -> tuple | Any:
     """A scalar stays a scalar; a list/tuple/array becomes a non-empty tuple of checked scalars without repeats."""
     if isinstance(value, (list, tuple, np.ndarray)):
-        vals = tuple(check(param, parse_number(param, x)) for x in np.asarray(value, dtype=object).ravel())
+        vals = tuple(check(param, x) for x in np.asarray(value, dtype=object).ravel())
         if not vals:
             raise LqsError(param, list(value), "must not be empty")
         if len(set(vals)) != len(vals):
             raise LqsError(param, list(vals), "must not repeat a value")
         return vals if len(vals) > 1 else vals[0]
-    return check(param, parse_number(param, value))
+    return check(param, value)
 
 
 def _check_M(p, x):
@@ -100,7 +100,7 @@ class Server:
     def __post_init__(self):
         s = object.__setattr__
         s(self, "M", _axis("M", self.M, _check_M))
-        s(self, "prefill_chunk", check_int("prefill_chunk", parse_number("prefill_chunk", self.prefill_chunk),
+        s(self, "prefill_chunk", check_int("prefill_chunk", self.prefill_chunk,
                                            1, 2**20))
         if isinstance(self.b, BatchTime):
             pass
@@ -110,12 +110,12 @@ class Server:
             s(self, "b", _axis("b", self.b, _check_b))
         s(self, "policy", normalise_policy(self.policy))
         if self.token_budget is not None:
-            tb = check_int("token_budget", parse_number("token_budget", self.token_budget), 1, _INT_MAX)
+            tb = check_int("token_budget", self.token_budget, 1, _INT_MAX)
             if tb < self.prefill_chunk:
                 raise LqsError("token_budget", tb, f"must be ≥ prefill_chunk ({self.prefill_chunk}): a smaller "
                                                    "budget can never fit a prefill step and would deadlock")
             s(self, "token_budget", tb)
-        s(self, "servers", check_int("servers", parse_number("servers", self.servers), 1, 4096))
+        s(self, "servers", check_int("servers", self.servers, 1, 4096))
         s(self, "routing", check_choice("routing", self.routing, ROUTINGS))
         if self.b_theory is not None:
             s(self, "b_theory", check_float("b_theory", self.b_theory, 0.0, lo_open=True))
@@ -216,27 +216,27 @@ class MonteCarlo:
 
     def __post_init__(self):
         s = object.__setattr__
-        s(self, "trials", check_int("trials", parse_number("trials", self.trials), 1, 2**24))
-        s(self, "warmup", check_int("warmup", parse_number("warmup", self.warmup), 0, 2**31 - 2**20))
+        s(self, "trials", check_int("trials", self.trials, 1, 2**24))
+        s(self, "warmup", check_int("warmup", self.warmup, 0, 2**31 - 2**20))
         if self.steps is not None and not (isinstance(self.steps, str) and self.steps.strip().lower() == "auto"):
-            st = check_int("steps", parse_number("steps", self.steps), 1, 2**31 - 2**20)
+            st = check_int("steps", self.steps, 1, 2**31 - 2**20)
             if st <= self.warmup:
                 raise LqsError("steps", st, f"must exceed warmup ({self.warmup})")
             s(self, "steps", st)
         else:
             s(self, "steps", None)
-        s(self, "seed", check_int("seed", parse_number("seed", self.seed), 0, 2**63 - 1))
+        s(self, "seed", check_int("seed", self.seed, 0, 2**63 - 1))
         if self.K is not None:
-            s(self, "K", check_int("K", parse_number("K", self.K), 1, 2**20))
-        s(self, "compact_every", check_int("compact_every", parse_number("compact_every", self.compact_every), 1, 4096))
-        s(self, "max_points", check_int("max_points", parse_number("max_points", self.max_points), 10))
+            s(self, "K", check_int("K", self.K, 1, 2**20))
+        s(self, "compact_every", check_int("compact_every", self.compact_every, 1, 4096))
+        s(self, "max_points", check_int("max_points", self.max_points, 10))
         if not isinstance(self.stop_when_settled, (bool, np.bool_)):
             raise LqsError("stop_when_settled", self.stop_when_settled, "must be True or False")
         s(self, "stop_when_settled", bool(self.stop_when_settled))
         if self.engine is not None:
             s(self, "engine", check_choice("engine", self.engine, ("auto", "xla", "fused")))
         if self.fused_rb is not None:
-            rb = check_int("fused_rb", parse_number("fused_rb", self.fused_rb), 1, 1024)
+            rb = check_int("fused_rb", self.fused_rb, 1, 1024)
             if rb & (rb - 1):
                 raise LqsError("fused_rb", rb, "must be a power of two in [1, 1024] (Triton block shapes)")
             s(self, "fused_rb", rb)

@@ -2,7 +2,7 @@
 
 Written to be read and trusted, not to be fast: standard library only, one
 server, a list of small objects, one loop over steps.  It follows
-/work/shared/SPEC.md, sections "Simulation model (lqs)", "Batch time" and
+docs/model.md (the simulation step, batch time and
 "Closed-form theory" (g_exact), step by step.
 
 Each step n = 0 .. steps-1, starting at time t_n:
@@ -11,12 +11,12 @@ Each step n = 0 .. steps-1, starting at time t_n:
        f = min((c+1)*chunk, s)   while c < k   (k = ceil(s/chunk))
        f = s + d + 1             once c == k
 2. the scheduled set is the longest prefix of the arrival order whose
-   weights sum to <= M (weight f for fcfs/recompute, s+o for reserve) and,
+   weights sum to <= M (weight f for swap/recompute, s+o for reserve) and,
    with a token budget B, whose processed tokens sum to <= B
    (prefill step: min(chunk, s - c*chunk) tokens; decode step: 1 token);
 3. every scheduled request advances one unit (c += 1 while c < k, else
    d += 1); a request with d == o completes at the end of the step;
-4. started requests outside the prefix are swapped out (fcfs; reserve keeps
+4. started requests outside the prefix are swapped out (swap; reserve keeps
    progress too, though it never happens there) or reset to c = d = 0
    (recompute; they stay started and keep their place).  One swap-out /
    preemption is counted for every request that was scheduled in step n-1,
@@ -27,7 +27,7 @@ Each step n = 0 .. steps-1, starting at time t_n:
    given), appended in arrival order, schedulable from step n+1.
 """
 
-POLICIES = ("fcfs", "recompute", "reserve")
+POLICIES = ("swap", "recompute", "reserve")
 
 
 def num_chunks(s, chunk):
@@ -173,7 +173,7 @@ def reference_run(*, M, chunk, policy, steps, arrivals, lengths, batch_time,
             if r.started and policy == "recompute":
                 r.c = 0
                 r.d = 0
-            # fcfs (and reserve, where it never happens) keep their progress.
+            # swap (and reserve, where it never happens) keep their progress.
         for r in scheduled:
             r.scheduled_last_step = True
         for r in not_scheduled:

@@ -1,4 +1,5 @@
-"""The JAX engine against the plain-Python reference of SPEC.md, fed the same draws: identical trajectories."""
+"""The JAX engine against the plain-Python reference of docs/model.md (tests/reference_sim.py), fed the same draws:
+identical trajectories."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 import lqs
 from lqs._batch import AffineBatch, ConstantBatch, LogNormalMixBatch
-from lqs._engine import simulate_trace
+from lqs import Server, step_log
 from lqs.kernels import engine as K_
 from lqs.kernels import rng
 
@@ -20,8 +21,8 @@ SMALL = lqs.Independent(lqs.IntUniform(1, 30, "s"), lqs.IntUniform(1, 20, "o"))
 
 def _run_both(workload, *, M, chunk, lam, batch, policy, steps, token_budget=None, seed=0, K=None):
     key = jax.random.key(seed)
-    df, st, cfg = simulate_trace(workload, M=M, chunk=chunk, lam=lam, b=batch, policy=policy, steps=steps, key=key,
-                                 token_budget=token_budget, K=K)
+    srv = Server(M=M, prefill_chunk=chunk, b=batch, policy=policy, token_budget=token_budget)
+    df, st, cfg = step_log(workload, srv, lam, steps=steps, key=key, K=K)
     n_steps = len(df)
     total = int(df["arrivals"].sum())
     keys = jnp.asarray(st.keys)
@@ -69,7 +70,7 @@ def _assert_same(df, st, ref):
     assert int(st.swaps) == ref["total_swaps"]
 
 
-@pytest.mark.parametrize("policy", ["fcfs", "recompute", "reserve"])
+@pytest.mark.parametrize("policy", ["swap", "recompute", "reserve"])
 def test_small_overloaded_identical(policy):
     # M = 64 tokens and requests up to 50 tokens: constant swapping / preemption / blocking
     df, st, ref = _run_both(SMALL, M=64, chunk=8, lam=30.0, batch=ConstantBatch(0.05), policy=policy, steps=640)
@@ -78,7 +79,7 @@ def test_small_overloaded_identical(policy):
     _assert_same(df, st, ref)
 
 
-@pytest.mark.parametrize("policy", ["fcfs", "recompute", "reserve"])
+@pytest.mark.parametrize("policy", ["swap", "recompute", "reserve"])
 def test_small_token_budget_and_affine_identical(policy):
     batch = AffineBatch(0.01, 2e-4, 1e-3, 1e-5)
     df, st, ref = _run_both(SMALL, M=80, chunk=8, lam=20.0, batch=batch, policy=policy, steps=512,
@@ -87,7 +88,7 @@ def test_small_token_budget_and_affine_identical(policy):
     _assert_same(df, st, ref)
 
 
-@pytest.mark.parametrize("policy", ["fcfs", "recompute"])
+@pytest.mark.parametrize("policy", ["swap", "recompute"])
 def test_light_load_iid_batch_identical(policy):
     df, st, ref = _run_both(SMALL, M=64, chunk=8, lam=2.0, batch=LogNormalMixBatch.two_speed(0.03, 0.1, 0.3),
                             policy=policy, steps=384, seed=5)
@@ -95,7 +96,7 @@ def test_light_load_iid_batch_identical(policy):
     _assert_same(df, st, ref)
 
 
-@pytest.mark.parametrize("policy", ["fcfs", "recompute", "reserve"])
+@pytest.mark.parametrize("policy", ["swap", "recompute", "reserve"])
 def test_paper_sized_identical(policy):
     # pd-1:1 lengths at a reduced M, saturated, with the paper's chunk
     df, st, ref = _run_both(lqs.preset("pd-1:1"), M=16384, chunk=512, lam=1.0, batch=ConstantBatch(0.0372),
@@ -107,14 +108,14 @@ def test_paper_sized_identical(policy):
 def test_mixture_trace_workload_identical():
     tr = lqs.Pairs([5, 17, 3, 40, 11], [9, 2, 30, 4, 6])
     w = lqs.Mixture([tr, SMALL], [0.3, 0.7])
-    df, st, ref = _run_both(w, M=72, chunk=4, lam=15.0, batch=ConstantBatch(0.04), policy="fcfs", steps=512,
+    df, st, ref = _run_both(w, M=72, chunk=4, lam=15.0, batch=ConstantBatch(0.04), policy="swap", steps=512,
                             seed=11)
     _assert_same(df, st, ref)
 
 
 def test_small_slot_capacity_is_flagged_not_hidden():
     # K far too small for the load: the run must say so (starved steps), not silently change the model
-    df, st, cfg = simulate_trace(SMALL, M=200, chunk=8, lam=50.0, b=0.05, policy="fcfs", steps=256, K=8,
-                                 key=jax.random.key(0))
+    df, st, cfg = step_log(SMALL, Server(M=200, prefill_chunk=8, b=0.05), 50.0, steps=256, K=8,
+                           key=jax.random.key(0))
     assert int(st.starved) > 0
     assert int(st.violations) == 0

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+import pandas as pd
 import pytest
 
 import lqs
-from lqs import _engine as L
+from lqs import engine as L
+from lqs.engine import paths as LP
 from lqs._batch import AffineBatch, ConstantBatch, EmpiricalBatch, LogNormalMixBatch
 from lqs.kernels import engine as E
 from lqs.kernels import fused as F
@@ -25,17 +27,17 @@ BATCHES = {
 }
 
 
-def _prepared(workload, *, M, chunk, lam, b, policy, replicas=3, steps=512, token_budget=None, K=None, seed=1):
-    cfg, sizing, grid, params = L._prepare(workload, M=M, chunk=chunk, lam=lam, b=b, policy=policy, replicas=replicas,
-                                           steps=steps, warmup=64, token_budget=token_budget, K=K, compact_every=64,
-                                           max_points=1000, engine="xla")
-    keys = jax.random.split(jax.random.key(seed), len(grid) * replicas)
-    return cfg, params, L._init_jit(keys, params, cfg)
+def _prepared(workload, *, M, chunk, lam, b, policy, trials=3, steps=512, token_budget=None, K=None, seed=1):
+    srv = lqs.Server(M=M, prefill_chunk=chunk, b=b, policy=policy, token_budget=token_budget)
+    mc = lqs.MonteCarlo(trials=trials, warmup=64, K=K, engine="xla")
+    cfg, sizing, grid, params = L.prepare(workload, srv, list(np.atleast_1d(lam)), mc, steps)
+    keys = jax.random.split(jax.random.key(seed), len(grid) * trials)
+    return cfg, params, LP.init_jit(keys, params, cfg)
 
 
 def _both(cfg, params, states, rb):
-    xla = jax.jit(E.run_chunk_batched, static_argnums=2)(states, params, cfg)
-    fused = jax.jit(lambda s, p: F.run_chunk_batched(s, p, cfg, rb=rb, interpret=True))(states, params)
+    xla = jax.jit(E.run_call_batched, static_argnums=2)(states, params, cfg)
+    fused = jax.jit(lambda s, p: F.run_call_batched(s, p, cfg, rb=rb, interpret=True))(states, params)
     return jax.device_get(xla), jax.device_get(fused)
 
 
@@ -48,19 +50,17 @@ def _assert_identical(a, b):
     assert not bad, f"fused and XLA paths differ in {bad}"
 
 
-# every policy and every batch-time model, each at least twice; the rest of the product is marked slow
-_COVER = [("fcfs", "constant"), ("fcfs", "affine"), ("fcfs", "empirical"), ("fcfs", "lognormal"),
-          ("recompute", "constant"), ("recompute", "affine"), ("recompute", "lognormal"),
-          ("reserve", "empirical"), ("reserve", "lognormal")]
+# every policy and every batch-time model at least once; the rest of the product is marked slow
+_COVER = [("swap", "constant"), ("recompute", "affine"), ("reserve", "empirical"), ("swap", "lognormal")]
 _CASES = [pytest.param(p, b, marks=() if (p, b) in _COVER else pytest.mark.slow)
           for p in E.POLICIES for b in BATCHES]
 
 
 @pytest.mark.parametrize("policy,batch", _CASES)
 def test_identical_to_xla_small(policy, batch):
-    """Every policy × batch-time model, below, near and above capacity (λ = 0.5, 3, 8 per s), 3 replicas each."""
+    """Every policy × batch-time model, below, near and above capacity (λ = 0.5, 3, 8 per s), 3 trials each."""
     cfg, params, st = _prepared(SMALL, M=400, chunk=16, lam=[0.5, 3.0, 8.0], b=BATCHES[batch], policy=policy)
-    a, b = _both(cfg, params, st, rb=2)  # 9 replicas in blocks of 2: the padding path too
+    a, b = _both(cfg, params, st, rb=2)  # 9 trials in blocks of 2: the padding path too
     _assert_identical(a, b)
     st_a = a[0]
     assert int(np.sum(st_a.arrivals)) > 100 and int(np.sum(st_a.completions)) > 50  # the run did something
@@ -68,7 +68,8 @@ def test_identical_to_xla_small(policy, batch):
         assert int(np.sum(st_a.swaps)) > 0  # preemptions exercised
 
 
-@pytest.mark.parametrize("policy", E.POLICIES)
+@pytest.mark.parametrize("policy", [p if p == "recompute" else pytest.param(p, marks=pytest.mark.slow)
+                                    for p in E.POLICIES])
 def test_identical_with_token_budget_and_capacity_limits(policy):
     """Token budget; too few slots (overflow queue, starvation counter) and a tiny arrival cap (truncation)."""
     cfg, params, st = _prepared(SMALL, M=400, chunk=16, lam=[6.0, 30.0], b=0.05, policy=policy, token_budget=40,
@@ -84,11 +85,12 @@ def test_identical_with_token_budget_and_capacity_limits(policy):
         assert int(np.sum(st_a.starved)) > 0
 
 
-@pytest.mark.parametrize("policy", E.POLICIES)
+@pytest.mark.parametrize("policy", [p if p == "swap" else pytest.param(p, marks=pytest.mark.slow)
+                                    for p in E.POLICIES])
 def test_identical_on_the_paper_workload(policy):
     """pd-1:1 at the paper's M = 131,000 tokens, ŝ = 512, b̄ = 0.0372 s, below and above μ (K = 288)."""
     cfg, params, st = _prepared(lqs.preset("pd-1:1"), M=131_000, chunk=512, lam=[2.5, 4.0], b=0.0372,
-                                policy=policy, replicas=2, steps=1024)
+                                policy=policy, trials=2, steps=1024)
     a, b = _both(cfg, params, st, rb=4)
     _assert_identical(a, b)
     assert int(np.sum(a[0].completions)) > 20
@@ -96,35 +98,40 @@ def test_identical_on_the_paper_workload(policy):
 
 def test_identical_on_a_pairs_trace_mixture():
     w = lqs.load_trace("azure-code").workload()
-    cfg, params, st = _prepared(w, M=60_000, chunk=512, lam=[1.0, 6.0], b=0.04, policy="fcfs", replicas=2)
+    cfg, params, st = _prepared(w, M=60_000, chunk=512, lam=[1.0, 6.0], b=0.04, policy="swap", trials=2)
     _assert_identical(*_both(cfg, params, st, rb=1))
 
 
 def test_simulate_engine_flag_identical_results_and_reports_the_path():
-    kw = dict(M=400, chunk=16, lam=[2.0, 6.0], b=0.05, replicas=3, steps=1024, warmup=128, key=jax.random.key(9))
-    x = lqs.simulate(SMALL, engine="xla", **kw)
-    f = lqs.simulate(SMALL, engine="fused", fused_rb=2, **kw)
+    """Also: trials not a multiple of the block (3 configurations × 2 trials in programs of 4: padded once with
+    copies of the last trial, dropped after)."""
+    kw = dict(trials=2, steps=512, warmup=64, key=jax.random.key(9))
+    srv, lams = lqs.Server(M=400, prefill_chunk=16, b=0.05), [2.0, 6.0, 9.0]
+    x = lqs.simulate(SMALL, srv, lams, engine="xla", **kw)
+    f = lqs.simulate(SMALL, srv, lams, engine="fused", fused_rb=4, **kw)
     assert x.config["sizing"]["engine"] == "xla"
-    assert f.config["sizing"]["engine"] == "fused-interpret" and f.config["sizing"]["fused_rb"] == 2
-    for c in x.replicas.columns:
-        assert x.replicas[c].equals(f.replicas[c]), c
+    assert f.config["sizing"]["engine"] == "fused-interpret" and f.config["sizing"]["fused_rb"] == 4
+    assert len(f.trials) == 6 and f.hist.shape == x.hist.shape
+    pd.testing.assert_frame_equal(x.trials, f.trials, check_exact=True)
+    pd.testing.assert_frame_equal(x.summary, f.summary, check_exact=True)
     assert np.array_equal(x.hist, f.hist) and np.array_equal(x.series_waiting, f.series_waiting)
-    a = lqs.simulate(SMALL, engine="auto", **kw)  # no GPU here: auto runs the XLA path
+    a = lqs.simulate(SMALL, srv, lams, engine="auto", **kw)  # no GPU here: auto runs the XLA path
     assert a.config["sizing"]["engine"] == "xla" and "auto" in a.config["sizing"]["engine_reason"]
 
 
 def test_engine_errors_name_the_parameter_before_compiling():
-    before = L.TRACE_COUNT["run_chunk"]
-    kw = dict(M=400, chunk=16, lam=2.0, b=0.05, replicas=2, steps=256, warmup=0)
+    before = L.TRACE_COUNT["run_call"]
+    kw = dict(trials=2, steps=256, warmup=0)
+    srv = lqs.Server(M=400, prefill_chunk=16, b=0.05)
     with pytest.raises(lqs.LqsError, match="engine"):
-        lqs.simulate(SMALL, engine="triton", **kw)
+        lqs.simulate(SMALL, srv, 2.0, engine="triton", **kw)
     with pytest.raises(lqs.LqsError, match="engine.*servers > 1"):
-        lqs.simulate(SMALL, engine="fused", servers=2, **kw)
+        lqs.simulate(SMALL, srv.replace(servers=2), 2.0, engine="fused", **kw)
     with pytest.raises(lqs.LqsError, match="fused_rb"):
-        lqs.simulate(SMALL, engine="fused", fused_rb=3, **kw)
+        lqs.simulate(SMALL, srv, 2.0, engine="fused", fused_rb=3, **kw)
     with pytest.raises(lqs.LqsError, match="engine"):
         lqs.set_engine("gpu")
-    assert L.TRACE_COUNT["run_chunk"] == before
+    assert L.TRACE_COUNT["run_call"] == before
 
 
 def test_default_engine_from_set_engine_and_environment(monkeypatch):
@@ -141,16 +148,16 @@ def test_default_engine_from_set_engine_and_environment(monkeypatch):
 
 
 def test_clusters_and_phases_fall_back_to_xla_under_auto():
-    r = lqs.simulate(SMALL, M=400, chunk=16, lam=4.0, b=0.05, replicas=2, steps=256, warmup=0, servers=2,
-                     engine="auto")
+    r = lqs.simulate(SMALL, lqs.Server(M=400, prefill_chunk=16, b=0.05, servers=2), 4.0, trials=2, steps=256,
+                     warmup=0, engine="auto")
     assert r.config["sizing"]["engine"] == "xla" and "servers" in r.config["sizing"]["engine_reason"]
 
 
-@pytest.mark.parametrize("policy,batch,budget", [("fcfs", "constant", None), ("recompute", "affine", 64),
-                                                 ("reserve", "empirical", None), ("fcfs", "lognormal", 64)])
+@pytest.mark.parametrize("policy,batch,budget", [("swap", "constant", None), ("recompute", "affine", 64),
+                                                 ("reserve", "empirical", None), ("swap", "lognormal", 64)])
 def test_lowers_to_triton_for_cuda(policy, batch, budget):
     """Every primitive of the fused step has a Triton lowering (checked without a GPU via jax.export)."""
-    cfg, params, st = _prepared(SMALL, M=400, chunk=16, lam=[3.0], b=BATCHES[batch], policy=policy, replicas=8,
+    cfg, params, st = _prepared(SMALL, M=400, chunk=16, lam=[3.0], b=BATCHES[batch], policy=policy, trials=8,
                                 token_budget=budget, K=128)
     text = F.lower_for_gpu(st, params, cfg, rb=4)
     assert "__gpu$xla.gpu.triton" in text and "lqs_step_loop" in text
@@ -169,24 +176,14 @@ def test_auto_falls_back_to_xla_when_the_kernel_cannot_compile(monkeypatch):
     """`auto` on a GPU picks the fused kernel (K rounded up to a power of two); if it fails to compile, the run
     continues on the XLA path, says so in a warning and in the result. Simulated here by pretending to be on a GPU:
     the Triton kernel cannot be compiled for the CPU backend."""
-    kw = dict(M=400, chunk=16, lam=[2.0, 6.0], b=0.05, replicas=2, steps=512, warmup=64, key=jax.random.key(4))
-    monkeypatch.setattr(L, "_on_gpu", lambda: True)
+    kw = dict(trials=2, steps=256, warmup=64, key=jax.random.key(4))
+    srv = lqs.Server(M=400, prefill_chunk=16, b=0.05)
+    monkeypatch.setattr(LP, "on_gpu", lambda: True)
     with pytest.warns(UserWarning, match="fused kernel failed"):
-        r = lqs.simulate(SMALL, engine="auto", **kw)
+        r = lqs.simulate(SMALL, srv, [2.0, 6.0], engine="auto", **kw)
     sz = r.config["sizing"]
     assert sz["engine"] == "xla" and "fused kernel failed" in sz["engine_reason"]
     assert sz["K"] & (sz["K"] - 1) == 0
-    monkeypatch.setattr(L, "_on_gpu", lambda: False)
-    x = lqs.simulate(SMALL, engine="xla", K=sz["K"], **kw)
-    for c in x.replicas.columns:
-        assert x.replicas[c].equals(r.replicas[c]), c
-
-
-def test_replica_count_not_a_multiple_of_the_block():
-    """6 replicas in programs of 4: padded once before the run (copies of the last replica), dropped after."""
-    kw = dict(M=400, chunk=16, lam=[2.0, 6.0], b=0.05, replicas=3, steps=512, warmup=64, key=jax.random.key(2))
-    x = lqs.simulate(SMALL, engine="xla", **kw)
-    f = lqs.simulate(SMALL, engine="fused", fused_rb=4, **kw)
-    assert len(f.replicas) == 6 and f.hist.shape == x.hist.shape
-    for c in x.replicas.columns:
-        assert x.replicas[c].equals(f.replicas[c]), c
+    monkeypatch.setattr(LP, "on_gpu", lambda: False)
+    x = lqs.simulate(SMALL, srv, [2.0, 6.0], engine="xla", K=sz["K"], **kw)
+    pd.testing.assert_frame_equal(x.trials, r.trials, check_exact=True)

@@ -1,4 +1,4 @@
-"""The sharded path: the (configuration × replica) axis split across 2 forced host devices gives the same answers."""
+"""The sharded path: the (configuration × trial) axis split across 2 forced host devices gives the same answers."""
 
 import json
 import os
@@ -8,10 +8,11 @@ import sys
 SCRIPT = r"""
 import json, jax, lqs
 w = lqs.Independent(lqs.IntUniform(10, 200), lqs.IntUniform(10, 200))
-r = lqs.simulate(w, M=4096, chunk=512, lam=[5.0, 12.0, 20.0], b=0.02, replicas=3, steps=2000, warmup=500,
-                 key=jax.random.key(3), devices=None if DEVICES else jax.local_devices()[:1], engine="ENGINE")
+r = lqs.simulate(w, lqs.Server(M=4096, prefill_chunk=512, b=0.02), [5.0, 12.0, 20.0], trials=3, steps=2000,
+                 warmup=500, key=jax.random.key(3), devices=None if DEVICES else jax.local_devices()[:1],
+                 engine="ENGINE")
 print(json.dumps(dict(n=jax.local_device_count(), devices=r.config["devices"], engine=r.config["sizing"]["engine"],
-                      arrivals=r.replicas.arrivals.tolist(), thr=r.replicas.throughput_rps.tolist(),
+                      arrivals=r.trials.arrivals.tolist(), thr=r.trials.throughput_rps.tolist(),
                       wait=r.summary.wait_p99_s.tolist())))
 """
 
@@ -30,7 +31,7 @@ def test_two_devices_match_one_device():
     two = _run(True)
     one = _run(False)
     assert two["n"] == 2 and len(two["devices"]) == 2
-    # 3 configurations × 3 replicas = 9 rows on 2 devices: the padding path is exercised too
+    # 3 configurations × 3 trials = 9 rows on 2 devices: the padding path is exercised too
     assert len(two["arrivals"]) == 9
     assert two["arrivals"] == one["arrivals"]
     assert two["thr"] == one["thr"]

@@ -1,7 +1,7 @@
 """Tests of the plain-Python reference simulator itself (tests/reference_sim.py).
 
 Tiny cases are worked out by hand in the comments; larger random cases check
-the invariants SPEC.md promises.  Standard library + pytest only.
+the invariants docs/model.md promises.  Standard library + pytest only.
 """
 import os
 import random
@@ -67,7 +67,7 @@ def test_g_exact_matches_spec_closed_form_and_paper_when_chunk_divides_s():
 
 
 # ---------------------------------------------------------------- hand-checked runs
-def test_fcfs_two_requests_by_hand():
+def test_swap_two_requests_by_hand():
     # step 0: empty system, 2 arrivals at t=1 (end of step 0).
     # step 1: f0=4, f1=3 -> 7 <= 10, both run; r0 c=1, r1 c=1=k (first token).   prefill 4+3
     # step 2: f0=5, f1=4 -> 9, both run; r0 c=2=k (first token), r1 d=1.       prefill 1, decode 1
@@ -75,7 +75,7 @@ def test_fcfs_two_requests_by_hand():
     # step 4: f0=7, f1=5 -> 12 > 10: only r0 (d=2, done); r1 was not scheduled in step 3: no swap.
     # step 5: r1 f=5 (progress kept), d=2, done.
     # step 6: empty.
-    r = two_request_case("fcfs", 7)
+    r = two_request_case("swap", 7)
     assert r["mem_used"] == [0, 7, 9, 6, 7, 5, 0]
     assert r["n_scheduled"] == [0, 2, 2, 1, 1, 1, 0]
     assert r["swaps"] == [0, 0, 0, 1, 0, 0, 0]
@@ -100,7 +100,7 @@ def test_fcfs_two_requests_by_hand():
 
 
 def test_recompute_two_requests_by_hand():
-    # steps 0-2 as for fcfs.
+    # steps 0-2 as for swap.
     # step 3: f0=6, f1=5 -> only r0 (d=1); r1 preempted: reset to c=d=0, still started.
     # step 4: f0=7, f1=min(4,3)=3 -> 10 <= 10: both; r0 d=2 done; r1 redoes its prefill, c=1.
     # step 5: r1 f=4, d=1.   step 6: r1 f=5, d=2, done.
@@ -143,7 +143,7 @@ def test_token_budget_by_hand():
     # step 1: tokens r0 4 + r1 3 = 7 > 5 -> only r0 (prefill 4).
     # step 2: r0's last chunk is 5-4=1 token, r1 3 -> 4 <= 5, both.
     # steps 3, 4: both decode 1 token each; both finish in step 4.
-    r = reference_run(M=100, chunk=4, policy="fcfs", steps=5, arrivals=arrivals_at({0: 2}),
+    r = reference_run(M=100, chunk=4, policy="swap", steps=5, arrivals=arrivals_at({0: 2}),
                       lengths=fixed_lengths([(5, 2), (3, 2)]), batch_time=const_b(),
                       token_budget=5)
     assert r["n_scheduled"] == [0, 1, 2, 2, 2]
@@ -155,7 +155,7 @@ def test_token_budget_by_hand():
 
 
 def test_batch_time_arguments_and_clock():
-    # affine b = 1 + 0.5*prefill + 0.25*decode + 0.125*mem on the fcfs case above:
+    # affine b = 1 + 0.5*prefill + 0.25*decode + 0.125*mem on the swap case above:
     # step 0: (0,0,0) -> 1; step 1: (7,0,7) -> 1+3.5+0.875 = 5.375; step 2: (1,1,9) -> 1+0.5+0.25+1.125 = 2.875
     calls = []
 
@@ -163,7 +163,7 @@ def test_batch_time_arguments_and_clock():
         calls.append((n, p, dtok, mem))
         return 1 + 0.5 * p + 0.25 * dtok + 0.125 * mem
 
-    r = reference_run(M=10, chunk=4, policy="fcfs", steps=3, arrivals=arrivals_at({0: 2}),
+    r = reference_run(M=10, chunk=4, policy="swap", steps=3, arrivals=arrivals_at({0: 2}),
                       lengths=fixed_lengths([(5, 2), (3, 2)]), batch_time=bt)
     assert calls == [(0, 0, 0, 0), (1, 7, 0, 7), (2, 1, 1, 9)]
     assert r["b"] == [1.0, 5.375, 2.875]
@@ -180,7 +180,7 @@ def test_arrivals_see_b_and_offsets():
         seen.append((n, b))
         return 2 if n == 1 else 0
 
-    r = reference_run(M=10, chunk=4, policy="fcfs", steps=3, arrivals=arr,
+    r = reference_run(M=10, chunk=4, policy="swap", steps=3, arrivals=arr,
                       lengths=fixed_lengths([(2, 1), (2, 1)]), batch_time=const_b(2.0),
                       arrival_offset=lambda n, j: j / 2)
     assert seen == [(0, 2.0), (1, 2.0), (2, 2.0)]
@@ -192,22 +192,22 @@ def test_arrivals_see_b_and_offsets():
 # ---------------------------------------------------------------- validation
 def test_rejects_token_budget_below_chunk():
     with pytest.raises(ValueError):
-        reference_run(M=10, chunk=4, policy="fcfs", steps=1, arrivals=arrivals_at({}),
+        reference_run(M=10, chunk=4, policy="swap", steps=1, arrivals=arrivals_at({}),
                       lengths=fixed_lengths([]), batch_time=const_b(), token_budget=3)
     # B == chunk is fine
-    reference_run(M=10, chunk=4, policy="fcfs", steps=1, arrivals=arrivals_at({}),
+    reference_run(M=10, chunk=4, policy="swap", steps=1, arrivals=arrivals_at({}),
                   lengths=fixed_lengths([]), batch_time=const_b(), token_budget=4)
 
 
 @pytest.mark.parametrize("pair", [(6, 5), (0, 3), (3, 0)])
 def test_rejects_bad_lengths(pair):
     with pytest.raises(ValueError):
-        reference_run(M=10, chunk=4, policy="fcfs", steps=2, arrivals=arrivals_at({0: 1}),
+        reference_run(M=10, chunk=4, policy="swap", steps=2, arrivals=arrivals_at({0: 1}),
                       lengths=fixed_lengths([pair]), batch_time=const_b())
 
 
 def test_accepts_peak_equal_to_M_and_rejects_unknown_policy():
-    r = reference_run(M=10, chunk=4, policy="fcfs", steps=10, arrivals=arrivals_at({0: 1}),
+    r = reference_run(M=10, chunk=4, policy="swap", steps=10, arrivals=arrivals_at({0: 1}),
                       lengths=fixed_lengths([(6, 4)]), batch_time=const_b())
     assert r["total_completions"] == 1 and r["requests"][0]["work"] == g_exact(6, 4, 4)
     with pytest.raises(ValueError):
@@ -247,7 +247,7 @@ def random_run(policy, M, chunk, s_max, o_max, budget, p, seed, steps=400, stop_
                          token_budget=budget)
 
 
-@pytest.mark.parametrize("policy", ["fcfs", "recompute", "reserve"])
+@pytest.mark.parametrize("policy", ["swap", "recompute", "reserve"])
 @pytest.mark.parametrize("cfg", CONFIGS)
 def test_invariants(policy, cfg):
     M, chunk, s_max, o_max, budget, p = cfg
@@ -269,7 +269,7 @@ def test_invariants(policy, cfg):
             assert r["n_scheduled"][n] >= 1                                 # never idles needlessly
         if (policy != "reserve" and budget is None
                 and r["n_scheduled"][n] < prev_in_system):
-            assert r["mem_used"][n] > M - max_peak                          # SPEC consequence
+            assert r["mem_used"][n] > M - max_peak                          # docs/model.md consequence
         assert r["completions"][n] == sum(1 for q in reqs if q["done_step"] == n)
         prev_in_system = r["in_system"][n]
     assert r["total_arrivals"] == len(reqs) == cum_arr
@@ -288,7 +288,7 @@ def test_invariants(policy, cfg):
         if policy == "recompute" and q["preemptions"] > 0:
             assert q["work"] > g                                             # lost work redone
         else:
-            assert q["work"] == g                                            # fcfs/reserve: exact
+            assert q["work"] == g                                            # swap/reserve: exact
         assert q["first_step"] <= q["ttft_step"] <= q["done_step"]
         assert q["t_arr"] <= q["t_first"] < q["t_ttft"] <= q["t_done"]
     if policy == "reserve":
@@ -297,18 +297,18 @@ def test_invariants(policy, cfg):
 
 
 def test_loaded_runs_actually_swap_and_preempt():
-    # the random configs above are loaded enough that fcfs swaps and recompute preempts
-    for policy in ("fcfs", "recompute"):
+    # the random configs above are loaded enough that swap swaps and recompute preempts
+    for policy in ("swap", "recompute"):
         r = random_run(policy, 40, 4, 15, 12, None, 0.35, seed=7)
         assert r["total_swaps"] > 0
     r = random_run("recompute", 40, 4, 15, 12, None, 0.35, seed=7)
     assert any(q["work"] > g_exact(q["s"], q["o"], 4) for q in r["requests"] if q["done_step"] is not None)
 
 
-@pytest.mark.parametrize("policy", ["fcfs", "recompute", "reserve"])
+@pytest.mark.parametrize("policy", ["swap", "recompute", "reserve"])
 def test_drained_run_processes_every_token(policy):
     # arrivals stop at step 100; by step 2000 everything has left, and
-    # (fcfs, reserve) exactly s prefill and o decode tokens were processed per request.
+    # (swap, reserve) exactly s prefill and o decode tokens were processed per request.
     r = random_run(policy, 40, 4, 15, 12, 6, 0.35, seed=3, steps=2000, stop_arrivals=100)
     reqs = r["requests"]
     assert r["in_system"][-1] == 0 and r["total_completions"] == len(reqs) > 0

@@ -1,4 +1,4 @@
-"""Closed-form theory (SPEC.md "Closed-form theory"): Table 1, g vs footprints, μ_mix, replicas, b̄ estimators."""
+"""Closed-form theory (docs/model.md): Table 1, g vs footprints, μ_mix, replicas, b̄ estimators."""
 
 from __future__ import annotations
 
@@ -10,15 +10,19 @@ import pytest
 
 import lqs
 from lqs import LqsError
-from lqs._theory import g_exact, g_paper, n_chunks, parse_estimator, trimmed_mean
+from lqs._theory import g_exact, g_paper, parse_estimator, prefill_steps, trimmed_mean
 
 M_PAPER, CHUNK_PAPER = 131_000, 512
+
+
+def cap_of(workload, M, prefill_chunk, b, **server):
+    return lqs.capacity(workload, lqs.Server(M=M, prefill_chunk=prefill_chunk, b=b, **server))
 
 
 # ----------------------------------------------------------------------------------------------- Table 1
 @pytest.mark.parametrize("name, mu_paper", [("pd-1:1", 3.263), ("pd-2:1", 3.956), ("pd-1:2", 2.902)])
 def test_table1_mu_theory_three_decimals(name, mu_paper):
-    cap = lqs.capacity(lqs.preset(name), M_PAPER, CHUNK_PAPER, lqs.PAPER_B[name])
+    cap = cap_of(lqs.preset(name), M_PAPER, CHUNK_PAPER, lqs.PAPER_B[name])
     assert round(cap.mu_rps, 3) == mu_paper
     assert cap.exact_moments and cap.mean_g_se_tokens2 == 0.0
     # δ = ess sup(s+o)/M: every paper regime tops out at s+o ≈ 3200 tokens
@@ -32,18 +36,18 @@ def test_table1_mu_theory_three_decimals(name, mu_paper):
 
 
 def test_pd11_done_criterion():
-    cap = lqs.capacity(lqs.preset("pd-1:1"), M_PAPER, CHUNK_PAPER, 0.0372)
+    cap = cap_of(lqs.preset("pd-1:1"), M_PAPER, CHUNK_PAPER, 0.0372)
     assert abs(cap.mu_rps - 3.263) <= 0.0005
     assert round(cap.delta, 4) == 0.0244
     assert cap.max_total_tokens == 3200
     d = cap.to_dict()
     for k in ("mu_rps", "mu_exact_rps", "mu_stable_rps", "mu_exact_stable_rps", "delta", "mean_g_tokens2",
-              "mean_g_exact_tokens2", "b_s", "M_tokens", "chunk_tokens", "max_total_tokens"):
+              "mean_g_exact_tokens2", "b_s", "M_tokens", "prefill_chunk_tokens", "servers", "max_total_tokens"):
         assert k in d
 
 
 def test_service_rate_formula():
-    cap = lqs.capacity(lqs.preset("pd-1:1"), M_PAPER, CHUNK_PAPER, 0.0372)
+    cap = cap_of(lqs.preset("pd-1:1"), M_PAPER, CHUNK_PAPER, 0.0372)
     assert cap.mu_rps == pytest.approx(M_PAPER / (0.0372 * cap.mean_g_tokens2), rel=1e-12)
     assert cap.mu_exact_rps == pytest.approx(M_PAPER / (0.0372 * cap.mean_g_exact_tokens2), rel=1e-12)
     assert lqs.service_rate(100, 2.0, 5.0) == 10.0
@@ -53,7 +57,7 @@ def test_service_rate_formula():
 # ----------------------------------------------------------------------------------------------- g
 def footprint_sum(s: int, o: int, chunk: int) -> int:
     """Σ of SPEC step-1 footprints over a request's life, advancing it one unit per scheduled step."""
-    k = n_chunks(s, chunk)
+    k = prefill_steps(s, chunk)
     c = d = 0
     total = 0
     while d < o:
@@ -108,16 +112,16 @@ def test_g_paper_formula_and_relation_to_exact():
             assert ge == pytest.approx(gp, abs=1e-9)  # identical when ŝ divides s
 
 
-def test_n_chunks():
-    assert [n_chunks(s, 512) for s in (1, 511, 512, 513, 1024, 1025)] == [1, 1, 1, 2, 2, 3]
+def test_prefill_steps():
+    assert [prefill_steps(s, 512) for s in (1, 511, 512, 513, 1024, 1025)] == [1, 1, 1, 2, 2, 3]
 
 
-# ----------------------------------------------------------------------------------------------- mixtures / replicas
+# ----------------------------------------------------------------------------------------------- mixtures / servers
 def test_mu_mix_paper_halves():
-    # SPEC: with q = 1/2 the mixture formula gives 3.348 for the 2:1 and 1:2 halves
+    # with q = 1/2 the mixture formula gives 3.348 for the 2:1 and 1:2 halves
     assert round(lqs.mu_mix([3.956, 2.902], [0.5, 0.5]), 3) == 3.348
-    mu21 = lqs.capacity(lqs.preset("pd-2:1"), M_PAPER, CHUNK_PAPER, 0.0430).mu_rps
-    mu12 = lqs.capacity(lqs.preset("pd-1:2"), M_PAPER, CHUNK_PAPER, 0.0337).mu_rps
+    mu21 = cap_of(lqs.preset("pd-2:1"), M_PAPER, CHUNK_PAPER, 0.0430).mu_rps
+    mu12 = cap_of(lqs.preset("pd-1:2"), M_PAPER, CHUNK_PAPER, 0.0337).mu_rps
     assert round(lqs.mu_mix([mu21, mu12], [1, 1]), 3) == 3.348
 
 
@@ -133,8 +137,8 @@ def test_mu_mix_properties():
 def test_mu_mix_matches_mixture_workload_with_common_b():
     parts = [lqs.preset("pd-2:1"), lqs.preset("pd-1:2")]
     for q in ([0.5, 0.5], [0.2, 0.8]):
-        mus = [lqs.capacity(p, M_PAPER, CHUNK_PAPER, 0.04).mu_rps for p in parts]
-        mix = lqs.capacity(lqs.Mixture(parts, q), M_PAPER, CHUNK_PAPER, 0.04).mu_rps
+        mus = [cap_of(p, M_PAPER, CHUNK_PAPER, 0.04).mu_rps for p in parts]
+        mix = cap_of(lqs.Mixture(parts, q), M_PAPER, CHUNK_PAPER, 0.04).mu_rps
         assert mix == pytest.approx(lqs.mu_mix(mus, q), rel=1e-6)
 
 
@@ -146,20 +150,20 @@ def test_mu_mix_bad_input(mus, w):
     assert e.value.param in ("mus", "weights")
 
 
-def test_replicas_needed():
-    assert lqs.replicas_needed(20, 3.263, 0.9) == math.ceil(20 / (3.263 * 0.9)) == 7
-    assert lqs.replicas_needed(0.0, 3.0, 0.9) == 1
-    assert lqs.replicas_needed(1.0, 3.0, 1.0) == 1
+def test_servers_needed():
+    assert lqs.servers_needed(20, 3.263, 0.9) == math.ceil(20 / (3.263 * 0.9)) == 7
+    assert lqs.servers_needed(0.0, 3.0, 0.9) == 1
+    assert lqs.servers_needed(1.0, 3.0, 1.0) == 1
     mu, rho = 3.263217371495933, 0.9
-    assert lqs.replicas_needed(3 * mu * rho, mu, rho) == 3  # no floating-point bump to 4
-    assert lqs.replicas_needed(3 * mu * rho * 1.001, mu, rho) == 4
+    assert lqs.servers_needed(3 * mu * rho, mu, rho) == 3  # no floating-point bump to 4
+    assert lqs.servers_needed(3 * mu * rho * 1.001, mu, rho) == 4
 
 
 @pytest.mark.parametrize("lam, mu, rho, param", [(-1, 3, 0.9, "lam"), (1, 0, 0.9, "mu"), (1, 3, 0, "rho"),
                                                  (1, 3, 1.5, "rho"), (np.nan, 3, 0.9, "lam"), ("x", 3, 0.9, "lam")])
-def test_replicas_needed_bad_input(lam, mu, rho, param):
+def test_servers_needed_bad_input(lam, mu, rho, param):
     with pytest.raises(LqsError) as e:
-        lqs.replicas_needed(lam, mu, rho)
+        lqs.servers_needed(lam, mu, rho)
     assert e.value.param == param
 
 
@@ -224,14 +228,15 @@ def test_trimming_everything_is_an_error():
 @pytest.mark.parametrize("M, chunk, b, param", [
     (0, 512, 0.0372, "M"), (-5, 512, 0.0372, "M"), (1.5, 512, 0.0372, "M"), ("131000", 512, 0.0372, "M"),
     (None, 512, 0.0372, "M"), (True, 512, 0.0372, "M"), (np.nan, 512, 0.0372, "M"),
-    (131_000, 0, 0.0372, "chunk"), (131_000, 2.5, 0.0372, "chunk"), (131_000, "x", 0.0372, "chunk"),
+    (131_000, 0, 0.0372, "prefill_chunk"), (131_000, 2.5, 0.0372, "prefill_chunk"),
+    (131_000, "x", 0.0372, "prefill_chunk"),
     (131_000, 512, 0.0, "b"), (131_000, 512, -0.1, "b"), (131_000, 512, np.nan, "b"), (131_000, 512, np.inf, "b"),
     (131_000, 512, "fast", "b"),
     (3199, 512, 0.0372, "lengths"),  # s+o = 3200 > M
 ])
 def test_capacity_bad_input_names_the_parameter(M, chunk, b, param):
     with pytest.raises(LqsError) as e:
-        lqs.capacity(lqs.preset("pd-1:1"), M, chunk, b)
+        cap_of(lqs.preset("pd-1:1"), M, chunk, b)
     assert e.value.param == param
     msg = str(e.value)
     assert msg.startswith(f"{param}=") and "invalid" in msg
@@ -239,5 +244,28 @@ def test_capacity_bad_input_names_the_parameter(M, chunk, b, param):
 
 
 def test_capacity_accepts_integral_floats_and_M_at_the_limit():
-    cap = lqs.capacity(lqs.preset("pd-1:1"), 3200.0, 512.0, 0.0372)
+    cap = cap_of(lqs.preset("pd-1:1"), 3200.0, 512.0, 0.0372)
     assert cap.M_tokens == 3200 and cap.delta == 1.0 and cap.mu_stable_rps == 0.0
+
+
+def test_replicas_needed_is_the_old_name_of_servers_needed():
+    assert lqs.replicas_needed is lqs.servers_needed
+
+
+def test_capacity_of_a_cluster_scales_with_servers_and_needs_one_configuration():
+    one = cap_of(lqs.preset("pd-1:1"), M_PAPER, CHUNK_PAPER, 0.0372)
+    eight = cap_of(lqs.preset("pd-1:1"), M_PAPER, CHUNK_PAPER, 0.0372, servers=8)
+    assert eight.servers == 8 and eight.mu_rps == pytest.approx(8 * one.mu_rps)
+    assert eight.mu_exact_stable_rps == pytest.approx(8 * one.mu_exact_stable_rps)
+    assert eight.rho(eight.mu_rps / 2) == pytest.approx(0.5)
+    for field, grid in (("M", [65536, 131000]), ("b", [0.03, 0.04])):
+        with pytest.raises(LqsError) as e:
+            lqs.capacity(lqs.preset("pd-1:1"), lqs.Server(**{**dict(M=M_PAPER, prefill_chunk=512, b=0.0372),
+                                                            field: grid}))
+        assert e.value.param == field
+    with pytest.raises(LqsError) as e:
+        lqs.capacity(lqs.preset("pd-1:1"), lqs.Server(M=M_PAPER, prefill_chunk=512, b=lqs.AffineBatch(0.01, 1e-5)))
+    assert e.value.param == "b_theory"
+    aff = lqs.capacity(lqs.preset("pd-1:1"), lqs.Server(M=M_PAPER, prefill_chunk=512, b=lqs.AffineBatch(0.01, 1e-5),
+                                                        b_theory=0.0372))
+    assert aff.mu_rps == pytest.approx(one.mu_rps)

@@ -62,8 +62,8 @@ def test_exact_moments_match_brute_force(name, chunk):
     eg, ege, es, eo = brute_force(w, chunk)
     assert m.g == pytest.approx(eg, rel=1e-9)
     assert m.g_exact == pytest.approx(ege, rel=1e-9)
-    assert m.mean_s == pytest.approx(es, rel=1e-9)
-    assert m.mean_o == pytest.approx(eo, rel=1e-9)
+    assert m.mean_prompt_tokens == pytest.approx(es, rel=1e-9)
+    assert m.mean_output_tokens == pytest.approx(eo, rel=1e-9)
     assert m.g_exact >= m.g - 1e-9
 
 
@@ -86,7 +86,7 @@ def test_monte_carlo_path_within_4_se_of_exact(name):
 
 def test_paper_preset_moments():
     m = lqs.preset("pd-1:1").expected_g(512)
-    assert m.mean_s == pytest.approx(805.0) and m.mean_o == pytest.approx(805.0)
+    assert m.mean_prompt_tokens == pytest.approx(805.0) and m.mean_output_tokens == pytest.approx(805.0)
     assert lqs.preset("pd-1:1").max_total == 3200
     assert lqs.preset("pd-2:1").max_total == 3199
     mix = lqs.preset("mix-2:1/1:2")
@@ -194,7 +194,7 @@ def test_sample_from_uniforms_edges():
     (lambda: Mixture([]), "parts"),
     (lambda: Mixture([lqs.preset("pd-1:1")], [-1]), "weights"),
     (lambda: lqs.preset("pd-3:1"), "workload"),
-    (lambda: lqs.preset("pd-1:1").expected_g(0), "chunk"),
+    (lambda: lqs.preset("pd-1:1").expected_g(0), "prefill_chunk"),
     (lambda: lqs.preset("pd-1:1").expected_g(512, method="fast"), "method"),
     (lambda: lqs.preset("pd-1:1").validate(3199), "lengths"),
     (lambda: lqs.preset("pd-1:1").validate(0), "M"),
