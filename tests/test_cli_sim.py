@@ -1,10 +1,10 @@
 """``lqs simulate`` and ``lqs critical``: JSON keys and numbers, --out files, seeds, policies, batch-time models,
 and exit status 2 with a one-line error for bad input.
 
-Every run is small (M = 16,384 tokens, 4 replicas, 3,000 steps) and the option shapes repeat, so JAX compiles
-few programs: the (configuration × replica) count and the static engine config (policy, batch model, slot count,
-arrival cap) decide a compilation, so e.g. ``--lam 0.2:1.0:3 --replicas 4`` and ``--lam 1.25 --replicas 12``
-share one, and the saturation run of ``critical --replicas 8`` shares the one of ``--lam 0.2,1.0 --replicas 4``.
+Every run is small (M = 16,384 tokens, 4 trials, 3,000 steps) and the option shapes repeat, so JAX compiles
+few programs: the (configuration × trial) count and the static engine config (policy, batch model, slot count,
+arrival cap) decide a compilation, so e.g. ``--lam 0.2:1.0:3 --trials 4`` and ``--lam 1.25 --trials 12``
+share one, and the saturation run of ``critical --trials 8`` shares the one of ``--lam 0.2,1.0 --trials 4``.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import pytest
 
 from cli_run import run, run_json
 
-BASE = ["--workload", "pd-1:1", "--M", "16384", "--chunk", "512", "--b", "0.0372"]
-SIM = ["simulate", *BASE, "--replicas", "4", "--steps", "3000", "--warmup", "1000"]
-CRIT = ["critical", *BASE, "--replicas", "8", "--steps", "6000", "--warmup", "1000", "--grid-points", "3",
-        "--grid-replicas", "4"]
+BASE = ["--workload", "pd-1:1", "--M", "16384", "--prefill-chunk", "512", "--b", "0.0372"]
+SIM = ["simulate", *BASE, "--trials", "4", "--steps", "3000", "--warmup", "1000"]
+CRIT = ["critical", *BASE, "--trials", "8", "--steps", "6000", "--warmup", "1000", "--grid-points", "3",
+        "--grid-trials", "4"]
 THEORY = ("mu_rps", "mu_exact_rps", "mu_stable_rps", "mu_exact_stable_rps", "delta")
 SUMMARY_KEYS = {"lam_rps", "mu_rps", "mu_exact_rps", "mu_stable_rps", "p_unstable", "throughput_rps", "wait_p99_s",
                 "reliable"}
@@ -34,7 +34,7 @@ def cap():
 
 @pytest.fixture(scope="module")
 def pair():
-    """The workhorse run: λ = 0.2 (well below μ(1−δ) ≈ 0.328) and 1.0 (≈ 2.5 μ_exact), 4 replicas each."""
+    """The workhorse run: λ = 0.2 (well below μ(1−δ) ≈ 0.328) and 1.0 (≈ 2.5 μ_exact), 4 trials each."""
     return run_json(SIM + ["--lam", "0.2,1.0"])
 
 
@@ -46,7 +46,8 @@ def _check_rows(d, lams, cap):
         assert SUMMARY_KEYS <= set(r), SUMMARY_KEYS - set(r)
         for k in THEORY:
             assert r[k] == pytest.approx(cap[k], rel=1e-12), k
-        assert r["replicas"] == 4 and r["policy"] == "fcfs" and r["M_tokens"] == 16384
+        assert r["trials"] == 4 and r["policy"] == "swap" and r["M_tokens"] == 16384
+        assert r["prefill_chunk_tokens"] == 512 and r["rho"] == pytest.approx(r["lam_rps"] / r["mu_rps"])
         assert 0.0 <= r["p_unstable"] <= 1.0 and r["throughput_rps"] > 0
         assert r["reliable"] is True
     for r in rows:
@@ -61,10 +62,10 @@ def _check_rows(d, lams, cap):
 
 # ----------------------------------------------------------------------------------------------- simulate --json
 def test_simulate_json_single_lambda_far_above_capacity(cap):
-    d = run_json(_with(SIM, ["--replicas", "12"]) + ["--lam", "1.25"])
+    d = run_json(_with(SIM, ["--trials", "12"]) + ["--lam", "1.25"])
     (r,) = d["summary"]
     assert SUMMARY_KEYS <= set(r)
-    assert r["lam_rps"] == 1.25 and r["replicas"] == 12
+    assert r["lam_rps"] == 1.25 and r["trials"] == 12
     assert r["lam_rps"] > 3 * r["mu_exact_rps"]
     assert r["p_unstable"] == 1.0 and r["throughput_rps"] < r["lam_rps"]
     assert r["throughput_rps"] < 1.1 * r["mu_exact_rps"]
@@ -94,32 +95,37 @@ def test_simulate_out_dir(tmp_path, pair):
     out = tmp_path / "run"
     r = run(SIM + ["--lam", "0.2,1.0", "--out", str(out), "--seed", "0"])
     assert r.exit_code == 0, r.output
-    for f in ("replicas.csv", "summary.csv", "config.json", "series.npz", "waiting.png"):
+    for f in ("trials.csv", "summary.csv", "config.json", "series.npz", "waiting.png"):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
     assert (out / "waiting.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert str(out) in r.stdout.replace("\n", "")
 
-    reps = pd.read_csv(out / "replicas.csv")
+    reps = pd.read_csv(out / "trials.csv")
     assert len(reps) == 4 * 2
     assert sorted(reps["lam_rps"].unique()) == [0.2, 1.0]
     assert (reps.groupby("lam_rps").size() == 4).all()
-    for col in ("lam_rps", "M_tokens", "chunk_tokens", "b_s", "window_s", "throughput_rps", "mem_mean_tokens",
+    for col in ("trial", "lam_rps", "M_tokens", "prefill_chunk_tokens", "b_s", "window_s", "throughput_rps",
+                "mem_mean_tokens",
                 "wait_p99_s", "ttft_p50_s", "e2e_mean_s", "warmup_steps"):
         assert col in reps.columns, col
-    for bare in ("lam", "M", "chunk", "b", "throughput", "wait_p99", "window"):
+    for bare in ("lam", "M", "chunk", "chunk_tokens", "replica", "b", "throughput", "wait_p99", "window"):
         assert bare not in reps.columns, bare
     summ = pd.read_csv(out / "summary.csv")
     assert len(summ) == 2
     # the same seed gives the same numbers as the --json run of the fixture
     assert summ["throughput_rps"].tolist() == pytest.approx([x["throughput_rps"] for x in pair["summary"]])
-    # summary is the mean over the replica rows
+    # summary is the mean over the trial rows
     assert summ["throughput_rps"].tolist() == pytest.approx(reps.groupby("lam_rps")["throughput_rps"].mean().tolist())
 
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["seed"] == 0 and cfg["policy"] == "fcfs"
-    assert cfg["M_tokens"] == [16384, 16384] and cfg["chunk_tokens"] == 512
+    assert cfg["seed"] == 0 and cfg["server"]["policy"] == "swap"
+    assert cfg["server"] == {"M_tokens": 16384, "prefill_chunk_tokens": 512, "b": 0.0372, "b_theory_s": None,
+                             "policy": "swap", "token_budget": None, "servers": 1, "routing": "round_robin"}
+    mc = cfg["monte_carlo"]
+    assert mc["trials"] == 4 and mc["steps"] == 3000 and mc["warmup"] == 1000 and mc["seed"] == 0
+    assert cfg["M_tokens"] == [16384, 16384]
     assert cfg["steps_requested"] == 3000 and cfg["steps_run"] >= 3000 and cfg["warmup_steps"] == 1000
-    assert cfg["replicas"] == 4 and cfg["lam_rps"] == pytest.approx([0.2, 1.0])
+    assert cfg["trials"] == 4 and cfg["lam_rps"] == pytest.approx([0.2, 1.0])
     assert cfg["workload_label"] == "pd-1:1"
 
     npz = np.load(out / "series.npz")
@@ -137,16 +143,24 @@ def test_seed_reproducible_and_different(pair):
 
 
 # ----------------------------------------------------------------------------------------------- policies
-@pytest.mark.parametrize("policy", ["fcfs", "recompute", "reserve"])
+@pytest.mark.parametrize("policy", ["swap", "recompute", "reserve"])
 def test_policies_run(policy, pair):
     # reserve saturates near 0.27 req/s here (peak-memory admission, δ ≈ 0.2), so λ = 0.2 is too close to its
-    # own capacity for a 4-replica, 3,000-step verdict: the low point is λ = 0.1 for the other policies
-    d = pair if policy == "fcfs" else run_json(SIM + ["--lam", "0.1,1.0", "--policy", policy])
+    # own capacity for a 4-trial, 3,000-step verdict: the low point is λ = 0.1 for the other policies
+    d = pair if policy == "swap" else run_json(SIM + ["--lam", "0.1,1.0", "--policy", policy])
     lo, hi = d["summary"]
     assert lo["policy"] == hi["policy"] == policy
     assert lo["p_unstable"] == 0.0 and hi["p_unstable"] == 1.0
     assert hi["throughput_rps"] < hi["lam_rps"] and lo["throughput_rps"] > 0
     assert d["reliable"] is True
+
+
+def test_aliases_fcfs_and_chunk_give_the_same_run(pair):
+    """``--policy fcfs`` is the old name of swap and ``--chunk`` of ``--prefill-chunk``: same numbers, named swap."""
+    args = [x if x != "--prefill-chunk" else "--chunk" for x in SIM] + ["--lam", "0.2,1.0", "--policy", "fcfs"]
+    d = run_json(args)
+    assert [r["policy"] for r in d["summary"]] == ["swap", "swap"] and d["server"]["policy"] == "swap"
+    assert d["summary"] == pair["summary"]
 
 
 # ----------------------------------------------------------------------------------------------- batch models
@@ -169,7 +183,7 @@ CRIT_KEYS = {"lam_star_rps", "lam_star_lo_rps", "lam_star_hi_rps", "mu_sim_rps",
              "mu_exact_rps", "mu_stable_rps", "delta", "reliable"}
 
 
-def test_critical_json_and_table(cap):
+def test_critical_json_table_and_out(cap, tmp_path):
     d = run_json(CRIT)
     assert CRIT_KEYS <= set(d), CRIT_KEYS - set(d)
     assert d["lam_star_lo_rps"] <= d["lam_star_rps"] <= d["lam_star_hi_rps"]
@@ -178,12 +192,18 @@ def test_critical_json_and_table(cap):
     assert d["mu_sim_se_rps"] > 0 and 0.8 * d["mu_exact_rps"] <= d["mu_sim_rps"] <= 1.1 * d["mu_exact_rps"]
     for k in THEORY:
         assert d[k] == pytest.approx(cap[k], rel=1e-12), k
-    assert d["reliable"] is True and d["replicas"] == 8 and d["policy"] == "fcfs"
+    assert d["reliable"] is True and d["trials"] == 8 and d["policy"] == "swap"
     assert len(d["grid_lam_rps"]) == len(d["grid_p_unstable"]) == 3
     assert d["grid_p_unstable"][0] == 0.0  # 0.8·μ_exact(1−δ)
-    # the human table shows the same (seeded) numbers
-    r = run(CRIT)
+    assert d["server"]["policy"] == "swap" and d["monte_carlo"]["trials"] == 8
+    # the human table shows the same (seeded) numbers; --out writes them with both runs' tables
+    out = tmp_path / "crit"
+    r = run(CRIT + ["--out", str(out)])
     assert r.exit_code == 0, r.output
+    saved = _strict((out / "critical.json").read_text())
+    assert saved["lam_star_rps"] == d["lam_star_rps"] and saved["server"] == d["server"]
+    assert (out / "saturation" / "trials.csv").is_file() and (out / "grid" / "summary.csv").is_file()
+    _strict((out / "saturation" / "config.json").read_text())
     for needle in ("λ* (simulated critical rate)", f"{d['lam_star_rps']:.4f}", f"{d['lam_star_lo_rps']:.4f}",
                    f"{d['mu_exact_rps']:.4f}", "P(unstable) over λ", "inside [μ_exact(1−δ), μ_exact]: yes"):
         assert needle in r.stdout, needle
@@ -205,7 +225,9 @@ def test_simulate_table(pair):
 # ----------------------------------------------------------------------------------------------- bad input
 BAD = [
     (["--policy", "bogus"], "policy"),
-    (["--replicas", "0"], "replicas"),
+    (["--trials", "0"], "trials"),
+    (["--servers", "0"], "servers"),
+    (["--routing", "nearest"], "routing"),
     (["--lam", "-1"], "lam"),
     (["--lam", "1:2"], "lam"),
     (["--lam", "1:2:0"], "lam"),
@@ -251,10 +273,46 @@ def test_simulate_bad_input_exit_2_one_line(over, param):
 
 
 @pytest.mark.parametrize("over, param", [(["--policy", "bogus"], "policy"), (["--grid-points", "-1"], "grid_points"),
-                                         (["--grid-replicas", "0"], "grid_replicas"), (["--M", "1000"], "lengths"),
+                                         (["--grid-trials", "0"], "grid_trials"), (["--M", "1000"], "lengths"),
                                          (["--steps", "1000"], "steps")])
 def test_critical_bad_input_exit_2_one_line(over, param):
     _assert_one_line_error(run(_with(CRIT, over)), param)
+
+
+@pytest.mark.parametrize("cmd, flag, new", [(SIM + ["--lam", "0.2"], "--replicas", "--trials"),
+                                            (CRIT, "--replicas", "--trials"),
+                                            (CRIT, "--grid-replicas", "--grid-trials")],
+                         ids=["simulate --replicas", "critical --replicas", "critical --grid-replicas"])
+def test_renamed_flags_are_one_line_errors(cmd, flag, new):
+    r = run(cmd + [flag, "4"])
+    assert r.exit_code == 2 and r.stdout == ""
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"error: {flag} was renamed {new} (Monte Carlo repetitions")
+    if flag == "--replicas":
+        assert line == ("error: --replicas was renamed --trials (Monte Carlo repetitions); serving instances are "
+                        "--servers")
+
+
+def _strict(text):
+    """json.loads that refuses bare NaN / Infinity (not JSON)."""
+    def bad(c):
+        raise AssertionError(f"bare {c} in JSON")
+
+    return json.loads(text, parse_constant=bad)
+
+
+def test_json_never_contains_bare_nan(tmp_path, pair):
+    """λ = 0 has no completions, so its latencies and control-variate throughput are missing: null on stdout and
+    in config.json, never NaN (one policy for every JSON lqs writes)."""
+    out = tmp_path / "zero"
+    r = run(SIM + ["--lam", "0,1.0", "--json", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "NaN" not in r.stdout and "Infinity" not in r.stdout
+    d = _strict(r.stdout)
+    zero = d["summary"][0]
+    assert zero["lam_rps"] == 0.0 and zero["wait_p99_s"] is None and zero["throughput_rps"] == 0.0
+    assert d["server"]["prefill_chunk_tokens"] == 512 and d["monte_carlo"]["trials"] == 4
+    _strict((out / "config.json").read_text())
 
 
 def test_missing_lam():
@@ -269,7 +327,7 @@ def test_engine_option_selects_the_path_with_identical_numbers(tmp_path):
         out = tmp_path / eng
         r = run(["--engine", eng, *args, "--out", str(out)])
         assert r.exit_code == 0, r.output
-        outs[eng] = (json.loads((out / "config.json").read_text()), pd.read_csv(out / "replicas.csv"))
+        outs[eng] = (json.loads((out / "config.json").read_text()), pd.read_csv(out / "trials.csv"))
     assert outs["xla"][0]["sizing"]["engine"] == "xla"
     assert outs["fused"][0]["sizing"]["engine"] == "fused-interpret"
     pd.testing.assert_frame_equal(outs["xla"][1], outs["fused"][1])

@@ -3,12 +3,12 @@ verdict and the servers needed for a target utilisation."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import click
 
-from .options import resolve_b, resolve_rate, resolve_server, resolve_workload, server_options, workload_options
+from .options import build_server, echo_json, output_options, parse_float, resolve_workload, server_options, \
+    workload_options
 
 VERDICT_STABLE = "stable (guaranteed, λ < μ(1−δ))"
 VERDICT_BAND = "in the uncertain band μ(1−δ) ≤ λ ≤ μ — simulate it (lqs critical)"
@@ -24,9 +24,11 @@ def verdict(lam: float, mu: float, mu_stable: float) -> tuple[str, str]:
     return "uncertain", VERDICT_BAND
 
 
-def capacity_report(wl, cap, bb, lam=None, rho=0.9) -> dict:
-    """The JSON object of ``lqs capacity`` (snake_case keys, units in the names)."""
-    from .._theory import replicas_needed
+def capacity_report(wl, cap, bb, lam=None, rho_target=0.9) -> dict:
+    """The JSON object of ``lqs capacity`` (snake_case keys, units in the names). Rates are the whole
+    deployment's (``servers`` instances); ``rho`` = λ/μ; ``servers_needed`` = ⌈λ/(μ₁·ρ_target)⌉ with
+    μ₁ = μ/servers the rate of one instance."""
+    from .._theory import servers_needed
 
     out = {"workload": wl.label}
     out.update(cap.to_dict())
@@ -39,8 +41,8 @@ def capacity_report(wl, cap, bb, lam=None, rho=0.9) -> dict:
         out["trace_mean_rate_rps"] = wl.trace.mean_rate_rps
     if lam is not None:
         code, text = verdict(lam, cap.mu_rps, cap.mu_stable_rps)
-        out.update(lam_rps=lam, rho=rho, utilisation=lam / cap.mu_rps, utilisation_exact=lam / cap.mu_exact_rps,
-                   verdict=text, verdict_code=code, replicas=replicas_needed(lam, cap.mu_rps, rho))
+        out.update(lam_rps=lam, rho=lam / cap.mu_rps, rho_target=rho_target, verdict=text, verdict_code=code,
+                   servers_needed=servers_needed(lam, cap.mu_rps / cap.servers, rho_target))
     return out
 
 
@@ -62,8 +64,10 @@ def _print_table(rep: dict):
     t.add_column("value", overflow="fold")
     add = t.add_row
     t.add_row = lambda k, v, style=None: add(escape(k), escape(v) if style is None else f"[{style}]{escape(v)}[/]")
-    t.add_row("KV capacity M", f"{rep['M_tokens']:,} tokens")
-    t.add_row("prefill chunk ŝ", f"{rep['chunk_tokens']:,} tokens")
+    t.add_row("KV capacity M", f"{rep['M_tokens']:,} tokens" + (" per server" if rep["servers"] > 1 else ""))
+    if rep["servers"] > 1:
+        t.add_row("servers G", f"{rep['servers']}  (rates below are the whole deployment's)")
+    t.add_row("prefill chunk ŝ", f"{rep['prefill_chunk_tokens']:,} tokens")
     b_txt = f"{rep['b_s']:.6g} s"
     if "b_estimator" in rep:
         b_txt += f"  ({rep['b_estimator']} of {rep['b_samples_n']:,} samples)"
@@ -84,10 +88,10 @@ def _print_table(rep: dict):
     t.add_row("unstable range", f"λ > μ = {_fmt(rep['mu_rps'])} req/s")
     if "lam_rps" in rep:
         t.add_row("arrival rate λ", f"{_fmt(rep['lam_rps'])} req/s")
-        t.add_row("utilisation λ/μ", f"{rep['utilisation']:.4f}")
+        t.add_row("utilisation ρ = λ/μ", f"{rep['rho']:.4f}")
         style = {"stable": "green", "uncertain": "yellow", "unstable": "bold red"}[rep["verdict_code"]]
         t.add_row("verdict", rep["verdict"], style=style)
-        t.add_row(f"replicas for ρ = {rep['rho']:g}", f"{rep['replicas']}  (⌈λ/(μ·ρ)⌉)")
+        t.add_row(f"servers for ρ = {rep['rho_target']:g}", f"{rep['servers_needed']}  (⌈λ/(μ₁·ρ)⌉)")
     con = Console(highlight=False)
     if not con.is_terminal:  # piped or captured: don't wrap at rich's default of 80 columns
         con = Console(highlight=False, width=100)
@@ -96,31 +100,31 @@ def _print_table(rep: dict):
 
 @click.command("capacity")
 @workload_options
-@server_options
+@server_options(simulation=False)
 @click.option("--lam", "lam", metavar="RPS", default=None, help="Arrival rate λ in requests per second.")
 @click.option("--rho", "rho", metavar="RHO", default="0.9", show_default=True,
-              help="Target utilisation ρ in (0, 1] for the replica count ⌈λ/(μ·ρ)⌉.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout instead of a table.")
-def capacity_cmd(workload, trace, s_col, o_col, t_col, split, M, chunk, b, b_samples, b_estimator, b_col, lam, rho,
-             as_json):
-    """Closed-form capacity: μ, μ_exact, E[g], δ, the stable and unstable ranges and, with --lam, the verdict.
+              help="Target utilisation ρ = λ/μ in (0, 1] for the servers needed, ⌈λ/(μ₁·ρ)⌉ "
+                   "(μ₁: one server's rate).")
+@output_options(out=None)
+def capacity_cmd(as_json, lam, rho, **opts):
+    """Closed-form capacity: μ, μ_exact, E[g], δ, the stable and unstable ranges and, with --lam, the verdict and
+    the servers needed for a target utilisation.
 
     \b
     Examples:
-      lqs capacity --workload pd-1:1 --M 131000 --chunk 512 --b 0.0372
-      lqs capacity --trace azure-conv --M 131000 --chunk 512 --b 0.0372 --lam 20 --rho 0.9
-      lqs capacity --trace my_log.csv --M 131000 --chunk 512 --b-samples batch_times.csv \\
+      lqs capacity --workload pd-1:1 --M 131000 --prefill-chunk 512 --b 0.0372
+      lqs capacity --trace azure-conv --M 131000 --prefill-chunk 512 --b 0.0372 --lam 20 --rho 0.9
+      lqs capacity --trace my_log.csv --M 131000 --prefill-chunk 512 --b-samples batch_times.csv \\
                    --b-estimator trimmed:0.05 --json
     """
-    from .._theory import capacity as _capacity
+    from .._theory import capacity
 
-    M, chunk = resolve_server(M, chunk)
-    lam_v, rho_v = resolve_rate(lam, rho)
-    bb = resolve_b(b=b, b_samples=b_samples, b_estimator=b_estimator, b_col=b_col)
-    wl = resolve_workload(workload=workload, trace=trace, s_col=s_col, o_col=o_col, t_col=t_col, split=split, M=M)
-    cap = _capacity(wl.workload, M, chunk, bb.b_s)
-    rep = capacity_report(wl, cap, bb, lam_v, rho_v)
+    server, bb = build_server(opts)
+    lam_v = None if lam is None else parse_float("lam", lam, 0.0)
+    rho_v = parse_float("rho", rho, 0.0, 1.0, lo_open=True)
+    wl = resolve_workload(**{**opts, "M": server.M})
+    rep = capacity_report(wl, capacity(wl.workload, server), bb, lam_v, rho_v)
     if as_json:
-        click.echo(json.dumps(rep, ensure_ascii=False))
+        echo_json(rep)
     else:
         _print_table(rep)

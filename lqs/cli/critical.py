@@ -2,52 +2,65 @@
 
 from __future__ import annotations
 
-import json
+import os
 
 import click
 
-from .options import (_common, _console, _json_clean, _show_progress, _sim_options, parse_int, server_options,
-                      workload_options)
+from .. import _jsonio
+from .options import (build_mc, build_server, console, echo_json, mc_options, output_options, parse_int,
+                      renamed_options, resolve_workload, server_options, show_progress, workload_options)
 
 
 @click.command("critical")
 @workload_options
-@server_options
-@_sim_options
+@server_options()
+@mc_options()
 @click.option("--grid-points", default="9", show_default=True, metavar="N",
               help="λ values of the P(unstable) grid (0 to skip).")
-@click.option("--grid-replicas", default="32", show_default=True, metavar="N", help="Replicas per grid λ.")
-def critical_cmd(workload, trace, s_col, o_col, t_col, split, M, chunk, b, b_samples, b_estimator, b_col, policy,
-                 replicas, steps, warmup, seed, token_budget, K, b_model, servers, routing, progress, as_json,
-                 grid_points,
-                 grid_replicas):
+@click.option("--grid-trials", default="32", show_default=True, metavar="N", help="Trials per grid λ.")
+@renamed_options("grid_replicas")
+@output_options(out_help="Write critical.json (λ*, the closed form, server and Monte Carlo settings) and the "
+                         "saturation and grid runs (saturation/, grid/: tables and config.json) here.")
+def critical_cmd(grid_points, grid_trials, progress, as_json, out, **opts):
     """The critical rate λ* (saturation throughput, with a 95 % interval), μ_sim, and the theory bounds.
 
     \b
     Example:
-      lqs critical --workload pd-1:1 --M 131000 --chunk 512 --b 0.0372
+      lqs critical --workload pd-1:1 --M 131000 --prefill-chunk 512 --b 0.0372
     """
-    import jax
+    from .. import critical
 
-    from .._critical import critical
-
-    c = _common(workload, trace, s_col, o_col, t_col, split, M, chunk, b, b_samples, b_estimator, b_col, policy,
-                replicas, steps, warmup, seed, token_budget, K, b_model, servers, routing)
-    res = critical(c["wl"].workload, M=c["M"], chunk=c["chunk"], b=c["batch"], policy=c["policy"],
-                   replicas=c["replicas"], steps=c["steps"], warmup=c["warmup"], key=jax.random.key(c["seed"]),
-                   grid_points=parse_int("grid_points", grid_points, 0, 1000),
-                   grid_replicas=parse_int("grid_replicas", grid_replicas, 1), token_budget=c["token_budget"],
-                   K=c["K"], progress=_show_progress(progress), b_theory=c["bb"].b_s, servers=c["servers"],
-                   routing=c["routing"])
-    out = dict(workload=c["wl"].label, **res.summary)
+    server, _ = build_server(opts)
+    mc = build_mc(opts)
+    wl = resolve_workload(**{**opts, "M": server.M})
+    res = critical(wl.workload, server, mc, grid_points=parse_int("grid_points", grid_points, 0, 1000),
+                   grid_trials=parse_int("grid_trials", grid_trials, 1, 2**24), progress=show_progress(progress))
+    out_d = dict(workload=wl.label, **res.summary)
+    doc = dict(out_d, server=server.describe(), monte_carlo=mc.describe())
+    if out:
+        _save(res, doc, out)
     if as_json:
-        click.echo(json.dumps(_json_clean(out)))
+        echo_json(doc)
         return
+    _print_critical(out_d, out)
+
+
+def _save(res, doc, out):
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "critical.json"), "w") as fh:
+        _jsonio.dump(doc, fh, indent=2, ensure_ascii=False)
+    res.saturation.save(os.path.join(out, "saturation"), plot=False)
+    if res.grid is not None:
+        res.grid.save(os.path.join(out, "grid"), plot=False)
+
+
+def _print_critical(out, out_dir):
     from rich.table import Table
 
-    con = _console()
-    t = Table(title=f"lqs critical — {out['workload']}, M={out['M_tokens']}, ŝ={out['chunk_tokens']}, "
-                    f"b̄={out['b_s']:.4g} s, {out['policy']}")
+    con = console()
+    t = Table(title=f"lqs critical — {out['workload']}, M={out['M_tokens']}, ŝ={out['prefill_chunk_tokens']}, "
+                    f"b̄={out['b_s']:.4g} s, {out['policy']}"
+                    + (f", {out['servers']} servers ({out['routing']})" if out.get("servers", 1) > 1 else ""))
     t.add_column("quantity")
     t.add_column("req/s", justify="right")
     t.add_row("λ* (simulated critical rate)", f"{out['lam_star_rps']:.4f}  [{out['lam_star_lo_rps']:.4f}, "
@@ -69,3 +82,5 @@ def critical_cmd(workload, trace, s_col, o_col, t_col, split, M, chunk, b, b_sam
               f"{'yes' if out['in_theory_band'] else 'no'}")
     if not out["reliable"]:
         con.print(f"[bold red]UNRELIABLE:[/] {out.get('unreliable_reason', '')}")
+    if out_dir:
+        con.print(f"wrote {os.path.abspath(out_dir)}/ (critical.json, saturation/, grid/)")

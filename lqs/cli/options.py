@@ -1,35 +1,47 @@
-"""Click options and input resolution shared by the ``lqs`` commands (capacity, simulate, critical, sweep).
+"""The options the ``lqs`` commands share, defined once, and the two helpers that turn them into the library's
+values: :func:`build_server` (one :class:`lqs.Server`) and :func:`build_mc` (one :class:`lqs.MonteCarlo`).
 
-Numbers arrive as text and are validated here, so every bad value becomes one :class:`lqs.LqsError` naming the
-parameter (the CLI prints it on one line and exits with status 2) rather than a multi-line click usage error.
+Option groups (decorators): :func:`workload_options` (``--workload`` | ``--trace`` …), :func:`server_options`
+(``--M --prefill-chunk/--chunk --b --b-samples --b-estimator --b-col --servers`` and, for the Monte Carlo
+commands, ``--b-model --policy --token-budget --routing``), :func:`mc_options` (``--trials --steps --warmup --seed
+--K --progress``) and :func:`output_options` (``--json --out``). Words follow docs/model.md: *trials* are Monte
+Carlo repetitions, *servers* are serving instances, ŝ is the *prefill chunk*.
 
-Usage in a command::
-
-    @main.command()
-    @workload_options
-    @server_options
-    def simulate(workload, trace, s_col, o_col, t_col, split, M, chunk, b, b_samples, b_estimator, b_col):
-        M, chunk = resolve_server(M, chunk)
-        wl = resolve_workload(workload=workload, trace=trace, s_col=s_col, o_col=o_col, t_col=t_col,
-                              split=split, M=M)
-        bb = resolve_b(b=b, b_samples=b_samples, b_estimator=b_estimator, b_col=b_col)
-        ... wl.workload, wl.label, wl.trace, bb.b_s ...
+Numbers arrive as text and are validated by the library values themselves (``Server``, ``MonteCarlo``), so every
+bad value is one :class:`lqs.LqsError` naming the parameter: the CLI prints it on one line and exits with status 2.
+An option that was renamed (``--replicas`` → ``--trials``) is a one-line error of the same kind.
 """
 
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import dataclass
 
 import click
 import numpy as np
 
+from .. import _jsonio
 from .._errors import LqsError, check_float, check_int, parse_number
 
 SPLITS = ("all", "train", "test")
 TRAIN_FRAC = 0.8
 SPLIT_SEED = 0
+
+# old flag → the one-line error that replaces it
+RENAMED = {
+    "replicas": "--replicas was renamed --trials (Monte Carlo repetitions); serving instances are --servers",
+    "grid_replicas": "--grid-replicas was renamed --grid-trials (Monte Carlo repetitions per grid λ)",
+    "per_replica": "--per-replica was renamed --per-trial (one row per cell × trial)",
+    "cells_per_chunk": "--cells-per-chunk was renamed --cells-per-part (cells per part file)",
+}
+
+
+class RenamedOption(LqsError):
+    """A flag that no longer exists under its old name: the message says what it is called now."""
+
+    def __init__(self, name: str, value):
+        super().__init__(name, value, RENAMED[name])
+        self.args = (RENAMED[name],)
 
 
 # ----------------------------------------------------------------------------------------------- numbers
@@ -42,7 +54,31 @@ def parse_float(param: str, text, lo=None, hi=None, *, lo_open=False, hi_open=Fa
     return check_float(param, parse_number(param, text), lo, hi, lo_open=lo_open, hi_open=hi_open)
 
 
-# ----------------------------------------------------------------------------------------------- options
+def parse_lams(text) -> list[float]:
+    """``--lam``: '3.0' | '2.5,3,3.5' | 'LO:HI:N' (N evenly spaced values), requests per second."""
+    if text is None:
+        raise LqsError("lam", None, "give --lam RATE, a list R1,R2,... or a range LO:HI:N")
+    t = str(text).strip()
+    if ":" in t:
+        parts = t.split(":")
+        if len(parts) != 3:
+            raise LqsError("lam", text, "a range is LO:HI:N, e.g. 2.5:4:7")
+        lo = parse_float("lam", parts[0], 0.0)
+        hi = parse_float("lam", parts[1], lo)
+        n = parse_int("lam", parts[2], 1, 10_000)
+        return [float(x) for x in np.linspace(lo, hi, n)]
+    lams = [parse_float("lam", x, 0.0) for x in t.split(",") if x.strip() != ""]
+    if not lams:
+        raise LqsError("lam", text, "give --lam RATE, a list R1,R2,... or a range LO:HI:N")
+    return lams
+
+
+def split_list(text) -> list[str]:
+    """'a,b, c' → ['a', 'b', 'c']."""
+    return [t.strip() for t in str(text).split(",") if t.strip() != ""]
+
+
+# ----------------------------------------------------------------------------------------------- option groups
 def _compose(*decorators):
     def apply(f):
         for d in reversed(decorators):
@@ -50,6 +86,20 @@ def _compose(*decorators):
         return f
 
     return apply
+
+
+def _renamed_cb(ctx, param, value):
+    if value is not None and not ctx.resilient_parsing:
+        raise RenamedOption(param.name, value)
+    return value
+
+
+def renamed_options(*names):
+    """Hidden options under old names that fail with a one-line 'was renamed' error (see :data:`RENAMED`)."""
+    flags = {"replicas": "--replicas", "grid_replicas": "--grid-replicas", "per_replica": "--per-replica",
+             "cells_per_chunk": "--cells-per-chunk"}
+    return _compose(*(click.option(flags[n], n, hidden=True, default=None, expose_value=False, is_eager=True,
+                                   callback=_renamed_cb) for n in names))
 
 
 def workload_options(f):
@@ -70,19 +120,91 @@ def workload_options(f):
     )(f)
 
 
-def server_options(f):
-    """--M TOKENS --chunk TOKENS and --b SECONDS | --b-samples FILE [--b-estimator] [--b-col]."""
-    return _compose(
-        click.option("--M", "M", metavar="TOKENS", required=True, help="KV-cache capacity M in tokens."),
-        click.option("--chunk", "chunk", metavar="TOKENS", required=True, help="Prefill chunk size ŝ in tokens."),
+def server_options(*, simulation: bool = True, required: bool = True, grid: bool = False):
+    """The Server's options. ``required``: --M, --prefill-chunk and a b̄ must be given (else they default to the
+    command's own, e.g. a study's per-mode server); ``simulation`` adds --b-model --policy --token-budget
+    --routing; ``grid`` (``lqs sweep``) takes comma-separated lists, each an axis of the sweep."""
+    many = " (comma-separated list: one sweep axis)" if grid else ""
+    dflt = "" if required or grid else " (default: the command's own)"
+    req = {"required": True} if required else {"default": None}  # (click ≥ 8.3: a default None satisfies required)
+    opts = [
+        click.option("--M", "M", metavar="TOKENS", **req, help=f"KV-cache capacity M in tokens{many}{dflt}."),
+        click.option("--prefill-chunk", "--chunk", "prefill_chunk", metavar="TOKENS", **req,
+                     help=f"Prefill chunk ŝ in tokens{many}{dflt}; --chunk is an alias."),
         click.option("--b", "b", metavar="SECONDS", default=None,
-                     help="Batch (step) time b̄ in seconds. Give exactly one of --b / --b-samples."),
-        click.option("--b-samples", "b_samples", metavar="FILE", default=None,
-                     help="File of observed batch times in seconds (CSV, JSONL, Parquet or one number per line)."),
-        click.option("--b-estimator", "b_estimator", metavar="mean|median|trimmed:ALPHA", default=None,
-                     help="How to estimate b̄ from --b-samples (default: median, as the paper)."),
-        click.option("--b-col", "b_col", metavar="COL", default=None, help="Column of --b-samples to use."),
-    )(f)
+                     help=f"Batch (step) time b̄ in seconds{many}{dflt}."
+                          + ("" if grid else " Give exactly one of --b / --b-samples.")),
+    ]
+    if not grid:
+        opts += [
+            click.option("--b-samples", "b_samples", metavar="FILE", default=None,
+                         help="File of observed batch times in seconds (CSV, JSONL, Parquet or one number per line)."),
+            click.option("--b-estimator", "b_estimator", metavar="mean|median|trimmed:ALPHA", default=None,
+                         help="How to estimate b̄ from --b-samples (default: median, as the paper)."),
+            click.option("--b-col", "b_col", metavar="COL", default=None, help="Column of --b-samples to use."),
+        ]
+    opts.append(click.option("--servers", "servers", metavar="G", default=None,
+                             help=f"Identical serving instances behind one router{many} (default 1); λ and μ are "
+                                  "the whole deployment's."))
+    if simulation:
+        bm = "constant|empirical|lognormal:CV|two-speed:RATIO:FRAC|affine:A0,A1,A2,A3"
+        opts += [
+            click.option("--b-model", "--batch", "b_model", metavar=bm, default=None, multiple=grid,
+                         help="Batch-time model (repeat the flag for several)" if grid else
+                         "Batch-time model (default constant): b̄ every step; i.i.d. from --b-samples; lognormal "
+                         "with mean b̄; a fraction FRAC of steps RATIO× slower (mean b̄); or affine in the step's "
+                         "prefill tokens, decode tokens and memory (b̄ then only feeds the closed form)."),
+            click.option("--policy", "policy", metavar="swap|recompute|reserve", default=None,
+                         help=f"What happens to a preempted request{many} (default swap): swapped out and resumed, "
+                              "recomputed from scratch, or never preempted (admission reserves peak memory). "
+                              "fcfs is an alias of swap."),
+            click.option("--token-budget", "token_budget", metavar="TOKENS", default=None,
+                         help=f"At most this many tokens per step (vLLM max_num_batched_tokens; ≥ ŝ){many}"
+                              + (" (none = no budget)." if grid else ".")),
+            click.option("--routing", "routing", metavar="round_robin|random|jsq|least_kv", default=None,
+                         help=f"How the router sends each arrival to a server{many} (default round_robin)."),
+        ]
+    return _compose(*opts)
+
+
+def mc_options(*, defaults: bool = True, K: bool = True):
+    """Monte Carlo options. ``defaults=False``: every option defaults to None (the command's own, e.g. a study's
+    per-mode settings or a sweep config's)."""
+    d = (lambda v: v) if defaults else (lambda v: None)
+    opts = [
+        click.option("--trials", "trials", metavar="N", default=d("64"), show_default=defaults,
+                     help="Independent Monte Carlo repetitions of every configuration."),
+        click.option("--steps", "steps", metavar="N|auto", default=d("auto"), show_default=defaults,
+                     help="Steps per trial, warm-up included; auto: warm-up + max(16000, the steps that 2000 "
+                          "completions take at μ)."),
+        click.option("--warmup", "warmup", metavar="N", default=d("4000"), show_default=defaults,
+                     help="Warm-up steps (not measured)."),
+        click.option("--seed", "seed", metavar="INT", default=d("0"), show_default=defaults,
+                     help="Seed of the one PRNG key."),
+    ]
+    if K:
+        opts.append(click.option("--K", "K", metavar="SLOTS", default=None,
+                                 help="Request slots per server (default: sized from M)."))
+    opts += [
+        click.option("--progress/--no-progress", "progress", default=None,
+                     help="Progress bar (default: when stderr is a terminal)."),
+        renamed_options("replicas"),
+    ]
+    return _compose(*opts)
+
+
+def output_options(*, json: bool = True, out: str | None = "optional", out_help: str = "Write the result here."):
+    """--json (print JSON on stdout instead of a table) and --out DIR (``out``: 'optional', 'required' or a
+    default directory)."""
+    opts = []
+    if json:
+        opts.append(click.option("--json", "as_json", is_flag=True,
+                                 help="Print JSON on stdout instead of a table (missing numbers are null)."))
+    if out is not None:
+        kw = {"required": True} if out == "required" else {"default": None if out == "optional" else out,
+                                                           "show_default": out != "optional"}
+        opts.append(click.option("--out", "out", metavar="DIR", help=out_help, **kw))
+    return _compose(*opts)
 
 
 # ----------------------------------------------------------------------------------------------- resolution
@@ -103,11 +225,7 @@ class ResolvedB:
     source: str  # 'given' or the samples file
     estimator: str | None = None
     n_samples: int | None = None
-
-
-def resolve_server(M, chunk) -> tuple[int, int]:
-    """(M, chunk) as validated integers ≥ 1."""
-    return parse_int("M", M, 1), parse_int("chunk", chunk, 1)
+    samples: object = None  # the samples (numpy array) when read from a file
 
 
 def resolve_workload(workload=None, trace=None, s_col=None, o_col=None, t_col=None, split="all", M=None,
@@ -143,7 +261,8 @@ def resolve_workload(workload=None, trace=None, s_col=None, o_col=None, t_col=No
     return ResolvedWorkload(workload=tr.workload(), label=tr.name, trace=tr)
 
 
-def resolve_b(b=None, b_samples=None, b_estimator=None, b_col=None, **_ignored) -> ResolvedB:
+def resolve_b(b=None, b_samples=None, b_estimator=None, b_col=None, *, default_estimator="median",
+              **_ignored) -> ResolvedB:
     """Exactly one of a batch time or a file of samples (+ estimator, default median) → b̄ in seconds."""
     from .._theory import estimate_b, parse_estimator
 
@@ -159,143 +278,62 @@ def resolve_b(b=None, b_samples=None, b_estimator=None, b_col=None, **_ignored) 
 
     from ..traces import load_b_samples
 
-    est = "median" if b_estimator is None else b_estimator
+    est = default_estimator if b_estimator is None else b_estimator
     parse_estimator(est)  # validate the name before reading the file
     x = load_b_samples(b_samples, col=b_col)
-    return ResolvedB(b_s=estimate_b(x, est), source=str(b_samples), estimator=est, n_samples=int(x.size))
+    return ResolvedB(b_s=estimate_b(x, est), source=str(b_samples), estimator=est, n_samples=int(x.size), samples=x)
 
 
-def resolve_rate(lam=None, rho=0.9) -> tuple[float | None, float]:
-    """(λ or None, ρ): λ ≥ 0 requests/s, target utilisation ρ in (0, 1]."""
-    lam_v = None if lam is None else parse_float("lam", lam, 0.0)
-    rho_v = parse_float("rho", rho, 0.0, 1.0, lo_open=True)
-    return lam_v, rho_v
+def build_server(opts: dict, base=None):
+    """The one :class:`lqs.Server` of a command's options → ``(server, ResolvedB or None)``.
+
+    Without ``base`` the options must give M, ŝ and b̄ (or --b-samples). With ``base`` (e.g. a study's per-mode
+    default) only the options given replace its fields. A --b-model other than ``constant`` becomes the batch-time
+    model (parsed by :func:`lqs._batch.parse_batch_spec`, mean b̄) and b̄ stays the closed form's ``b_theory``."""
+    from .._batch import parse_batch_spec
+    from .._server import Server
+
+    b_model = opts.get("b_model")
+    given_b = opts.get("b") is not None or opts.get("b_samples") is not None
+    bb = None
+    if base is None or given_b:
+        empirical = (b_model or "").strip().partition(":")[0] == "empirical"
+        bb = resolve_b(b=opts.get("b"), b_samples=opts.get("b_samples"), b_estimator=opts.get("b_estimator"),
+                       b_col=opts.get("b_col"), default_estimator="mean" if empirical and opts.get("b") is None
+                       else "median")
+    fields = {k: opts[k] for k in ("M", "prefill_chunk", "policy", "token_budget", "servers", "routing")
+              if opts.get(k) is not None}
+    if b_model is not None and b_model.strip() != "constant":
+        if bb is None:
+            bb = ResolvedB(b_s=base.b_mean_s, source="default")
+        samples = bb.samples
+        if samples is None and opts.get("b_samples") is not None:  # pragma: no cover - resolve_b always reads them
+            from ..traces import load_b_samples
+
+            samples = load_b_samples(opts["b_samples"], col=opts.get("b_col"))
+        fields.update(b=parse_batch_spec(b_model, bb.b_s, samples, param="b_model"), b_theory=bb.b_s)
+    elif bb is not None:
+        fields.update(b=bb.b_s, b_theory=None)
+    server = Server(**fields) if base is None else base.replace(**fields)
+    return server, bb
 
 
-# ----------------------------------------------------------------------------------------------- simulation
-def _sim_options(f):
-    opts = [
-        click.option("--policy", default="fcfs", show_default=True, metavar="fcfs|recompute|reserve",
-                     help="Scheduling policy (SPEC.md)."),
-        click.option("--replicas", default="64", show_default=True, metavar="N", help="Independent servers."),
-        click.option("--steps", default="auto", show_default=True, metavar="N|auto",
-                     help="Steps per replica; auto: warm-up + max(16000, steps for 2000 completions at μ)."),
-        click.option("--warmup", default="4000", show_default=True, metavar="N", help="Warm-up steps (not measured)."),
-        click.option("--seed", default="0", show_default=True, metavar="INT", help="Seed of the one PRNG key."),
-        click.option("--token-budget", default=None, metavar="TOKENS",
-                     help="Per-step token budget B (vLLM max_num_batched_tokens); must be ≥ chunk."),
-        click.option("--K", "K", default=None, metavar="SLOTS", help="Slots per replica (default: sized from M)."),
-        click.option("--b-model", default="constant", show_default=True,
-                     metavar="constant|empirical|lognormal:CV|two-speed:RATIO:FRAC|affine:A0,A1,A2,A3",
-                     help="Batch-time model: b̄ constant; i.i.d. from --b-samples; lognormal with mean b̄; "
-                          "a fraction FRAC of batches RATIO× slower (mean b̄); or affine in the step's prefill "
-                          "tokens, decode tokens and memory (b̄ then only feeds the theory columns)."),
-        click.option("--servers", default="1", show_default=True, metavar="G",
-                     help="Servers per replica (a cluster in lock-step); λ is the cluster's total rate."),
-        click.option("--routing", default="round_robin", show_default=True, metavar="round_robin|random|jsq|least_kv",
-                     help="How a cluster routes each arrival."),
-        click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a TTY)."),
-        click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout."),
-    ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
+def build_mc(opts: dict, base=None):
+    """The one :class:`lqs.MonteCarlo` of a command's options (the fields given replace those of ``base``, by
+    default ``MonteCarlo()``)."""
+    from .._server import MonteCarlo
+
+    fields = {k: opts[k] for k in ("trials", "steps", "warmup", "seed", "K") if opts.get(k) is not None}
+    if isinstance(fields.get("steps"), str) and fields["steps"].strip().lower() == "auto":
+        fields["steps"] = None
+    if base is None:
+        return MonteCarlo(**fields)
+    # validate steps against the warm-up that will be used
+    return base.replace(**fields)
 
 
-def _parse_lams(text) -> list[float]:
-    """'3.0' | '2.5,3,3.5' | 'lo:hi:n' (n evenly spaced values)."""
-    if text is None:
-        raise LqsError("lam", None, "give --lam RATE, a list R1,R2,... or a range LO:HI:N")
-    t = str(text).strip()
-    if ":" in t:
-        parts = t.split(":")
-        if len(parts) != 3:
-            raise LqsError("lam", text, "a range is LO:HI:N, e.g. 2.5:4:7")
-        lo = parse_float("lam", parts[0], 0.0)
-        hi = parse_float("lam", parts[1], lo)
-        n = parse_int("lam", parts[2], 1, 10_000)
-        return [float(x) for x in np.linspace(lo, hi, n)]
-    lams = [parse_float("lam", x, 0.0) for x in t.split(",") if x.strip() != ""]
-    if not lams:
-        raise LqsError("lam", text, "give --lam RATE, a list R1,R2,... or a range LO:HI:N")
-    return lams
-
-
-def _batch_model(spec: str, b_s: float, b_samples_file, b_col):
-    from .._batch import AffineBatch, ConstantBatch, EmpiricalBatch, LogNormalMixBatch
-
-    spec = (spec or "constant").strip()
-    name, _, arg = spec.partition(":")
-    if name in ("constant", "empirical") and arg:
-        raise LqsError("b_model", spec, f"{name} takes no argument (b̄ comes from --b / --b-samples)")
-    if name == "constant":
-        return ConstantBatch(b_s)
-    if name == "empirical":
-        if b_samples_file is None:
-            raise LqsError("b_model", spec, "empirical needs --b-samples FILE")
-        from ..traces import load_b_samples
-
-        return EmpiricalBatch(load_b_samples(b_samples_file, col=b_col))
-    if name == "lognormal":
-        cv = parse_float("b_model", arg or "0.5", 0.0)
-        return LogNormalMixBatch.from_mean_cv(b_s, cv)
-    if name == "two-speed":
-        try:
-            r_s, f_s = arg.split(",") if "," in arg else arg.split(":")
-        except ValueError:
-            raise LqsError("b_model", spec, "two-speed:RATIO:FRAC, e.g. two-speed:3:0.3") from None
-        ratio = parse_float("b_model", r_s, 1.0)
-        frac = parse_float("b_model", f_s, 0.0, 1.0)
-        fast = b_s / (1 - frac + frac * ratio)  # mean b̄ (σ = 0.1 adds < 1 %, corrected below)
-        m = LogNormalMixBatch.two_speed(fast, fast * ratio, frac)
-        return LogNormalMixBatch.two_speed(fast * b_s / m.mean_s, fast * ratio * b_s / m.mean_s, frac)
-    if name == "affine":
-        try:
-            a = [float(x) for x in arg.split(",")]
-        except ValueError:
-            a = []
-        if len(a) != 4:
-            raise LqsError("b_model", spec, "affine:A0,A1,A2,A3 with four numbers (seconds, s/token, s/token, "
-                                            "s/token)")
-        try:
-            return AffineBatch(*a)
-        except LqsError as e:
-            raise LqsError("b_model", spec, "affine:A0,A1,A2,A3 needs A0 > 0 and A1, A2, A3 ≥ 0",
-                           f"{e.param}={e.value}") from None
-    raise LqsError("b_model", spec, "must be constant, empirical, lognormal:CV, two-speed:RATIO:FRAC or "
-                                    "affine:A0,A1,A2,A3")
-
-
-def _common(workload, trace, s_col, o_col, t_col, split, M, chunk, b, b_samples, b_estimator, b_col, policy,
-            replicas, steps, warmup, seed, token_budget, K, b_model, servers="1", routing="round_robin"):
-    from .._engine import POLICIES
-
-    M, chunk = resolve_server(M, chunk)
-    wl = resolve_workload(workload=workload, trace=trace, s_col=s_col, o_col=o_col, t_col=t_col, split=split, M=M)
-    if b is None and b_samples is not None and (b_model or "").startswith("empirical"):
-        bb = resolve_b(b_samples=b_samples, b_estimator=b_estimator or "mean", b_col=b_col)
-    else:
-        bb = resolve_b(b=b, b_samples=b_samples, b_estimator=b_estimator, b_col=b_col)
-    if policy not in POLICIES:
-        raise LqsError("policy", policy, "must be one of " + ", ".join(POLICIES))
-    out = dict(M=M, chunk=chunk, wl=wl, bb=bb, policy=policy, replicas=parse_int("replicas", replicas, 1, 2**24),
-               warmup=parse_int("warmup", warmup, 0), seed=parse_int("seed", seed, 0, 2**63 - 1),
-               token_budget=None if token_budget is None else parse_int("token_budget", token_budget, chunk),
-               K=None if K is None else parse_int("K", K, 8, 2**20))
-    out["steps"] = None if str(steps).strip().lower() == "auto" else parse_int("steps", steps, 2)
-    if out["steps"] is not None and out["steps"] <= out["warmup"]:
-        raise LqsError("steps", out["steps"], f"must exceed --warmup ({out['warmup']})")
-    out["batch"] = _batch_model(b_model, bb.b_s, b_samples, b_col)
-    out["servers"] = parse_int("servers", servers, 1, 4096)
-    from ..kernels.engine import ROUTINGS
-
-    if routing not in ROUTINGS:
-        raise LqsError("routing", routing, "must be one of " + ", ".join(ROUTINGS))
-    out["routing"] = routing
-    return out
-
-
-def _console():
+# ----------------------------------------------------------------------------------------------- output
+def console():
     """A rich console; piped or captured output gets a fixed wide width so that no table cell is cut to '…'."""
     from rich.console import Console
 
@@ -303,20 +341,11 @@ def _console():
     return con if con.is_terminal else Console(highlight=False, width=160)
 
 
-def _show_progress(flag):
+def show_progress(flag) -> bool:
+    """--progress/--no-progress, default: when stderr is a terminal."""
     return sys.stderr.isatty() if flag is None else bool(flag)
 
 
-def _json_clean(x):
-    if isinstance(x, dict):
-        return {k: _json_clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_clean(v) for v in x]
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (np.floating, float)):
-        x = float(x)
-        return x if math.isfinite(x) else None
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x
+def echo_json(obj) -> None:
+    """One strict JSON document on stdout (NaN and ±inf are written as null, as in every result file)."""
+    click.echo(_jsonio.dumps(obj, ensure_ascii=False))
