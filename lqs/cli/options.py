@@ -96,8 +96,8 @@ def _renamed_cb(ctx, param, value):
 
 def renamed_options(*names):
     """Hidden options under old names that fail with a one-line 'was renamed' error (see :data:`RENAMED`)."""
-    flags = {"replicas": "--replicas", "grid_replicas": "--grid-replicas", "per_replica": "--per-replica",
-             "cells_per_chunk": "--cells-per-chunk"}
+    flags = {"replicas": "--replicas", "grid_replicas": "--grid-replicas",
+             "per_replica": "--per-replica/--no-per-replica", "cells_per_chunk": "--cells-per-chunk"}
     return _compose(*(click.option(flags[n], n, hidden=True, default=None, expose_value=False, is_eager=True,
                                    callback=_renamed_cb) for n in names))
 

@@ -1,111 +1,100 @@
-"""``lqs sweep``: a resumable sweep from a YAML config, or a quick grid from flags."""
+"""``lqs sweep``: a resumable sweep (:func:`lqs.sweep`) from a YAML config, or a quick grid from flags."""
 
 from __future__ import annotations
 
 import os
-import sys
 
 import click
 
-from .._errors import LqsError
+from .._errors import LqsError, parse_number
+from .options import mc_options, output_options, renamed_options, server_options, show_progress, split_list
 
-_GRID_FLAGS = ("workload", "lam", "rho", "M", "chunk", "b", "batch", "policy", "token_budget", "servers", "routing")
-
-
-def _split(text):
-    return [t.strip() for t in str(text).split(",") if t.strip() != ""]
+_LIST_AXES = ("workload", "rho", "M", "prefill_chunk", "b", "policy", "token_budget", "servers", "routing")
 
 
 @click.command("sweep")
 @click.argument("config", required=False, metavar="[CONFIG.yaml]")
-@click.option("--out", "out", required=True, metavar="DIR",
-              help="Output directory: chunk files, spec.json, cells.parquet and cells.csv. Re-running into the "
-                   "same DIR resumes the sweep.")
+@output_options(json=False, out="required",
+                out_help="Output directory: part files, spec.json, cells.parquet and cells.csv. Re-running into "
+                         "the same DIR resumes the sweep.")
 @click.option("--workload", default=None, metavar="W1,W2,..",
               help="Quick grid: presets (pd-1:1, ...), trace:NAME_OR_PATH or pd_ratio:R[:TOTAL_HI].")
 @click.option("--lam", default=None, metavar="LO:HI:N|R1,R2,..", help="Quick grid: arrival rates, req/s.")
 @click.option("--rho", default=None, metavar="R1,R2,..",
-              help="Quick grid: utilisations, λ = ρ·G·μ_exact per cell.")
-@click.option("--M", "M", default=None, metavar="M1,M2,..", help="Quick grid: KV capacities, tokens.")
-@click.option("--chunk", default=None, metavar="C1,C2,..", help="Quick grid: prefill chunk sizes, tokens.")
-@click.option("--b", "b", default=None, metavar="B1,B2,..", help="Quick grid: batch times b̄, seconds.")
-@click.option("--batch", "batch", multiple=True, metavar="MODEL",
-              help="Quick grid: batch-time model (repeat the flag for several): constant, lognormal:CV, "
-                   "two-speed:RATIO:FRAC, affine:A0,A1,A2,A3.")
-@click.option("--policy", default=None, metavar="P1,P2,..", help="Quick grid: fcfs, recompute, reserve.")
-@click.option("--token-budget", "token_budget", default=None, metavar="B1,B2,..|none",
-              help="Quick grid: per-step token budgets (none = no budget).")
-@click.option("--servers", default=None, metavar="G1,G2,..", help="Quick grid: servers per replica (a cluster).")
-@click.option("--routing", default=None, metavar="R1,R2,..", help="Quick grid: round_robin, random, jsq, least_kv.")
-@click.option("--replicas", default=None, metavar="N", help="Replicas per cell (overrides the config).")
-@click.option("--steps", default=None, metavar="N|auto", help="Steps per replica (overrides the config).")
-@click.option("--warmup", default=None, metavar="N", help="Warm-up steps (overrides the config).")
-@click.option("--seed", default=None, metavar="INT", help="Sweep seed (overrides the config).")
-@click.option("--cells-per-chunk", "cells_per_chunk", default=None, metavar="N",
-              help="Cells per chunk file (overrides the config; default 64).")
-@click.option("--per-replica/--no-per-replica", "per_replica", default=None,
-              help="Also keep one row per cell × replica (replicas.parquet / replicas.csv).")
+              help="Quick grid: utilisations ρ = λ/μ (λ = ρ·μ per cell, μ of the whole deployment).")
+@server_options(required=False, grid=True)
+@mc_options(defaults=False)
+@click.option("--cells-per-part", "cells_per_part", default=None, metavar="N",
+              help="Cells per part file (overrides the config; default 64).")
+@click.option("--per-trial/--no-per-trial", "per_trial", default=None,
+              help="Also keep one row per cell × trial (trials.parquet / trials.csv).")
+@renamed_options("per_replica", "cells_per_chunk")
 @click.option("--overwrite", is_flag=True, help="Replace a different sweep already in DIR.")
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a TTY).")
-def sweep_cmd(config, out, workload, lam, rho, M, chunk, b, batch, policy, token_budget, servers, routing, replicas,
-              steps, warmup, seed, cells_per_chunk, per_replica, overwrite, progress):
-    """Run (or resume) a sweep over λ or ρ, workload, M, ŝ, b̄ / batch model, policy, token budget and cluster
-    size; write one row per cell to DIR/cells.parquet and DIR/cells.csv.
+def sweep_cmd(config, out, overwrite, progress, **opts):
+    """Run (or resume) a sweep over λ or ρ, workload, M, ŝ, b̄ / batch-time model, policy, token budget, servers
+    and routing; write one row per cell to DIR/cells.parquet and DIR/cells.csv.
 
     \b
     Examples:
       lqs sweep examples/sweep_pd_ratio.yaml --out runs/pd_ratio
-      lqs sweep --out runs/quick --workload pd-1:1,pd-2:1 --lam 2:4:5 --M 131000 --chunk 512 --b 0.0372
-      lqs sweep --out runs/rho --workload pd-1:1 --rho 0.5,0.9,1.1 --M 65536,131000 --chunk 512 --b 0.0372
+      lqs sweep --out runs/quick --workload pd-1:1,pd-2:1 --lam 2:4:5 --M 131000 --prefill-chunk 512 --b 0.0372
+      lqs sweep --out runs/rho --workload pd-1:1 --rho 0.5,0.9,1.1 --M 65536,131000 --prefill-chunk 512 \\
+                --b 0.0372
     """
+    from .. import sweep as _  # noqa: F401  first through lqs.__getattr__, so that lqs.sweep stays the function
     from ..sweep import SweepSpec, run_sweep
 
-    grid = dict(workload=workload, lam=lam, rho=rho, M=M, chunk=chunk, b=b, batch=list(batch) or None,
-                policy=policy, token_budget=token_budget, servers=servers, routing=routing)
-    given = {k: v for k, v in grid.items() if v is not None}
-    if config is not None and given:
-        raise LqsError(next(iter(given)), next(iter(given.values())),
-                       "the quick-grid flags apply only without CONFIG.yaml (put the axis in the config)")
-    run = dict(replicas=replicas, steps=steps, warmup=warmup, seed=seed, cells_per_chunk=cells_per_chunk,
-               per_replica=per_replica)
-    overrides = {k: v for k, v in run.items() if v is not None}
-    if config is not None:
-        spec = SweepSpec.from_yaml(config)
-        if overrides:
-            spec = spec.replace(**overrides)
-    else:
-        if not given:
-            raise LqsError("config", None, "give CONFIG.yaml or the quick-grid flags (--workload --lam|--rho --M "
-                                           "--chunk --b ...)")
-        d = {}
-        for k, v in given.items():
-            if k == "batch":
-                d[k] = v
-            elif k == "lam" and ":" in v:
-                d[k] = v  # LO:HI:N
-            else:
-                d[k] = _split(v)
-        spec = SweepSpec.from_dict({**d, **overrides})
-    show = sys.stderr.isatty() if progress is None else bool(progress)
-    df, info = run_sweep(spec, out, overwrite=overwrite, progress=show)
+    spec = spec_from_options(config, opts, SweepSpec)
+    df, info = run_sweep(spec, out, overwrite=overwrite, progress=show_progress(progress))
     _report(df, info, spec)
 
 
+def spec_from_options(config, opts: dict, SweepSpec):
+    """The SweepSpec of a YAML config (run settings overridden by the flags given) or of the quick-grid flags."""
+    grid = {k: opts.get(k) for k in (*_LIST_AXES, "lam")}
+    grid["batch"] = list(opts.get("b_model") or ()) or None
+    given = {k: v for k, v in grid.items() if v is not None}
+    overrides = {k: parse_number(k, opts[k]) for k in ("trials", "steps", "warmup", "seed", "cells_per_part")
+                 if opts.get(k) is not None and not (k == "steps" and str(opts[k]).strip().lower() == "auto")}
+    if str(opts.get("steps")).strip().lower() == "auto":
+        overrides["steps"] = None
+    if opts.get("per_trial") is not None:
+        overrides["per_trial"] = opts["per_trial"]
+    if opts.get("K") is not None:
+        overrides["options"] = {"K": parse_number("K", opts["K"])}
+    if config is not None:
+        if given:
+            k = next(iter(given))
+            raise LqsError(k, given[k], "the quick-grid flags apply only without CONFIG.yaml (put the axis in the "
+                                        "config)")
+        spec = SweepSpec.from_yaml(config)
+        if "options" in overrides:
+            overrides["options"] = {**(spec.options or {}), **overrides["options"]}
+        return spec.replace(**overrides) if overrides else spec
+    if not given:
+        raise LqsError("config", None, "give CONFIG.yaml or the quick-grid flags (--workload --lam|--rho --M "
+                                       "--prefill-chunk --b ...)")
+    d = {}
+    for k, v in given.items():
+        d[k] = v if k == "batch" or (k == "lam" and ":" in v) else split_list(v)  # lam LO:HI:N stays a string
+    return SweepSpec.from_dict({**d, **overrides})
+
+
 def _report(df, info, spec):
-    msg = (f"sweep: {info.n_cells} cells in {info.n_chunks} chunks ({info.n_groups} groups): {info.computed} chunks "
-           f"computed, {info.reused} reused, {info.wall_s:.1f} s")
-    click.echo(msg)
-    if spec.per_replica:
+    click.echo(f"sweep: {info.n_cells} cells in {info.n_parts} parts ({info.n_groups} groups): {info.computed} parts "
+               f"computed, {info.reused} reused, {info.wall_s:.1f} s")
+    if df is None:  # another host merges the table
+        click.echo(f"wrote this host's parts to {os.path.join(os.path.abspath(info.out), 'parts', '')}")
+        return
+    if spec.per_trial:
         df = df.groupby("cell", sort=True).first().reset_index()
-    cols = [c for c in ("cell", "workload", "batch", "policy", "servers", "lam_rps", "M_tokens", "chunk_tokens",
-                        "b_s", "mu_exact_rps", "mu_stable_rps", "throughput_rps", "p_unstable", "reliable")
+    cols = [c for c in ("cell", "workload", "batch", "policy", "servers", "lam_rps", "rho", "M_tokens",
+                        "prefill_chunk_tokens", "b_s", "mu_exact_rps", "mu_stable_rps", "throughput_rps",
+                        "p_unstable", "reliable")
             if c in df.columns]
-    if spec.per_replica:
+    if spec.per_trial:
         cols = [c for c in cols if c not in ("throughput_rps", "p_unstable", "reliable")]
     if len(df) <= 40:
         click.echo(df[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
-    names = "cells.parquet, cells.csv" + (", replicas.parquet, replicas.csv" if spec.per_replica else "")
-    click.echo(f"wrote {os.path.join(os.path.abspath(info.out), '')} ({names}, spec.json, chunks/)")
-
-
-
+    names = "cells.parquet, cells.csv" + (", trials.parquet, trials.csv" if spec.per_trial else "")
+    click.echo(f"wrote {os.path.join(os.path.abspath(info.out), '')} ({names}, spec.json, parts/)")
