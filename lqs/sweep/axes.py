@@ -8,13 +8,12 @@ import numpy as np
 
 from .._batch import check_batch_spec, parse_batch_spec
 from .._errors import LqsError, check_choice, check_float, check_int, parse_number
+from .._server import MonteCarlo
 
-POLICIES = ("fcfs", "recompute", "reserve")
-ROUTINGS = ("round_robin", "random", "jsq", "least_kv")
-# simulate() arguments that the sweep sets itself (not allowed in `options`)
-_OWN_ARGS = {"workload", "M", "chunk", "lam", "b", "policy", "replicas", "steps", "warmup", "key", "seed",
-             "token_budget", "progress", "b_theory", "phases", "servers", "routing", "devices"}
-SPEC_VERSION = 1
+# MonteCarlo fields the spec holds itself (the rest may go in ``options``)
+OWN_MC = ("trials", "steps", "warmup", "seed")
+OPTIONS = tuple(f for f in MonteCarlo.__dataclass_fields__ if f not in OWN_MC)
+SPEC_VERSION = 2  # 2: issue #12 vocabulary (trials, prefill_chunk, parts, swap) and ρ = λ/μ
 
 
 # ----------------------------------------------------------------------------------------------- parsing helpers
@@ -75,7 +74,7 @@ def _parse_lam(v):
             return None, _floats("rho", v["rho"])
         if keys == {"lo", "hi", "n"}:
             return _no_dups("lam", _lam_range("lam", v["lo"], v["hi"], v["n"])), None
-        raise LqsError("lam", v, "a mapping must be {lo, hi, n} (a range) or {rho: [..]} (λ = ρ·G·μ_exact)")
+        raise LqsError("lam", v, "a mapping must be {lo, hi, n} (a range) or {rho: [..]} (λ = ρ·μ)")
     if isinstance(v, str) and ":" in v:
         parts = v.split(":")
         if len(parts) != 3:

@@ -1,23 +1,46 @@
-"""Files of a sweep directory: atomic writes, preparing (and checking) the directory, finished chunks, loading."""
+"""The files of a sweep directory: atomic writes, preparing (and checking) the directory, finished parts, loading.
+
+::
+
+    DIR/spec.json                       the resolved spec (a different spec in the same DIR is refused)
+    DIR/parts/part-00000.parquet        summary rows of one part (+ part-00000.trials.parquet with per_trial)
+    DIR/cells.parquet, DIR/cells.csv    every cell, sorted by cell id (written when every part is there)
+    DIR/trials.parquet, .csv            one row per cell × trial (with ``per_trial: true``)
+
+Every file is written under a temporary name (``.NAME.tmp-HOST-PID``) and renamed into place, so a file that
+exists is complete; temporary files left by a killed process of this host are removed on the next run.
+"""
 
 from __future__ import annotations
 
 import glob
 import json
 import os
+import re
+import socket
 import time
 
 import pandas as pd
 
 from .._errors import LqsError
-from .plan import _Chunk
+from .plan import _Part
 from .spec import SweepSpec
 
+PARTS = "parts"
+_OUTPUTS = ("cells.parquet", "cells.csv", "trials.parquet", "trials.csv")
 
-# ----------------------------------------------------------------------------------------------- files
-def _write_atomic(df: pd.DataFrame, path: str, fmt: str = "parquet"):
+
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
+
+
+def _tmp_name(path: str) -> str:
     d, base = os.path.split(path)
-    tmp = os.path.join(d, f".{base}.tmp-{os.getpid()}")
+    return os.path.join(d, f".{base}.tmp-{_host_tag()}-{os.getpid()}")
+
+
+def write_atomic(df: pd.DataFrame, path: str, fmt: str = "parquet"):
+    tmp = _tmp_name(path)
     with open(tmp, "wb") as fh:
         if fmt == "parquet":
             df.to_parquet(fh, index=False)
@@ -29,8 +52,7 @@ def _write_atomic(df: pd.DataFrame, path: str, fmt: str = "parquet"):
 
 
 def _write_json_atomic(obj, path):
-    d, base = os.path.split(path)
-    tmp = os.path.join(d, f".{base}.tmp-{os.getpid()}")
+    tmp = _tmp_name(path)
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(obj, fh, indent=2, ensure_ascii=False)
         fh.flush()
@@ -38,16 +60,14 @@ def _write_json_atomic(obj, path):
     os.replace(tmp, path)
 
 
-_OUTPUTS = ("cells.parquet", "cells.csv", "replicas.parquet", "replicas.csv")
-
-
-def _prepare_out(out: str, spec: SweepSpec, overwrite: bool, n_cells: int, n_chunks: int):
-    """Create/check DIR: refuse a different spec unless ``overwrite``; clear leftovers of interrupted writes."""
+def prepare_out(out: str, spec: SweepSpec, overwrite: bool, n_cells: int, n_parts: int) -> str:
+    """Create/check DIR: refuse a different spec unless ``overwrite``; clear leftovers of interrupted writes.
+    Returns the parts folder."""
     from .. import __version__
 
     if os.path.exists(out) and not os.path.isdir(out):
         raise LqsError("out", out, "must be a directory (a file of that name exists)")
-    cdir = os.path.join(out, "chunks")
+    pdir = os.path.join(out, PARTS)
     sp = os.path.join(out, "spec.json")
     mine = spec.to_dict()
     if os.path.exists(sp) and not overwrite:
@@ -61,22 +81,31 @@ def _prepare_out(out: str, spec: SweepSpec, overwrite: bool, n_cells: int, n_chu
             raise LqsError("out", out, "holds a sweep with a different spec: use another directory or "
                                        "overwrite=True (--overwrite)",
                            "differs in: " + ", ".join(diff) if old is not None else "its spec.json is unreadable")
-    elif not os.path.exists(sp) and not overwrite and glob.glob(os.path.join(cdir, "chunk-*.parquet")):
-        raise LqsError("out", out, "holds chunk files but no spec.json: use another directory or overwrite=True "
+    elif not os.path.exists(sp) and not overwrite and glob.glob(os.path.join(pdir, "part-*.parquet")):
+        raise LqsError("out", out, "holds part files but no spec.json: use another directory or overwrite=True "
                                    "(--overwrite)")
     if overwrite:
-        for p in glob.glob(os.path.join(cdir, "chunk-*.parquet")) + [os.path.join(out, f) for f in _OUTPUTS] + [sp]:
+        for p in glob.glob(os.path.join(pdir, "part-*.parquet")) + [os.path.join(out, f) for f in _OUTPUTS] + [sp]:
             if os.path.exists(p):
                 os.remove(p)
-    os.makedirs(cdir, exist_ok=True)
-    for p in glob.glob(os.path.join(cdir, ".chunk-*.tmp-*")) + glob.glob(os.path.join(out, ".*.tmp-*")):
-        if not _pid_alive(p.rsplit("-", 1)[-1]):  # a write cut short by a kill (not one in progress elsewhere)
+    os.makedirs(pdir, exist_ok=True)
+    for p in glob.glob(os.path.join(pdir, ".part-*.tmp-*")) + glob.glob(os.path.join(out, ".*.tmp-*")):
+        if _stale(p):  # a write cut short by a kill (not one in progress here or on another host)
             try:
                 os.remove(p)
             except OSError:  # pragma: no cover
                 pass
-    _write_json_atomic({"spec": mine, "lqs_version": __version__, "n_cells": n_cells, "n_chunks": n_chunks}, sp)
-    return cdir
+    _write_json_atomic({"spec": mine, "lqs_version": __version__, "n_cells": n_cells, "n_parts": n_parts}, sp)
+    return pdir
+
+
+def _stale(tmp_path: str) -> bool:
+    """A temporary file of a dead process of this host (files of other hosts are left to them)."""
+    tag = tmp_path.rsplit(".tmp-", 1)[-1]
+    host, _, pid_text = tag.rpartition("-")
+    if host and host != _host_tag():
+        return False
+    return not _pid_alive(pid_text)
 
 
 def _pid_alive(pid_text) -> bool:
@@ -95,32 +124,33 @@ def _pid_alive(pid_text) -> bool:
     return True
 
 
-def _chunk_done(cdir: str, ch: _Chunk, per_replica: bool) -> bool:
-    """True when the chunk's files exist and hold exactly its cells (anything else is recomputed)."""
-    p = os.path.join(cdir, ch.name + ".parquet")
+def part_done(pdir: str, part: _Part, per_trial: bool) -> bool:
+    """True when the part's files exist and hold exactly its cells (anything else is recomputed)."""
+    p = os.path.join(pdir, part.name + ".parquet")
     if not os.path.exists(p):
         return False
-    if per_replica and not os.path.exists(os.path.join(cdir, ch.name + ".replicas.parquet")):
+    if per_trial and not os.path.exists(os.path.join(pdir, part.name + ".trials.parquet")):
         return False
     try:
         got = pd.read_parquet(p, columns=["cell"])["cell"].tolist()
     except Exception:
         return False
-    return got == ch.cells
+    return got == part.cells
 
 
-def _wait_for_spec(out, timeout_s: float = 600.0):
+def wait_for_spec(out, timeout_s: float = 600.0, poll_s: float = 0.2):
     """Hosts other than 0 wait until host 0 has laid out the directory (spec.json)."""
     t_end = time.time() + timeout_s
     while not os.path.exists(os.path.join(out, "spec.json")):
         if time.time() > t_end:
             raise LqsError("out", out, "host 0 has not written spec.json there (shared file system?)")
-        time.sleep(1.0)
+        time.sleep(poll_s)
 
 
-def load_sweep(out, replicas: bool = False) -> pd.DataFrame:
-    """The finished table of a sweep directory (``cells.parquet``, or ``replicas.parquet``)."""
-    p = os.path.join(os.fspath(out), "replicas.parquet" if replicas else "cells.parquet")
+def load_sweep(out, trials: bool = False) -> pd.DataFrame:
+    """The finished table of a sweep directory: ``cells.parquet`` (one row per cell), or with ``trials=True``
+    ``trials.parquet`` (one row per cell × trial, from a sweep with ``per_trial``)."""
+    p = os.path.join(os.fspath(out), "trials.parquet" if trials else "cells.parquet")
     if not os.path.exists(p):
         raise LqsError("out", os.fspath(out), "holds no finished sweep (" + os.path.basename(p) + " is missing)")
     return pd.read_parquet(p)

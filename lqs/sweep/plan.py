@@ -1,4 +1,6 @@
-"""The plan of a sweep: groups (cells sharing one compiled program) cut into chunks, and each chunk's key."""
+"""The plan of a sweep: *groups* (cells that share one compiled program: every server axis but M and a constant
+b̄, the workload and the horizon) cut into *parts* of at most ``cells_per_part`` cells, one ``lqs.simulate`` call
+and one file each, and every part's PRNG key."""
 
 from __future__ import annotations
 
@@ -9,15 +11,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._errors import LqsError
+from .._server import Server
 from .axes import _batch_model, _load_workload
 from .spec import SweepSpec
 
 
-# ----------------------------------------------------------------------------------------------- the plan
 @dataclass
 class _Group:
     workload: str
-    chunk: int
+    prefill_chunk: int
     policy: str
     token_budget: int | None
     batch: str
@@ -27,7 +29,7 @@ class _Group:
 
 
 @dataclass
-class _Chunk:
+class _Part:
     id: int
     group: _Group
     cells: list  # cell ids, in simulate's grid order (b, M, λ; λ fastest)
@@ -39,7 +41,7 @@ class _Chunk:
 
     @property
     def name(self) -> str:
-        return f"chunk-{self.id:05d}"
+        return f"part-{self.id:05d}"
 
 
 def _blocks(n, cap):
@@ -51,11 +53,7 @@ def _fmt(x):
     return repr(float(x)) if isinstance(x, float) else str(x)
 
 
-def _plan(spec: SweepSpec):
-    """Load and check every workload and batch model, then list the chunks (ids, keys, λ/M/b̄ per chunk)."""
-    from .. import _engine
-    from .._theory import capacity
-
+def _load_workloads(spec: SweepSpec) -> dict:
     workloads = {}
     for w in spec.workload:
         wl = _load_workload(w)
@@ -65,30 +63,43 @@ def _plan(spec: SweepSpec):
             except LqsError as e:
                 raise LqsError("workload", w, f"does not fit M={m}: {e}") from None
         workloads[w] = wl
+    return workloads
+
+
+def _plan(spec: SweepSpec):
+    """Load and check every workload and batch model, then list the parts (ids, keys, λ/M/b̄ per part).
+
+    Returns (workloads by name, groups, parts). With ρ, each cell's λ = ρ·μ, μ = servers·M/(b̄·E[g]) the closed
+    form of docs/model.md for the whole deployment (``lqs.capacity(...).mu_rps``)."""
+    from .._theory import capacity
+    from ..engine import auto_steps
+
+    workloads = _load_workloads(spec)
     for bs in spec.batch:
         for b in spec.b:
             _batch_model(bs, b)
-    C = spec.cells_per_chunk
+    C = spec.cells_per_part
     rho_mode = spec.rho is not None
     xs = spec.rho if rho_mode else spec.lam
     n_l, nM, nB = len(xs), len(spec.M), len(spec.b)
-    chunks, groups, mu_cache = [], [], {}
-    auto = {}
+    parts, groups, mu_cache, auto = [], [], {}, {}
     for gi, (w, ch, pol, tb, bs, G, rt) in enumerate(itertools.product(
-            spec.workload, spec.chunk, spec.policy, spec.token_budget, spec.batch, spec.servers, spec.routing)):
+            spec.workload, spec.prefill_chunk, spec.policy, spec.token_budget, spec.batch, spec.servers,
+            spec.routing)):
         if spec.steps is None:
             if (w, ch) not in auto:
-                auto[(w, ch)] = _engine.auto_steps(workloads[w], spec.M, ch, min(spec.b), spec.warmup, min(spec.b))
+                auto[(w, ch)] = auto_steps(workloads[w], Server(M=spec.M, prefill_chunk=ch, b=min(spec.b)),
+                                           spec.warmup)
             steps = auto[(w, ch)]
         else:
             steps = spec.steps
         g = _Group(w, ch, pol, tb, bs, G, rt, steps)
         groups.append(g)
         base = gi * nB * nM * n_l  # cell ids: product order, λ fastest
-        gkey = f"workload={w}|chunk={ch}|policy={pol}|token_budget={tb}|batch={bs}|servers={G}|routing={rt}"
+        gkey = f"workload={w}|prefill_chunk={ch}|policy={pol}|token_budget={tb}|batch={bs}|servers={G}|routing={rt}"
         lblocks = _blocks(n_l, C)
         lb = max(map(len, lblocks))
-        # with ρ, λ depends on (M, b̄): one (M, b̄) per chunk; a non-constant batch model is one model per call
+        # with ρ, λ depends on (M, b̄): one (M, b̄) per part; a non-constant batch model is one model per call
         mblocks = [[i] for i in range(nM)] if rho_mode else _blocks(nM, max(1, C // lb))
         mb = max(map(len, mblocks))
         bblocks = ([[i] for i in range(nB)] if rho_mode or bs != "constant"
@@ -103,23 +114,23 @@ def _plan(spec: SweepSpec):
             bvals = [spec.b[i] for i in bblk]
             rhos = None
             if rho_mode:
-                ck = (w, ch, Ms[0], bvals[0])
+                ck = (w, ch, Ms[0], bvals[0], G)
                 if ck not in mu_cache:
-                    mu_cache[ck] = capacity(workloads[w], Ms[0], ch, bvals[0]).mu_exact_rps
+                    srv = Server(M=Ms[0], prefill_chunk=ch, b=bvals[0], servers=G)
+                    mu_cache[ck] = capacity(workloads[w], srv).mu_rps
                 rhos = [xs[i] for i in lblk]
-                lams = [r * G * mu_cache[ck] for r in rhos]
+                lams = [r * mu_cache[ck] for r in rhos]
             else:
                 lams = [xs[i] for i in lblk]
-            chunks.append(_Chunk(len(chunks), g, ids, keys, lams, Ms, bvals, rhos))
-    return workloads, groups, chunks
+            parts.append(_Part(len(parts), g, ids, keys, lams, Ms, bvals, rhos))
+    return workloads, groups, parts
 
 
-def _chunk_key(seed: int, ch: _Chunk):
-    """The chunk's PRNG key: the sweep seed folded with a stable 62-bit hash of its cells' keys."""
+def _part_key(seed: int, part: _Part):
+    """The part's PRNG key: the sweep seed folded with a stable 62-bit hash of its cells' keys."""
     import jax
 
-    h = hashlib.blake2b("\n".join(ch.keys).encode("utf-8"), digest_size=8).digest()
+    h = hashlib.blake2b("\n".join(part.keys).encode("utf-8"), digest_size=8).digest()
     a = int.from_bytes(h[:4], "little") & 0x7FFFFFFF
     b = int.from_bytes(h[4:], "little") & 0x7FFFFFFF
     return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), a), b)
-
