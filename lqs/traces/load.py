@@ -9,18 +9,30 @@ from .._errors import LqsError
 from .columns import _cols_text, _find_col, _lengths, _times, _unit_from_name
 from .read import _UNITS, CONVENTIONS, _detect_format, _read_table, _resolve_source
 from .trace import Trace
+from .bench_results import load_bench_result, looks_like_bench_result
 
 
 def load_trace(path_or_name, s_col: str | None = None, o_col: str | None = None, t_col: str | None = None,
-               fmt: str | None = None, *, t_unit: str | None = None, name: str | None = None) -> Trace:
+               fmt: str | None = None, *, t_unit: str | None = None, name: str | None = None,
+               run: int | None = None) -> Trace:
     """Load a request trace from a .csv, .jsonl/.ndjson or .parquet file, or a bundled trace by name.
 
     ``s_col`` / ``o_col`` / ``t_col`` name the prompt-length, output-length and arrival-time columns; left out,
-    they are found by the conventions in this module's docstring. ``fmt`` ('csv', 'jsonl', 'parquet') overrides
+    they are found by the conventions in the lqs.traces docstring. ``fmt`` ('csv', 'jsonl', 'parquet') overrides
     the file extension; ``t_unit`` ('s', 'ms', 'us', 'ns') the unit of a numeric time column. Every failure
     raises :class:`lqs.LqsError`.
+
+    A vLLM or SGLang benchmark result (.json/.jsonl with per-request ``input_lens`` and ``output_lens``) is
+    recognised by its keys: its successful requests are the trace (``run`` picks a run of a multi-run file;
+    see :func:`lqs.traces.load_bench_result`).
     """
     src, label, default_name, fmt_hint = _resolve_source(path_or_name, "trace")
+    if fmt is None and s_col is None and o_col is None and isinstance(src, str) and looks_like_bench_result(src):
+        tr = load_bench_result(src, run).trace
+        return tr if name is None else Trace(tr.s, tr.o, tr.arrival_s, tr.source, name, tr.row, tr.failed)
+    if run is not None:
+        raise LqsError("run", run, "applies only to benchmark result files (JSON with input_lens/output_lens)",
+                       f"{label} is not one")
     f = _detect_format(fmt_hint, fmt, "trace")
     if t_unit is not None and t_unit not in _UNITS:
         raise LqsError("t_unit", t_unit, "must be one of " + ", ".join(_UNITS))

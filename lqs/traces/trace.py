@@ -14,7 +14,8 @@ class Trace:
     """Observed requests: prompt lengths ``s`` and output lengths ``o`` (int32 tokens), optional arrival times.
 
     ``arrival_s`` is float64 seconds from the first arrival (sorted ascending) or None; ``source`` says where the
-    trace came from (a path, or ``bundled:<file>``); ``row`` holds each request's 0-based data row in the source.
+    trace came from (a path, or ``bundled:<file>``); ``row`` holds each request's 0-based data row in the source;
+    ``failed`` counts the source's requests left out because they failed (benchmark results; 0 otherwise).
     """
 
     s: np.ndarray
@@ -23,6 +24,7 @@ class Trace:
     source: str
     name: str
     row: np.ndarray | None = field(default=None, repr=False)
+    failed: int = 0  # requests of the source left out because they failed (benchmark results)
 
     def __post_init__(self):
         s = np.asarray(self.s)

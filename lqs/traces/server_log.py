@@ -1,0 +1,60 @@
+"""The KV-cache capacity M (tokens) from an inference server's start-up log.
+
+Recognised lines (the last occurrence wins, as a restarted server logs again):
+
+- vLLM (V1 engine): ``GPU KV cache size: 1,234,567 tokens``;
+- vLLM (V0 engine): ``# GPU blocks: 7282, # CPU blocks: 2048``, times the block size, which the log must also
+  state (``block_size=16`` in the engine configuration line, ``'block_size': 16`` or ``--block-size 16``);
+- SGLang: ``max_total_num_tokens=123456``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from .._errors import LqsError
+
+_KV_TOKENS = re.compile(r"GPU KV cache size:\s*([\d,_]+)\s*tokens", re.IGNORECASE)
+_SGLANG = re.compile(r"max_total_num_tokens\s*[=:]\s*([\d,_]+)")
+_BLOCKS = re.compile(r"#\s*GPU blocks:\s*([\d,_]+)", re.IGNORECASE)
+_BLOCK_SIZE = re.compile(r"""(?:block_size['"]?\s*[=:]\s*|--block-size[=\s]+)(\d+)""")
+
+
+def _int(txt: str) -> int:
+    return int(txt.replace(",", "").replace("_", ""))
+
+
+def kv_tokens_from_log(path) -> int:
+    """M in tokens, read from a vLLM or SGLang server log (see the module docstring).
+
+    A log that states none of the recognised lines, or states GPU blocks without a block size, raises
+    :class:`lqs.LqsError` naming the file.
+    """
+    label = os.fspath(path) if isinstance(path, os.PathLike) else path
+    if not isinstance(label, str) or not os.path.isfile(label):
+        raise LqsError("server_log", path, "must be an existing server log file", "no such file")
+    from .read import _open_text
+
+    try:
+        with _open_text(label) as fh:
+            text = fh.read()
+    except (OSError, UnicodeDecodeError, EOFError) as e:
+        raise LqsError("server_log", label, "must be a readable text log", type(e).__name__) from None
+    found = []  # (position in the log, tokens)
+    for rx in (_KV_TOKENS, _SGLANG):
+        found += [(m.start(), _int(m.group(1))) for m in rx.finditer(text)]
+    blocks = list(_BLOCKS.finditer(text))
+    if blocks and not found:
+        sizes = list(_BLOCK_SIZE.finditer(text))
+        if not sizes:
+            raise LqsError("server_log", label, "states '# GPU blocks' but no block size (block_size=N)",
+                           "pass M in tokens instead")
+        found = [(blocks[-1].start(), _int(blocks[-1].group(1)) * int(sizes[-1].group(1)))]
+    if not found:
+        raise LqsError("server_log", label, "must state the KV-cache size: vLLM 'GPU KV cache size: N tokens' or "
+                       "'# GPU blocks: N' with block_size, or SGLang 'max_total_num_tokens=N'")
+    tokens = max(found)[1]
+    if tokens < 1:
+        raise LqsError("server_log", label, "states a KV-cache size of 0 tokens")
+    return tokens
