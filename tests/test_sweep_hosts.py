@@ -1,26 +1,94 @@
-"""Several hosts share one sweep through its output directory: disjoint chunks, one merged table."""
+"""Several hosts share one sweep through its output directory: disjoint parts, one merged table, the same as one
+process's. In-process with explicit ``hosts=(index, count)``, and for real: two processes joined by
+``jax.distributed.initialize`` (CPU, coordinator on 127.0.0.1), each taking its index and count from JAX."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
 
 import pandas as pd
 import pytest
 
 import lqs
-from lqs.sweep import run_sweep
 
-SPEC = dict(lam=[1.0, 3.0, 6.0], M=[4096], chunk=512, b=0.02, replicas=2,
-            steps=1500, warmup=300, cells_per_chunk=2, seed=5)
+assert callable(lqs.sweep)  # the function first (lqs loads it lazily), then the package's modules
+from lqs.sweep import run_sweep  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# 4 parts of one cell each, all of one shape: one compiled program per process
+SPEC = dict(workload=["pd_ratio:1:400"], lam=[1.0, 2.0, 3.0, 6.0], M=[4096], prefill_chunk=512, b=0.02, trials=2,
+            steps=1500, warmup=300, cells_per_part=1, seed=5)
+
+WORKER = textwrap.dedent("""
+    import json, sys
+    import jax
+    port, pid, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=pid,
+                               initialization_timeout=60, shutdown_timeout_seconds=60)
+    import lqs  # after initialize: no JAX computation may run before it
+    from lqs.sweep import run_sweep
+    spec = json.loads(sys.argv[4])
+    df, info = run_sweep(spec, out, progress=False)  # hosts from jax.process_index() / jax.process_count()
+    print(json.dumps(dict(host=list(info.host), computed=info.computed, n_parts=info.n_parts,
+                          merged=df is not None)), flush=True)
+    jax.distributed.shutdown()
+""")
 
 
-def test_two_hosts_split_the_chunks_and_merge(tmp_path):
-    small = dict(SPEC, workload=["pd_ratio:1:400", "pd_ratio:2:400"])  # short requests: M = 4096 holds them
-    single, _ = run_sweep(small, tmp_path / "one", progress=False)
-    part0, info0 = run_sweep(small, tmp_path / "two", progress=False, hosts=(0, 2))
-    assert part0 is None and 0 < info0.computed < info0.n_chunks
-    full, info1 = run_sweep(small, tmp_path / "two", progress=False, hosts=(1, 2))
-    assert info0.computed + info1.computed == info1.n_chunks
-    pd.testing.assert_frame_equal(full.drop(columns=["chunk"], errors="ignore").reset_index(drop=True),
-                                  single.drop(columns=["chunk"], errors="ignore").reset_index(drop=True),
-                                  check_exact=False, rtol=0, atol=0)
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    df, info = run_sweep(SPEC, tmp_path_factory.mktemp("one"), progress=False)
+    assert info.n_parts == 4 and info.host == (0, 1)
+    return df
+
+
+def test_two_hosts_split_the_parts_and_merge(single, tmp_path):
+    part0, info0 = run_sweep(SPEC, tmp_path / "two", progress=False, hosts=(0, 2))
+    assert part0 is None and info0.computed == 2 and info0.n_parts == 4
+    full, info1 = run_sweep(SPEC, tmp_path / "two", progress=False, hosts=(1, 2))
+    assert info1.computed == 2 and info1.reused == 2
+    pd.testing.assert_frame_equal(full, single, check_exact=True)
     with pytest.raises(lqs.LqsError):
-        run_sweep(small, None, progress=False, hosts=(0, 2))
+        run_sweep(SPEC, None, progress=False, hosts=(0, 2))
     with pytest.raises(lqs.LqsError):
-        run_sweep(small, tmp_path / "three", progress=False, hosts=(2, 2))
+        run_sweep(SPEC, tmp_path / "three", progress=False, hosts=(2, 2))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_jax_distributed_processes_share_one_sweep(single, tmp_path):
+    """Two real JAX processes (jax.distributed on one machine, CPU) run one sweep into one directory."""
+    out = tmp_path / "shared"
+    env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)  # one CPU device per process
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(port), str(i), str(out), json.dumps(SPEC)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    deadline = time.monotonic() + 150
+    try:
+        results = [p.communicate(timeout=max(1.0, deadline - time.monotonic())) for p in procs]
+    finally:
+        for p in procs:  # never leave a worker behind (timeout or failure)
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    for p, (so, se) in zip(procs, results):
+        assert p.returncode == 0, se[-3000:]
+    reports = [json.loads(so.strip().splitlines()[-1]) for so, _ in results]
+    assert [r["host"] for r in reports] == [[0, 2], [1, 2]]
+    assert [r["computed"] for r in reports] == [2, 2]  # every other part each: disjoint, none twice
+    assert any(r["merged"] for r in reports)  # the host that finished last found every part and merged
+    pd.testing.assert_frame_equal(lqs.load_sweep(out), single, check_exact=True)
+    again, info = run_sweep(SPEC, out, progress=False)  # one more run on one host: nothing left to compute
+    assert info.computed == 0 and info.reused == 4
+    pd.testing.assert_frame_equal(again, single, check_exact=True)
