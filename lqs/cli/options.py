@@ -33,6 +33,7 @@ RENAMED = {
     "grid_replicas": "--grid-replicas was renamed --grid-trials (Monte Carlo repetitions per grid λ)",
     "per_replica": "--per-replica was renamed --per-trial (one row per cell × trial)",
     "cells_per_chunk": "--cells-per-chunk was renamed --cells-per-part (cells per part file)",
+    "parts": "--parts was renamed --sections (closed_form, iid, affine)",
 }
 
 
@@ -97,7 +98,8 @@ def _renamed_cb(ctx, param, value):
 def renamed_options(*names):
     """Hidden options under old names that fail with a one-line 'was renamed' error (see :data:`RENAMED`)."""
     flags = {"replicas": "--replicas", "grid_replicas": "--grid-replicas",
-             "per_replica": "--per-replica/--no-per-replica", "cells_per_chunk": "--cells-per-chunk"}
+             "per_replica": "--per-replica/--no-per-replica", "cells_per_chunk": "--cells-per-chunk",
+             "parts": "--parts"}
     return _compose(*(click.option(flags[n], n, hidden=True, default=None, expose_value=False, is_eager=True,
                                    callback=_renamed_cb) for n in names))
 
@@ -301,8 +303,9 @@ def build_server(opts: dict, base=None):
         bb = resolve_b(b=opts.get("b"), b_samples=opts.get("b_samples"), b_estimator=opts.get("b_estimator"),
                        b_col=opts.get("b_col"), default_estimator="mean" if empirical and opts.get("b") is None
                        else "median")
-    fields = {k: opts[k] for k in ("M", "prefill_chunk", "policy", "token_budget", "servers", "routing")
+    fields = {k: parse_number(k, opts[k]) for k in ("M", "prefill_chunk", "token_budget", "servers")
               if opts.get(k) is not None}
+    fields.update({k: opts[k] for k in ("policy", "routing") if opts.get(k) is not None})
     if b_model is not None and b_model.strip() != "constant":
         if bb is None:
             bb = ResolvedB(b_s=base.b_mean_s, source="default")
@@ -323,13 +326,12 @@ def build_mc(opts: dict, base=None):
     default ``MonteCarlo()``)."""
     from .._server import MonteCarlo
 
-    fields = {k: opts[k] for k in ("trials", "steps", "warmup", "seed", "K") if opts.get(k) is not None}
-    if isinstance(fields.get("steps"), str) and fields["steps"].strip().lower() == "auto":
+    auto = str(opts.get("steps")).strip().lower() == "auto"
+    fields = {k: parse_number(k, opts[k]) for k in ("trials", "steps", "warmup", "seed", "K")
+              if opts.get(k) is not None and not (k == "steps" and auto)}
+    if auto:
         fields["steps"] = None
-    if base is None:
-        return MonteCarlo(**fields)
-    # validate steps against the warm-up that will be used
-    return base.replace(**fields)
+    return MonteCarlo(**fields) if base is None else base.replace(**fields)
 
 
 # ----------------------------------------------------------------------------------------------- output

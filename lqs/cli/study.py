@@ -1,55 +1,57 @@
-"""``lqs study NAME --out DIR [--quick]``: the planner's studies of lqs._studies from the command line.
+"""``lqs study NAME --out DIR [--quick]``: the planner's studies of :mod:`lqs.studies` from the command line.
 
 Each sub-command runs one study, writes ``DIR/<name>.csv``, ``DIR/<name>.json`` (headline numbers) and
 ``DIR/<name>.png``, and prints the headline numbers. ``--quick`` runs a reduced size (minutes on a CPU); without it
-the sizes are the paper's (M = 131,000 tokens: meant for an accelerator).
+the sizes are the paper's (M = 131,000 tokens: meant for an accelerator). The server and Monte Carlo flags given
+replace fields of the mode's defaults (:func:`lqs.studies.default_server`, :func:`lqs.studies.default_mc`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 
 import click
 
-from .options import parse_float, parse_int
+from .. import _jsonio
 from .._errors import LqsError
-from .._jsonio import json_default as _jd
+from .options import (build_mc, build_server, mc_options, output_options, parse_float, parse_int, renamed_options,
+                      server_options, split_list)
+
+_SERVER_FLAGS = ("M", "prefill_chunk", "b", "b_samples", "b_model", "policy", "token_budget", "servers", "routing")
 
 
 def _common(f):
-    opts = [
-        click.option("--out", "out", metavar="DIR", default="lqs-study", show_default=True,
-                     help="Output folder for the CSV, JSON and PNG."),
-        click.option("--quick", is_flag=True, help="Reduced size (smaller M and requests, fewer replicas and steps)."),
-        click.option("--M", "M", metavar="TOKENS", default=None, help="KV-cache capacity M (default: by mode)."),
-        click.option("--chunk", "chunk", metavar="TOKENS", default=None, help="Prefill chunk ŝ (default 512)."),
-        click.option("--b", "b", metavar="SECONDS", default=None, help="Batch time b̄ (default 0.0372)."),
-        click.option("--replicas", metavar="N", default=None, help="Independent replicas per cell (default: by mode)."),
-        click.option("--steps", metavar="N", default=None, help="Steps per replica (default: by mode / auto)."),
-        click.option("--warmup", metavar="N", default=None, help="Warm-up steps (default: by mode)."),
-        click.option("--seed", metavar="INT", default="0", show_default=True, help="Seed of the PRNG key."),
-        click.option("--progress/--no-progress", default=False, help="Progress bars."),
-    ]
-    for o in reversed(opts):
-        f = o(f)
+    """--quick, --out and the shared server and Monte Carlo options (all defaulting to the mode's)."""
+    for deco in reversed([
+        click.option("--quick", is_flag=True, help="Reduced size (smaller M and requests, fewer trials and steps)."),
+        output_options(json=False, out="lqs-study", out_help="Output folder for the CSV, JSON and PNG."),
+        server_options(required=False),
+        mc_options(defaults=False),
+    ]):
+        f = deco(f)
     return f
 
 
-def _sizes(M, chunk, b, replicas, steps, warmup, seed, quick, out, progress) -> dict:
-    return dict(M=None if M is None else parse_int("M", M, 1),
-                chunk=None if chunk is None else parse_int("chunk", chunk, 1),
-                b=None if b is None else parse_float("b", b, 0.0, lo_open=True),
-                replicas=None if replicas is None else parse_int("replicas", replicas, 1),
-                steps=None if steps is None else parse_int("steps", steps, 1),
-                warmup=None if warmup is None else parse_int("warmup", warmup, 0),
-                seed=parse_int("seed", seed, 0), quick=bool(quick), out=out, progress=bool(progress))
+def _inputs(opts: dict, *, drop=()) -> dict:
+    """The keyword arguments every study takes: server and mc (the mode's defaults with the flags given
+    replacing fields; None when no flag of that kind was given), quick, seed, out, progress."""
+    from ..studies import default_mc, default_server
+
+    quick = bool(opts["quick"])
+    o = {k: (None if k in drop else v) for k, v in opts.items()}
+    server = None
+    if any(o.get(k) is not None for k in _SERVER_FLAGS):
+        server, _ = build_server(o, base=default_server(quick))
+    mc = None
+    if any(o.get(k) is not None for k in ("trials", "steps", "warmup", "seed", "K")):
+        mc = build_mc(o, base=default_mc(quick))
+    seed = parse_int("seed", o["seed"], 0, 2**63 - 1) if o.get("seed") is not None else 0
+    return dict(server=server, mc=mc, quick=quick, seed=seed, out=o["out"], progress=bool(o.get("progress")))
 
 
-def _no_M(kw):
-    if kw.pop("M") is not None:
-        raise LqsError("M", "given", "this study chooses M itself (from δ); leave --M out")
-    return kw
+def _not_with(opts: dict, name: str, why: str):
+    if opts.get(name) is not None:
+        raise LqsError(name, opts[name], why)
 
 
 def _report(res, cols=None, headline=None):
@@ -59,15 +61,19 @@ def _report(res, cols=None, headline=None):
         df = res.data if cols is None else res.data[[c for c in cols if c in res.data.columns]]
         click.echo(df.to_string(index=False))
     if headline:
-        click.echo(json.dumps(headline, indent=1, default=_jd, ensure_ascii=False))
+        click.echo(_jsonio.dumps(headline, indent=1, ensure_ascii=False))
     for p in (res.csv, res.png):
         if p:
             click.echo(f"wrote {os.path.abspath(p)}")
 
 
+def _head(meta, keys):
+    return {k: meta.get(k) for k in keys}
+
+
 @click.group("study")
 def study():
-    """Planner's studies: phase diagrams, b̄ error, δ, mixtures, clusters, latency, SLO replicas.
+    """Planner's studies: phase diagrams, b̄ error, δ, mixtures, clusters, latency, servers for an SLO.
 
     \b
     Example:
@@ -80,65 +86,59 @@ def study():
 @click.option("--axis", default="all", show_default=True, type=click.Choice(["ratio", "M", "b", "all"]),
               help="Design axis of the diagram: P/D ratio, KV capacity M, batch time b̄ (or all three).")
 @click.option("--points", metavar="N", default=None, help="λ points per row (default 8 quick, 15 full).")
-@click.option("--policy", default="fcfs", show_default=True, type=click.Choice(["fcfs", "recompute", "reserve"]))
-def phase_cmd(M, chunk, b, replicas, steps, warmup, seed, quick, out, progress, axis, points, policy):
+def phase_cmd(axis, points, **opts):
     """P(unstable) over (λ, P/D ratio), (λ, M) and (λ, b̄) with the curves μ and μ(1−δ) on top."""
-    from .._studies import phase_diagram
-
-    kw = _sizes(M, chunk, b, replicas, steps, warmup, seed, quick, out, progress)
-    n = None if points is None else parse_int("points", points, 2, 1000)
-    for ax in (("ratio", "M", "b") if axis == "all" else (axis,)):
-        k = dict(kw)
-        if ax == "M":
-            k.pop("M")
-        if ax == "b":
-            k.pop("b")
-        _report_phase(phase_diagram(ax, n_lam=n, policy=policy, **k))
-
-
-def _report_phase(res):
     import pandas as pd
 
-    r = pd.DataFrame(res.meta["rows"])
-    click.echo(f"phase diagram over λ and {res.meta['axis']}: simulated P(unstable) = ½ crossing per row")
-    with pd.option_context("display.width", 160, "display.float_format", "{:.4g}".format):
-        click.echo(r.to_string(index=False))
-    for p in (res.csv, res.png):
-        if p:
-            click.echo(f"wrote {os.path.abspath(p)}")
+    from ..studies import phase_diagram
+
+    n = None if points is None else parse_int("points", points, 2, 1000)
+    for ax in (("ratio", "M", "b") if axis == "all" else (axis,)):
+        drop = {"M": ("M",), "b": ("b", "b_samples", "b_model")}.get(ax, ())  # the axis replaces them
+        res = phase_diagram(axis=ax, n_lam=n, **_inputs(opts, drop=drop))
+        click.echo(f"phase diagram over λ and {res.meta['axis']}: simulated P(unstable) = ½ crossing per row")
+        with pd.option_context("display.width", 160, "display.float_format", "{:.4g}".format):
+            click.echo(pd.DataFrame(res.meta["rows"]).to_string(index=False))
+        for p in (res.csv, res.png):
+            if p:
+                click.echo(f"wrote {os.path.abspath(p)}")
 
 
 @study.command("b-error")
 @_common
 @click.option("--samples", metavar="N", default="1000000", show_default=True,
               help="Batch times drawn from each model to compute mean/median/trimmed means.")
-@click.option("--parts", default="closed_form,iid,affine", show_default=True, metavar="LIST",
-              help="Which parts: closed_form, iid, affine (comma-separated).")
-def b_error_cmd(M, chunk, b, replicas, steps, warmup, seed, quick, out, progress, samples, parts):
+@click.option("--sections", default="closed_form,iid,affine", show_default=True, metavar="LIST",
+              help="Which sections: closed_form, iid, affine (comma-separated).")
+@renamed_options("parts")
+def b_error_cmd(samples, sections, **opts):
     """How b̄'s estimator (mean, median, trimmed means) moves μ against simulated λ* (i.i.d. and affine b)."""
-    from .._studies import b_error
+    from ..studies import b_error
 
-    kw = _sizes(M, chunk, b, replicas, steps, warmup, seed, quick, out, progress)
-    ps = tuple(p.strip() for p in parts.split(",") if p.strip())
-    res = b_error(n_samples=parse_int("samples", samples, 10), parts=ps, **kw)
-    d = res.data[res.data.part != "closed_form"]
-    res2 = type(res)(name=res.name, data=d, png=res.png, csv=res.csv, meta=res.meta)
-    _report(res2, cols=["part", "case", "estimator", "b_hat_s", "mu_exact_hat_rps", "lam_star_rps", "lam_star_se_rps",
-                        "rel_miss", "rel_miss_vs_const"])
+    res = b_error(n_samples=parse_int("samples", samples, 10), sections=tuple(split_list(sections)),
+                  **_inputs(opts))
+    sim = res.data[res.data.section != "closed_form"]
+    if len(sim):  # the simulated sections; the closed form (μ ∝ 1/b̄) alone otherwise
+        res = type(res)(name=res.name, data=sim, png=res.png, csv=res.csv, meta=res.meta)
+        _report(res, cols=["section", "case", "estimator", "b_hat_s", "mu_exact_hat_rps", "lam_star_rps",
+                           "lam_star_se_rps", "rel_miss", "rel_miss_vs_const"])
+    else:
+        _report(res, cols=["section", "estimator", "b_hat_s", "mu_hat_rps", "mu_exact_hat_rps", "rel_miss"])
 
 
 @study.command("delta")
 @_common
-@click.option("--policies", default="fcfs,recompute,reserve", show_default=True, metavar="LIST")
-def delta_cmd(M, chunk, b, replicas, steps, warmup, seed, quick, out, progress, policies):
+@click.option("--policies", default="swap,recompute,reserve", show_default=True, metavar="LIST",
+              help="Policies to compare (comma-separated; fcfs = swap).")
+def delta_cmd(policies, **opts):
     """Where λ* falls in [μ_exact(1−δ), μ_exact] as δ = max(s+o)/M grows (M shrinks), per policy."""
-    from .._studies import delta_study
+    from ..studies import delta_study
 
-    kw = _no_M(_sizes(M, chunk, b, replicas, steps, warmup, seed, quick, out, progress))
-    pol = tuple(p.strip() for p in policies.split(",") if p.strip())
-    res = delta_study(policies=pol, **kw)
+    _not_with(opts, "M", "this study chooses M itself (from δ); leave --M out")
+    _not_with(opts, "policy", "this study runs every policy of --policies; use --policies")
+    res = delta_study(policies=tuple(split_list(policies)), **_inputs(opts))
     _report(res, cols=["policy", "delta", "M_tokens", "mu_exact_rps", "lam_star_rps", "lam_star_se_rps",
-                       "lam_star_over_mu_exact", "band_lo_over_mu_exact", "in_band", "lam_star_over_fcfs"])
+                       "lam_star_over_mu_exact", "band_lo_over_mu_exact", "in_band", "lam_star_over_swap"])
 
 
 @study.command("mixture")
@@ -146,47 +146,44 @@ def delta_cmd(M, chunk, b, replicas, steps, warmup, seed, quick, out, progress, 
 @click.option("--lam-ratio", default="1,1", show_default=True, metavar="R1,R2",
               help="Relative arrival rates of the P/D 2:1 and 1:2 phases.")
 @click.option("--cycles", default="24", show_default=True, metavar="N", help="2:1 → 1:2 cycles in the horizon.")
-def mixture_cmd(M, chunk, b, replicas, steps, warmup, seed, quick, out, progress, lam_ratio, cycles):
+def mixture_cmd(lam_ratio, cycles, **opts):
     """The paper's piecewise-stationary P/D 2:1 → 1:2 schedule against μ_mix (count and time weights)."""
-    from .._studies import mixture_study
+    from ..studies import mixture_study
 
-    kw = _sizes(M, chunk, b, replicas, steps, warmup, seed, quick, out, progress)
-    lr = [parse_float("lam_ratio", x, 0.0, lo_open=True) for x in lam_ratio.split(",")]
-    res = mixture_study(lam_ratio=lr, cycles=parse_int("cycles", cycles, 1), **kw)
-    m = res.meta
+    lr = [parse_float("lam_ratio", x, 0.0, lo_open=True) for x in split_list(lam_ratio)]
+    res = mixture_study(lam_ratio=lr, cycles=parse_int("cycles", cycles, 1), **_inputs(opts))
     _report(res, cols=["kind", "load_factor", "lam_mean_rps", "p_unstable", "lam_star_rps", "lam_star_se_rps"],
-            headline={k: m[k] for k in ("lam_star_grid_rps", "lam_star_from_phase_saturation_rps",
-                                        "mu_exact_mix_count_rps", "mu_exact_mix_time_rps", "mu_exact_time_avg_rps",
-                                        "mu_mix_count_rps", "q_count", "q_time")})
+            headline=_head(res.meta, ("lam_star_grid_rps", "lam_star_from_phase_saturation_rps",
+                                      "mu_exact_mix_count_rps", "mu_exact_mix_time_rps", "mu_exact_time_avg_rps",
+                                      "mu_mix_count_rps", "q_count", "q_time")))
 
 
 @study.command("cluster")
 @_common
-@click.option("--servers", default="8", show_default=True, metavar="G", help="Servers per cluster.")
-@click.option("--routings", default="round_robin,random,jsq,least_kv", show_default=True, metavar="LIST")
+@click.option("--routings", default="round_robin,random,jsq,least_kv", show_default=True, metavar="LIST",
+              help="Routing rules to compare (comma-separated).")
 @click.option("--saturation/--no-saturation", default=True, help="Also estimate each routing's λ*.")
-def cluster_cmd(M, chunk, b, replicas, steps, warmup, seed, quick, out, progress, servers, routings, saturation):
-    """G servers behind a router (round_robin, random, jsq, least_kv): λ* and waiting-time percentiles."""
-    from .._studies import cluster_study
+def cluster_cmd(routings, saturation, **opts):
+    """G servers behind a router (round_robin, random, jsq, least_kv): λ* and waiting-time percentiles
+    (--servers G, default 8: the paper's Table 3)."""
+    from ..studies import cluster_study
 
-    kw = _sizes(M, chunk, b, replicas, steps, warmup, seed, quick, out, progress)
-    rts = tuple(r.strip() for r in routings.split(",") if r.strip())
-    res = cluster_study(servers=parse_int("servers", servers, 1, 4096), routings=rts, saturation=saturation, **kw)
+    _not_with(opts, "routing", "this study runs every rule of --routings; use --routings")
+    G = parse_int("servers", opts["servers"], 1, 4096) if opts.get("servers") is not None else 8
+    res = cluster_study(servers=G, routings=tuple(split_list(routings)), saturation=saturation,
+                        **_inputs(opts))
     _report(res, cols=["routing", "rho", "lam_rps", "p_unstable", "wait_mean_s", "wait_p50_s", "wait_p99_s",
                        "ttft_p99_s", "lam_star_rps", "lam_star_over_mu_exact"],
-            headline={"mu_cluster_rps": res.meta["mu_cluster_rps"], "lam_star_rps": res.meta["lam_star_rps"],
-                      "paper_table3": res.meta["paper_table3"]})
+            headline=_head(res.meta, ("servers", "mu_rps", "lam_star_rps", "paper_table3")))
 
 
 @study.command("latency")
 @_common
-@click.option("--policy", default="fcfs", show_default=True, type=click.Choice(["fcfs", "recompute", "reserve"]))
-def latency_cmd(M, chunk, b, replicas, steps, warmup, seed, quick, out, progress, policy):
+def latency_cmd(**opts):
     """Waiting time and TTFT percentiles (p50, p90, p99) against utilisation ρ = λ/μ."""
-    from .._studies import latency_study
+    from ..studies import latency_study
 
-    kw = _sizes(M, chunk, b, replicas, steps, warmup, seed, quick, out, progress)
-    res = latency_study(policy=policy, **kw)
+    res = latency_study(**_inputs(opts))
     _report(res, cols=["rho", "lam_rps", "p_unstable", "wait_p50_s", "wait_p90_s", "wait_p99_s", "ttft_p50_s",
                        "ttft_p90_s", "ttft_p99_s"])
 
@@ -197,23 +194,17 @@ def latency_cmd(M, chunk, b, replicas, steps, warmup, seed, quick, out, progress
 @click.option("--target", metavar="SECONDS", default="1.0", show_default=True, help="Latency target.")
 @click.option("--metric", default="ttft_p99_s", show_default=True, metavar="NAME",
               help="Latency column held to the target: {wait,ttft,e2e}_{mean,p50,p90,p99}_s.")
-@click.option("--rho", metavar="RHO", default="0.9", show_default=True, help="ρ of the paper's rule ⌈λ/(μρ)⌉.")
-def slo_cmd(M, chunk, b, replicas, steps, warmup, seed, quick, out, progress, lam, target, metric, rho):
-    """The fewest replicas that keep p99 TTFT under a target, next to ⌈λ/μ⌉ and ⌈λ/(μρ)⌉."""
-    from .._studies import _defaults, _fast_1to1, slo_replicas
-    from .._theory import capacity
+@click.option("--rho", metavar="RHO", default="0.9", show_default=True,
+              help="Target utilisation ρ of the paper's rule ⌈λ/(μρ)⌉.")
+def slo_cmd(lam, target, metric, rho, **opts):
+    """The fewest servers that keep p99 TTFT under a target, next to ⌈λ/μ⌉ and ⌈λ/(μρ)⌉."""
+    from ..studies import slo_servers
 
-    kw = _sizes(M, chunk, b, replicas, steps, warmup, seed, quick, out, progress)
-    if lam is None:
-        d = _defaults(kw["quick"], M=kw["M"], chunk=kw["chunk"], b=kw["b"], total_hi=None)
-        lam_v = 3.5 * capacity(_fast_1to1(d["total_hi"]), d["M"], d["chunk"], d["b"]).mu_rps
-    else:
-        lam_v = parse_float("lam", lam, 0.0, lo_open=True)
-    res = slo_replicas(lam_v, parse_float("target", target, 0.0, lo_open=True), metric=metric,
-                       rho=parse_float("rho", rho, 0.0, 1.0, lo_open=True), **kw)
-    m = res.meta
-    _report(res, cols=["G", "lam_per_server_rps", "rho", "p_unstable", "value_s", "meets_target", "qualifies"],
-            headline={k: m[k] for k in ("lam_rps", "metric", "target_s", "G_slo", "G_stability", "G_rho", "rho")})
-
-
-
+    _not_with(opts, "servers", "this study searches the number of servers itself; leave --servers out")
+    res = slo_servers(lam=None if lam is None else parse_float("lam", lam, 0.0, lo_open=True),
+                      target_s=parse_float("target", target, 0.0, lo_open=True), metric=metric,
+                      rho=parse_float("rho", rho, 0.0, 1.0, lo_open=True), **_inputs(opts))
+    _report(res, cols=["servers", "lam_per_server_rps", "rho", "p_unstable", "value_s", "meets_target",
+                       "qualifies"],
+            headline=_head(res.meta, ("lam_rps", "metric", "target_s", "servers_slo", "servers_stability",
+                                      "servers_rho", "rho_target")))
