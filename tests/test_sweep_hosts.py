@@ -21,9 +21,10 @@ assert callable(lqs.sweep)  # the function first (lqs loads it lazily), then the
 from lqs.sweep import run_sweep  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# 4 parts of one cell each, all of one shape: one compiled program per process
-SPEC = dict(workload=["pd_ratio:1:400"], lam=[1.0, 2.0, 3.0, 6.0], M=[4096], prefill_chunk=512, b=0.02, trials=2,
-            steps=1500, warmup=300, cells_per_part=1, seed=5)
+# 2 parts of 2 cells, both of one shape; the same configuration as test_sweep.REAL (seed aside), so that in one
+# pytest session both files share one compiled program
+SPEC = dict(workload=["pd_ratio:1:400"], lam=[0.5, 1.0, 1.5, 2.0], M=4096, prefill_chunk=256, b=0.02, trials=2,
+            steps=2000, warmup=500, cells_per_part=2, seed=5)
 
 WORKER = textwrap.dedent("""
     import json, sys
@@ -44,15 +45,15 @@ WORKER = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
     df, info = run_sweep(SPEC, tmp_path_factory.mktemp("one"), progress=False)
-    assert info.n_parts == 4 and info.host == (0, 1)
+    assert info.n_parts == 2 and info.host == (0, 1)
     return df
 
 
 def test_two_hosts_split_the_parts_and_merge(single, tmp_path):
     part0, info0 = run_sweep(SPEC, tmp_path / "two", progress=False, hosts=(0, 2))
-    assert part0 is None and info0.computed == 2 and info0.n_parts == 4
+    assert part0 is None and info0.computed == 1 and info0.n_parts == 2
     full, info1 = run_sweep(SPEC, tmp_path / "two", progress=False, hosts=(1, 2))
-    assert info1.computed == 2 and info1.reused == 2
+    assert info1.computed == 1 and info1.reused == 1
     pd.testing.assert_frame_equal(full, single, check_exact=True)
     with pytest.raises(lqs.LqsError):
         run_sweep(SPEC, None, progress=False, hosts=(0, 2))
@@ -86,9 +87,9 @@ def test_two_jax_distributed_processes_share_one_sweep(single, tmp_path):
         assert p.returncode == 0, se[-3000:]
     reports = [json.loads(so.strip().splitlines()[-1]) for so, _ in results]
     assert [r["host"] for r in reports] == [[0, 2], [1, 2]]
-    assert [r["computed"] for r in reports] == [2, 2]  # every other part each: disjoint, none twice
+    assert [r["computed"] for r in reports] == [1, 1]  # host i computes part i: disjoint, none twice
     assert any(r["merged"] for r in reports)  # the host that finished last found every part and merged
     pd.testing.assert_frame_equal(lqs.load_sweep(out), single, check_exact=True)
     again, info = run_sweep(SPEC, out, progress=False)  # one more run on one host: nothing left to compute
-    assert info.computed == 0 and info.reused == 4
+    assert info.computed == 0 and info.reused == 2
     pd.testing.assert_frame_equal(again, single, check_exact=True)
