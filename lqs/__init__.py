@@ -89,6 +89,7 @@ _LAZY = {
     "StudyResult": "studies", "phase_diagram": "studies", "b_error": "studies", "default_b_models": "studies",
     "default_affine": "studies", "delta_study": "studies", "mixture_study": "studies", "cluster_study": "studies",
     "latency_study": "studies", "slo_servers": "studies", "slo_replicas": "studies", "reproduce_paper": "studies",
+    "default_server": "studies", "default_mc": "studies",
 }
 
 
@@ -105,6 +106,11 @@ def __getattr__(name):
 
 def __dir__():
     return sorted(set(globals()) | set(_LAZY))
+
+
+# eager (11 ms): the package lqs.sweep shares the function's name, and a lazy lqs.sweep turned into the package
+# after any `from lqs.sweep import ...`
+from .sweep import SweepSpec, load_sweep, sweep  # noqa: E402
 
 __version__ = "0.2.0"
 

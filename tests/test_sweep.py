@@ -17,11 +17,9 @@ import pytest
 from click.testing import CliRunner
 
 import lqs
-
-assert callable(lqs.sweep)  # the function first (lqs loads it lazily), then the package's modules
-from lqs.sweep import plan as SP  # noqa: E402
-from lqs.sweep import run as S  # noqa: E402
-from lqs.cli import main  # noqa: E402
+from lqs.cli import main
+from lqs.sweep import plan as SP
+from lqs.sweep import run as S
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 W = "pd_ratio:1:400"  # s, o ~ U{10..200}: short requests, fast to simulate
@@ -342,7 +340,8 @@ def test_sigkilled_process_resumes(monkeypatch, tmp_path):
         import os, signal, sys
         sys.path.insert(0, {os.path.join(ROOT, "tests")!r})
         import lqs
-        from test_sweep import FAKE, S, fake_simulate
+        from lqs.sweep import run as S  # the package first: lqs.sweep must stay the function all the same
+        from test_sweep import FAKE, fake_simulate
         n = [0]
         def dying(*args, **kw):
             n[0] += 1

@@ -16,9 +16,7 @@ import pandas as pd
 import pytest
 
 import lqs
-
-assert callable(lqs.sweep)  # the function first (lqs loads it lazily), then the package's modules
-from lqs.sweep import run_sweep  # noqa: E402
+from lqs.sweep import run_sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 2 parts of 2 cells, both of one shape; the same configuration as test_sweep.REAL (seed aside), so that in one
