@@ -1,4 +1,4 @@
-"""The planner's studies (lqs._studies): each study's headline property on a small, fast case.
+"""The planner's studies (lqs.studies): each study's headline property on a small, fast case.
 
 Shared case: P/D 1:1 with s, o ~ U{10..200} (δ ≈ 0.098 at M = 4096), ŝ = 512, b̄ = 0.02 s; ≈ 0.22 completions/step.
 """
@@ -14,21 +14,46 @@ import pytest
 from click.testing import CliRunner
 
 import lqs
-from lqs import _studies as S
+from lqs import studies as S
+from lqs.studies.mixture import mixture_theory
 
 FAST = lqs.pd_ratio(1.0, total_hi=400)  # s, o ~ U{10..200}
 M, B = 4096, 0.02
-SMALL = dict(M=M, b=B, replicas=16, steps=8000, warmup=2000)
-CAP = lqs.capacity(FAST, M, 512, B)
+SERVER = lqs.Server(M=M, prefill_chunk=512, b=B)
+MC = lqs.MonteCarlo(trials=16, steps=8000, warmup=2000)
+CAP = lqs.capacity(FAST, SERVER)
 
 
 def test_public_names():
     for name in S.__all__:
         assert getattr(lqs, name) is getattr(S, name)
+    assert S.slo_replicas is S.slo_servers
+    assert S.default_server(quick=True).M == 16_384 and S.default_server().M == 131_000
+    assert S.default_mc(quick=True).trials == 16 and S.default_mc().steps is None
+    for f in (S.phase_diagram, S.b_error, S.delta_study, S.mixture_study, S.cluster_study, S.latency_study,
+              S.slo_servers):
+        p = list(inspect.signature(f).parameters.values())
+        assert [x.name for x in p[:3]] == ["workload", "server", "mc"], f
+        assert all(x.kind is x.KEYWORD_ONLY for x in p[3:]), f
+        assert {"quick", "seed", "out", "progress"} <= {x.name for x in p}, f
+
+
+def test_bad_inputs_are_lqs_errors():
+    with pytest.raises(lqs.LqsError, match="axis"):
+        S.phase_diagram(axis="nonsense")
+    with pytest.raises(lqs.LqsError, match="sections"):
+        S.b_error(FAST, SERVER, sections=("nonsense",))
+    with pytest.raises(lqs.LqsError, match="replicas"):
+        S.latency_study(FAST, SERVER, MC.replace(replicas=4))
+    with pytest.raises(lqs.LqsError, match="server"):
+        S.latency_study(FAST, "pd-1:1")
+    with pytest.raises(lqs.LqsError, match="policies"):
+        S.delta_study(FAST, SERVER, policies=("lifo",))
 
 
 def test_phase_diagram_rows_resolve_their_boundary(tmp_path):
-    res = S.phase_diagram("ratio", (0.5, 2.0), total_hi=400, n_lam=8, out=str(tmp_path), **SMALL)
+    res = S.phase_diagram(None, SERVER, MC, axis="ratio", values=(0.5, 2.0), total_hi=400, n_lam=8,
+                          out=str(tmp_path))
     df = res.data
     assert set(df.value) == {0.5, 2.0} and len(df) == 16
     assert df.reliable.all()
@@ -41,8 +66,10 @@ def test_phase_diagram_rows_resolve_their_boundary(tmp_path):
         # the relative grid spans 0.6·μ(1−δ) … 1.3·μ of this row
         assert row.lam_rps.min() == pytest.approx(0.6 * row.mu_stable_rps.iloc[0], rel=1e-6)
         assert row.lam_rps.max() == pytest.approx(1.3 * row.mu_rps.iloc[0], rel=1e-6)
+        assert np.allclose(row.rho, row.lam_rps / row.mu_rps)  # ρ = λ/μ, the closed-form μ
     for r in res.meta["rows"]:  # the simulated crossing lies near the theory band
         assert 0.85 * r["mu_stable_rps"] <= r["lam_cross_rps"] <= 1.2 * r["mu_rps"], r
+    assert res.meta["server"]["M_tokens"] == M and res.meta["monte_carlo"]["trials"] == 16
     assert res.png and os.path.getsize(res.png) > 10_000
     assert os.path.isfile(tmp_path / "phase_ratio.csv") and os.path.isfile(tmp_path / "phase_ratio.json")
     df2, png = res  # unpacks as (table, png)
@@ -51,15 +78,15 @@ def test_phase_diagram_rows_resolve_their_boundary(tmp_path):
 
 def test_b_error_mean_predicts_lam_star_median_over_predicts(tmp_path):
     models = {"lognormal cv=1": lqs.LogNormalMixBatch.from_mean_cv(B, 1.0)}
-    res = S.b_error(FAST, models=models, parts=("closed_form", "iid"), n_samples=1_000_000, out=str(tmp_path),
-                    **SMALL)
+    res = S.b_error(FAST, SERVER, MC, models=models, sections=("closed_form", "iid"), n_samples=1_000_000,
+                    out=str(tmp_path))
     df = res.data
     # (a) closed form: μ̂/μ − 1 = −ε/(1+ε)
-    cf = df[df.part == "closed_form"]
+    cf = df[df.section == "closed_form"]
     assert np.allclose(cf.rel_miss, -cf.b_rel_err / (1 + cf.b_rel_err))
     assert (np.diff(cf.rel_miss.to_numpy()) < 0).all()
     # (b) i.i.d. lognormal batch times
-    iid = df[(df.part == "iid") & (df.case == "lognormal cv=1")].set_index("estimator")
+    iid = df[(df.section == "iid") & (df.case == "lognormal cv=1")].set_index("estimator")
     mean, med = iid.loc["mean"], iid.loc["median"]
     ls, se = mean.lam_star_rps, mean.lam_star_se_rps
     # renewal–reward: λ* equals the constant-b̄ system's λ* rescaled by b̄/b̂_mean, within a few standard errors
@@ -71,43 +98,45 @@ def test_b_error_mean_predicts_lam_star_median_over_predicts(tmp_path):
     assert med.b_hat_s < mean.b_hat_s
     assert med.rel_miss > 0.2 and med.miss_in_se > 10, med.to_dict()
     assert iid.loc["trimmed:0.05"].rel_miss > 0  # trimming the slow tail also over-predicts
-    assert res.meta["iid"]["models"]["lognormal cv=1"]["estimators"]["median"]["rel_miss"] == pytest.approx(med.rel_miss)
+    head = res.meta["iid"]["models"]["lognormal cv=1"]["estimators"]["median"]
+    assert head["rel_miss"] == pytest.approx(med.rel_miss)
     assert os.path.getsize(res.png) > 10_000
 
 
-def test_delta_fcfs_in_band_reserve_below(tmp_path):
-    res = S.delta_study(FAST, deltas=(0.05, 0.3), b=B, policies=("fcfs", "reserve"), replicas=12, steps=10_000,
-                        warmup=3000, out=str(tmp_path))
+def test_delta_swap_in_band_reserve_below(tmp_path):
+    res = S.delta_study(FAST, SERVER, lqs.MonteCarlo(trials=12, steps=10_000, warmup=3000), deltas=(0.05, 0.3),
+                        policies=("fcfs", "reserve"), out=str(tmp_path))
     df = res.data
+    assert set(df.policy) == {"swap", "reserve"}  # fcfs is the old name of swap
     assert df.reliable.all() and df.saturated.all()
     assert sorted(df.M_tokens.unique()) == [math.ceil(400 / 0.3), math.ceil(400 / 0.05)]
-    f = df[df.policy == "fcfs"].set_index("M_tokens")
+    f = df[df.policy == "swap"].set_index("M_tokens")
     r = df[df.policy == "reserve"].set_index("M_tokens")
     for m in f.index:
         x = f.loc[m]
         assert x.mu_exact_stable_rps - 4 * x.lam_star_se_rps <= x.lam_star_rps <= x.mu_exact_rps + 4 * x.lam_star_se_rps
         assert bool(x.in_band)
         assert r.loc[m].lam_star_rps < x.lam_star_rps - 4 * math.hypot(x.lam_star_se_rps, r.loc[m].lam_star_se_rps)
-    # larger δ: fcfs loses more to packing
+    # larger δ: swap loses more to packing
     assert f.sort_values("delta").lam_star_over_mu_exact.is_monotonic_decreasing
-    assert res.meta["fcfs_all_in_band"] and os.path.getsize(res.png) > 10_000
+    assert res.meta["swap_all_in_band"] and os.path.getsize(res.png) > 10_000
 
 
 def test_mixture_weights_theory():
-    parts = [lqs.pd_ratio(2.0, total_hi=400), lqs.pd_ratio(0.5, total_hi=400)]
-    eq = S._mixture_theory(parts, (1, 1), (0.5, 0.5), M, 512, B)
+    phases = [lqs.pd_ratio(2.0, total_hi=400), lqs.pd_ratio(0.5, total_hi=400)]
+    eq = mixture_theory(phases, (1, 1), (0.5, 0.5), SERVER)
     assert eq["mu_mix_count_rps"] == pytest.approx(eq["mu_mix_time_rps"])  # equal rates: count = time weights
     assert eq["mu_time_avg_rps"] > eq["mu_mix_count_rps"]  # arithmetic ≥ harmonic mean, unequal μ_ℓ
-    un = S._mixture_theory(parts, (2, 1), (0.5, 0.5), M, 512, B)
+    un = mixture_theory(phases, (2, 1), (0.5, 0.5), SERVER)
     assert un["q_count"] == pytest.approx([2 / 3, 1 / 3])
     assert abs(un["mu_mix_count_rps"] / un["mu_mix_time_rps"] - 1) > 0.05
     assert un["mu_mix_count_rps"] == pytest.approx(lqs.mu_mix(un["mu_phases_rps"], [2, 1]))
 
 
 def test_mixture_phased_critical_rate_follows_count_weights(tmp_path):
-    parts = [lqs.pd_ratio(2.0, total_hi=400), lqs.pd_ratio(0.5, total_hi=400)]
-    res = S.mixture_study(parts, lam_ratio=(2, 1), M=M, b=B, n_load=5, load=(0.85, 1.15), cycles=16, replicas=12,
-                          steps=10_000, warmup=2500, out=str(tmp_path))
+    phases = [lqs.pd_ratio(2.0, total_hi=400), lqs.pd_ratio(0.5, total_hi=400)]
+    res = S.mixture_study(phases, SERVER, lqs.MonteCarlo(trials=12, steps=10_000, warmup=2500), lam_ratio=(2, 1),
+                          n_load=5, load=(0.85, 1.15), cycles=16, out=str(tmp_path))
     m = res.meta
     count, time_w = m["mu_exact_mix_count_rps"], m["mu_exact_mix_time_rps"]
     x = m["lam_star_grid_rps"]
@@ -123,32 +152,33 @@ def test_mixture_phased_critical_rate_follows_count_weights(tmp_path):
 
 
 def test_latency_grows_with_rho_and_slo_needs_at_least_stability_count(tmp_path):
-    lat = S.latency_study(FAST, rhos=(0.5, 0.7, 0.9), out=str(tmp_path), **SMALL)
+    lat = S.latency_study(FAST, SERVER, MC, rhos=(0.5, 0.7, 0.9), out=str(tmp_path))
     d = lat.data
     assert d.reliable.all() and (d.p_unstable <= 0.1).all()
+    assert np.allclose(d.lam_rps, d.rho * CAP.mu_rps)  # ρ = λ/μ
     assert np.all(np.diff(d.wait_p99_s) > 0) and np.all(np.diff(d.ttft_p99_s) > 0)
     assert (d.ttft_p99_s >= d.wait_p99_s).all() and (d.wait_p50_s <= d.wait_p99_s).all()
     lam = 3.3 * CAP.mu_rps
-    slo = S.slo_replicas(lam, 0.5, FAST, G_max=8, out=str(tmp_path), **SMALL)
+    slo = S.slo_servers(FAST, SERVER, MC, lam=lam, target_s=0.5, max_servers=8, out=str(tmp_path))
     m = slo.meta
-    assert m["G_stability"] == math.ceil(3.3) and m["G_rho"] == lqs.replicas_needed(lam, CAP.mu_rps, 0.9)
-    assert m["G_slo"] is not None and m["G_slo"] >= m["G_stability"] and m["G_slo"] >= m["G_rho"]
-    row = slo.data.set_index("G").loc[m["G_slo"]]
+    assert m["servers_stability"] == math.ceil(3.3)
+    assert m["servers_rho"] == lqs.servers_needed(lam, CAP.mu_rps, 0.9)
+    assert m["servers_slo"] is not None and m["servers_slo"] >= m["servers_stability"]
+    assert m["servers_slo"] >= m["servers_rho"]
+    row = slo.data.set_index("servers").loc[m["servers_slo"]]
     assert row.value_s <= 0.5 and row.p_unstable <= 0.05
-    assert (slo.data[slo.data.G < m["G_stability"]].p_unstable > 0.5).all()  # below ⌈λ/μ⌉: unstable
+    assert np.allclose(slo.data.rho, lam / (slo.data.servers * CAP.mu_rps))  # the deployment's ρ = λ/(G·μ)
+    assert (slo.data[slo.data.servers < m["servers_stability"]].p_unstable > 0.5).all()  # below ⌈λ/μ⌉: unstable
     assert os.path.getsize(lat.png) > 10_000 and os.path.getsize(slo.png) > 10_000
 
 
-def _has_clusters():
-    return "servers" in inspect.signature(lqs.simulate).parameters
-
-
-@pytest.mark.skipif(not _has_clusters(), reason="lqs.simulate has no servers= (cluster engine not landed)")
 def test_cluster_jsq_waits_less_than_random(tmp_path):
-    res = S.cluster_study(FAST, servers=4, routings=("random", "jsq"), rhos=(0.9,), M=M, b=B, saturation=False,
-                          replicas=8, steps=6000, warmup=1500, out=str(tmp_path))
+    res = S.cluster_study(FAST, SERVER, lqs.MonteCarlo(trials=8, steps=6000, warmup=1500), servers=4,
+                          routings=("random", "jsq"), rhos=(0.9,), saturation=False, out=str(tmp_path))
     d = res.data.set_index("routing")
     assert d.reliable.all()
+    assert d.mu_rps.iloc[0] == pytest.approx(4 * CAP.mu_rps)  # μ of the whole cluster; ρ = λ/μ
+    assert d.lam_rps.iloc[0] == pytest.approx(0.9 * 4 * CAP.mu_rps)
     assert d.loc["jsq", "wait_mean_s"] < 0.6 * d.loc["random", "wait_mean_s"], d[["wait_mean_s", "wait_p99_s"]]
     assert d.loc["jsq", "wait_p99_s"] < d.loc["random", "wait_p99_s"]
     assert os.path.getsize(res.png) > 10_000
@@ -157,10 +187,10 @@ def test_cluster_jsq_waits_less_than_random(tmp_path):
 def test_cli_study_closed_form_and_errors(tmp_path):
     from lqs.cli import main
 
-    r = CliRunner().invoke(main, ["study", "b-error", "--parts", "closed_form", "--out", str(tmp_path)])
+    r = CliRunner().invoke(main, ["study", "b-error", "--sections", "closed_form", "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output
     assert os.path.isfile(tmp_path / "b_error.csv") and os.path.isfile(tmp_path / "b_error.png")
-    r = CliRunner().invoke(main, ["study", "b-error", "--parts", "nonsense", "--out", str(tmp_path)])
+    r = CliRunner().invoke(main, ["study", "b-error", "--sections", "nonsense", "--out", str(tmp_path)])
     assert r.exit_code == 2 and "error:" in r.output
     r = CliRunner().invoke(main, ["study", "--help"])
     assert r.exit_code == 0
@@ -169,7 +199,7 @@ def test_cli_study_closed_form_and_errors(tmp_path):
 
 
 def test_b_error_affine_mean_at_saturation_predicts_lam_star():
-    res = S.b_error(FAST, parts=("affine",), affine_ratios=(4.0,), total_hi=400, **SMALL)
+    res = S.b_error(FAST, SERVER, MC, sections=("affine",), affine_ratios=(4.0,), total_hi=400)
     df = res.data.set_index(["case", "estimator"])
     assert df.reliable.all()
     for case in ("P/D 4:1", "P/D 1:1"):
