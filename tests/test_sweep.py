@@ -380,6 +380,21 @@ def test_a_different_spec_in_the_same_directory_is_refused(fake, tmp_path):
     assert e.value.param == "out"
 
 
+def test_other_hosts_wait_for_host_0s_spec(fake, tmp_path):
+    from lqs.sweep import io as SIO
+
+    s = lqs.SweepSpec.from_dict(FAKE)
+    lqs.sweep(s.replace(seed=9), out=tmp_path, progress=False)  # an older sweep in the directory
+    with pytest.raises(lqs.LqsError) as e:  # host 1 of an overwriting sweep: waits for host 0's new spec.json
+        SIO.wait_for_spec(str(tmp_path), s, timeout_s=0.3, poll_s=0.05)
+    assert e.value.param == "out"
+    SIO.wait_for_spec(str(tmp_path), None, timeout_s=0.3)  # without overwrite: any spec.json (checked after)
+    lqs.sweep(s, out=tmp_path, overwrite=True, progress=False)  # host 0
+    SIO.wait_for_spec(str(tmp_path), s, timeout_s=0.3)
+    df, info = S.run_sweep(s, tmp_path, overwrite=True, hosts=(1, 2), progress=False)
+    assert info.computed == 0 and len(df) == 40
+
+
 def test_per_trial_rows(fake, tmp_path):
     df = lqs.sweep({**FAKE, "per_trial": True}, out=tmp_path, progress=False)
     assert len(df) == 40 * 3 and list(df.groupby("cell").size().unique()) == [3]

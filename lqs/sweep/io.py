@@ -138,12 +138,24 @@ def part_done(pdir: str, part: _Part, per_trial: bool) -> bool:
     return got == part.cells
 
 
-def wait_for_spec(out, timeout_s: float = 600.0, poll_s: float = 0.2):
-    """Hosts other than 0 wait until host 0 has laid out the directory (spec.json)."""
+def wait_for_spec(out, spec: SweepSpec | None = None, timeout_s: float = 600.0, poll_s: float = 0.2):
+    """Hosts other than 0 wait until host 0 has laid out the directory (spec.json); with ``spec`` (a sweep that
+    host 0 overwrites) until spec.json holds that spec."""
+    sp = os.path.join(out, "spec.json")
+    mine = None if spec is None else spec.to_dict()
     t_end = time.time() + timeout_s
-    while not os.path.exists(os.path.join(out, "spec.json")):
+    while True:
+        if os.path.exists(sp):
+            if mine is None:
+                return
+            try:
+                with open(sp, encoding="utf-8") as fh:
+                    if json.load(fh).get("spec") == mine:
+                        return
+            except (OSError, ValueError, AttributeError):
+                pass
         if time.time() > t_end:
-            raise LqsError("out", out, "host 0 has not written spec.json there (shared file system?)")
+            raise LqsError("out", out, "host 0 has not written this sweep's spec.json there (shared file system?)")
         time.sleep(poll_s)
 
 

@@ -176,8 +176,8 @@ def run_sweep(spec=None, out=None, *, server=None, overwrite: bool = False, prog
                                     "system")
     if out is not None:
         out = os.fspath(out)
-        if host_n > 1 and host_i != 0:
-            wait_for_spec(out)
+        if host_n > 1 and host_i != 0:  # host 0 lays out (or, with overwrite, replaces) the directory
+            wait_for_spec(out, spec if overwrite else None)
         pdir = prepare_out(out, spec, overwrite and host_i == 0, n_cells, len(parts))
     done = {p.id for p in parts if pdir is not None and part_done(pdir, p, spec.per_trial)}
     bar = _Bar(n_cells, sum(len(p.cells) for p in parts if p.id in done), progress)
