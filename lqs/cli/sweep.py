@@ -41,7 +41,6 @@ def sweep_cmd(config, out, overwrite, progress, **opts):
       lqs sweep --out runs/rho --workload pd-1:1 --rho 0.5,0.9,1.1 --M 65536,131000 --prefill-chunk 512 \\
                 --b 0.0372
     """
-    from .. import sweep as _  # noqa: F401  first through lqs.__getattr__, so that lqs.sweep stays the function
     from ..sweep import SweepSpec, run_sweep
 
     spec = spec_from_options(config, opts, SweepSpec)
