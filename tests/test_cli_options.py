@@ -85,3 +85,79 @@ def test_cli_modules_are_small():
     for f in (ROOT / "lqs" / "cli").glob("*.py"):
         n = len(f.read_text().splitlines())
         assert n <= 400, f"{f.name}: {n} lines"
+
+
+# ----------------------------------------------------------------------------------------------- study wiring
+@pytest.fixture
+def calls(monkeypatch):
+    """Replace every study function by a recorder that returns an empty result (no simulation)."""
+    import pandas as pd
+
+    import lqs.studies as S
+
+    seen = []
+
+    def fake(name):
+        def f(**kw):
+            seen.append((name, kw))
+            meta = {"axis": kw.get("axis"), "rows": [{"value": 1.0}], "servers": kw.get("servers")}
+            return S.StudyResult(name=name, data=pd.DataFrame({"section": ["iid"], "rho": [0.5]}), meta=meta)
+        return f
+
+    for fn in ("phase_diagram", "b_error", "delta_study", "mixture_study", "cluster_study", "latency_study",
+               "slo_servers"):
+        monkeypatch.setattr(S, fn, fake(fn))
+    return seen
+
+
+def _study(calls, args):
+    r = run(["study", *args])
+    assert r.exit_code == 0, r.output
+    return calls[-1]
+
+
+def test_study_flags_replace_fields_of_the_mode_defaults(calls, tmp_path):
+    from lqs.studies import default_mc, default_server
+
+    out = str(tmp_path)
+    _, kw = _study(calls, ["latency", "--quick", "--out", out])
+    assert kw == dict(server=None, mc=None, quick=True, seed=0, out=out, progress=False)
+    _, kw = _study(calls, ["latency", "--quick", "--out", out, "--M", "65536", "--chunk", "256", "--policy", "fcfs",
+                           "--trials", "3", "--seed", "5"])
+    assert kw["server"] == default_server(True).replace(M=65536, prefill_chunk=256, policy="swap")
+    assert kw["mc"] == default_mc(True).replace(trials=3, seed=5) and kw["seed"] == 5
+    _, kw = _study(calls, ["latency", "--out", out, "--steps", "auto"])  # full mode
+    assert kw["server"] is None and kw["mc"] == default_mc(False).replace(steps=None) and kw["quick"] is False
+
+
+def test_study_options_of_each_command(calls, tmp_path):
+    out = ["--quick", "--out", str(tmp_path)]
+    _, kw = _study(calls, ["cluster", *out])
+    assert kw["servers"] == 8 and kw["routings"] == ("round_robin", "random", "jsq", "least_kv")
+    _, kw = _study(calls, ["cluster", *out, "--servers", "4", "--routings", "jsq,random", "--no-saturation"])
+    assert kw["servers"] == 4 and kw["routings"] == ("jsq", "random") and kw["saturation"] is False
+    _, kw = _study(calls, ["delta", *out, "--policies", "fcfs,reserve"])
+    assert kw["policies"] == ("fcfs", "reserve")
+    _, kw = _study(calls, ["mixture", *out, "--lam-ratio", "2,1", "--cycles", "4"])
+    assert kw["lam_ratio"] == [2.0, 1.0] and kw["cycles"] == 4
+    _, kw = _study(calls, ["b-error", *out, "--samples", "100", "--sections", "iid"])
+    assert kw["n_samples"] == 100 and kw["sections"] == ("iid",)
+    _, kw = _study(calls, ["slo", *out, "--lam", "10", "--target", "0.5", "--rho", "0.8", "--metric", "wait_p99_s"])
+    assert (kw["lam"], kw["target_s"], kw["rho"], kw["metric"]) == (10.0, 0.5, 0.8, "wait_p99_s")
+    n = len(calls)
+    run(["study", "phase", *out, "--M", "65536", "--points", "4"])
+    axes = {kw["axis"]: kw for _, kw in calls[n:]}
+    assert sorted(axes) == ["M", "b", "ratio"] and all(kw["n_lam"] == 4 for kw in axes.values())
+    assert axes["M"]["server"] is None  # the M axis replaces M: --M applies to the other two
+    assert axes["ratio"]["server"].M == 65536 == axes["b"]["server"].M
+
+
+@pytest.mark.parametrize("args, param", [(["delta", "--M", "4096"], "M"), (["delta", "--policy", "swap"], "policy"),
+                                         (["cluster", "--routing", "jsq"], "routing"),
+                                         (["slo", "--servers", "2"], "servers"), (["latency", "--M", "0"], "M"),
+                                         (["latency", "--trials", "0"], "trials")])
+def test_study_bad_flags_are_one_line_errors(calls, args, param):
+    r = run(["study", *args, "--quick"])
+    assert r.exit_code == 2 and r.stdout == "" and not calls
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"error: {param}=")
