@@ -40,8 +40,8 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from .._errors import LqsError, check_int, parse_number
 from .._batch import BatchTime
+from .._errors import LqsError, check_int, parse_number
 from .._server import ROUTINGS, MonteCarlo, Server, normalise_policy
 from .axes import (OPTIONS, OWN_MC, SPEC_VERSION, _as_list, _check_batch_spec, _check_workload_name,
                    _floats, _ints, _no_dups, _parse_lam, _strs)
