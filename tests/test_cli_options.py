@@ -31,8 +31,10 @@ RENAMED = [
 ]
 
 
-@pytest.mark.parametrize("args, msg", RENAMED, ids=[" ".join(x for x in a[:2] if not x.startswith("-")) + " " + m.split()[0]
-                                                for a, m in RENAMED])
+IDS = [" ".join(x for x in a[:2] if not x.startswith("-")) + " " + m.split()[0] for a, m in RENAMED]
+
+
+@pytest.mark.parametrize("args, msg", RENAMED, ids=IDS)
 def test_renamed_flags_fail_on_one_line_before_any_work(tmp_path, args, msg):
     r = run([str(tmp_path / "o") if a == "OUT" else a for a in args])
     assert r.exit_code == 2 and r.stdout == ""
