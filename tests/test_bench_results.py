@@ -93,6 +93,7 @@ def test_vllm_result(tmp_path):
     assert tr.arrival_s is not None
     cap = lqs.capacity(tr.workload(), lqs.Server(M=131_000, prefill_chunk=512, b=br.b))
     assert cap.mu_rps > 0
+    np.testing.assert_array_equal(lqs.load_b_samples(p), br.b_samples)  # and wherever batch times are
 
 
 def test_vllm_inf_rate_and_no_start_times(tmp_path):

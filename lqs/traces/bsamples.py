@@ -6,20 +6,30 @@ import numpy as np
 import pandas as pd
 
 from .._errors import LqsError
+from .bench_results import load_bench_result, looks_like_bench_result
 from .columns import _cols_text, _find_col, _unit_from_name
 from .read import _B_COLS, _detect_format, _read_table, _resolve_source
 
 
-def load_b_samples(path, col: str | None = None, *, fmt: str | None = None) -> np.ndarray:
+def load_b_samples(path, col: str | None = None, *, fmt: str | None = None, run: int | None = None) -> np.ndarray:
     """Observed batch (step) times in seconds, from a CSV, JSONL, Parquet or plain-text file.
 
     Plain text / CSV may have no header (one number per line, the first column is used) or a header. ``col``
     names the column; left out, a single column is used, else the first of the usual names (batch_time_s,
     batch_time, step_time_s, b_s, duration_s, latency_s, ...). A column whose name ends in ``_ms``/``_us``/``_ns``
     is converted to seconds. Every value must be a finite number > 0; failures raise LqsError.
+
+    A vLLM/SGLang benchmark result file gives its inter-token gaps (``run`` picks a run; see
+    :func:`lqs.traces.load_bench_result`).
     """
     param = "b_samples"
     src, label, _, fmt_hint = _resolve_source(path, param)
+    if col is None and fmt is None and isinstance(src, str) and looks_like_bench_result(src):
+        br = load_bench_result(src, run)
+        if br.b_samples is None:
+            raise LqsError(param, label, "a benchmark result needs per-request inter-token gaps (itls) to give "
+                           "batch times")
+        return br.b_samples
     if label.startswith("bundled:"):
         raise LqsError(param, path, "must be a file of batch times, not a bundled trace")
     try:
