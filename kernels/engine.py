@@ -23,166 +23,30 @@ the token budget), everything else is elementwise selects.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from . import rng
-
-POLICIES = ("swap", "recompute", "reserve")
-N_LAT = 3  # wait, ttft, e2e
-LAT_NAMES = ("wait", "ttft", "e2e")
-
-F_STARTED = 1
-F_SCHED = 2
-F_TTFT = 4
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """Static (hashable) configuration: changing it recompiles; everything else is a traced array."""
-
-    K: int  # slots per trial
-    policy: str = "swap"
-    a_max: int = 8  # static cap on arrivals per step (Poisson inversion terms)
-    token_budget: bool = False
-    servers: int = 1  # G servers per trial in lock-step (a cluster); 1: a single server
-    routing: str = "round_robin"
-    phased: bool = False  # piecewise-constant (duration, λ, workload) schedule: lengths drawn on arrival
-    n_u: int = 0  # uniforms stored per slot when phased
-    check_work: bool = False  # accumulate per-request memory-work and compare with g_exact (int32-safe sizes)
-    compact_every: int = 64  # steps per block; compaction + latency binning once per block
-    blocks_per_record: int = 1  # one time-series point every this many blocks
-    records_per_call: int = 16  # one host round trip every this many records
-    n_bins: int = 256  # log-spaced latency histogram bins
-    lat_lo_s: float = 1e-3
-    lat_hi_s: float = 1e5
-
-    @property
-    def steps_per_call(self) -> int:
-        return self.compact_every * self.blocks_per_record * self.records_per_call
-
-    @property
-    def bin_edges(self) -> np.ndarray:
-        """Upper edges of bins 0..n_bins-2 (bin 0 is [0, lat_lo), the last bin is [lat_hi, inf))."""
-        return np.geomspace(self.lat_lo_s, self.lat_hi_s, self.n_bins - 1)
-
-
-class Params(NamedTuple):
-    """Dynamic per-trial parameters (arrays: vmap over a grid of them without recompiling)."""
-
-    lam: jax.Array  # float32 arrivals per second
-    M: jax.Array  # int32 KV budget (tokens)
-    prefill_chunk: jax.Array  # int32 prefill chunk ŝ
-    budget: jax.Array  # int32 token budget B per step (ignored unless cfg.token_budget)
-    warmup: jax.Array  # int32 steps before the measurement window
-    min_w: jax.Array  # int32 lower bound of any waiting request's weight (starvation check)
-    workload: object  # lqs.Workload pytree (lqs.Phased when cfg.phased)
-    batch: object  # lqs BatchTime pytree
-    phase_end: jax.Array  # float32 [P] end instants of the phases (last = inf); used when cfg.phased
-    phase_lam: jax.Array  # float32 [P] arrival rate of each phase
-
-
-class Slots(NamedTuple):
-    s: jax.Array
-    o: jax.Array
-    k: jax.Array
-    u: jax.Array
-    flags: jax.Array
-    t_arr: jax.Array
-    t_first: jax.Array
-    t_ttft: jax.Array
-    t_done: jax.Array
-    work: jax.Array  # memory-work so far (only maintained when cfg.check_work)
-    u_off: jax.Array  # float32 arrival instant inside its step, as a fraction of the step (pre-drawn)
-    uu: jax.Array  # float32 [K, n_u] the request's length uniforms (phased runs: lengths drawn on arrival)
-
-
-class State(NamedTuple):
-    slots: Slots
-    keys: jax.Array  # uint32[4]: stream keys (arrivals, batch, lengths, offsets)
-    step: jax.Array
-    t: jax.Array  # float32 seconds
-    n_used: jax.Array  # slots in use (live or finished-not-compacted)
-    overflow: jax.Array  # waiting requests beyond the slots
-    next_ovf: jax.Array  # request index of the first overflow request
-    arrivals: jax.Array  # total arrivals (= next request index)
-    completions: jax.Array
-    swaps: jax.Array
-    # measurement window (steps ≥ warmup)
-    t_w0: jax.Array  # float32 instant the window opened (inf before)
-    arrivals_w: jax.Array
-    completions_w: jax.Array
-    gsum_w: jax.Array  # float32 Σ g_exact of completions in the window
-    mem_sum_w: jax.Array  # float32 Σ memory used over window steps
-    steps_w: jax.Array
-    busy_w: jax.Array  # float32 Σ b_n over window steps
-    mem_max: jax.Array
-    started_max: jax.Array
-    waiting_max: jax.Array
-    # capacity and invariant counters
-    starved: jax.Array
-    arr_trunc: jax.Array
-    lat_lost: jax.Array
-    violations: jax.Array
-    # latency histograms and sums over requests that arrived in the window and finished
-    hist: jax.Array  # int32 [N_LAT, n_bins]
-    lat_sum: jax.Array  # float32 [N_LAT]
-    lat_n: jax.Array  # int32
-
-
-def trial_keys(key) -> jax.Array:
-    """uint32[4] stream keys of one trial from a typed JAX PRNG key."""
-    kd = jax.random.key_data(key).astype(jnp.uint32).reshape(-1)
-    k0, k1 = kd[0], kd[-1]
-    return jnp.stack([rng.stream_key(k0, k1, s) for s in rng.STREAMS])
-
-
-def init_state(key, params: Params, cfg: EngineConfig) -> State:
-    K = cfg.K
-    zi = jnp.zeros((K,), jnp.int32)
-    zf = jnp.zeros((K,), jnp.float32)
-    slots = Slots(zi, zi, zi, zi, zi, zf, zf, zf, zf, zi, zf, jnp.zeros((K, cfg.n_u), jnp.float32))
-    i0 = jnp.int32(0)
-    f0 = jnp.float32(0.0)
-    state = State(slots=slots, keys=trial_keys(key), step=i0, t=f0, n_used=i0, overflow=i0, next_ovf=i0,
-                 arrivals=i0, completions=i0, swaps=i0, t_w0=jnp.float32(jnp.inf), arrivals_w=i0,
-                 completions_w=i0, gsum_w=f0, mem_sum_w=f0, steps_w=i0, busy_w=f0, mem_max=i0, started_max=i0,
-                 waiting_max=i0, starved=i0, arr_trunc=i0, lat_lost=i0, violations=i0,
-                 hist=jnp.zeros((N_LAT, cfg.n_bins), jnp.int32), lat_sum=jnp.zeros((N_LAT,), jnp.float32),
-                 lat_n=i0)
-    return _fill_free(state, i0, params, cfg)
-
-
-def length_uniforms(n_u, skey, index):
-    return jnp.stack([rng.uniform(skey, index, j) for j in range(n_u)], axis=-1)
-
-
-def draw_lengths(workload, skey, index, chunk, phase=None):
-    """(s, o, k) of the requests with the given indices, from the counter-based stream."""
-    u = length_uniforms(workload.n_uniforms, skey, index)
-    s, o = workload.sample_from_uniforms(u) if phase is None else workload.sample_phase(u, phase)
-    s = s.astype(jnp.int32)
-    o = o.astype(jnp.int32)
-    return s, o, (s + chunk - 1) // chunk
-
-
-def g_exact_i32(s, o, k, chunk):
-    """g_exact in int32 (exact while it stays below 2^31); products of consecutive integers are even."""
-    return chunk * ((k * (k - 1)) >> 1) + s + o * s + ((o * (o + 1)) >> 1)
-
-
-def affine_time(a0, a1, a2, a3, prefill_tokens, decode_tokens, mem_used):
-    """a0 + a1·prefill + a2·decode + a3·mem, every product rounded on its own (no fused multiply-add), so the XLA
-    engine and the fused kernel (kernels/fused.py, which calls this too) give the same bits."""
-    f32 = jnp.float32
-    m = rng.unfused_mul
-    return (a0 + m(a1, prefill_tokens.astype(f32), prefill_tokens) + m(a2, decode_tokens.astype(f32), decode_tokens)
-            + m(a3, mem_used.astype(f32), mem_used))
-
+from .compact import _fixed_order_sum, compact, init_state, squeeze  # noqa: F401 (re-exported)
+from .state import (  # noqa: F401 (re-exported: the engine's whole vocabulary in one module)
+    POLICIES,
+    N_LAT,
+    LAT_NAMES,
+    F_STARTED,
+    F_SCHED,
+    F_TTFT,
+    EngineConfig,
+    Params,
+    Slots,
+    State,
+    trial_keys,
+    length_uniforms,
+    draw_lengths,
+    g_exact_i32,
+    affine_time,
+)
 
 class StepOut(NamedTuple):
     """What one step did (scan outputs; unused ones are dead code in long runs)."""
@@ -416,122 +280,6 @@ def cluster_step(cl: Cluster, params: Params, cfg: EngineConfig) -> tuple[Cluste
                   decode_tokens=jnp.sum(outs.decode_tokens), b=b_n, arrivals=n_arr,
                   completions=jnp.sum(outs.completions), swaps=jnp.sum(outs.swaps), waiting=jnp.sum(outs.waiting))
     return Cluster(servers=new_srv, keys=cl.keys, rr=rr), out
-
-
-def _bin_index(x, cfg: EngineConfig):
-    """Log-spaced bin of latencies x ≥ 0: bin 0 is [0, lo), bin i ≥ 1 is [lo·r^(i−1), lo·r^i), last is open."""
-    lo, hi, nb = cfg.lat_lo_s, cfg.lat_hi_s, cfg.n_bins
-    per = (nb - 2) / np.log(hi / lo)
-    i = 1 + jnp.floor(jnp.log(jnp.maximum(x, lo) / lo) * per).astype(jnp.int32)
-    return jnp.where(x < lo, 0, jnp.clip(i, 1, nb - 1))
-
-
-def compact(state: State, params: Params, cfg: EngineConfig) -> State:
-    """Account finished requests (latency histograms, memory-work), squeeze finished slots out (order kept), then
-    fill the free slots: first from the overflow queue, then pre-filled with the requests that will arrive next."""
-    sl = state.slots
-    K = sl.s.shape[0]
-    iota = jnp.arange(K, dtype=jnp.int32)
-    occupied = iota < state.n_used
-    live = occupied & (sl.u < sl.k + sl.o)
-    fin = occupied & ~live
-    chunk = params.prefill_chunk
-    g = g_exact_i32(sl.s, sl.o, sl.k, chunk)
-    violations = state.violations
-    if cfg.check_work and cfg.policy == "swap":
-        violations = violations + jnp.sum((fin & (sl.work != g)).astype(jnp.int32))
-    gsum_w = state.gsum_w + _fixed_order_sum(jnp.where(fin & (sl.t_done > state.t_w0), g.astype(jnp.float32), 0.0))
-    # latencies of requests that arrived inside the window (t_arr ≥ t_w0) and whose arrival instant is known
-    counted = fin & (sl.t_arr >= state.t_w0) & (sl.t_arr >= 0)
-    lats = jnp.stack([sl.t_first - sl.t_arr, sl.t_ttft - sl.t_arr, sl.t_done - sl.t_arr])  # [3, K]
-    lats = jnp.maximum(lats, 0.0)
-    bins = _bin_index(lats, cfg)
-    add = counted.astype(jnp.int32)
-    hist = state.hist
-    for m in range(N_LAT):
-        hist = hist.at[m, bins[m]].add(add)
-    lat_sum = state.lat_sum + _fixed_order_sum(jnp.where(counted, lats, 0.0))
-    lat_n = state.lat_n + jnp.sum(add)
-
-    # stable compaction of live slots to the front
-    n_live = jnp.sum(live.astype(jnp.int32))
-    slots = Slots(*squeeze(live, tuple(sl)))
-    state = state._replace(hist=hist, lat_sum=lat_sum, lat_n=lat_n, gsum_w=gsum_w,
-                           violations=violations)
-    return _fill_free(state._replace(slots=slots), n_live, params, cfg)
-
-
-def _fixed_order_sum(x):
-    """Float sum over the last axis in a fixed pairwise order (halves added elementwise, zero-padded to a power of
-    two). ``jnp.sum`` leaves the association to the compiler, which may vectorise it differently from one program
-    to another: the XLA and fused paths must give the same bits."""
-    n = x.shape[-1]
-    m = 1 << max(0, n - 1).bit_length()
-    if m != n:
-        x = jnp.concatenate([x, jnp.zeros(x.shape[:-1] + (m - n,), x.dtype)], axis=-1)
-    while x.shape[-1] > 1:
-        h = x.shape[-1] // 2
-        x = x[..., :h] + x[..., h:]
-    return x[..., 0]
-
-
-def squeeze(keep, arrays):
-    """Move the kept entries to the front, in order, zeros behind: a log-step shift network (no scatter).
-
-    Entry i moves left by d_i = (number of dropped entries before it); d is non-decreasing over kept entries, so
-    moving by the bits of d from the lowest up never makes two kept entries collide.
-    """
-    K = keep.shape[0]
-    d = jnp.cumsum((~keep).astype(jnp.int32))  # dropped entries up to and including i (= before i when kept)
-    valid = keep
-    arrays = tuple(jnp.where(_col(keep, x), x, jnp.zeros_like(x)) for x in arrays)
-    sh = 1
-    while sh < K:
-        def fwd(x):  # y[p] = x[p + sh], zero past the end
-            return jnp.concatenate([x[sh:], jnp.zeros((sh,) + x.shape[1:], x.dtype)])
-
-        d_in, v_in = fwd(d), fwd(valid)
-        move_in = v_in & ((d_in & sh) != 0)
-        stay = valid & ((d & sh) == 0)
-        arrays = tuple(jnp.where(_col(move_in, x), fwd(x), jnp.where(_col(stay, x), x, jnp.zeros_like(x)))
-                       for x in arrays)
-        d = jnp.where(move_in, d_in, jnp.where(stay, d, 0))
-        valid = move_in | stay
-        sh *= 2
-    return arrays
-
-
-def _col(mask, x):
-    """Broadcast a [K] mask against a [K, ...] array."""
-    return mask.reshape(mask.shape + (1,) * (x.ndim - 1))
-
-
-def _fill_free(state: State, n_live, params: Params, cfg: EngineConfig) -> State:
-    """Slots n_live.. : overflow requests (already arrived, instant unknown), then the next arrivals (pre-filled)."""
-    sl = state.slots
-    K = sl.s.shape[0]
-    r = jnp.arange(K, dtype=jnp.int32) - n_live
-    free = r >= 0
-    n_fill = jnp.minimum(state.overflow, K - n_live)
-    from_ovf = free & (r < state.overflow)
-    idx = jnp.where(from_ovf, state.next_ovf + r, state.arrivals + (r - state.overflow))
-    off = rng.uniform(state.keys[3], idx, 0)
-    if cfg.phased:
-        # lengths are drawn when a request arrives (its phase); overflow requests already arrived: their arrival
-        # instant is lost, so they take the phase of this instant (counted in lat_lost like every overflow request)
-        uu = length_uniforms(cfg.n_u, state.keys[2], idx)
-        phase = jnp.sum((state.t >= params.phase_end[:-1]).astype(jnp.int32))
-        s_p, o_p = params.workload.sample_phase(uu, phase)
-        s_f = jnp.where(from_ovf, s_p.astype(jnp.int32), 0)
-        o_f = jnp.where(from_ovf, o_p.astype(jnp.int32), 0)
-        k_f = (s_f + params.prefill_chunk - 1) // params.prefill_chunk
-        sl = sl._replace(uu=jnp.where(free[:, None], uu, sl.uu))
-    else:
-        s_f, o_f, k_f = draw_lengths(params.workload, state.keys[2], idx, params.prefill_chunk)
-    slots = sl._replace(s=jnp.where(free, s_f, sl.s), o=jnp.where(free, o_f, sl.o), k=jnp.where(free, k_f, sl.k),
-                        u_off=jnp.where(free, off, sl.u_off), t_arr=jnp.where(from_ovf, -1.0, sl.t_arr))
-    return state._replace(slots=slots, n_used=n_live + n_fill, overflow=state.overflow - n_fill,
-                          next_ovf=state.next_ovf + n_fill, lat_lost=state.lat_lost + n_fill)
 
 
 class Record(NamedTuple):

@@ -14,8 +14,8 @@ def _plt():
     return plt
 
 
-def plot_waiting(result, path, max_replicas: int = 5):
-    """Waiting count over time, one panel per configuration (like the paper's Fig. 2)."""
+def plot_waiting(result, path, max_trials: int = 5):
+    """Waiting count over time of a few trials, one panel per configuration (like the paper's Fig. 2)."""
     plt = _plt()
     n_cfg = result.series_waiting.shape[0]
     show = list(range(n_cfg)) if n_cfg <= 6 else list(np.linspace(0, n_cfg - 1, 6).round().astype(int))
@@ -23,11 +23,10 @@ def plot_waiting(result, path, max_replicas: int = 5):
     summ = result.summary
     for ax, ci in zip(axes[:, 0], show):
         row = summ.iloc[ci]
-        for r in range(min(max_replicas, result.series_waiting.shape[1])):
+        for r in range(min(max_trials, result.series_waiting.shape[1])):
             ax.plot(result.series_t[ci, r], result.series_waiting[ci, r], lw=0.8, alpha=0.8)
-        verdict = f"P(unstable)={row['p_unstable']:.2f}"
-        mu = row.get("mu_exact_rps", np.nan)
-        rho = f", λ/μ_exact={row['lam_rps'] / mu:.2f}" if np.isfinite(mu) and mu > 0 else ""
+        verdict = f"backlog grew in {row['p_unstable']:.0%} of trials"
+        rho = f", ρ={row['rho']:.2f}" if np.isfinite(row.get("rho", np.nan)) else ""
         ax.set_title(f"λ={row['lam_rps']:.3g} req/s, M={row['M_tokens']}, {row['policy']}{rho} — {verdict}",
                      fontsize=9)
         ax.set_ylabel("waiting")

@@ -279,7 +279,7 @@ def test_cluster_routings_conserve_requests(routing):
     assert int(np.asarray(sv.violations).sum()) == 0 and (in_sys >= 0).all()
 
 
-def test_cluster_saturation_in_band_and_jsq_beats_random():
+def test_cluster_saturation_in_band():
     G = 4
     sat = lqs.simulate(FAST, SRV.replace(servers=G), 1.4 * G * CAP.mu_rps, trials=8, steps=10_000, warmup=2_000,
                        key=jax.random.key(10))
@@ -288,10 +288,3 @@ def test_cluster_saturation_in_band_and_jsq_beats_random():
     se = s.throughput_cv_se_rps
     assert G * CAP.mu_exact_rps * (1 - CAP.delta) - 4 * se <= s.throughput_cv_rps <= G * CAP.mu_exact_rps + 4 * se
     assert sat.reliable and s.p_unstable == 1.0
-    lam = 0.9 * G * CAP.mu_exact_rps
-    waits = {}
-    for routing in ("random", "jsq"):
-        r = lqs.simulate(FAST, SRV.replace(servers=G, routing=routing), lam, trials=8, steps=10_000, warmup=2_000,
-                         key=jax.random.key(10))
-        waits[routing] = float(r.summary.wait_mean_s.iloc[0])
-    assert waits["jsq"] < waits["random"], waits

@@ -1,0 +1,144 @@
+"""Periodic compaction of one server's slots: latencies of finished requests into the histograms, finished slots
+squeezed out in order, free slots filled from the overflow queue and pre-filled with the next arrivals; and the
+initial state (empty slots filled the same way)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from . import rng
+from .state import (N_LAT, EngineConfig, Params, Slots, State, draw_lengths, g_exact_i32, length_uniforms,
+                    trial_keys)
+
+
+def init_state(key, params: Params, cfg: EngineConfig) -> State:
+    K = cfg.K
+    zi = jnp.zeros((K,), jnp.int32)
+    zf = jnp.zeros((K,), jnp.float32)
+    slots = Slots(zi, zi, zi, zi, zi, zf, zf, zf, zf, zi, zf, jnp.zeros((K, cfg.n_u), jnp.float32))
+    i0 = jnp.int32(0)
+    f0 = jnp.float32(0.0)
+    state = State(slots=slots, keys=trial_keys(key), step=i0, t=f0, n_used=i0, overflow=i0, next_ovf=i0,
+                 arrivals=i0, completions=i0, swaps=i0, t_w0=jnp.float32(jnp.inf), arrivals_w=i0,
+                 completions_w=i0, gsum_w=f0, mem_sum_w=f0, steps_w=i0, busy_w=f0, mem_max=i0, started_max=i0,
+                 waiting_max=i0, starved=i0, arr_trunc=i0, lat_lost=i0, violations=i0,
+                 hist=jnp.zeros((N_LAT, cfg.n_bins), jnp.int32), lat_sum=jnp.zeros((N_LAT,), jnp.float32),
+                 lat_n=i0)
+    return _fill_free(state, i0, params, cfg)
+
+
+def _bin_index(x, cfg: EngineConfig):
+    """Log-spaced bin of latencies x ≥ 0: bin 0 is [0, lo), bin i ≥ 1 is [lo·r^(i−1), lo·r^i), last is open."""
+    lo, hi, nb = cfg.lat_lo_s, cfg.lat_hi_s, cfg.n_bins
+    per = (nb - 2) / np.log(hi / lo)
+    i = 1 + jnp.floor(jnp.log(jnp.maximum(x, lo) / lo) * per).astype(jnp.int32)
+    return jnp.where(x < lo, 0, jnp.clip(i, 1, nb - 1))
+
+
+def compact(state: State, params: Params, cfg: EngineConfig) -> State:
+    """Account finished requests (latency histograms, memory-work), squeeze finished slots out (order kept), then
+    fill the free slots: first from the overflow queue, then pre-filled with the requests that will arrive next."""
+    sl = state.slots
+    K = sl.s.shape[0]
+    iota = jnp.arange(K, dtype=jnp.int32)
+    occupied = iota < state.n_used
+    live = occupied & (sl.u < sl.k + sl.o)
+    fin = occupied & ~live
+    chunk = params.prefill_chunk
+    g = g_exact_i32(sl.s, sl.o, sl.k, chunk)
+    violations = state.violations
+    if cfg.check_work and cfg.policy == "swap":
+        violations = violations + jnp.sum((fin & (sl.work != g)).astype(jnp.int32))
+    gsum_w = state.gsum_w + _fixed_order_sum(jnp.where(fin & (sl.t_done > state.t_w0), g.astype(jnp.float32), 0.0))
+    # latencies of requests that arrived inside the window (t_arr ≥ t_w0) and whose arrival instant is known
+    counted = fin & (sl.t_arr >= state.t_w0) & (sl.t_arr >= 0)
+    lats = jnp.stack([sl.t_first - sl.t_arr, sl.t_ttft - sl.t_arr, sl.t_done - sl.t_arr])  # [3, K]
+    lats = jnp.maximum(lats, 0.0)
+    bins = _bin_index(lats, cfg)
+    add = counted.astype(jnp.int32)
+    hist = state.hist
+    for m in range(N_LAT):
+        hist = hist.at[m, bins[m]].add(add)
+    lat_sum = state.lat_sum + _fixed_order_sum(jnp.where(counted, lats, 0.0))
+    lat_n = state.lat_n + jnp.sum(add)
+
+    # stable compaction of live slots to the front
+    n_live = jnp.sum(live.astype(jnp.int32))
+    slots = Slots(*squeeze(live, tuple(sl)))
+    state = state._replace(hist=hist, lat_sum=lat_sum, lat_n=lat_n, gsum_w=gsum_w,
+                           violations=violations)
+    return _fill_free(state._replace(slots=slots), n_live, params, cfg)
+
+
+def _fixed_order_sum(x):
+    """Float sum over the last axis in a fixed pairwise order (halves added elementwise, zero-padded to a power of
+    two). ``jnp.sum`` leaves the association to the compiler, which may vectorise it differently from one program
+    to another: the XLA and fused paths must give the same bits."""
+    n = x.shape[-1]
+    m = 1 << max(0, n - 1).bit_length()
+    if m != n:
+        x = jnp.concatenate([x, jnp.zeros(x.shape[:-1] + (m - n,), x.dtype)], axis=-1)
+    while x.shape[-1] > 1:
+        h = x.shape[-1] // 2
+        x = x[..., :h] + x[..., h:]
+    return x[..., 0]
+
+
+def squeeze(keep, arrays):
+    """Move the kept entries to the front, in order, zeros behind: a log-step shift network (no scatter).
+
+    Entry i moves left by d_i = (number of dropped entries before it); d is non-decreasing over kept entries, so
+    moving by the bits of d from the lowest up never makes two kept entries collide.
+    """
+    K = keep.shape[0]
+    d = jnp.cumsum((~keep).astype(jnp.int32))  # dropped entries up to and including i (= before i when kept)
+    valid = keep
+    arrays = tuple(jnp.where(_col(keep, x), x, jnp.zeros_like(x)) for x in arrays)
+    sh = 1
+    while sh < K:
+        def fwd(x):  # y[p] = x[p + sh], zero past the end
+            return jnp.concatenate([x[sh:], jnp.zeros((sh,) + x.shape[1:], x.dtype)])
+
+        d_in, v_in = fwd(d), fwd(valid)
+        move_in = v_in & ((d_in & sh) != 0)
+        stay = valid & ((d & sh) == 0)
+        arrays = tuple(jnp.where(_col(move_in, x), fwd(x), jnp.where(_col(stay, x), x, jnp.zeros_like(x)))
+                       for x in arrays)
+        d = jnp.where(move_in, d_in, jnp.where(stay, d, 0))
+        valid = move_in | stay
+        sh *= 2
+    return arrays
+
+
+def _col(mask, x):
+    """Broadcast a [K] mask against a [K, ...] array."""
+    return mask.reshape(mask.shape + (1,) * (x.ndim - 1))
+
+
+def _fill_free(state: State, n_live, params: Params, cfg: EngineConfig) -> State:
+    """Slots n_live.. : overflow requests (already arrived, instant unknown), then the next arrivals (pre-filled)."""
+    sl = state.slots
+    K = sl.s.shape[0]
+    r = jnp.arange(K, dtype=jnp.int32) - n_live
+    free = r >= 0
+    n_fill = jnp.minimum(state.overflow, K - n_live)
+    from_ovf = free & (r < state.overflow)
+    idx = jnp.where(from_ovf, state.next_ovf + r, state.arrivals + (r - state.overflow))
+    off = rng.uniform(state.keys[3], idx, 0)
+    if cfg.phased:
+        # lengths are drawn when a request arrives (its phase); overflow requests already arrived: their arrival
+        # instant is lost, so they take the phase of this instant (counted in lat_lost like every overflow request)
+        uu = length_uniforms(cfg.n_u, state.keys[2], idx)
+        phase = jnp.sum((state.t >= params.phase_end[:-1]).astype(jnp.int32))
+        s_p, o_p = params.workload.sample_phase(uu, phase)
+        s_f = jnp.where(from_ovf, s_p.astype(jnp.int32), 0)
+        o_f = jnp.where(from_ovf, o_p.astype(jnp.int32), 0)
+        k_f = (s_f + params.prefill_chunk - 1) // params.prefill_chunk
+        sl = sl._replace(uu=jnp.where(free[:, None], uu, sl.uu))
+    else:
+        s_f, o_f, k_f = draw_lengths(params.workload, state.keys[2], idx, params.prefill_chunk)
+    slots = sl._replace(s=jnp.where(free, s_f, sl.s), o=jnp.where(free, o_f, sl.o), k=jnp.where(free, k_f, sl.k),
+                        u_off=jnp.where(free, off, sl.u_off), t_arr=jnp.where(from_ovf, -1.0, sl.t_arr))
+    return state._replace(slots=slots, n_used=n_live + n_fill, overflow=state.overflow - n_fill,
+                          next_ovf=state.next_ovf + n_fill, lat_lost=state.lat_lost + n_fill)

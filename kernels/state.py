@@ -1,0 +1,148 @@
+"""State of one simulated server (one Monte Carlo trial): static configuration, per-trial parameters, the slot
+layout, and the counter-based draws of request lengths. See kernels/engine.py for the layout and the step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import rng
+
+POLICIES = ("swap", "recompute", "reserve")
+N_LAT = 3  # wait, ttft, e2e
+LAT_NAMES = ("wait", "ttft", "e2e")
+
+F_STARTED = 1
+F_SCHED = 2
+F_TTFT = 4
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Static (hashable) configuration: changing it recompiles; everything else is a traced array."""
+
+    K: int  # slots per trial
+    policy: str = "swap"
+    a_max: int = 8  # static cap on arrivals per step (Poisson inversion terms)
+    token_budget: bool = False
+    servers: int = 1  # G servers per trial in lock-step (a cluster); 1: a single server
+    routing: str = "round_robin"
+    phased: bool = False  # piecewise-constant (duration, λ, workload) schedule: lengths drawn on arrival
+    n_u: int = 0  # uniforms stored per slot when phased
+    check_work: bool = False  # accumulate per-request memory-work and compare with g_exact (int32-safe sizes)
+    compact_every: int = 64  # steps per block; compaction + latency binning once per block
+    blocks_per_record: int = 1  # one time-series point every this many blocks
+    records_per_call: int = 16  # one host round trip every this many records
+    n_bins: int = 256  # log-spaced latency histogram bins
+    lat_lo_s: float = 1e-3
+    lat_hi_s: float = 1e5
+
+    @property
+    def steps_per_call(self) -> int:
+        return self.compact_every * self.blocks_per_record * self.records_per_call
+
+    @property
+    def bin_edges(self) -> np.ndarray:
+        """Upper edges of bins 0..n_bins-2 (bin 0 is [0, lat_lo), the last bin is [lat_hi, inf))."""
+        return np.geomspace(self.lat_lo_s, self.lat_hi_s, self.n_bins - 1)
+
+
+class Params(NamedTuple):
+    """Dynamic per-trial parameters (arrays: vmap over a grid of them without recompiling)."""
+
+    lam: jax.Array  # float32 arrivals per second
+    M: jax.Array  # int32 KV budget (tokens)
+    prefill_chunk: jax.Array  # int32 prefill chunk ŝ
+    budget: jax.Array  # int32 token budget B per step (ignored unless cfg.token_budget)
+    warmup: jax.Array  # int32 steps before the measurement window
+    min_w: jax.Array  # int32 lower bound of any waiting request's weight (starvation check)
+    workload: object  # lqs.Workload pytree (lqs.Phased when cfg.phased)
+    batch: object  # lqs BatchTime pytree
+    phase_end: jax.Array  # float32 [P] end instants of the phases (last = inf); used when cfg.phased
+    phase_lam: jax.Array  # float32 [P] arrival rate of each phase
+
+
+class Slots(NamedTuple):
+    s: jax.Array
+    o: jax.Array
+    k: jax.Array
+    u: jax.Array
+    flags: jax.Array
+    t_arr: jax.Array
+    t_first: jax.Array
+    t_ttft: jax.Array
+    t_done: jax.Array
+    work: jax.Array  # memory-work so far (only maintained when cfg.check_work)
+    u_off: jax.Array  # float32 arrival instant inside its step, as a fraction of the step (pre-drawn)
+    uu: jax.Array  # float32 [K, n_u] the request's length uniforms (phased runs: lengths drawn on arrival)
+
+
+class State(NamedTuple):
+    slots: Slots
+    keys: jax.Array  # uint32[4]: stream keys (arrivals, batch, lengths, offsets)
+    step: jax.Array
+    t: jax.Array  # float32 seconds
+    n_used: jax.Array  # slots in use (live or finished-not-compacted)
+    overflow: jax.Array  # waiting requests beyond the slots
+    next_ovf: jax.Array  # request index of the first overflow request
+    arrivals: jax.Array  # total arrivals (= next request index)
+    completions: jax.Array
+    swaps: jax.Array
+    # measurement window (steps ≥ warmup)
+    t_w0: jax.Array  # float32 instant the window opened (inf before)
+    arrivals_w: jax.Array
+    completions_w: jax.Array
+    gsum_w: jax.Array  # float32 Σ g_exact of completions in the window
+    mem_sum_w: jax.Array  # float32 Σ memory used over window steps
+    steps_w: jax.Array
+    busy_w: jax.Array  # float32 Σ b_n over window steps
+    mem_max: jax.Array
+    started_max: jax.Array
+    waiting_max: jax.Array
+    # capacity and invariant counters
+    starved: jax.Array
+    arr_trunc: jax.Array
+    lat_lost: jax.Array
+    violations: jax.Array
+    # latency histograms and sums over requests that arrived in the window and finished
+    hist: jax.Array  # int32 [N_LAT, n_bins]
+    lat_sum: jax.Array  # float32 [N_LAT]
+    lat_n: jax.Array  # int32
+
+
+def trial_keys(key) -> jax.Array:
+    """uint32[4] stream keys of one trial from a typed JAX PRNG key."""
+    kd = jax.random.key_data(key).astype(jnp.uint32).reshape(-1)
+    k0, k1 = kd[0], kd[-1]
+    return jnp.stack([rng.stream_key(k0, k1, s) for s in rng.STREAMS])
+
+
+def length_uniforms(n_u, skey, index):
+    return jnp.stack([rng.uniform(skey, index, j) for j in range(n_u)], axis=-1)
+
+
+def draw_lengths(workload, skey, index, chunk, phase=None):
+    """(s, o, k) of the requests with the given indices, from the counter-based stream."""
+    u = length_uniforms(workload.n_uniforms, skey, index)
+    s, o = workload.sample_from_uniforms(u) if phase is None else workload.sample_phase(u, phase)
+    s = s.astype(jnp.int32)
+    o = o.astype(jnp.int32)
+    return s, o, (s + chunk - 1) // chunk
+
+
+def g_exact_i32(s, o, k, chunk):
+    """g_exact in int32 (exact while it stays below 2^31); products of consecutive integers are even."""
+    return chunk * ((k * (k - 1)) >> 1) + s + o * s + ((o * (o + 1)) >> 1)
+
+
+def affine_time(a0, a1, a2, a3, prefill_tokens, decode_tokens, mem_used):
+    """a0 + a1·prefill + a2·decode + a3·mem, every product rounded on its own (no fused multiply-add), so the XLA
+    engine and the fused kernel (kernels/fused.py, which calls this too) give the same bits."""
+    f32 = jnp.float32
+    m = rng.unfused_mul
+    return (a0 + m(a1, prefill_tokens.astype(f32), prefill_tokens) + m(a2, decode_tokens.astype(f32), decode_tokens)
+            + m(a3, mem_used.astype(f32), mem_used))
