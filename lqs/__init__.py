@@ -83,9 +83,8 @@ from .engine import (  # noqa: E402
     step_log,
 )
 
-# sweeps and studies load on first use (``lqs.sweep``, ``lqs.phase_diagram``, ...): ``import lqs`` stays light
+# studies load on first use (``lqs.phase_diagram``, ...): ``import lqs`` stays light
 _LAZY = {
-    "sweep": "sweep", "SweepSpec": "sweep", "load_sweep": "sweep",
     "StudyResult": "studies", "phase_diagram": "studies", "b_error": "studies", "default_b_models": "studies",
     "default_affine": "studies", "delta_study": "studies", "mixture_study": "studies", "cluster_study": "studies",
     "latency_study": "studies", "slo_servers": "studies", "slo_replicas": "studies", "reproduce_paper": "studies",
@@ -133,5 +132,5 @@ __all__ = [
     "CriticalResult", "SimResult", "auto_steps", "backlog_grows", "critical", "default_engine", "set_engine",
     "simulate", "step_log",
     # sweeps and studies
-    *_LAZY,
+    "SweepSpec", "load_sweep", "sweep", *_LAZY,
 ]
