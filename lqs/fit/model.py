@@ -133,7 +133,8 @@ class LengthModel(Workload):
     o: np.ndarray
     p: np.ndarray  # float64 weights (exact moments)
     cum: np.ndarray  # float32 cumulative weights (sampling)
-    spec: str = eqx.field(static=True)  # JSON of the parameters that rebuild this model (hashable text)
+    scale: np.ndarray  # (prompt factor, output factor): a leaf, so scaled copies share one tree structure
+    spec: str = eqx.field(static=True)  # JSON of the unscaled model's parameters (hashable text)
 
     def __init__(self, s, o, p, spec: dict):
         keep = p > 0
@@ -142,6 +143,8 @@ class LengthModel(Workload):
         pp = np.asarray(p, np.float64)[keep]
         self.p = pp / pp.sum()
         self.cum = np.cumsum(self.p).astype(np.float32)
+        spec = dict(spec)
+        self.scale = np.asarray(spec.pop("scale", [1.0, 1.0]), np.float64)
         self.spec = json.dumps(spec, sort_keys=True)
 
     @property
@@ -169,7 +172,8 @@ class LengthModel(Workload):
 
     @property
     def params(self) -> dict:
-        return json.loads(self.spec)
+        """Everything that rebuilds this model (what :meth:`save` writes)."""
+        return dict(json.loads(self.spec), scale=[float(x) for x in np.asarray(self.scale)])
 
     def scaled(self, prompt: float = 1.0, output: float = 1.0) -> "LengthModel":
         """The same model with prompt lengths × ``prompt`` and output lengths × ``output`` (rounded, ≥ 1)."""
