@@ -1,11 +1,12 @@
 """``lqs simulate`` and ``lqs critical``: JSON keys and numbers, --out files, seeds, policies, batch-time models,
 and exit status 2 with a one-line error for bad input.
 
-Every run is small (M = 16,384 tokens, 4 trials, 3,000 steps) and the option shapes repeat, so JAX compiles
+Every run is small (M = 16,384 tokens, 4 trials, 6,000 steps) and the option shapes repeat, so JAX compiles
 few programs: the (configuration × trial) count and the static engine config (policy, batch model, slot count,
-arrival cap) decide a compilation, so e.g. ``--lam 0.2:1.0:3 --trials 4`` and ``--lam 1.25 --trials 12``
-share one, and the saturation run of ``critical --trials 8`` shares the one of ``--lam 0.2,1.0 --trials 4``.
-"""
+arrival cap, records per host call, so the horizon too) decide a compilation, so e.g. ``--lam 0.2:1.0:3 --trials
+4`` and ``--lam 1.25 --trials 12`` share one, and ``critical --trials 8 --grid-points 3 --grid-trials 4`` reuses
+both programs (its saturation run has the shape of ``--lam 0.2,1.0 --trials 4``, its grid that of the 12-lane
+runs): nine compilations in all (two λ-grid shapes, three batch models, two more policies, the fused kernel)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import pytest
 from cli_run import run, run_json
 
 BASE = ["--workload", "pd-1:1", "--M", "16384", "--prefill-chunk", "512", "--b", "0.0372"]
-SIM = ["simulate", *BASE, "--trials", "4", "--steps", "3000", "--warmup", "1000"]
+SIM = ["simulate", *BASE, "--trials", "4", "--steps", "6000", "--warmup", "1000"]
 CRIT = ["critical", *BASE, "--trials", "8", "--steps", "6000", "--warmup", "1000", "--grid-points", "3",
         "--grid-trials", "4"]
 THEORY = ("mu_rps", "mu_exact_rps", "mu_stable_rps", "mu_exact_stable_rps", "delta")
@@ -122,9 +123,9 @@ def test_simulate_out_dir(tmp_path, pair):
     assert cfg["server"] == {"M_tokens": 16384, "prefill_chunk_tokens": 512, "b": 0.0372, "b_theory_s": None,
                              "policy": "swap", "token_budget": None, "servers": 1, "routing": "round_robin"}
     mc = cfg["monte_carlo"]
-    assert mc["trials"] == 4 and mc["steps"] == 3000 and mc["warmup"] == 1000 and mc["seed"] == 0
+    assert mc["trials"] == 4 and mc["steps"] == 6000 and mc["warmup"] == 1000 and mc["seed"] == 0
     assert cfg["M_tokens"] == [16384, 16384]
-    assert cfg["steps_requested"] == 3000 and cfg["steps_run"] >= 3000 and cfg["warmup_steps"] == 1000
+    assert cfg["steps_requested"] == 6000 and cfg["steps_run"] >= 6000 and cfg["warmup_steps"] == 1000
     assert cfg["trials"] == 4 and cfg["lam_rps"] == pytest.approx([0.2, 1.0])
     assert cfg["workload_label"] == "pd-1:1"
 
@@ -146,7 +147,7 @@ def test_seed_reproducible_and_different(pair):
 @pytest.mark.parametrize("policy", ["swap", "recompute", "reserve"])
 def test_policies_run(policy, pair):
     # reserve saturates near 0.27 req/s here (peak-memory admission, δ ≈ 0.2), so λ = 0.2 is too close to its
-    # own capacity for a 4-trial, 3,000-step verdict: the low point is λ = 0.1 for the other policies
+    # own capacity for a 4-trial, 6,000-step verdict: the low point is λ = 0.1 for the other policies
     d = pair if policy == "swap" else run_json(SIM + ["--lam", "0.1,1.0", "--policy", policy])
     lo, hi = d["summary"]
     assert lo["policy"] == hi["policy"] == policy
