@@ -79,6 +79,13 @@ def _ks(values: np.ndarray, model_v: np.ndarray, model_p: np.ndarray) -> float:
     return float(np.max(np.abs(fm - fe)))
 
 
+def _cuts(x: np.ndarray, n: int = 200) -> list[int]:
+    """Cell boundaries at the data's 1/n quantiles, so that no cell of the grid holds much more than 1/n of the
+    requests (a representative point per cell then misplaces little of the marginal CDF)."""
+    q = np.quantile(x, np.arange(1, n) / n, method="inverted_cdf").astype(np.int64)
+    return [int(v) for v in np.unique(q) if x.min() <= v < x.max()]
+
+
 def _thresholds(x: np.ndarray, n: int) -> list[int]:
     """CDF points to match: integer quantiles of x at levels 1/(n+1) … n/(n+1), and both sides of every value
     that holds at least 1 % of the requests (kept if within [min, max) of x)."""
@@ -122,7 +129,8 @@ def fit_lengths(trace, prefill_chunk: int, components: int = 10, *, quantiles: i
                        g_exact(s, o, prefill_chunk).astype(np.float64).mean()])
     spec = {"kind": KIND, "version": VERSION, "mixture": mix.to_numpy(),
             "grid": {"s_lo": int(s.min()), "s_hi": int(s.max()), "o_lo": int(o.min()), "o_hi": int(o.max()),
-                     "max_total": int(tot[i]), "s_at_max": int(s[i]), "o_at_max": int(o[i])},
+                     "max_total": int(tot[i]), "s_at_max": int(s[i]), "o_at_max": int(o[i]),
+                     "s_cuts": _cuts(s), "o_cuts": _cuts(o)},
             "scale": [1.0, 1.0], "source": {"trace": trace.name, "n_requests": len(trace)}}
     s_thr, o_thr = _thresholds(s, quantiles), _thresholds(o, quantiles)
     spec["tilt"] = {"s_thresholds": s_thr, "o_thresholds": o_thr}

@@ -197,8 +197,9 @@ class LengthModel(Workload):
 def _support(spec: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(s, o, p, index of the trace's largest s+o) before the tilt, from the mixture and grid in ``spec``."""
     g = spec["grid"]
-    se, sr = cell_edges(g["s_lo"], g["s_hi"], (g["s_at_max"],), spec["tilt"].get("s_thresholds", ()))
-    oe, orr = cell_edges(g["o_lo"], g["o_hi"], (g["o_at_max"],), spec["tilt"].get("o_thresholds", ()))
+    tl = spec["tilt"]
+    se, sr = cell_edges(g["s_lo"], g["s_hi"], (g["s_at_max"],), (*tl.get("s_thresholds", ()), *g.get("s_cuts", ())))
+    oe, orr = cell_edges(g["o_lo"], g["o_hi"], (g["o_at_max"],), (*tl.get("o_thresholds", ()), *g.get("o_cuts", ())))
     P = cell_probs(spec["mixture"], se, oe)
     S, O = np.meshgrid(sr, orr, indexing="ij")
     P = np.where(S + O <= g["max_total"], P, 0.0)
