@@ -17,7 +17,7 @@ from lqs.fit import LengthModel, fit_lengths, is_length_model, load_length_model
 @pytest.mark.parametrize("name", ["azure-conv", "azure-code"])
 def test_fit_lengths_targets(name, tmp_path):
     t0 = time.perf_counter()
-    fit = fit_lengths(name, 512)
+    fit = fit_lengths(name, 512, M=131_000)
     took = time.perf_counter() - t0
     d = fit.to_dict()
     assert d["mean_g_rel_err"] <= 0.01
@@ -28,6 +28,7 @@ def test_fit_lengths_targets(name, tmp_path):
     assert m.mean_prompt_tokens == pytest.approx(tr.s.mean(), rel=1e-6)
     assert m.mean_output_tokens == pytest.approx(tr.o.mean(), rel=1e-6)
     assert fit.model.max_total == tr.max_total  # same δ
+    assert d["delta"] == pytest.approx(tr.max_total / 131_000)
     assert took < 60  # loose: the CPU is shared
     json.dumps(d)
     paths = fit.save(tmp_path)

@@ -20,7 +20,7 @@ import numpy as np
 from .._errors import LqsError, check_int
 from .._theory import g_exact, g_paper
 from .mixture import fit_logmix
-from .model import KIND, VERSION, LengthModel, _support, features, tilt
+from .model import KIND, VERSION, LengthModel, _build, _support, features, tilt
 
 
 @dataclass(frozen=True, eq=False)
@@ -38,6 +38,8 @@ class LengthFit:
     ks_s: float
     ks_o: float
     max_total_tokens: int
+    M_tokens: int | None
+    delta: float | None
     loglik_per_request: float
     tilt_kl: float
     fit_s: float
@@ -48,6 +50,7 @@ class LengthFit:
                 "components": self.components, "mean_g_trace_tokens2": self.mean_g_trace_tokens2,
                 "mean_g_model_tokens2": self.mean_g_model_tokens2, "mean_g_rel_err": self.mean_g_rel_err,
                 "ks_s": self.ks_s, "ks_o": self.ks_o, "max_total_tokens": self.max_total_tokens,
+                "M_tokens": self.M_tokens, "delta": self.delta,
                 "loglik_per_request": self.loglik_per_request, "tilt_kl": self.tilt_kl, "fit_s": self.fit_s,
                 "support_points": int(self.model.s.size)}
 
@@ -98,14 +101,15 @@ def _thresholds(x: np.ndarray, n: int) -> list[int]:
     return [int(t_) for t_ in q if x.min() <= t_ < x.max()]
 
 
-def fit_lengths(trace, prefill_chunk: int, components: int = 10, *, quantiles: int = 19, seed: int = 0,
-                steps: int = 2000, lr: float = 0.03) -> LengthFit:
+def fit_lengths(trace, prefill_chunk: int, components: int = 10, *, M: int | None = None, quantiles: int = 19,
+                seed: int = 0, steps: int = 2000, lr: float = 0.03) -> LengthFit:
     """Fit a constrained log-normal mixture to a trace (an :class:`lqs.Trace`, a path or a bundled name).
 
     ``prefill_chunk`` is ŝ (tokens) for E[g]; ``components`` the number of bivariate log-normals; ``seed`` fixes
     the dequantisation and the start; ``steps`` / ``lr`` are Adam's. The model's E[s], E[o], E[g], E[g_exact]
     and max s+o equal the trace's, and so do its marginal CDFs at ``quantiles`` quantiles of each length
-    (0: moments only); the report gives the per-marginal Kolmogorov–Smirnov distances.
+    (0: moments only); the report gives the per-marginal Kolmogorov–Smirnov distances, and δ = max(s+o)/M
+    when the KV capacity ``M`` (tokens) is given.
     """
     from ..traces import Trace, load_trace
 
@@ -115,6 +119,7 @@ def fit_lengths(trace, prefill_chunk: int, components: int = 10, *, quantiles: i
     components = check_int("components", components, 1, 64)
     seed = check_int("seed", seed, 0)
     quantiles = check_int("quantiles", quantiles, 0, 200)
+    M = None if M is None else check_int("M", M, 1)
     steps = check_int("steps", steps, 1)
     if len(trace) < 2 * components:
         raise LqsError("components", components, f"needs at least 2 requests per component; the trace "
@@ -142,8 +147,6 @@ def fit_lengths(trace, prefill_chunk: int, components: int = 10, *, quantiles: i
     spec["tilt"] = {"prefill_chunk": prefill_chunk, "lambda": lam.tolist(), "s_thresholds": s_thr,
                     "o_thresholds": o_thr,
                     "targets": dict(zip(("mean_s", "mean_o", "mean_g", "mean_g_exact"), target.tolist()))}
-    from .model import _build
-
     model = _build(spec)
     m = model.expected_g(prefill_chunk)
     fit_s = time.perf_counter() - t0
@@ -153,7 +156,8 @@ def fit_lengths(trace, prefill_chunk: int, components: int = 10, *, quantiles: i
                      components=components, mean_g_trace_tokens2=float(target[2]), mean_g_model_tokens2=m.g,
                      mean_g_rel_err=float(abs(m.g / target[2] - 1.0)),
                      ks_s=_ks(s, model.s.astype(np.int64), model.p), ks_o=_ks(o, model.o.astype(np.int64), model.p),
-                     max_total_tokens=model.max_total, loglik_per_request=ll, tilt_kl=kl, fit_s=fit_s,
+                     max_total_tokens=model.max_total, M_tokens=M,
+                     delta=None if M is None else model.max_total / M, loglik_per_request=ll, tilt_kl=kl, fit_s=fit_s,
                      _obs=(s, o))
 
 
