@@ -164,6 +164,23 @@ def test_bad_result_files(tmp_path, mutate, key):
     assert key in msg and "bad.json" in msg and "\n" not in msg
 
 
+def test_result_without_details(tmp_path):
+    r, *_ = vllm_result(n=20)
+    for k in ("input_lens", "output_lens", "start_times", "ttfts", "itls", "generated_texts", "errors"):
+        r.pop(k)
+    p = _write(tmp_path / "summary-only.json", r)
+    with pytest.raises(LqsError, match="input_lens.*--save-detailed") as e:
+        load_trace(p)  # recognised as a benchmark result, and told what is missing
+    assert "summary-only.json" in str(e.value)
+
+
+def test_run_only_for_bench_results(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text("input_toks,output_toks\n10,20\n")
+    with pytest.raises(LqsError, match="run"):
+        load_trace(p, run=0)
+
+
 def test_bad_json_text(tmp_path):
     p = tmp_path / "broken.jsonl"
     p.write_text('{"input_lens": [1], "output_lens": [2]}\n{not json\n')

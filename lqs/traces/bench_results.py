@@ -1,5 +1,6 @@
 """Benchmark results as input: vLLM ``vllm bench serve --save-result`` (and the older ``benchmark_serving.py``)
-JSON, and SGLang ``python -m sglang.bench_serving --output-details`` JSONL.
+JSON saved with ``--save-detailed`` (``--append-result`` gives one run per line), and SGLang
+``python -m sglang.bench_serving --output-details`` JSONL.
 
 Both tools write one object per run with per-request lists of equal length: ``input_lens`` and ``output_lens``
 (tokens), ``ttfts`` (seconds), ``itls`` (a list per request of the gaps between streamed tokens, seconds) and
@@ -107,8 +108,9 @@ def _runs(path: str) -> list[dict]:
 
 
 def looks_like_bench_result(path) -> bool:
-    """True if ``path`` is a .json/.jsonl file (optionally compressed) whose first object has ``input_lens`` and
-    ``output_lens``: the benchmark-result layout. Cheap: reads the first 64 kB."""
+    """True if ``path`` is a .json/.jsonl file (optionally compressed) in the benchmark-result layout: its start
+    holds ``input_lens``, or is an object with ``request_throughput`` and ``completed`` (a result saved without
+    per-request details). Cheap: reads the first 64 kB."""
     from .read import _COMPRESSION, _open_text
 
     p = os.fspath(path)
@@ -123,7 +125,10 @@ def looks_like_bench_result(path) -> bool:
             head = fh.read(65536)
     except (OSError, UnicodeDecodeError, EOFError):
         return False
-    return '"input_lens"' in head and '"output_lens"' in head
+    if '"input_lens"' in head:
+        return True
+    # a result saved without per-request details: recognised so that loading it says what is missing
+    return head.lstrip().startswith("{") and '"request_throughput"' in head and '"completed"' in head
 
 
 def _number(run: dict, key: str, label: str, *, allow_inf: bool = False, lo: float = 0.0):
@@ -148,7 +153,8 @@ def _per_request(run: dict, key: str, n: int, label: str, *, required: bool = Fa
     if key not in run or run[key] is None:
         if required:
             raise LqsError(key, None, "is missing: a benchmark result needs per-request input_lens and output_lens",
-                           f"in {label}; SGLang writes them with --output-details")
+                           f"in {label}; vllm bench serve writes them with --save-detailed, "
+                           "sglang.bench_serving with --output-details")
         return None
     v = run[key]
     if not isinstance(v, list):
