@@ -102,12 +102,12 @@ def _thresholds(x: np.ndarray, n: int) -> list[int]:
 
 
 def fit_lengths(trace, prefill_chunk: int, components: int = 10, *, M: int | None = None, quantiles: int = 19,
-                seed: int = 0, steps: int = 2000, lr: float = 0.03) -> LengthFit:
+                key=None, seed: int = 0, steps: int = 2000, lr: float = 0.03) -> LengthFit:
     """Fit a constrained log-normal mixture to a trace (an :class:`lqs.Trace`, a path or a bundled name).
 
-    ``prefill_chunk`` is ŝ (tokens) for E[g]; ``components`` the number of bivariate log-normals; ``seed`` fixes
-    the dequantisation and the start; ``steps`` / ``lr`` are Adam's. The model's E[s], E[o], E[g], E[g_exact]
-    and max s+o equal the trace's, and so do its marginal CDFs at ``quantiles`` quantiles of each length
+    ``prefill_chunk`` is ŝ (tokens) for E[g]; ``components`` the number of bivariate log-normals; ``seed`` (or a
+    JAX ``key``, which then sets it) fixes the dequantisation and the start; ``steps`` / ``lr`` are Adam's. The
+    model's E[s], E[o], E[g], E[g_exact] and max s+o equal the trace's, and so do its marginal CDFs at ``quantiles`` quantiles of each length
     (0: moments only); the report gives the per-marginal Kolmogorov–Smirnov distances, and δ = max(s+o)/M
     when the KV capacity ``M`` (tokens) is given.
     """
@@ -117,6 +117,10 @@ def fit_lengths(trace, prefill_chunk: int, components: int = 10, *, M: int | Non
         trace = load_trace(trace)
     prefill_chunk = check_int("prefill_chunk", prefill_chunk, 1)
     components = check_int("components", components, 1, 64)
+    if key is not None:
+        import jax
+
+        seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
     seed = check_int("seed", seed, 0)
     quantiles = check_int("quantiles", quantiles, 0, 200)
     M = None if M is None else check_int("M", M, 1)
