@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .._errors import LqsError, check_int
-from .common import StudyResult, key, label, mean_step_s, ratio_label, settings, setup, write
+from .common import StudyResult, key, label, mean_step_s, ratio_label, saturation, settings, setup, write
 
 SECTIONS = ("closed_form", "iid", "affine")
 ESTIMATORS = ("mean", "median", "trimmed:0.05", "trimmed:0.1")
@@ -107,36 +107,40 @@ def _iid_rows(workload, server, mc, cap, models, estimators, n_samples, seed, pr
 
 
 # ----------------------------------------------------------------------------------------------- (c) affine
-def _affine_K(w, server, mc, affine, mu_1s, b_lo):
-    """Slots for an affine model: the engine sizes it by its loose upper bound max_s, far too many."""
-    from .._batch import ConstantBatch
-    from ..engine import size_engine
-
-    M, chunk = server.M, server.prefill_chunk
-    m = w.expected_g(chunk)
-    c_sat = M / m.g_exact  # completions per step at saturation
-    b_est = (affine[0] + affine[1] * c_sat * m.mean_prompt_tokens + affine[2] * c_sat * m.mean_output_tokens
-             + affine[3] * M)
-    return size_engine(w, M, chunk, 1.3 * mu_1s / b_lo, ConstantBatch(2 * b_est), mc.compact_every).K
+def _b_sat_predicted(w, server, affine) -> float:
+    """The affine model's step time at saturation, predicted: c = M/E[g_exact] completions per step process about
+    c·E[s] prefill and c·E[o] decode tokens and hold about M tokens of KV cache."""
+    M = server.M
+    m = w.expected_g(server.prefill_chunk)
+    c_sat = M / m.g_exact
+    return (affine[0] + affine[1] * c_sat * m.mean_prompt_tokens + affine[2] * c_sat * m.mean_output_tokens
+            + affine[3] * M)
 
 
-def _affine_one(w, server, mc, affine, key_sat, key_light, progress) -> dict:
-    """λ* of one mix under the affine model, the mean batch time at saturation and at λ = ½λ*."""
-    from .._batch import AffineBatch
+def _affine_one(w, server, mc, affine, k, overload, progress) -> dict:
+    """One mix under the affine model, in one simulate call over two rates: saturation (λ = ``overload``·μ at the
+    smallest possible step, b_lo) for λ* and the mean step there, and a light load λ ≈ ½λ* (half the closed form's
+    μ_exact at the predicted saturated step) for the mean step at light load."""
+    from .._batch import AffineBatch, ConstantBatch
     from .._theory import capacity
-    from ..engine import critical, simulate
+    from ..engine import simulate, size_engine
 
     cap_1s = capacity(w, server.replace(b=1.0, b_theory=None))  # μ with b̄ = 1 s; scale by 1/b̄
     b_lo = affine[0] + affine[3] * server.M * (1 - cap_1s.delta)  # ≤ every saturated step: λ_sat > λ*
-    srv = server.replace(b=AffineBatch(*affine), b_theory=b_lo)
-    if mc.K is None:
-        mc = mc.replace(K=_affine_K(w, server, mc, affine, cap_1s.mu_rps, b_lo))
-    c = critical(w, srv, mc, key=key_sat, grid_points=0, progress=progress)
-    ls, se = c.summary["lam_star_rps"], c.summary["lam_star_se_rps"]
-    light = simulate(w, srv, 0.5 * ls, mc, key=key_light, progress=progress)
-    return dict(cap=cap_1s, lam_star=ls, se=se, b_sat=mean_step_s(c.saturation.trials),
-                b_light=mean_step_s(light.trials), mem_util=float(c.saturation.summary.iloc[0].mem_util),
-                reliable=bool(c.summary["reliable"]) and bool(light.reliable))
+    b_pred = _b_sat_predicted(w, server, affine)
+    lam_sat = overload * cap_1s.mu_rps / b_lo
+    if mc.K is None:  # the engine sizes an affine model by its loose upper bound max_s: far too many slots
+        K = size_engine(w, server.M, server.prefill_chunk, lam_sat, ConstantBatch(2 * b_pred), mc.compact_every).K
+        mc = mc.replace(K=K)
+    res = simulate(w, server.replace(b=AffineBatch(*affine), b_theory=b_lo),
+                   [lam_sat, 0.5 * cap_1s.mu_exact_rps / b_pred], mc, key=k, progress=progress)
+    sat, light = res.summary.iloc[0], res.summary.iloc[1]
+    tr = res.trials
+    ls, se = saturation(sat)
+    saturated = bool(tr[tr.config == 0].waiting_final.min() > 0)
+    return dict(cap=cap_1s, lam_star=ls, se=se, b_sat=mean_step_s(tr[tr.config == 0]),
+                b_light=mean_step_s(tr[tr.config == 1]), mem_util=float(sat.mem_util),
+                reliable=bool(sat.reliable) and bool(light.reliable) and saturated)
 
 
 def _affine_rows(server, mc, affine, ratios, total_hi, seed, progress):
@@ -147,14 +151,14 @@ def _affine_rows(server, mc, affine, ratios, total_hi, seed, progress):
         ratios = ratios + (1.0,)
     if affine is None:
         affine = default_affine(pd_ratio(1.0, total_hi=total_hi), server.M, server.prefill_chunk, server.b_mean_s)
-    aff = {r: _affine_one(pd_ratio(r, total_hi=total_hi), server, mc, affine, key(seed, 100 + i),
-                          key(seed, 200 + i), progress) for i, r in enumerate(ratios)}
+    aff = {r: _affine_one(pd_ratio(r, total_hi=total_hi), server, mc, affine, key(seed, 100 + i), 1.3, progress)
+           for i, r in enumerate(ratios)}
     b_ref = aff[1.0]["b_sat"]
     rows = []
     for r in ratios:
         a = aff[r]
         for est, bh in (("mean b at saturation (this mix)", a["b_sat"]),
-                        ("mean b at λ = ½λ* (this mix)", a["b_light"]),
+                        ("mean b at λ ≈ ½λ* (this mix)", a["b_light"]),
                         ("mean b at saturation on 1:1", b_ref)):
             mu_e = a["cap"].mu_exact_rps / bh
             rows.append({**_BLANK, "section": "affine", "case": f"P/D {ratio_label(r)}", "estimator": est,
@@ -184,8 +188,9 @@ def b_error(workload=None, server=None, mc=None, *, quick: bool = False, seed: i
       times independent of the batch, throughput = completions per step / E[b], so the *mean* predicts λ*.
     * ``affine``: b_n = a0 + a1·prefill + a2·decode + a3·memory (``affine`` = (a0, a1, a2, a3)) for the P/D mixes
       ``lqs.pd_ratio(r, total_hi)``, r in ``affine_ratios`` (default coefficients: :func:`default_affine`): λ*
-      against the closed form with b̄ = the mean batch time observed at saturation, at a light load (λ = ½λ*), and
-      at saturation on the 1:1 mix (one b̄ measured once, used for every mix).
+      against the closed form with b̄ = the mean batch time observed at saturation, at a light load (λ ≈ ½λ*: half
+      of μ_exact at the predicted saturated step), and at saturation on the 1:1 mix (one b̄ measured once, used for
+      every mix). Saturation and light load of a mix are one simulate call (one compiled program).
     """
     from .._theory import capacity
 
