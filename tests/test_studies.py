@@ -106,12 +106,13 @@ def test_b_error_mean_predicts_lam_star_median_over_predicts(tmp_path):
 
 
 def test_delta_swap_in_band_reserve_below(tmp_path):
-    res = S.delta_study(FAST, SERVER, lqs.MonteCarlo(trials=12, steps=10_000, warmup=3000), deltas=(0.05, 0.3),
-                        policies=("fcfs", "reserve"), out=str(tmp_path))
+    # 2 M values × 8 trials: the swap run shares the compiled 16-trial saturation program of b_error and mixture
+    res = S.delta_study(FAST, SERVER, MC.replace(trials=8), deltas=(0.1, 0.3), policies=("fcfs", "reserve"),
+                        out=str(tmp_path))
     df = res.data
     assert set(df.policy) == {"swap", "reserve"}  # fcfs is the old name of swap
     assert df.reliable.all() and df.saturated.all()
-    assert sorted(df.M_tokens.unique()) == [math.ceil(400 / 0.3), math.ceil(400 / 0.05)]
+    assert sorted(df.M_tokens.unique()) == [math.ceil(400 / 0.3), math.ceil(400 / 0.1)]
     f = df[df.policy == "swap"].set_index("M_tokens")
     r = df[df.policy == "reserve"].set_index("M_tokens")
     for m in f.index:
