@@ -45,10 +45,16 @@ def test_bad_inputs_are_lqs_errors():
         S.phase_diagram(axis="nonsense")
     with pytest.raises(lqs.LqsError, match="sections"):
         S.b_error(FAST, SERVER, sections=("nonsense",))
+    with pytest.raises(lqs.LqsError, match="b_estimator"):
+        S.b_error(FAST, SERVER, estimators=("mean", "mode"))
     with pytest.raises(lqs.LqsError, match="replicas"):
         S.latency_study(FAST, SERVER, MC.replace(replicas=4))
     with pytest.raises(lqs.LqsError, match="server"):
         S.latency_study(FAST, "pd-1:1")
+    with pytest.raises(lqs.LqsError, match="workload"):
+        S.latency_study("pd-1:1", SERVER)
+    with pytest.raises(lqs.LqsError, match="workload"):
+        S.mixture_study(FAST, SERVER)
     with pytest.raises(lqs.LqsError, match="policies"):
         S.delta_study(FAST, SERVER, policies=("lifo",))
 

@@ -192,11 +192,13 @@ def b_error(workload=None, server=None, mc=None, *, quick: bool = False, seed: i
       of μ_exact at the predicted saturated step), and at saturation on the 1:1 mix (one b̄ measured once, used for
       every mix). Saturation and light load of a mix are one simulate call (one compiled program).
     """
-    from .._theory import capacity
+    from .._theory import capacity, estimate_b
 
     bad = sorted(set(sections) - set(SECTIONS))
     if bad or not sections:
         raise LqsError("sections", bad or list(sections), "must be among closed_form, iid, affine")
+    for est in estimators:  # every name checked before anything runs
+        estimate_b(np.ones(4), est)
     workload, server, mc, total_hi = setup(workload, server, mc, quick, total_hi)
     server.require_scalar("b_error")
     cap = capacity(workload, server)

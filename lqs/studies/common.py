@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _jsonio
-from .._errors import check_int
+from .._errors import LqsError, check_int
 from .._server import MonteCarlo, Server, as_server, resolve_mc
 
 PAPER_M, PAPER_CHUNK, PAPER_B1 = 131_000, 512, 0.0372
@@ -64,6 +64,12 @@ def setup(workload, server, mc, quick, total_hi=None, *, default_workload=True):
     mc = default_mc(quick) if mc is None else resolve_mc(mc, {})
     if workload is None and default_workload:
         workload = pd_1to1(total_hi)
+    if workload is not None:
+        from .._workload import Workload
+
+        if not isinstance(workload, Workload):
+            raise LqsError("workload", type(workload).__name__, "must be an lqs Workload (a name such as 'pd-1:1' "
+                                                               "goes through lqs.preset first) or None")
     return workload, server, mc, total_hi
 
 
