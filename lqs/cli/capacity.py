@@ -33,12 +33,15 @@ def capacity_report(wl, cap, bb, lam=None, rho_target=0.9) -> dict:
     out = {"workload": wl.label}
     out.update(cap.to_dict())
     out["b_source"] = bb.source
+    if bb.M_source is not None:
+        out["M_source"] = bb.M_source
     if bb.estimator is not None:
         out["b_estimator"] = bb.estimator
         out["b_samples_n"] = bb.n_samples
     if wl.trace is not None:
         out["trace_requests"] = len(wl.trace)
         out["trace_mean_rate_rps"] = wl.trace.mean_rate_rps
+        out["trace_failed_requests"] = wl.trace.failed
     if lam is not None:
         code, text = verdict(lam, cap.mu_rps, cap.mu_stable_rps)
         out.update(lam_rps=lam, rho=lam / cap.mu_rps, rho_target=rho_target, verdict=text, verdict_code=code,
@@ -64,18 +67,23 @@ def _print_table(rep: dict):
     t.add_column("value", overflow="fold")
     add = t.add_row
     t.add_row = lambda k, v, style=None: add(escape(k), escape(v) if style is None else f"[{style}]{escape(v)}[/]")
-    t.add_row("KV capacity M", f"{rep['M_tokens']:,} tokens" + (" per server" if rep["servers"] > 1 else ""))
+    t.add_row("KV capacity M", f"{rep['M_tokens']:,} tokens" + (" per server" if rep["servers"] > 1 else "")
+              + (f"  ({rep['M_source']})" if rep.get("M_source", "given") != "given" else ""))
     if rep["servers"] > 1:
         t.add_row("servers G", f"{rep['servers']}  (rates below are the whole deployment's)")
     t.add_row("prefill chunk ŝ", f"{rep['prefill_chunk_tokens']:,} tokens")
     b_txt = f"{rep['b_s']:.6g} s"
-    if "b_estimator" in rep:
+    if "inter-token gaps" in rep["b_source"]:
+        b_txt += f"  ({rep['b_source']})"
+    elif "b_estimator" in rep:
         b_txt += f"  ({rep['b_estimator']} of {rep['b_samples_n']:,} samples)"
     t.add_row("batch time b̄", b_txt)
     if "trace_requests" in rep:
         rate = rep["trace_mean_rate_rps"]
         t.add_row("trace", f"{rep['trace_requests']:,} requests"
-                  + (f", mean arrival rate {rate:.4f} req/s" if rate is not None else ""))
+                  + (f", mean arrival rate {rate:.4f} req/s" if rate is not None else "")
+                  + (f" ({rep['trace_failed_requests']:,} failed, left out)" if rep.get("trace_failed_requests")
+                     else ""))
     se = rep["mean_g_se_tokens2"]
     t.add_row("E[g] (paper)", f"{rep['mean_g_tokens2']:,.1f} tokens²" + (f" ± {se:,.1f}" if se else ""))
     t.add_row("E[g_exact]", f"{rep['mean_g_exact_tokens2']:,.1f} tokens²" + (f" ± {se:,.1f}" if se else ""))

@@ -30,12 +30,12 @@ def critical_cmd(grid_points, grid_trials, progress, as_json, out, **opts):
     """
     from .. import critical
 
-    server, _ = build_server(opts)
+    server, bb = build_server(opts)
     mc = build_mc(opts)
     wl = resolve_workload(**{**opts, "M": server.M})
     res = critical(wl.workload, server, mc, grid_points=parse_int("grid_points", grid_points, 0, 1000),
                    grid_trials=parse_int("grid_trials", grid_trials, 1, 2**24), progress=show_progress(progress))
-    out_d = dict(workload=wl.label, **res.summary)
+    out_d = dict(workload=wl.label, b_source=bb.source, M_source=bb.M_source, **res.summary)
     doc = dict(out_d, server=server.describe(), monte_carlo=mc.describe())
     if out:
         _save(res, doc, out)
@@ -82,5 +82,7 @@ def _print_critical(out, out_dir):
               f"{'yes' if out['in_theory_band'] else 'no'}")
     if not out["reliable"]:
         con.print(f"[bold red]UNRELIABLE:[/] {out.get('unreliable_reason', '')}")
+    if out["b_source"] != "given" or out["M_source"] != "given":
+        con.print(f"b̄ = {out['b_s']:.6g} s ({out['b_source']}); M = {out['M_tokens']:,} tokens ({out['M_source']})")
     if out_dir:
         con.print(f"wrote {os.path.abspath(out_dir)}/ (critical.json, saturation/, grid/)")

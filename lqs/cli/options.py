@@ -15,7 +15,7 @@ An option that was renamed (``--replicas`` → ``--trials``) is a one-line error
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import click
 import numpy as np
@@ -107,11 +107,13 @@ def renamed_options(*names):
 def workload_options(f):
     """--workload PRESET | --trace PATH_OR_NAME [--s-col --o-col --t-col] [--split all|train|test]."""
     return _compose(
-        click.option("--workload", "workload", metavar="PRESET", default=None,
-                     help="Paper workload: pd-1:1, pd-2:1, pd-1:2, pd-8:1 or mix-2:1/1:2. "
-                          "Give exactly one of --workload / --trace."),
+        click.option("--workload", "workload", metavar="PRESET|FILE", default=None,
+                     help="Paper workload: pd-1:1, pd-2:1, pd-1:2, pd-8:1 or mix-2:1/1:2, or a length model file "
+                          "written by lqs fit lengths. Give exactly one of --workload / --trace."),
         click.option("--trace", "trace", metavar="PATH_OR_NAME", default=None,
-                     help="Request trace (.csv, .jsonl/.ndjson, .parquet) or a bundled one: azure-conv, azure-code."),
+                     help="Request trace (.csv, .jsonl/.ndjson, .parquet), a vLLM/SGLang benchmark result (.json/"
+                          ".jsonl; its inter-token gaps give b̄ when --b is not given) or a bundled trace: "
+                          "azure-conv, azure-code."),
         click.option("--s-col", "s_col", metavar="COL", default=None, help="Trace column of prompt lengths s."),
         click.option("--o-col", "o_col", metavar="COL", default=None, help="Trace column of output lengths o."),
         click.option("--t-col", "t_col", metavar="COL", default=None,
@@ -119,6 +121,12 @@ def workload_options(f):
         click.option("--split", "split", metavar="all|train|test", default="all", show_default=True,
                      help="Use the whole trace, or the paper's 80% train / 20% test part (chronological when "
                           "arrival times are known, else a fixed-seed permutation)."),
+        click.option("--run", "run", metavar="N", default=None,
+                     help="Run (0-based) of a benchmark result file holding several (--trace)."),
+        click.option("--prompt-scale", "prompt_scale", metavar="F", default=None,
+                     help="Multiply every prompt length by F (a trace or a fitted length model)."),
+        click.option("--output-scale", "output_scale", metavar="F", default=None,
+                     help="Multiply every output length by F (a trace or a fitted length model)."),
     )(f)
 
 
@@ -129,14 +137,20 @@ def server_options(*, simulation: bool = True, required: bool = True, grid: bool
     many = " (comma-separated list: one sweep axis)" if grid else ""
     dflt = "" if required or grid else " (default: the command's own)"
     req = {"required": True} if required else {"default": None}  # (click ≥ 8.3: a default None satisfies required)
+    log = required and not grid  # --server-log gives M: then --M is checked by build_server, not by click
     opts = [
-        click.option("--M", "M", metavar="TOKENS", **req, help=f"KV-cache capacity M in tokens{many}{dflt}."),
+        click.option("--M", "M", metavar="TOKENS", **({"default": None} if log else req),
+                     help=f"KV-cache capacity M in tokens{many}{dflt}"
+                          + (" (or --server-log)." if log else ".")),
         click.option("--prefill-chunk", "--chunk", "prefill_chunk", metavar="TOKENS", **req,
                      help=f"Prefill chunk ŝ in tokens{many}{dflt}; --chunk is an alias."),
         click.option("--b", "b", metavar="SECONDS", default=None,
                      help=f"Batch (step) time b̄ in seconds{many}{dflt}."
                           + ("" if grid else " Give exactly one of --b / --b-samples.")),
     ]
+    if log:
+        opts.append(click.option("--server-log", "server_log", metavar="FILE", default=None,
+                                 help="vLLM or SGLang server log: M is its KV-cache size (when --M is not given)."))
     if not grid:
         opts += [
             click.option("--b-samples", "b_samples", metavar="FILE", default=None,
@@ -217,6 +231,7 @@ class ResolvedWorkload:
     workload: object  # an lqs.Workload
     label: str  # e.g. 'pd-1:1' or 'azure-conv' or 'azure-conv[test]'
     trace: object | None = None  # the lqs.Trace (after the split) when --trace was given
+    bench: object | None = None  # the lqs.BenchResult when --trace is a benchmark result
 
 
 @dataclass(frozen=True)
@@ -228,12 +243,14 @@ class ResolvedB:
     estimator: str | None = None
     n_samples: int | None = None
     samples: object = None  # the samples (numpy array) when read from a file
+    M_source: str | None = None  # 'given' or the server log M was read from (None: the command's default M)
 
 
 def resolve_workload(workload=None, trace=None, s_col=None, o_col=None, t_col=None, split="all", M=None,
-                     **_ignored) -> ResolvedWorkload:
-    """Exactly one of a preset name or a trace → a validated workload (checked against M when M is given)."""
-    from .._workload import preset
+                     **opts) -> ResolvedWorkload:
+    """Exactly one of a preset name, a length model file or a trace (a benchmark result included) → a validated
+    workload (checked against M when M is given), scaled by --prompt-scale/--output-scale when given."""
+    from .inputs import workload_from_name
 
     if (workload is None) == (trace is None):
         raise LqsError("workload", workload if workload is not None else None,
@@ -247,27 +264,47 @@ def resolve_workload(workload=None, trace=None, s_col=None, o_col=None, t_col=No
                 raise LqsError(opt, v, "only applies with --trace")
         if split != "all":
             raise LqsError("split", split, "only applies with --trace (use all with --workload)")
-        w = preset(workload)
+        if opts.get("run") is not None:
+            raise LqsError("run", opts["run"], "only applies with --trace (a benchmark result file)")
+        w, label = workload_from_name(workload, opts)
         if M is not None:
             w.validate(M)
-        return ResolvedWorkload(workload=w, label=workload, trace=None)
+        return ResolvedWorkload(workload=w, label=label, trace=None)
 
     from ..traces import load_trace
+    from .inputs import bench_of, scaled_trace, scales
 
-    tr = load_trace(trace, s_col=s_col, o_col=o_col, t_col=t_col)
+    bench = bench_of({"trace": trace, "s_col": s_col, "o_col": o_col, **opts})
+    if bench is not None:
+        tr = bench.trace
+    else:
+        run = None if opts.get("run") is None else parse_int("run", opts["run"], 0)
+        tr = load_trace(trace, s_col=s_col, o_col=o_col, t_col=t_col, run=run)
     if split != "all":
         train, test = tr.split(TRAIN_FRAC, SPLIT_SEED)
         tr = train if split == "train" else test
+    sc = scales(opts)
+    if sc is not None:
+        tr = scaled_trace(tr, sc)
     if M is not None:
         tr.validate(M)
-    return ResolvedWorkload(workload=tr.workload(), label=tr.name, trace=tr)
+    return ResolvedWorkload(workload=tr.workload(), label=tr.name, trace=tr, bench=bench)
 
 
-def resolve_b(b=None, b_samples=None, b_estimator=None, b_col=None, *, default_estimator="median",
+def resolve_b(b=None, b_samples=None, b_estimator=None, b_col=None, *, default_estimator="median", bench=None,
               **_ignored) -> ResolvedB:
-    """Exactly one of a batch time or a file of samples (+ estimator, default median) → b̄ in seconds."""
+    """Exactly one of a batch time or a file of samples (+ estimator, default median) → b̄ in seconds; with
+    neither, the inter-token gaps of a benchmark result (``bench``) when there is one."""
     from .._theory import estimate_b, parse_estimator
 
+    if b is None and b_samples is None and bench is not None:
+        if bench.b_samples is None:
+            raise LqsError("b", None, f"give --b SECONDS: the benchmark result {bench.trace.source} has no "
+                                      "inter-token gaps (itls) to estimate b̄ from")
+        est = default_estimator if b_estimator is None else b_estimator
+        x = bench.b_samples
+        return ResolvedB(b_s=estimate_b(x, est), source=f"{est} of {x.size} inter-token gaps in {bench.trace.source}",
+                         estimator=est, n_samples=int(x.size), samples=x)
     if (b is None) == (b_samples is None):
         raise LqsError("b", b, "give exactly one of --b SECONDS or --b-samples FILE",
                        "both were given" if b is not None else "neither was given")
@@ -294,17 +331,26 @@ def build_server(opts: dict, base=None):
     model (parsed by :func:`lqs._batch.parse_batch_spec`, mean b̄) and b̄ stays the closed form's ``b_theory``."""
     from .._batch import parse_batch_spec
     from .._server import Server
+    from .inputs import bench_of, resolve_M
 
     b_model = opts.get("b_model")
     given_b = opts.get("b") is not None or opts.get("b_samples") is not None
+    bench = None if given_b else bench_of(opts)
+    M, M_source = resolve_M(opts)
+    if base is None and M is None:
+        raise LqsError("M", None, "give --M TOKENS" + (" or --server-log FILE" if "server_log" in opts else ""))
     bb = None
-    if base is None or given_b:
+    if base is None or given_b or bench is not None:
         empirical = (b_model or "").strip().partition(":")[0] == "empirical"
         bb = resolve_b(b=opts.get("b"), b_samples=opts.get("b_samples"), b_estimator=opts.get("b_estimator"),
                        b_col=opts.get("b_col"), default_estimator="mean" if empirical and opts.get("b") is None
-                       else "median")
-    fields = {k: parse_number(k, opts[k]) for k in ("M", "prefill_chunk", "token_budget", "servers")
+                       else "median", bench=bench)
+    if bb is not None:
+        bb = replace(bb, M_source=M_source)
+    fields = {k: parse_number(k, opts[k]) for k in ("prefill_chunk", "token_budget", "servers")
               if opts.get(k) is not None}
+    if M is not None:
+        fields["M"] = parse_number("M", M)
     fields.update({k: opts[k] for k in ("policy", "routing") if opts.get(k) is not None})
     if b_model is not None and b_model.strip() != "constant":
         if bb is None:

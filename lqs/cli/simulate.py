@@ -30,7 +30,7 @@ def simulate_cmd(lam, progress, as_json, out, **opts):
     """
     from .. import simulate
 
-    server, _ = build_server(opts)
+    server, bb = build_server(opts)
     mc = build_mc(opts)
     wl = resolve_workload(**{**opts, "M": server.M})
     lams = parse_lams(lam)
@@ -40,11 +40,14 @@ def simulate_cmd(lam, progress, as_json, out, **opts):
     if out:
         res.save(out)
     if as_json:
-        echo_json(dict(workload=wl.label, reliable=res.reliable, server=server.describe(),
+        echo_json(dict(workload=wl.label, b_source=bb.source, M_source=bb.M_source, reliable=res.reliable,
+                       server=server.describe(),
                        monte_carlo=mc.describe(), summary=res.summary.to_dict(orient="records"),
                        wall_s=res.config["wall_s"]))
         return
     _print_sim(res, wl.label, out)
+    if bb.source != "given" or bb.M_source != "given":
+        console().print(f"b̄ = {bb.b_s:.6g} s ({bb.source}); M = {server.M:,} tokens ({bb.M_source})")
 
 
 def _print_sim(res, label, out_dir):
