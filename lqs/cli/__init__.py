@@ -1,7 +1,8 @@
 """The ``lqs`` command line (console script ``lqs``, also ``python -m lqs``).
 
-One module per command (``capacity``, ``simulate``, ``critical``, ``sweep``, ``study``, ``reproduce``); the
-options they share (workload, server, Monte Carlo, output) are defined once in :mod:`lqs.cli.options`.
+One module per command (``capacity``, ``simulate``, ``critical``, ``sweep``, ``study``, ``reproduce``, ``fit``,
+``check``); the options they share (workload, server, Monte Carlo, output) are defined once in
+:mod:`lqs.cli.options`, the measured inputs (benchmark results, server logs, length models) in :mod:`lqs.cli.inputs`.
 
 Every :class:`lqs.LqsError` raised by any command is printed as one line ``error: <message>`` on stderr and the
 process exits with status 2 (click's own usage errors exit with 2 as well). The library never imports this package.
@@ -51,13 +52,15 @@ def main(engine=None):
 
 def _register():
     from .capacity import capacity_cmd
+    from .check import check_cmd
     from .critical import critical_cmd
+    from .fit import fit_group
     from .reproduce import reproduce_group
     from .simulate import simulate_cmd
     from .study import study
     from .sweep import sweep_cmd
 
-    for cmd in (capacity_cmd, simulate_cmd, critical_cmd, sweep_cmd, study, reproduce_group):
+    for cmd in (capacity_cmd, simulate_cmd, critical_cmd, check_cmd, fit_group, sweep_cmd, study, reproduce_group):
         main.add_command(cmd)
 
 
