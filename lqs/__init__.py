@@ -70,7 +70,7 @@ from ._batch import (  # noqa: E402
     parse_batch_spec,
 )
 from ._server import MonteCarlo, Server  # noqa: E402
-from .traces import Trace, load_b_samples, load_trace  # noqa: E402
+from .traces import BenchResult, Trace, kv_tokens_from_log, load_b_samples, load_bench_result, load_trace  # noqa: E402
 from .engine import (  # noqa: E402
     CriticalResult,
     SimResult,
@@ -83,12 +83,16 @@ from .engine import (  # noqa: E402
     step_log,
 )
 
-# studies load on first use (``lqs.phase_diagram``, ...): ``import lqs`` stays light
+# studies, fits and check load on first use (``lqs.phase_diagram``, ``lqs.fit_lengths``, ...): ``import lqs`` stays
+# light (no optax, no matplotlib)
 _LAZY = {
     "StudyResult": "studies", "phase_diagram": "studies", "b_error": "studies", "default_b_models": "studies",
     "default_affine": "studies", "delta_study": "studies", "mixture_study": "studies", "cluster_study": "studies",
     "latency_study": "studies", "slo_servers": "studies", "slo_replicas": "studies", "reproduce_paper": "studies",
     "default_server": "studies", "default_mc": "studies",
+    # fitted models (optax) and the measured-run check (issue #11)
+    "fit_lengths": "fit", "fit_batch": "fit", "LengthFit": "fit", "BatchFit": "fit", "LengthModel": "fit",
+    "load_length_model": "fit", "check": "measured", "CheckResult": "measured",
 }
 
 
@@ -125,12 +129,13 @@ __all__ = [
     # workloads and traces
     "Constant", "Empirical", "IntUniform", "LogNormal", "Marginal", "PAPER_B", "PRESETS", "GMoments", "Independent",
     "Mixture", "Pairs", "Phased", "Workload", "pd_ratio", "preset", "Trace", "load_b_samples", "load_trace",
+    "BenchResult", "load_bench_result", "kv_tokens_from_log",
     # server
     "AffineBatch", "BatchTime", "ConstantBatch", "EmpiricalBatch", "LogNormalMixBatch", "parse_batch_spec",
     "MonteCarlo", "Server",
     # engine and results
     "CriticalResult", "SimResult", "auto_steps", "backlog_grows", "critical", "default_engine", "set_engine",
     "simulate", "step_log",
-    # sweeps and studies
+    # sweeps, studies, fitted models and the measured-run check (loaded on first use: see _LAZY)
     "SweepSpec", "load_sweep", "sweep", *_LAZY,
 ]

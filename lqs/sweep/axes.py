@@ -91,6 +91,9 @@ def _check_workload_name(w: str):
         if not w[6:].strip():
             raise LqsError("workload", w, "trace:NAME_OR_PATH needs a trace name or path after 'trace:'")
         return w
+    if w.startswith("model:") or (not w.startswith(("trace:", "pd_ratio:")) and w.lower().endswith(".json")):
+        _model_ref(w)
+        return w
     if w.startswith("pd_ratio:"):
         parts = w.split(":")[1:]
         if len(parts) not in (1, 2):
@@ -101,9 +104,26 @@ def _check_workload_name(w: str):
         return w
     names = list(PRESETS) + ["mix-2:1/1:2"]
     if w not in names:
-        raise LqsError("workload", w, "must be a preset (" + ", ".join(names) + "), trace:NAME_OR_PATH or "
-                                      "pd_ratio:R[:TOTAL_HI]")
+        raise LqsError("workload", w, "must be a preset (" + ", ".join(names) + "), trace:NAME_OR_PATH, "
+                                      "pd_ratio:R[:TOTAL_HI] or a length model model:FILE.json[@PROMPT,OUTPUT]")
     return w
+
+
+def _model_ref(w: str):
+    """(path, (prompt, output) scale factors) of a length-model entry: ``model:FILE.json[@PROMPT,OUTPUT]`` (the
+    factors multiply the lengths, as :meth:`lqs.LengthModel.scaled`) or a bare ``FILE.json``."""
+    body = w[6:].strip() if w.startswith("model:") else w
+    path, at, sc = body.rpartition("@") if "@" in body else (body, "", "")
+    if not path.strip():
+        raise LqsError("workload", w, "model:FILE.json[@PROMPT,OUTPUT] needs the length model file written by "
+                                      "lqs fit lengths")
+    if not at:
+        return path.strip(), (1.0, 1.0)
+    parts = sc.split(",")
+    if len(parts) != 2:
+        raise LqsError("workload", w, "the scale of a length model is @PROMPT,OUTPUT, e.g. model:fit.json@1.5,1")
+    f = tuple(check_float("workload", parse_number("workload", x), 0.0, lo_open=True) for x in parts)
+    return path.strip(), f
 
 
 def _load_workload(w: str):
@@ -113,6 +133,12 @@ def _load_workload(w: str):
         from ..traces import load_trace
 
         return load_trace(w[6:].strip()).workload()
+    if w.startswith("model:") or (not w.startswith("pd_ratio:") and w.lower().endswith(".json")):
+        from ..fit import load_length_model
+
+        path, sc = _model_ref(w)
+        m = load_length_model(path)
+        return m if sc == (1.0, 1.0) else m.scaled(*sc)
     if w.startswith("pd_ratio:"):
         parts = w.split(":")[1:]
         r = float(parse_number("workload", parts[0]))
