@@ -30,7 +30,8 @@ import numpy as np
 from ._errors import LqsError
 
 SATURATION_FRACTION = 0.9  # measured throughput below this fraction of the arrival rate: the backlog grew
-MAX_B_SAMPLES = 200_000  # inter-token gaps kept for the i.i.d. batch-time model (a fixed-seed subsample above)
+B_QUANTILES = 8192  # the i.i.d. batch-time model draws from this many quantiles of the gaps (one array shape for
+#                    every run, so checks of different files share compiled programs)
 BATCH_MODELS = ("empirical", "constant")
 
 
@@ -63,7 +64,7 @@ def _q(x, p):
     return None if x is None or np.size(x) == 0 else float(np.nanquantile(x, p))
 
 
-def _build_server(bench, server, M, server_log, prefill_chunk, b, batch, policy, token_budget, seed):
+def _build_server(bench, server, M, server_log, prefill_chunk, b, batch, policy, token_budget):
     """(Server, b_source, M_source, batch description)."""
     from ._batch import EmpiricalBatch
     from ._server import Server
@@ -80,9 +81,11 @@ def _build_server(bench, server, M, server_log, prefill_chunk, b, batch, policy,
                                         "not both")
         kind = "constant b̄" if isinstance(server.b, (int, float)) else type(server.b).__name__
         return server, "server", "server", f"as given by the server ({kind})"
-    if (M is None) == (server_log is None):
-        raise LqsError("M", M, "give exactly one of M (tokens) or server_log (a vLLM/SGLang log stating it)",
-                       "both were given" if M is not None else "neither was given")
+    if M is not None and server_log is not None:
+        raise LqsError("server_log", server_log, "give only one of M (tokens, --M) or server_log (--server-log)",
+                       "both were given")
+    if M is None and server_log is None:
+        raise LqsError("M", None, "give M (tokens, --M) or server_log (a vLLM/SGLang log stating it, --server-log)")
     if server_log is not None:
         from .traces import kv_tokens_from_log
 
@@ -103,11 +106,10 @@ def _build_server(bench, server, M, server_log, prefill_chunk, b, batch, policy,
     if batch == "empirical":
         if bench.b_samples is None:
             raise LqsError("batch", batch, f"needs inter-token gaps (itls) in {bench.trace.source}; use constant")
-        x = bench.b_samples
-        if x.size > MAX_B_SAMPLES:
-            x = np.random.default_rng(seed).choice(x, MAX_B_SAMPLES, replace=False)
+        x = np.quantile(bench.b_samples, (np.arange(B_QUANTILES) + 0.5) / B_QUANTILES)
         srv = Server(b=EmpiricalBatch(x), b_theory=float(b), **kw)
-        desc = f"empirical: i.i.d. draws of {bench.b_samples.size} inter-token gaps (mean {x.mean():.6g} s)"
+        desc = (f"empirical: i.i.d. draws from the distribution of the {bench.b_samples.size} inter-token gaps "
+                f"(mean {x.mean():.6g} s)")
     else:
         srv = Server(b=float(b), **kw)
         desc = f"constant: b̄ = {float(b):.6g} s every step"
@@ -136,7 +138,7 @@ def check(result, server=None, mc=None, *, run: int | None = None, M=None, serve
     bench = result if isinstance(result, BenchResult) else load_bench_result(result, run, b_estimator=b_estimator)
     mc = resolve_mc(mc, mc_fields)
     server, b_source, M_source, batch_desc = _build_server(bench, server, M, server_log, prefill_chunk, b, batch,
-                                                           policy, token_budget, mc.seed)
+                                                           policy, token_budget)
     server = server.require_scalar("check")
     tr = bench.trace
     tr.validate(server.M)

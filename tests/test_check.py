@@ -1,0 +1,198 @@
+"""lqs check / lqs.check (issue #11) on benchmark result files written here from a known server (tests/bench_files.py):
+b̄ within 2 %, the arrival rate within sampling error, the long-run verdict below and above λ*, saturated runs
+against μ and λ*; every command's benchmark-result path (--trace, --server-log, --run); one-line errors.
+
+Every run uses the same small Monte Carlo (MC, fixed K) and one of two batch-time models (the gaps of a file with
+spread, or constant b̄), at 0.5·μ or near 1.3·μ, and every file holds N successful requests (the shape of the trace workload), so the module compiles four
+programs."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+import lqs
+from bench_files import SMALL_B, SMALL_CHUNK, SMALL_M, SMALL_WL, VLLM_LOG, bench_run, write_json, write_jsonl
+from cli_run import run, run_json
+
+MC = dict(trials=4, steps=3000, warmup=1000, K=256)  # one K for every λ: the checks share 4 compiled programs
+MC_FLAGS = ["--trials", "4", "--steps", "3000", "--warmup", "1000", "--K", "256"]
+SRV = lqs.Server(M=SMALL_M, prefill_chunk=SMALL_CHUNK, b=SMALL_B)
+N = 800  # successful requests in every file: the trace workload's shape, so one compiled program serves all
+MU_EXACT = lqs.capacity(SMALL_WL, SRV).mu_exact_rps  # ≈ λ* of the known server (tests: 0.5× and 1.3× it)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bench")
+    lam_lo, lam_hi = 0.5 * MU_EXACT, 1.3 * MU_EXACT
+    log = d / "server.log"
+    log.write_text(VLLM_LOG.format(tokens=SMALL_M))
+    return dict(
+        dir=d, lam_lo=lam_lo, lam_hi=lam_hi, log=str(log),
+        stable=write_json(d / "stable.json", bench_run(lam_lo, N + 4, spread=0.2, seed=1, failed=4)),
+        unstable=write_json(d / "unstable.json", bench_run(lam_hi, N, spread=0.2, lam_star=MU_EXACT, seed=2)),
+        saturated=write_json(d / "saturated.json", bench_run(math.inf, N, lam_star=MU_EXACT, saturated=True, seed=3)),
+        sglang=write_jsonl(d / "sglang.jsonl", [bench_run(lam_lo, 200, seed=4, sglang=True),
+                                               bench_run(lam_lo, N, seed=5, sglang=True)]),
+    )
+
+
+def test_check_recovers_b_and_rate_and_says_stable(files):
+    r = lqs.check(files["stable"], M=SMALL_M, prefill_chunk=SMALL_CHUNK, **MC)
+    d = r.to_dict()
+    assert abs(d["b_s"] / SMALL_B - 1) < 0.02  # b̄: the median of the gaps (uniform ±20 % around b̄)
+    assert d["lam_source"] == "start_times" and d["lam_se_rps"] > 0
+    assert abs(d["lam_rps"] - files["lam_lo"]) < 3 * d["lam_se_rps"]  # within sampling error
+    assert d["failed_requests"] == 4 and d["n_requests"] == N
+    assert d["verdict"] == "stable" and not d["saturated"]
+    assert d["lam_star_lo_rps"] <= d["lam_star_rps"] <= d["lam_star_hi_rps"]
+    assert abs(d["lam_star_rps"] / MU_EXACT - 1) < 0.1
+    assert d["batch"].startswith("empirical") and "inter-token gaps" in d["b_source"]
+    assert abs(d["sim_throughput_rps"] / d["lam_rps"] - 1) < 0.1  # the simulation runs at the measured rate
+    assert abs(d["sim_itl_median_s"] / d["measured_itl_median_s"] - 1) < 0.01
+    assert d["rho"] == pytest.approx(d["lam_rps"] / d["mu_rps"])
+    for k in ("ttft_p50_s", "ttft_p99_s", "e2e_p50_s", "e2e_p99_s"):
+        assert d["measured_" + k] > 0 and d["sim_" + k] > 0
+    assert abs(d["sim_e2e_p50_s"] / d["measured_e2e_p50_s"] - 1) < 0.25  # decode-dominated: o·b̄ on both sides
+    assert r.sim.hist.shape[2] == 3
+
+
+def test_check_unstable_above_lam_star(files):
+    d = lqs.check(files["unstable"], M=SMALL_M, prefill_chunk=SMALL_CHUNK, **MC).to_dict()
+    assert d["verdict"] == "unstable" and d["lam_rps"] > d["lam_star_hi_rps"]
+    assert d["saturated"] and "backlog grew" in d["saturated_reason"]
+    # the file's throughput is λ* of the known server: Table 1's comparison comes out near 1
+    assert 0.85 < d["throughput_over_lam_star"] < 1.15
+    assert d["throughput_over_mu"] == pytest.approx(d["measured_throughput_rps"] / d["mu_rps"])
+    assert d["sim_p_unstable"] > 0.5
+
+
+def test_check_saturated_run_constant_batch(files):
+    d = lqs.check(files["saturated"], M=SMALL_M, prefill_chunk=SMALL_CHUNK, batch="constant", **MC).to_dict()
+    assert d["request_rate_rps"] == math.inf and d["lam_rps"] is None and d["rho"] == math.inf
+    assert d["verdict"] == "unstable" and "infinite" in d["saturated_reason"]
+    assert d["simulated"].startswith("the saturation run")
+    assert d["batch"].startswith("constant") and d["sim_itl_median_s"] == pytest.approx(d["b_s"])
+    assert {"throughput_over_mu", "throughput_over_mu_exact", "throughput_over_lam_star"} <= set(d)
+
+
+def test_check_cli_table_json_out(files, tmp_path):
+    out = tmp_path / "ck"
+    r = run(["check", files["stable"], "--server-log", files["log"], "--prefill-chunk", str(SMALL_CHUNK), *MC_FLAGS,
+             "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    for text in ("measured vs simulated", "TTFT p99", "median inter-token gap", "λ* (simulated", "verdict at the "
+                 "measured rate: stable", "KV-cache size in", "empirical"):
+        assert text in r.output, text
+    rep = json.loads((out / "check.json").read_text())
+    assert rep["M_tokens"] == SMALL_M and rep["M_source"].startswith("KV-cache size in")
+    assert (out / "latency_cdf.png").stat().st_size > 10_000
+    d = run_json(["check", files["unstable"], "--M", str(SMALL_M), "--chunk", str(SMALL_CHUNK), *MC_FLAGS])
+    assert d["verdict"] == "unstable" and "throughput_over_lam_star" in d
+
+
+def test_check_cli_sglang_jsonl_run(files):
+    d = run_json(["check", files["sglang"], "--run", "1", "--M", str(SMALL_M), "--prefill-chunk",
+                  str(SMALL_CHUNK), "--b", str(SMALL_B), "--batch", "constant", *MC_FLAGS])
+    assert d["source_format"] == "sglang" and d["run"] == 1 and d["n_runs"] == 2 and d["n_requests"] == N
+    assert d["b_source"] == "given" and d["lam_source"] == "request_rate"  # SGLang writes no start_times
+    assert d["verdict"] == "stable"
+
+
+# ----------------------------------------------------------------------------------------------- the other commands
+def test_capacity_from_benchmark_result_and_server_log(files):
+    d = run_json(["capacity", "--trace", files["stable"], "--server-log", files["log"], "--prefill-chunk",
+                  str(SMALL_CHUNK), "--lam", "5"])
+    assert abs(d["b_s"] / SMALL_B - 1) < 0.02 and d["b_source"].startswith("median of")
+    assert d["M_tokens"] == SMALL_M and d["M_source"].startswith("KV-cache size in")
+    assert d["trace_requests"] == N and d["trace_failed_requests"] == 4
+    d2 = run_json(["capacity", "--trace", files["stable"], "--M", str(SMALL_M), "--prefill-chunk", str(SMALL_CHUNK),
+                   "--b-estimator", "mean"])
+    assert d2["b_source"].startswith("mean of") and d2["M_source"] == "given"
+    d3 = run_json(["capacity", "--trace", files["stable"], "--M", str(SMALL_M), "--prefill-chunk", str(SMALL_CHUNK),
+                   "--b", "0.03"])
+    assert d3["b_source"] == "given" and d3["b_s"] == 0.03
+    # lengths scaled on the command line: E[o] doubles
+    d4 = run_json(["capacity", "--trace", files["stable"], "--M", str(SMALL_M), "--prefill-chunk", str(SMALL_CHUNK),
+                   "--output-scale", "2"])
+    assert d4["mean_g_tokens2"] > 1.5 * d2["mean_g_tokens2"]
+    r = run(["capacity", "--trace", files["stable"], "--M", str(SMALL_M), "--prefill-chunk", str(SMALL_CHUNK)])
+    assert r.exit_code == 0 and "inter-token gaps" in r.output and "4 failed" in r.output
+
+
+def test_simulate_and_critical_from_benchmark_result(files):
+    args = ["--trace", files["sglang"], "--run", "1", "--server-log", files["log"], "--prefill-chunk",
+            str(SMALL_CHUNK), *MC_FLAGS]
+    d = run_json(["simulate", *args, "--lam", str(files["lam_lo"])])
+    assert d["b_source"].startswith("median of") and d["M_source"].startswith("KV-cache size")
+    assert abs(d["summary"][0]["b_s"] / SMALL_B - 1) < 0.02
+    c = run_json(["critical", *args, "--grid-points", "0"])
+    assert c["M_tokens"] == SMALL_M and c["b_source"].startswith("median of")
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+def _one_line_error(r, *words):
+    assert r.exit_code == 2, r.output
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("error: ")
+    for w in words:
+        assert w in line, (w, line)
+
+
+def _write(path, run_obj):
+    path.write_text(json.dumps(run_obj))
+    return str(path)
+
+
+@pytest.mark.parametrize("mutate, key", [
+    (lambda r: r.pop("input_lens"), "input_lens"),
+    (lambda r: r.update(input_lens=[], output_lens=[], ttfts=[], itls=[], errors=[], start_times=[]), "input_lens"),
+    (lambda r: r["output_lens"].pop(), "output_lens"),
+    (lambda r: r["ttfts"].__setitem__(3, -0.5), "ttfts"),
+    (lambda r: r["start_times"].__setitem__(0, -1.0), "start_times"),
+    (lambda r: r.update(duration=-3), "duration"),
+])
+def test_bad_result_files_are_one_line_errors(tmp_path, mutate, key):
+    obj = bench_run(5.0, 20, seed=0)
+    mutate(obj)
+    f = _write(tmp_path / "bad.json", obj)
+    for args in (["check", f, "--M", "4096"], ["capacity", "--trace", f, "--M", "4096", "--prefill-chunk", "128"],
+                 ["fit", "lengths", f]):
+        _one_line_error(run(args), key, "bad.json")
+
+
+def test_check_and_server_log_errors(tmp_path, files):
+    f = files["stable"]
+    _one_line_error(run(["check", f]), "M")
+    _one_line_error(run(["check", f, "--M", "4096", "--server-log", files["log"]]), "server_log", "both")
+    _one_line_error(run(["capacity", "--trace", f, "--M", "4096", "--server-log", files["log"], "--prefill-chunk",
+                         "128"]), "server_log", "both")
+    log = tmp_path / "empty.log"
+    log.write_text("INFO starting server\n")
+    _one_line_error(run(["check", f, "--server-log", str(log)]), "server_log", "empty.log")
+    _one_line_error(run(["check", files["sglang"], "--M", "4096"]), "run", "sglang.jsonl")  # two runs: pick one
+    _one_line_error(run(["check", files["sglang"], "--M", "4096", "--run", "2"]), "run")
+    _one_line_error(run(["check", f, "--M", "4096", "--batch", "lognormal"]), "batch")
+    _one_line_error(run(["check", f, "--M", "100"]), "lengths")  # requests longer than M
+    _one_line_error(run(["capacity", "--workload", "pd-1:1", "--M", "131000", "--prefill-chunk", "512", "--b", "0.03",
+                         "--prompt-scale", "2"]), "prompt_scale")
+    _one_line_error(run(["capacity", "--workload", f, "--M", "131000", "--prefill-chunk", "512", "--b", "0.03"]),
+                    "workload", "--trace")
+    _one_line_error(run(["capacity", "--workload", "pd-1:1", "--run", "1", "--M", "131000", "--prefill-chunk", "512",
+                         "--b", "0.03"]), "run")
+    obj = bench_run(5.0, 20, seed=0)
+    del obj["itls"]
+    g = _write(tmp_path / "noitl.json", obj)
+    _one_line_error(run(["capacity", "--trace", g, "--M", "4096", "--prefill-chunk", "128"]), "--b", "noitl.json")
+    _one_line_error(run(["check", g, "--M", "4096"]), "b", "noitl.json")
+
+
+def test_check_python_server_argument(files):
+    with pytest.raises(lqs.LqsError, match="not both"):
+        lqs.check(files["stable"], SRV, M=SMALL_M)
+    with pytest.raises(lqs.LqsError, match="server"):
+        lqs.check(files["stable"], server="a100")
+    res = lqs.load_bench_result(files["stable"])
+    assert isinstance(res, lqs.BenchResult) and np.isclose(res.b, SMALL_B, rtol=0.02)
