@@ -18,7 +18,8 @@ _LIST_AXES = ("workload", "rho", "M", "prefill_chunk", "b", "policy", "token_bud
                 out_help="Output directory: part files, spec.json, cells.parquet and cells.csv. Re-running into "
                          "the same DIR resumes the sweep.")
 @click.option("--workload", default=None, metavar="W1,W2,..",
-              help="Quick grid: presets (pd-1:1, ...), trace:NAME_OR_PATH or pd_ratio:R[:TOTAL_HI].")
+              help="Quick grid: presets (pd-1:1, ...), trace:NAME_OR_PATH, pd_ratio:R[:TOTAL_HI] or a fitted "
+                   "length model model:FILE.json[@PROMPTxOUTPUT].")
 @click.option("--lam", default=None, metavar="LO:HI:N|R1,R2,..", help="Quick grid: arrival rates, req/s.")
 @click.option("--rho", default=None, metavar="R1,R2,..",
               help="Quick grid: utilisations ρ = λ/μ (λ = ρ·μ per cell, μ of the whole deployment).")

@@ -105,23 +105,24 @@ def _check_workload_name(w: str):
     names = list(PRESETS) + ["mix-2:1/1:2"]
     if w not in names:
         raise LqsError("workload", w, "must be a preset (" + ", ".join(names) + "), trace:NAME_OR_PATH, "
-                                      "pd_ratio:R[:TOTAL_HI] or a length model model:FILE.json[@PROMPT,OUTPUT]")
+                                      "pd_ratio:R[:TOTAL_HI] or a length model model:FILE.json[@PROMPTxOUTPUT]")
     return w
 
 
 def _model_ref(w: str):
-    """(path, (prompt, output) scale factors) of a length-model entry: ``model:FILE.json[@PROMPT,OUTPUT]`` (the
-    factors multiply the lengths, as :meth:`lqs.LengthModel.scaled`) or a bare ``FILE.json``."""
+    """(path, (prompt, output) scale factors) of a length-model entry: ``model:FILE.json[@PROMPTxOUTPUT]``, e.g.
+    ``model:fit.json@1.5x1`` (the factors multiply the lengths, as :meth:`lqs.LengthModel.scaled`; no comma, so
+    the entry survives a comma-separated --workload list) or a bare ``FILE.json``."""
     body = w[6:].strip() if w.startswith("model:") else w
     path, at, sc = body.rpartition("@") if "@" in body else (body, "", "")
     if not path.strip():
-        raise LqsError("workload", w, "model:FILE.json[@PROMPT,OUTPUT] needs the length model file written by "
+        raise LqsError("workload", w, "model:FILE.json[@PROMPTxOUTPUT] needs the length model file written by "
                                       "lqs fit lengths")
     if not at:
         return path.strip(), (1.0, 1.0)
-    parts = sc.split(",")
+    parts = sc.lower().split("x")
     if len(parts) != 2:
-        raise LqsError("workload", w, "the scale of a length model is @PROMPT,OUTPUT, e.g. model:fit.json@1.5,1")
+        raise LqsError("workload", w, "the scale of a length model is @PROMPTxOUTPUT, e.g. model:fit.json@1.5x1")
     f = tuple(check_float("workload", parse_number("workload", x), 0.0, lo_open=True) for x in parts)
     return path.strip(), f
 
