@@ -229,12 +229,22 @@ def plot_latency_cdfs(res: CheckResult, path: str) -> str:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, (name, which, x) in zip(axes, (("TTFT", 1, res.measured.ttfts), ("E2E", 2, res.measured.e2e))):
+        lo, hi = [], []
         if x is not None and np.isfinite(x).any():
-            xs = np.sort(x[np.isfinite(x)])
-            ax.step(np.maximum(xs, 1e-4), np.arange(1, xs.size + 1) / xs.size, where="post",
-                    label=f"measured ({xs.size} requests)")
+            xs = np.sort(np.maximum(x[np.isfinite(x)], 1e-4))
+            ax.step(xs, np.arange(1, xs.size + 1) / xs.size, where="post", label=f"measured ({xs.size} requests)")
+            lo.append(xs[0])
+            hi.append(xs[-1])
         sx, sy = sim_latency_cdf(res.sim, which)
         ax.plot(sx, sy, label=f"simulated ({res.report['trials']} trials)")
+        if np.isfinite(sy).any():
+            lo.append(sx[np.argmax(sy >= 0.001)])
+            hi.append(sx[np.argmax(sy >= 0.999)])
+        else:  # every simulated request waited in the overflow queue: the backlog grew past the slots
+            ax.text(0.03, 0.95, "no simulated latencies: the backlog grew\n(requests passed the overflow queue)",
+                    transform=ax.transAxes, va="top", fontsize=9)
+        if lo:
+            ax.set_xlim(0.5 * min(lo), 2.0 * max(hi))
         ax.set_xscale("log")
         ax.set_xlabel(f"{name} (s)")
         ax.set_ylabel("CDF")
