@@ -5,7 +5,11 @@ M = 131,000 (ŝ = 512, b̄ = 0.0372 s) in saturation (λ = 1.5 μ), policy fcfs,
 
     PYTHONPATH=. python bench/bench_engine.py                      # CPU: replicas 64, 256, 1024
     PYTHONPATH=. python bench/bench_engine.py --replicas 8192 16384 32768   # GPU
-Results go to bench/results/engine-<backend>-<host>.json.
+    PYTHONPATH=. python bench/bench_engine.py --base /tmp/lqs-base --replicas 256 --repeats 5
+        # this tree vs another checkout (e.g. `git worktree add /tmp/lqs-base <commit>`): each repeat times both
+        # trees one after the other, in fresh subprocesses, alternating which goes first; medians and the
+        # per-repeat ratios are reported (on a shared machine only ratios from the same run mean anything)
+Results go to bench/results/engine-<backend>-<host>.json (engine-ab-<backend>-<host>.json with --base).
 """
 
 from __future__ import annotations
@@ -114,15 +118,80 @@ def bench_engine(replicas: int, chunks: int, seed: int = 0) -> dict:
                 state_gib_for_32768=nbytes / replicas * 32768 / 2**30)
 
 
+def _one_engine_run(tree: str, replicas: int, chunks: int) -> dict:
+    """bench_engine in a fresh subprocess with ``tree`` first on the import path (lqs and kernels from there)."""
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
+    code = (f"import sys, json; sys.path.insert(0, {os.path.abspath(tree)!r}); sys.path.insert(1, {HERE!r}); "
+            f"import bench_engine as b, lqs; r = b.bench_engine({replicas}, {chunks}); r['lqs_file'] = lqs.__file__; "
+            "print('@@' + json.dumps(r))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                         cwd=os.path.abspath(tree))
+    line = [x for x in out.stdout.splitlines() if x.startswith("@@")][-1]
+    return json.loads(line[2:])
+
+
+def compare_trees(base: str, replicas: list[int], chunks: int, repeats: int) -> dict:
+    import statistics
+
+    here = os.path.dirname(HERE)
+    rows = []
+    for R in replicas:
+        runs = {"base": [], "this": []}
+        for rep in range(repeats):
+            order = ("base", "this") if rep % 2 == 0 else ("this", "base")
+            for which in order:
+                r = _one_engine_run(base if which == "base" else here, R, chunks)
+                runs[which].append(r)
+                print(f"  R={R} repeat {rep} {which:4s}: {r['replica_steps_per_s']:,.0f} replica-steps/s "
+                      f"(completions {r['requests_per_s'] * r['wall_s']:.0f}, violations {r['violations']})",
+                      flush=True)
+        ratios = [t["replica_steps_per_s"] / b["replica_steps_per_s"] for t, b in zip(runs["this"], runs["base"])]
+        med = {k: statistics.median(x["replica_steps_per_s"] for x in v) for k, v in runs.items()}
+        row = dict(replicas=R, K=runs["this"][0]["K"], median_base=med["base"], median_this=med["this"],
+                   ratio_of_medians=med["this"] / med["base"], ratios=ratios, median_ratio=statistics.median(ratios),
+                   same_completions=all(abs(t["requests_per_s"] * t["wall_s"] - b["requests_per_s"] * b["wall_s"]) < 0.5
+                                        for t, b in zip(runs["this"], runs["base"])),
+                   runs=runs)
+        print(f"R={R}: base {med['base']:,.0f}, this {med['this']:,.0f} replica-steps/s; median ratio "
+              f"{row['median_ratio']:.2f}× (per repeat {', '.join(f'{x:.2f}' for x in ratios)}); "
+              f"same completions: {row['same_completions']}")
+        rows.append(row)
+    return dict(rows=rows)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--replicas", type=int, nargs="+", default=[64, 256, 1024])
     ap.add_argument("--chunks", type=int, default=2, help="timed chunks of 4096 steps per size")
     ap.add_argument("--ref-steps", type=int, default=8000)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--base", default=None, help="another checkout to time against, alternating, in subprocesses")
+    ap.add_argument("--repeats", type=int, default=5, help="with --base: repeats (each times both trees)")
     a = ap.parse_args()
     m = machine()
     print("machine:", json.dumps(m))
+    if a.base:
+        import subprocess
+
+        def rev(tree):
+            try:
+                return subprocess.run(["git", "-C", tree, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                      check=True).stdout.strip()
+            except (OSError, subprocess.CalledProcessError):
+                return None
+
+        res = compare_trees(a.base, a.replicas, a.chunks, a.repeats)
+        res.update(machine=m, workload="pd-1:1", M=131000, chunk=512, b_s=0.0372, lam="1.5 mu", policy="swap",
+                   base=os.path.abspath(a.base), base_commit=rev(a.base), this_commit=rev(os.path.dirname(HERE)),
+                   command="PYTHONPATH=. python " + " ".join(sys.argv), when=time.strftime("%Y-%m-%d %H:%M:%S"))
+        out = a.out or os.path.join(HERE, "results", f"engine-ab-{m['backend']}-{m['host']}.json")
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        with open(out, "w") as fh:
+            json.dump(res, fh, indent=2)
+        print("saved", out)
+        return
     ref = bench_reference(a.ref_steps, warm=a.ref_steps // 2)
     print(f"reference (plain Python): {ref['replica_steps_per_s']:,.0f} steps/s, {ref['requests_per_s']:,.0f} "
           f"completed requests/s (mean {ref['mean_scheduled']:.0f} scheduled per step)")

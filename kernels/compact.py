@@ -4,12 +4,13 @@ initial state (empty slots filled the same way)."""
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from . import rng
-from .state import (N_LAT, EngineConfig, Params, Slots, State, draw_lengths, g_exact_i32, length_uniforms,
-                    trial_keys)
+from .state import (N_LAT, EngineConfig, Params, Slots, State, count_slots, draw_lengths, g_exact_i32,
+                    length_uniforms, prefix_sum, slot_iota, trial_keys)
 
 
 def init_state(key, params: Params, cfg: EngineConfig) -> State:
@@ -38,10 +39,12 @@ def _bin_index(x, cfg: EngineConfig):
 
 def compact(state: State, params: Params, cfg: EngineConfig) -> State:
     """Account finished requests (latency histograms, memory-work), squeeze finished slots out (order kept), then
-    fill the free slots: first from the overflow queue, then pre-filled with the requests that will arrive next."""
+    fill the free slots: first from the overflow queue, then pre-filled with the requests that will arrive next.
+
+    Slot fields have the slot axis first: [K] for one trial, or [K, N] slot-major (kernels/batched.py; keys
+    [4, N], per-trial scalars [N], hist [N, N_LAT, n_bins]): the same operations either way."""
     sl = state.slots
-    K = sl.s.shape[0]
-    iota = jnp.arange(K, dtype=jnp.int32)
+    iota = slot_iota(sl.s)
     occupied = iota < state.n_used
     live = occupied & (sl.u < sl.k + sl.o)
     fin = occupied & ~live
@@ -49,22 +52,28 @@ def compact(state: State, params: Params, cfg: EngineConfig) -> State:
     g = g_exact_i32(sl.s, sl.o, sl.k, chunk)
     violations = state.violations
     if cfg.check_work and cfg.policy == "swap":
-        violations = violations + jnp.sum((fin & (sl.work != g)).astype(jnp.int32))
-    gsum_w = state.gsum_w + _fixed_order_sum(jnp.where(fin & (sl.t_done > state.t_w0), g.astype(jnp.float32), 0.0))
+        violations = violations + count_slots(fin & (sl.work != g))
+    gsum_w = state.gsum_w + _fixed_order_sum_slots(jnp.where(fin & (sl.t_done > state.t_w0),
+                                                             g.astype(jnp.float32), 0.0))
     # latencies of requests that arrived inside the window (t_arr ≥ t_w0) and whose arrival instant is known
     counted = fin & (sl.t_arr >= state.t_w0) & (sl.t_arr >= 0)
-    lats = jnp.stack([sl.t_first - sl.t_arr, sl.t_ttft - sl.t_arr, sl.t_done - sl.t_arr])  # [3, K]
+    lats = jnp.stack([sl.t_first - sl.t_arr, sl.t_ttft - sl.t_arr, sl.t_done - sl.t_arr], axis=-1)  # [K, ..., 3]
     lats = jnp.maximum(lats, 0.0)
     bins = _bin_index(lats, cfg)
     add = counted.astype(jnp.int32)
     hist = state.hist
-    for m in range(N_LAT):
-        hist = hist.at[m, bins[m]].add(add)
-    lat_sum = state.lat_sum + _fixed_order_sum(jnp.where(counted, lats, 0.0))
-    lat_n = state.lat_n + jnp.sum(add)
+    if add.ndim == 1:
+        for m in range(N_LAT):
+            hist = hist.at[m, bins[:, m]].add(add)
+    else:  # slot-major: hist is [N, N_LAT, n_bins]
+        trial = jnp.arange(add.shape[1], dtype=jnp.int32)[None, :]
+        for m in range(N_LAT):
+            hist = hist.at[trial, m, bins[..., m]].add(add)
+    lat_sum = state.lat_sum + _fixed_order_sum_slots(jnp.where(counted[..., None], lats, 0.0))
+    lat_n = state.lat_n + count_slots(add)
 
     # stable compaction of live slots to the front
-    n_live = jnp.sum(live.astype(jnp.int32))
+    n_live = count_slots(live)
     slots = Slots(*squeeze(live, tuple(sl)))
     state = state._replace(hist=hist, lat_sum=lat_sum, lat_n=lat_n, gsum_w=gsum_w,
                            violations=violations)
@@ -85,14 +94,27 @@ def _fixed_order_sum(x):
     return x[..., 0]
 
 
+def _fixed_order_sum_slots(x):
+    """:func:`_fixed_order_sum` over the slot axis (axis 0): the same association, so the same bits."""
+    n = x.shape[0]
+    m = 1 << max(0, n - 1).bit_length()
+    if m != n:
+        x = jnp.concatenate([x, jnp.zeros((m - n,) + x.shape[1:], x.dtype)], axis=0)
+    while x.shape[0] > 1:
+        h = x.shape[0] // 2
+        x = x[:h] + x[h:]
+    return x[0]
+
+
 def squeeze(keep, arrays):
     """Move the kept entries to the front, in order, zeros behind: a log-step shift network (no scatter).
 
     Entry i moves left by d_i = (number of dropped entries before it); d is non-decreasing over kept entries, so
-    moving by the bits of d from the lowest up never makes two kept entries collide.
+    moving by the bits of d from the lowest up never makes two kept entries collide. The slot axis is axis 0
+    (``keep`` [K] or [K, N]; arrays may have more trailing axes).
     """
     K = keep.shape[0]
-    d = jnp.cumsum((~keep).astype(jnp.int32))  # dropped entries up to and including i (= before i when kept)
+    d = prefix_sum((~keep).astype(jnp.int32))  # dropped entries up to and including i (= before i when kept)
     valid = keep
     arrays = tuple(jnp.where(_col(keep, x), x, jnp.zeros_like(x)) for x in arrays)
     sh = 1
@@ -112,15 +134,15 @@ def squeeze(keep, arrays):
 
 
 def _col(mask, x):
-    """Broadcast a [K] mask against a [K, ...] array."""
-    return mask.reshape(mask.shape + (1,) * (x.ndim - 1))
+    """Broadcast a [K, ...] mask against an array with more trailing axes."""
+    return mask.reshape(mask.shape + (1,) * (x.ndim - mask.ndim))
 
 
 def _fill_free(state: State, n_live, params: Params, cfg: EngineConfig) -> State:
     """Slots n_live.. : overflow requests (already arrived, instant unknown), then the next arrivals (pre-filled)."""
     sl = state.slots
     K = sl.s.shape[0]
-    r = jnp.arange(K, dtype=jnp.int32) - n_live
+    r = slot_iota(sl.s) - n_live
     free = r >= 0
     n_fill = jnp.minimum(state.overflow, K - n_live)
     from_ovf = free & (r < state.overflow)
@@ -135,10 +157,17 @@ def _fill_free(state: State, n_live, params: Params, cfg: EngineConfig) -> State
         s_f = jnp.where(from_ovf, s_p.astype(jnp.int32), 0)
         o_f = jnp.where(from_ovf, o_p.astype(jnp.int32), 0)
         k_f = (s_f + params.prefill_chunk - 1) // params.prefill_chunk
-        sl = sl._replace(uu=jnp.where(free[:, None], uu, sl.uu))
+        sl = sl._replace(uu=jnp.where(free[..., None], uu, sl.uu))
     else:
-        s_f, o_f, k_f = draw_lengths(params.workload, state.keys[2], idx, params.prefill_chunk)
+        s_f, o_f, k_f = _draw_lengths_slots(params.workload, state.keys[2], idx, params.prefill_chunk)
     slots = sl._replace(s=jnp.where(free, s_f, sl.s), o=jnp.where(free, o_f, sl.o), k=jnp.where(free, k_f, sl.k),
                         u_off=jnp.where(free, off, sl.u_off), t_arr=jnp.where(from_ovf, -1.0, sl.t_arr))
     return state._replace(slots=slots, n_used=n_live + n_fill, overflow=state.overflow - n_fill,
                           next_ovf=state.next_ovf + n_fill, lat_lost=state.lat_lost + n_fill)
+
+
+def _draw_lengths_slots(workload, skey, idx, chunk):
+    """draw_lengths for [K] indices of one trial, or [K, N] slot-major ones (the workload is per trial: vmapped)."""
+    if idx.ndim == 1:
+        return draw_lengths(workload, skey, idx, chunk)
+    return jax.vmap(draw_lengths, in_axes=(0, 0, 1, 0), out_axes=1)(workload, skey, idx, chunk)

@@ -46,7 +46,10 @@ from .state import (  # noqa: F401 (re-exported: the engine's whole vocabulary i
     draw_lengths,
     g_exact_i32,
     affine_time,
+    slot_iota,
+    prefix_sum,
 )
+from .state import count_slots as _count, sum_slots as _sum
 
 class StepOut(NamedTuple):
     """What one step did (scan outputs; unused ones are dead code in long runs)."""
@@ -84,7 +87,7 @@ def serve(state: State, params: Params, cfg: EngineConfig) -> Served:
     sl = state.slots
     s, o, k, u, fl = sl.s, sl.o, sl.k, sl.u, sl.flags
     chunk, M = params.prefill_chunk, params.M
-    iota = jnp.arange(s.shape[0], dtype=jnp.int32)
+    iota = slot_iota(s)
 
     # 1. next footprint of every live request
     live = (iota < state.n_used) & (u < k + o)
@@ -93,16 +96,16 @@ def serve(state: State, params: Params, cfg: EngineConfig) -> Served:
     f = jnp.where(live, f, 0)
     # 2. longest FCFS prefix under M (and the token budget)
     w = jnp.where(live, s + o, 0) if cfg.policy == "reserve" else f
-    cw = jnp.cumsum(w)
+    cw = prefix_sum(w)
     sched = live & (cw <= M)
     tok = jnp.where(pre, jnp.minimum(chunk, s - u * chunk), 1)
     if cfg.token_budget:
         tok = jnp.where(live, tok, 0)
-        sched = sched & (jnp.cumsum(tok) <= params.budget)
-    mem = jnp.sum(jnp.where(sched, f, 0))
-    n_pre_tok = jnp.sum(jnp.where(sched & pre, tok, 0))
-    n_sched = jnp.sum(sched.astype(jnp.int32))
-    n_pre = jnp.sum((sched & pre).astype(jnp.int32))
+        sched = sched & (prefix_sum(tok) <= params.budget)
+    mem = _sum(jnp.where(sched, f, 0))
+    n_pre_tok = _sum(jnp.where(sched & pre, tok, 0))
+    n_sched = _count(sched)
+    n_pre = _count(sched & pre)
 
     started = (fl & F_STARTED) != 0
     was_sched = (fl & F_SCHED) != 0
@@ -110,11 +113,11 @@ def serve(state: State, params: Params, cfg: EngineConfig) -> Served:
     new_start = sched & ~started
 
     # the schedule could have reached past the slots while requests wait in the overflow queue: capacity limit
-    n_live = jnp.sum(live.astype(jnp.int32))
-    room = M - jnp.sum(w)  # = cw[-1] (exact integers; a reduction lowers to every backend, a slice does not)
+    n_live = _count(live)
+    room = M - _sum(w)  # = cw[-1] (exact integers; a reduction lowers to every backend, a slice does not)
     starved = (n_sched == n_live) & (state.overflow > 0) & (room >= params.min_w)
     if cfg.token_budget:
-        starved = starved & (jnp.sum(tok) + 1 <= params.budget)
+        starved = starved & (_sum(tok) + 1 <= params.budget)
 
     # 3. advance; 4. preempt (recompute)
     u1 = u + 1
@@ -129,9 +132,8 @@ def serve(state: State, params: Params, cfg: EngineConfig) -> Served:
     work = jnp.where(sched, sl.work + f, sl.work) if cfg.check_work else sl.work
     slots = sl._replace(u=u_new, flags=fl_new, work=work, t_first=jnp.where(new_start, state.t, sl.t_first))
     return Served(slots=slots, prefill_done=prefill_done, done=done, mem=mem, n_pre_tok=n_pre_tok,
-                  n_dec_tok=n_sched - n_pre, n_sched=n_sched, n_done=jnp.sum(done.astype(jnp.int32)),
-                  n_live=n_live, n_started=jnp.sum((live & started).astype(jnp.int32)),
-                  n_swap=jnp.sum(swapped.astype(jnp.int32)), starved=starved)
+                  n_dec_tok=n_sched - n_pre, n_sched=n_sched, n_done=_count(done),
+                  n_live=n_live, n_started=_count(live & started), n_swap=_count(swapped), starved=starved)
 
 
 def phase_rate(t, params: Params, cfg: EngineConfig):
@@ -151,7 +153,7 @@ def finish(state: State, sv: Served, b_n, n_arr, trunc, phase, params: Params, c
     M, chunk = params.M, params.prefill_chunk
     in_window = state.step >= params.warmup
     K = sl.s.shape[0]
-    iota = jnp.arange(K, dtype=jnp.int32)
+    iota = slot_iota(sl.s)
     fits = jnp.where(state.overflow == 0, jnp.minimum(n_arr, K - state.n_used), 0)
     n_ovf = n_arr - fits
     arrived = (iota >= state.n_used) & (iota < state.n_used + fits)
@@ -292,9 +294,9 @@ class Record(NamedTuple):
 
 def _record(state: State) -> Record:
     sl = state.slots
-    live = (jnp.arange(sl.s.shape[0]) < state.n_used) & (sl.u < sl.k + sl.o)
+    live = (slot_iota(sl.s) < state.n_used) & (sl.u < sl.k + sl.o)
     started = live & ((sl.flags & F_STARTED) != 0)
-    n_started = jnp.sum(started.astype(jnp.int32))
+    n_started = _count(started)
     in_sys = state.arrivals - state.completions
     return Record(t=state.t, waiting=in_sys - n_started, started=n_started)
 
@@ -329,7 +331,12 @@ def run_call(state, params: Params, cfg: EngineConfig):
 
 
 def run_call_batched(states: State, params: Params, cfg: EngineConfig):
-    """run_call vmapped over the leading (configuration × trial) axis of states and params."""
+    """run_call vmapped over the leading (configuration × trial) axis of states and params (single-server unphased
+    trials run slot-major: kernels/batched.py, same results)."""
+    from . import batched
+
+    if batched.supports(cfg):
+        return batched.run_call(states, params, cfg)
     return jax.vmap(lambda st, p: run_call(st, p, cfg))(states, params)
 
 
