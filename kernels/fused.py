@@ -57,6 +57,12 @@ def next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
+def triton_K(K: int) -> int:
+    """Slots per trial the Triton kernel runs for a sized K: Pallas' Triton lowering needs every in-kernel array
+    to have a power-of-two size, so K is rounded up to one (extra slots only lift capacity limits)."""
+    return next_pow2(K)
+
+
 SLOTS_PER_THREAD = 4  # slots of each field per GPU thread; see default_block
 
 

@@ -3,7 +3,9 @@ the process-wide default path."""
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 
 import jax
 
@@ -48,10 +50,11 @@ init_jit = jax.jit(_init_states, static_argnums=2)
 
 
 def set_engine(engine: str | None) -> None:
-    """Process-wide default engine path for :func:`lqs.simulate` (and everything built on it): ``"auto"`` (the fused
-    Pallas kernel on a GPU, the XLA path elsewhere), ``"xla"`` or ``"fused"`` (on a CPU the fused kernel runs in
-    Pallas interpret mode: exact but slow, for verification). ``None`` restores the default, which is the
-    ``LQS_ENGINE`` environment variable, else ``"auto"``."""
+    """Process-wide default engine path for :func:`lqs.simulate` (and everything built on it): ``"auto"`` (the
+    fastest path that ``lqs bench`` measured bit-identical on this device; the XLA path when nothing was measured),
+    ``"xla"`` or ``"fused"`` (on a CPU the fused kernel runs in Pallas interpret mode: exact but slow, for
+    verification). ``None`` restores the default, which is the ``LQS_ENGINE`` environment variable, else
+    ``"auto"``."""
     _ENGINE["default"] = None if engine is None else check_choice("engine", engine, ENGINES)
 
 
@@ -79,6 +82,65 @@ def select_path(engine, servers: int, phased: bool) -> tuple[str, str]:
         return ("fused", "asked for") if on_gpu() else ("fused-interpret", "asked for; no GPU: interpret mode")
     if why:
         return "xla", why
-    if on_gpu():
-        return "fused", "auto: GPU"
-    return "xla", f"auto: backend {jax.default_backend()} (the fused kernel is for GPUs)"
+    return "xla", AUTO_PENDING
+
+
+# ------------------------------------------------------------------------------- auto: measured paths only
+AUTO_PENDING = "auto: no measurement consulted"
+_SAID: set = set()  # notes and warnings already given in this process
+
+
+def _once(tag, msg, warn: bool):
+    if tag in _SAID:
+        return
+    _SAID.add(tag)
+    if warn:
+        warnings.warn(msg, stacklevel=4)
+    else:
+        logging.getLogger("lqs").info(msg)
+
+
+def auto_path(policy: str, batch_kind: str, K: int) -> tuple[str, str]:
+    """(path, reason) for ``engine="auto"``: the fastest path that ``lqs bench`` recorded bit-identical to the XLA
+    path on this device (same jax/jaxlib, policy, batch-time model kind and K bucket: lqs/engine/bench.py); the XLA
+    path when there is no record (said once per process: a warning on a GPU, where the choice matters, an INFO
+    log line elsewhere), when the record is stale, or when it records a mismatch or a failed compile (a warning
+    naming the record)."""
+    from . import bench as B
+
+    key, rec, stale = B.lookup(policy, batch_kind, K)
+    if rec is None:
+        what = f"stale record ({stale!r}: other jax/jaxlib or engine revision)" if stale else "no lqs bench record"
+        _once(("none", key), f"lqs: engine='auto' runs the XLA path: {what} for {key!r} in {B.cache_file()}; "
+                             "measure this device's paths with `lqs bench` (or lqs.bench())", warn=on_gpu())
+        return "xla", f"auto: {what} for this device; run `lqs bench` to measure the paths"
+    best = B.fastest(rec)
+    bad = {p: r for p, r in rec.get("paths", {}).items() if p != "xla" and not (r.get("compiled", True)
+                                                                                   and r.get("identical"))}
+    if best is None or best == "xla":
+        if bad:
+            p, r = next(iter(bad.items()))
+            why = "failed to compile" if not r.get("compiled", True) else "did not end bit-identical to xla"
+            _once(("bad", key), f"lqs: engine='auto' runs the XLA path: the {p} path {why} in the lqs bench record "
+                                f"{key!r} ({B.cache_file()})", warn=True)
+            return "xla", f"auto: {p} {why} in the lqs bench record {key!r}"
+        return "xla", f"auto: xla fastest in the lqs bench record {key!r}"
+    if best in ("fused", "fused-interpret") and best != ("fused" if on_gpu() else "fused-interpret"):
+        return "xla", f"auto: the record's fastest path {best} does not run on this backend ({key!r})"
+    x = rec["paths"].get("xla", {}).get("replica_steps_per_s")
+    gain = f" ({rec['paths'][best]['replica_steps_per_s'] / x:.2f}× xla)" if x else ""
+    return best, f"auto: {best} fastest and bit-identical in the lqs bench record {key!r}{gain}"
+
+
+def fused_K(K: int) -> int:
+    """Slots of the fused path on a GPU (Triton block shapes): kernels/fused.py ``triton_K``."""
+    return _fused.triton_K(K)
+
+
+def settle(path: str, reason: str, K: int, policy: str, batch_kind: str) -> tuple[str, str, int]:
+    """(path, reason, K) after the ``auto`` rule (:func:`auto_path`) and the fused path's slot rounding."""
+    if reason == AUTO_PENDING:
+        path, reason = auto_path(policy, batch_kind, K)
+    if path == "fused":
+        K = fused_K(K)
+    return path, reason, K

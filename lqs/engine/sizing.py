@@ -18,7 +18,7 @@ from .._workload import Workload
 from ..kernels import engine as _k
 from ..kernels import fused as _fused
 from ..kernels import rng as _rng
-from .paths import select_path
+from .paths import select_path, settle as settle_path
 
 _INT32_MAX = 2**31 - 1
 #: largest expected number of arrivals in one step, λ·b: the float32 Poisson inversion starts from e^(−λ·b),
@@ -129,8 +129,7 @@ def prepare(workload, server: Server, lams: list[float], mc: MonteCarlo, steps: 
     sizing = size_engine(workload, M_max, chunk, lam_max, ref_batch, compact_every, mc.K, servers=server.servers)
     Kc = sizing.K
     path, reason = select_path(mc.engine, server.servers, phased is not None)
-    if path == "fused" and Kc & (Kc - 1):
-        Kc = _fused.next_pow2(Kc)  # Triton block shapes are powers of two (extra slots only lift capacity limits)
+    path, reason, Kc = settle_path(path, reason, Kc, server.policy, ref_batch.kind)  # auto: measured; fused K
     rb = 0 if path == "xla" else (mc.fused_rb or _fused.default_block(Kc))
     sizing = replace(sizing, K=Kc, engine=path, engine_reason=reason, fused_rb=rb)
     if Kc * (M_max + 1) >= _INT32_MAX:
