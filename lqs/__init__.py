@@ -114,6 +114,7 @@ def __dir__():
 # eager (11 ms): the package lqs.sweep shares the function's name, and a lazy lqs.sweep turned into the package
 # after any `from lqs.sweep import ...`
 from .sweep import SweepSpec, load_sweep, sweep  # noqa: E402
+from .engine.bench import bench  # noqa: E402  (issue #10: lqs bench; measured paths for engine="auto")
 
 __version__ = "0.2.0"
 

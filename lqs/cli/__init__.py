@@ -51,6 +51,7 @@ def main(engine=None):
 
 
 def _register():
+    from .bench import bench_cmd
     from .capacity import capacity_cmd
     from .check import check_cmd
     from .critical import critical_cmd
@@ -60,7 +61,8 @@ def _register():
     from .study import study
     from .sweep import sweep_cmd
 
-    for cmd in (capacity_cmd, simulate_cmd, critical_cmd, check_cmd, fit_group, sweep_cmd, study, reproduce_group):
+    for cmd in (capacity_cmd, simulate_cmd, critical_cmd, check_cmd, fit_group, sweep_cmd, study, reproduce_group,
+                bench_cmd):
         main.add_command(cmd)
 
 
