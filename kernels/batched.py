@@ -85,7 +85,7 @@ def _run_call(states, params, cfg):
 
     def one_record(st, _):
         st, _ = jax.lax.scan(one_block, st, None, length=cfg.blocks_per_record)
-        return st, E._record(st)
+        return st, E._record(st, cfg)
 
     st, recs = jax.lax.scan(one_record, to_slot_major(states), None, length=cfg.records_per_call)
     return to_trial_major(st), jax.tree_util.tree_map(lambda x: jnp.swapaxes(x, 0, 1), recs)

@@ -4,8 +4,8 @@ Layout of one trial (all int32 unless noted):
 
 * K **slots** hold requests in arrival order: the started ones, then the first waiting ones; slots
   ``0 .. n_used-1`` are occupied. Per slot: ``s, o, k = ⌈s/ŝ⌉``, progress ``u = c + d`` (c = min(u, k) chunks
-  done, d = max(u − k, 0) tokens decoded), ``flags`` (bit 0 started, bit 1 scheduled in the previous step, bit 2
-  first token emitted) and the float32 instants ``t_arr, t_first, t_ttft, t_done``. A finished request keeps its
+  done, d = max(u − k, 0) tokens decoded), ``flags`` (bit 1 scheduled in the previous step; under recompute also
+  bit 0 started and bit 2 first token emitted, as progress restarts there; elsewhere started ⇔ u > 0) and the float32 instants ``t_arr, t_first, t_ttft, t_done``. A finished request keeps its
   slot with weight 0 (it changes no prefix) until the periodic compaction squeezes it out and bins its latencies.
 * Free slots are **pre-filled** at each compaction with the lengths of the requests that will arrive next
   (request k's lengths depend only on k), so an arrival only moves ``n_used`` and stamps its arrival instant:
@@ -82,6 +82,14 @@ class Served(NamedTuple):
     starved: jax.Array
 
 
+def started_mask(sl: Slots, cfg: EngineConfig):
+    """Slots whose request has been scheduled at least once: progress u > 0 unless preemption resets it
+    (recompute: flag bit F_STARTED)."""
+    if cfg.policy == "recompute":
+        return (sl.flags & F_STARTED) != 0
+    return sl.u > 0
+
+
 def serve(state: State, params: Params, cfg: EngineConfig) -> Served:
     """docs/model.md steps 1–4 for one server: footprints, the longest FCFS prefix under M (and B), advance, preempt."""
     sl = state.slots
@@ -107,7 +115,7 @@ def serve(state: State, params: Params, cfg: EngineConfig) -> Served:
     n_sched = _count(sched)
     n_pre = _count(sched & pre)
 
-    started = (fl & F_STARTED) != 0
+    started = started_mask(sl, cfg)
     was_sched = (fl & F_SCHED) != 0
     swapped = live & started & was_sched & ~sched
     new_start = sched & ~started
@@ -121,14 +129,17 @@ def serve(state: State, params: Params, cfg: EngineConfig) -> Served:
 
     # 3. advance; 4. preempt (recompute)
     u1 = u + 1
-    ttft_seen = (fl & F_TTFT) != 0
-    prefill_done = sched & pre & (u1 == k) & ~ttft_seen
+    prefill_done = sched & pre & (u1 == k)
     done = sched & (u1 == k + o)
     u_new = jnp.where(sched, u1, u)
-    if cfg.policy == "recompute":
+    if cfg.policy == "recompute":  # progress restarts: the flags remember the start and the first token
+        ttft_seen = (fl & F_TTFT) != 0
+        prefill_done = prefill_done & ~ttft_seen
         u_new = jnp.where(live & started & ~sched, 0, u_new)
-    fl_new = (jnp.where(started | sched, F_STARTED, 0) | jnp.where(sched, F_SCHED, 0)
-              | jnp.where(prefill_done | ttft_seen, F_TTFT, 0))
+        fl_new = (jnp.where(started | sched, F_STARTED, 0) | jnp.where(sched, F_SCHED, 0)
+                  | jnp.where(prefill_done | ttft_seen, F_TTFT, 0))
+    else:  # progress never goes back: started ⇔ u > 0, the prefill ends once; only "scheduled last step" is kept
+        fl_new = jnp.where(sched, F_SCHED, 0)
     work = jnp.where(sched, sl.work + f, sl.work) if cfg.check_work else sl.work
     slots = sl._replace(u=u_new, flags=fl_new, work=work, t_first=jnp.where(new_start, state.t, sl.t_first))
     return Served(slots=slots, prefill_done=prefill_done, done=done, mem=mem, n_pre_tok=n_pre_tok,
@@ -292,10 +303,10 @@ class Record(NamedTuple):
     started: jax.Array
 
 
-def _record(state: State) -> Record:
+def _record(state: State, cfg: EngineConfig) -> Record:
     sl = state.slots
     live = (slot_iota(sl.s) < state.n_used) & (sl.u < sl.k + sl.o)
-    started = live & ((sl.flags & F_STARTED) != 0)
+    started = live & started_mask(sl, cfg)
     n_started = _count(started)
     in_sys = state.arrivals - state.completions
     return Record(t=state.t, waiting=in_sys - n_started, started=n_started)
@@ -321,10 +332,10 @@ def run_call(state, params: Params, cfg: EngineConfig):
     def one_record(st, _):
         st, _ = jax.lax.scan(one_block, st, None, length=cfg.blocks_per_record)
         if clustered:
-            r = jax.vmap(_record)(st.servers)
+            r = jax.vmap(lambda x: _record(x, cfg))(st.servers)
             rec = Record(t=r.t[0], waiting=jnp.sum(r.waiting), started=jnp.sum(r.started))
         else:
-            rec = _record(st)
+            rec = _record(st, cfg)
         return st, rec
 
     return jax.lax.scan(one_record, state, None, length=cfg.records_per_call)

@@ -219,7 +219,7 @@ def run_call_batched(states: E.State, params: E.Params, cfg: E.EngineConfig, *, 
 
     def one_record(st, _):
         st, _ = jax.lax.scan(one_block, st, None, length=cfg.blocks_per_record)
-        return st, jax.vmap(E._record)(st)
+        return st, jax.vmap(lambda x: E._record(x, cfg))(st)
 
     st, recs = jax.lax.scan(one_record, st0, None, length=cfg.records_per_call)
     recs = jax.tree_util.tree_map(lambda x: unpad(jnp.swapaxes(x, 0, 1)), recs)
