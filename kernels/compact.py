@@ -25,7 +25,8 @@ def init_state(key, params: Params, cfg: EngineConfig) -> State:
                  completions_w=i0, gsum_w=f0, mem_sum_w=f0, steps_w=i0, busy_w=f0, mem_max=i0, started_max=i0,
                  waiting_max=i0, starved=i0, arr_trunc=i0, lat_lost=i0, violations=i0,
                  hist=jnp.zeros((N_LAT, cfg.n_bins), jnp.int32), lat_sum=jnp.zeros((N_LAT,), jnp.float32),
-                 lat_n=i0)
+                 lat_n=i0, blk_t=jnp.zeros((cfg.log_len,), jnp.float32), blk_b=jnp.zeros((cfg.log_len,), jnp.float32),
+                 blk_n=jnp.full((cfg.log_len,), np.iinfo(np.int32).max, jnp.int32))
     return _fill_free(state, i0, params, cfg)
 
 
@@ -43,7 +44,7 @@ def compact(state: State, params: Params, cfg: EngineConfig) -> State:
 
     Slot fields have the slot axis first: [K] for one trial, or [K, N] slot-major (kernels/batched.py; keys
     [4, N], per-trial scalars [N], hist [N, N_LAT, n_bins]): the same operations either way."""
-    sl = state.slots
+    sl = _stamp_arrivals(state)
     iota = slot_iota(sl.s)
     occupied = iota < state.n_used
     live = occupied & (sl.u < sl.k + sl.o)
@@ -78,6 +79,24 @@ def compact(state: State, params: Params, cfg: EngineConfig) -> State:
     state = state._replace(hist=hist, lat_sum=lat_sum, lat_n=lat_n, gsum_w=gsum_w,
                            violations=violations)
     return _fill_free(state._replace(slots=slots), n_live, params, cfg)
+
+
+def _stamp_arrivals(state: State) -> Slots:
+    """Arrival instants of the requests that arrived during the block (t_arr still NaN, below n_used): request in
+    slot i arrived in the first step whose n_used after it exceeds i (the step log), at t + b_n·u_off of that step
+    (the same float operations the step would have made)."""
+    sl = state.slots
+    iota = slot_iota(sl.s)
+    pending = jnp.isnan(sl.t_arr) & (iota < state.n_used)
+    j = jnp.sum((state.blk_n[None] <= iota[..., None]).astype(jnp.int32), axis=-1)  # [K] or [K, N]
+    j = jnp.minimum(j, state.blk_n.shape[-1] - 1)
+    if j.ndim == 1:
+        t, b = state.blk_t[j], state.blk_b[j]
+    else:  # slot-major: the logs are [N, L]
+        trial = jnp.arange(j.shape[1], dtype=jnp.int32)[None, :]
+        t, b = state.blk_t[trial, j], state.blk_b[trial, j]
+    t_arr = t + rng.unfused_mul(b, sl.u_off, state.n_used)
+    return sl._replace(t_arr=jnp.where(pending, t_arr, sl.t_arr))
 
 
 def _fixed_order_sum(x):
@@ -161,7 +180,8 @@ def _fill_free(state: State, n_live, params: Params, cfg: EngineConfig) -> State
     else:
         s_f, o_f, k_f = _draw_lengths_slots(params.workload, state.keys[2], idx, params.prefill_chunk)
     slots = sl._replace(s=jnp.where(free, s_f, sl.s), o=jnp.where(free, o_f, sl.o), k=jnp.where(free, k_f, sl.k),
-                        u_off=jnp.where(free, off, sl.u_off), t_arr=jnp.where(from_ovf, -1.0, sl.t_arr))
+                        u_off=jnp.where(free, off, sl.u_off),
+                        t_arr=jnp.where(from_ovf, -1.0, jnp.where(free, jnp.nan, sl.t_arr)))
     return state._replace(slots=slots, n_used=n_live + n_fill, overflow=state.overflow - n_fill,
                           next_ovf=state.next_ovf + n_fill, lat_lost=state.lat_lost + n_fill)
 

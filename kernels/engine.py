@@ -167,15 +167,17 @@ def finish(state: State, sv: Served, b_n, n_arr, trunc, phase, params: Params, c
     iota = slot_iota(sl.s)
     fits = jnp.where(state.overflow == 0, jnp.minimum(n_arr, K - state.n_used), 0)
     n_ovf = n_arr - fits
-    arrived = (iota >= state.n_used) & (iota < state.n_used + fits)
     if cfg.phased:  # the arriving requests take the lengths of the phase they arrive in
+        arrived = (iota >= state.n_used) & (iota < state.n_used + fits)
         s_p, o_p = params.workload.sample_phase(sl.uu, phase)
         s_p = s_p.astype(jnp.int32)
         o_p = o_p.astype(jnp.int32)
         sl = sl._replace(s=jnp.where(arrived, s_p, sl.s), o=jnp.where(arrived, o_p, sl.o),
                          k=jnp.where(arrived, (s_p + chunk - 1) // chunk, sl.k))
-    slots = sl._replace(t_arr=jnp.where(arrived, t + rng.unfused_mul(b_n, sl.u_off, state.n_used), sl.t_arr),
-                        t_ttft=jnp.where(sv.prefill_done, t_end, sl.t_ttft),
+    # arrivals only move n_used: their instants are stamped at compaction from the step log (blk_*)
+    lane = jnp.arange(state.blk_n.shape[-1], dtype=jnp.int32)
+    at = lane == (state.step % cfg.compact_every)[..., None]
+    slots = sl._replace(t_ttft=jnp.where(sv.prefill_done, t_end, sl.t_ttft),
                         t_done=jnp.where(sv.done, t_end, sl.t_done))
     overflow = state.overflow + n_ovf
     next_ovf = jnp.where((state.overflow == 0) & (n_ovf > 0), state.arrivals + fits, state.next_ovf)
@@ -194,7 +196,9 @@ def finish(state: State, sv: Served, b_n, n_arr, trunc, phase, params: Params, c
         mem_max=jnp.maximum(state.mem_max, sv.mem), started_max=jnp.maximum(state.started_max, sv.n_started),
         waiting_max=jnp.maximum(state.waiting_max, waiting),
         starved=state.starved + sv.starved.astype(jnp.int32),
-        arr_trunc=state.arr_trunc + trunc.astype(jnp.int32), violations=violations)
+        arr_trunc=state.arr_trunc + trunc.astype(jnp.int32), violations=violations,
+        blk_t=jnp.where(at, t[..., None], state.blk_t), blk_b=jnp.where(at, b_n[..., None], state.blk_b),
+        blk_n=jnp.where(at, (state.n_used + fits)[..., None], state.blk_n))
     out = StepOut(mem=sv.mem, n_sched=sv.n_sched, prefill_tokens=sv.n_pre_tok, decode_tokens=sv.n_dec_tok, b=b_n,
                   arrivals=n_arr, completions=sv.n_done, swaps=sv.n_swap, waiting=waiting)
     return new_state, out

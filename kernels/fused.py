@@ -40,7 +40,8 @@ from . import engine as E
 SCALARS = ("step", "t", "n_used", "overflow", "next_ovf", "arrivals", "completions", "swaps", "t_w0",
            "arrivals_w", "completions_w", "mem_sum_w", "steps_w", "busy_w", "mem_max", "started_max",
            "waiting_max", "starved", "arr_trunc", "violations")
-SLOTS = ("s", "o", "k", "u", "flags", "t_arr", "t_first", "t_ttft", "t_done", "work", "u_off")
+SLOTS = ("s", "o", "k", "u", "flags", "t_first", "t_ttft", "t_done", "work")  # t_arr, u_off: compaction's
+LOGS = ("blk_t", "blk_b", "blk_n")  # the block's step log [cfg.log_len] per trial
 PARAMS = ("lam", "M", "prefill_chunk", "budget", "warmup", "min_w")
 
 
@@ -94,19 +95,20 @@ def _affine_operands(batch):
 
 # --------------------------------------------------------------------------------- the kernel
 def _kernel(cfg: E.EngineConfig, rb, n_ops, n_pre, *refs):
-    n_in = len(SCALARS) + len(SLOTS) + 2 + len(PARAMS) + n_ops + n_pre
+    n_in = len(SCALARS) + len(SLOTS) + len(LOGS) + 2 + len(PARAMS) + n_ops + n_pre
     ins, outs = refs[:n_in], refs[n_in:]
     it = iter(ins)
     sc = {f: next(it)[...] for f in SCALARS}
     sl = {f: next(it)[...] for f in SLOTS}
+    lg = {f: next(it)[...] for f in LOGS}
     k0, k1 = next(it)[...], next(it)[...]
     pv = {f: next(it)[...] for f in PARAMS}
     ops = [next(it)[...] for _ in range(n_ops)]  # affine coefficients a0..a3
     pre = [next(it) for _ in range(n_pre)]  # Refs [rb, steps]: (b_n, n_arr, trunc) drawn ahead of the block
 
-    slots = E.Slots(**sl, uu=None)
+    slots = E.Slots(**sl, t_arr=None, u_off=None, uu=None)
     none = dict(gsum_w=None, lat_lost=None, hist=None, lat_sum=None, lat_n=None)
-    st = E.State(slots=slots, keys=(k0, k1, None, None), **sc, **none)
+    st = E.State(slots=slots, keys=(k0, k1, None, None), **sc, **lg, **none)
     p = E.Params(**pv, workload=None, batch=None, phase_end=None, phase_lam=None)
     draw = None if n_pre else (lambda u1, u2, pre_tok, dec, mem: E.affine_time(*ops, pre_tok, dec, mem))
     serve_v = jax.vmap(lambda s_, p_, c_: E.serve(s_, p_, c_), in_axes=(0, 0, None))
@@ -127,6 +129,8 @@ def _kernel(cfg: E.EngineConfig, rb, n_ops, n_pre, *refs):
         next(o)[...] = getattr(st, f)
     for f in SLOTS:
         next(o)[...] = getattr(st.slots, f)
+    for f in LOGS:
+        next(o)[...] = getattr(st, f)
     next(o)[...] = mem
 
 
@@ -152,6 +156,7 @@ def fused_block(states: E.State, params: E.Params, cfg: E.EngineConfig, *, rb: i
     from jax.experimental import pallas as pl
 
     N, K = states.slots.s.shape
+    L = states.blk_n.shape[1]
     if N % rb:
         raise ValueError(f"N={N} is not a multiple of the block rb={rb}")
     kind = params.batch.kind
@@ -162,7 +167,7 @@ def fused_block(states: E.State, params: E.Params, cfg: E.EngineConfig, *, rb: i
     else:
         raise ValueError(f"batch kind {kind!r} has no fused draw")
     args = ([getattr(states, f) for f in SCALARS] + [getattr(states.slots, f) for f in SLOTS]
-            + [states.keys[:, 0], states.keys[:, 1]] + [getattr(params, f) for f in PARAMS] + ops + pre)
+            + [getattr(states, f) for f in LOGS] + [states.keys[:, 0], states.keys[:, 1]] + [getattr(params, f) for f in PARAMS] + ops + pre)
     args = [jnp.asarray(a) for a in args]
 
     def spec(a):
@@ -172,10 +177,12 @@ def fused_block(states: E.State, params: E.Params, cfg: E.EngineConfig, *, rb: i
 
     out_shape = ([jax.ShapeDtypeStruct((N,), getattr(states, f).dtype) for f in SCALARS]
                  + [jax.ShapeDtypeStruct((N, K), getattr(states.slots, f).dtype) for f in SLOTS]
+                 + [jax.ShapeDtypeStruct((N, L), getattr(states, f).dtype) for f in LOGS]
                  + [jax.ShapeDtypeStruct((N,), jnp.int32)])
     out_specs = [pl.BlockSpec((rb,), lambda i: (i,)) for _ in SCALARS] + \
-                [pl.BlockSpec((rb, K), lambda i: (i, 0)) for _ in SLOTS] + [pl.BlockSpec((rb,), lambda i: (i,))]
-    n_state = len(SCALARS) + len(SLOTS)
+                [pl.BlockSpec((rb, K), lambda i: (i, 0)) for _ in SLOTS] + \
+                [pl.BlockSpec((rb, L), lambda i: (i, 0)) for _ in LOGS] + [pl.BlockSpec((rb,), lambda i: (i,))]
+    n_state = len(SCALARS) + len(SLOTS) + len(LOGS)
     kw = {}
     if not interpret:
         from jax.experimental.pallas import triton as plt
@@ -187,8 +194,9 @@ def fused_block(states: E.State, params: E.Params, cfg: E.EngineConfig, *, rb: i
         input_output_aliases={i: i for i in range(n_state)}, interpret=interpret, name="lqs_step_loop", **kw)
     res = call(*args)
     sc = dict(zip(SCALARS, res[:len(SCALARS)]))
-    sl = dict(zip(SLOTS, res[len(SCALARS):n_state]))
-    states = states._replace(slots=states.slots._replace(**sl), **sc)
+    sl = dict(zip(SLOTS, res[len(SCALARS):len(SCALARS) + len(SLOTS)]))
+    lg = dict(zip(LOGS, res[len(SCALARS) + len(SLOTS):n_state]))
+    states = states._replace(slots=states.slots._replace(**sl), **sc, **lg)
     return states, res[n_state]
 
 

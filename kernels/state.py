@@ -46,6 +46,11 @@ class EngineConfig:
         return self.compact_every * self.blocks_per_record * self.records_per_call
 
     @property
+    def log_len(self) -> int:
+        """Entries of the per-block step log (compact_every rounded up to a power of two: Triton block shapes)."""
+        return 1 << max(0, self.compact_every - 1).bit_length()
+
+    @property
     def bin_edges(self) -> np.ndarray:
         """Upper edges of bins 0..n_bins-2 (bin 0 is [0, lat_lo), the last bin is [lat_hi, inf))."""
         return np.geomspace(self.lat_lo_s, self.lat_hi_s, self.n_bins - 1)
@@ -72,7 +77,7 @@ class Slots(NamedTuple):
     k: jax.Array
     u: jax.Array
     flags: jax.Array
-    t_arr: jax.Array
+    t_arr: jax.Array  # NaN while pre-filled (and once arrived, until the block's compaction stamps it)
     t_first: jax.Array
     t_ttft: jax.Array
     t_done: jax.Array
@@ -112,6 +117,11 @@ class State(NamedTuple):
     hist: jax.Array  # int32 [N_LAT, n_bins]
     lat_sum: jax.Array  # float32 [N_LAT]
     lat_n: jax.Array  # int32
+    # per-block step log [cfg.log_len] (entry = step mod compact_every), read by compaction to stamp the arrival
+    # instants of the block's arrivals: the step itself writes three numbers per trial, nothing per slot
+    blk_t: jax.Array  # float32 instant the step started
+    blk_b: jax.Array  # float32 its duration b_n
+    blk_n: jax.Array  # int32 slots in use after it (n_used); INT32_MAX in entries no step writes
 
 
 def trial_keys(key) -> jax.Array:

@@ -28,7 +28,7 @@ from .._errors import LqsError, check_choice, check_int
 
 CACHE_VERSION = 1
 #: bump when a path's step changes (its speed or bits): records of an older revision are stale
-ENGINE_REV = "2026-12-01.slot-major"
+ENGINE_REV = "2026-12-01.slot-major.arrival-log"
 POLICIES = ("swap", "recompute", "reserve")
 
 
