@@ -25,7 +25,7 @@ def plot_waiting(result, path, max_trials: int = 5):
         row = summ.iloc[ci]
         for r in range(min(max_trials, result.series_waiting.shape[1])):
             ax.plot(result.series_t[ci, r], result.series_waiting[ci, r], lw=0.8, alpha=0.8)
-        verdict = f"backlog grew in {row['p_unstable']:.0%} of trials"
+        verdict = (f"{row['verdict']}, " if isinstance(row.get('verdict'), str) else "") + f"backlog grew in {row['p_backlog_grows']:.0%} of trials"
         rho = f", ρ={row['rho']:.2f}" if np.isfinite(row.get("rho", np.nan)) else ""
         ax.set_title(f"λ={row['lam_rps']:.3g} req/s, M={row['M_tokens']}, {row['policy']}{rho} — {verdict}",
                      fontsize=9)

@@ -180,7 +180,8 @@ def check(result, server=None, mc=None, *, run: int | None = None, M=None, serve
     if bench.saturated:
         sim, sim_source = cr.saturation, f"the saturation run of λ* (λ = {cr.summary['lam_saturation_rps']:.4g})"
     else:
-        sim, sim_source = simulate(wl, server, lam, mc, key=k_sim, progress=progress), f"simulate at λ = {lam:.4g}"
+        sim, sim_source = (simulate(wl, server, lam, mc, key=k_sim, progress=progress, verdict=False),
+                           f"simulate at λ = {lam:.4g}")
     s = sim.summary.iloc[0]
     b_model = server.b
     sim_itl = float(np.median(np.asarray(b_model.samples, np.float64))) if hasattr(b_model, "samples") \
@@ -204,7 +205,7 @@ def check(result, server=None, mc=None, *, run: int | None = None, M=None, serve
            "measured_e2e_p50_s": _q(bench.e2e, 0.5), "sim_e2e_p50_s": float(s["e2e_p50_s"]),
            "measured_e2e_p99_s": _q(bench.e2e, 0.99), "sim_e2e_p99_s": float(s["e2e_p99_s"]),
            "measured_itl_median_s": bench.itl_median, "sim_itl_median_s": sim_itl,
-           "sim_p_unstable": float(s["p_unstable"])}
+           "sim_p_backlog_grows": float(s["p_backlog_grows"])}
     if sat_reason is not None and thr is not None:  # the paper's Table 1: measured saturation throughput vs theory
         rep.update(throughput_over_mu=thr / cap.mu_rps, throughput_over_mu_exact=thr / cap.mu_exact_rps,
                    throughput_over_lam_star=thr / lam_star)

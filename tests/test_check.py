@@ -66,7 +66,7 @@ def test_check_unstable_above_lam_star(files):
     # the file's throughput is λ* of the known server: Table 1's comparison comes out near 1
     assert 0.85 < d["throughput_over_lam_star"] < 1.15
     assert d["throughput_over_mu"] == pytest.approx(d["measured_throughput_rps"] / d["mu_rps"])
-    assert d["sim_p_unstable"] > 0.5
+    assert d["sim_p_backlog_grows"] > 0.5
 
 
 def test_check_saturated_run_constant_batch(files):

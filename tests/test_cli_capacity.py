@@ -244,3 +244,18 @@ def test_python_dash_m_lqs_json_and_error():
     (line,) = p.stderr.strip().splitlines()
     assert line.startswith("error: M=0 is invalid: must be an integer")
     assert p.stdout == ""
+
+
+def test_capacity_simulate_puts_lam_star_and_the_long_run_verdict_beside_the_closed_form():
+    """The README's first command: the closed form and the simulated λ* side by side, with both verdicts at λ."""
+    args = ["capacity", "--workload", "pd-1:1", "--M", "131000", "--prefill-chunk", "512", "--b", "0.0372",
+            "--lam", "3.2", "--simulate", "--trials", "4"]
+    d = run_json(args)
+    assert d["verdict_code"] == "uncertain"  # 3.2 lies in [μ(1−δ), μ] = [3.18, 3.26]: the closed form cannot tell
+    assert d["lam_star_lo_rps"] < d["lam_star_rps"] < d["lam_star_hi_rps"]
+    assert d["mu_exact_stable_rps"] * 0.99 <= d["lam_star_rps"] <= d["mu_exact_rps"] * 1.01
+    want = ("stable" if 3.2 < d["lam_star_lo_rps"] else "unstable" if 3.2 > d["lam_star_hi_rps"] else "undecided")
+    assert d["sim_verdict"] == want and d["sim_verdict_basis"].startswith("saturation rule")
+    assert d["sim_trials"] == 4 and d["sim_reliable"] is True
+    r = run(args)
+    assert r.exit_code == 0 and "simulated λ* (95 %)" in r.stdout and "simulated verdict" in r.stdout

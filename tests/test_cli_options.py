@@ -147,9 +147,10 @@ def test_study_options_of_each_command(calls, tmp_path):
     _, kw = _study(calls, ["slo", *out, "--lam", "10", "--target", "0.5", "--rho", "0.8", "--metric", "wait_p99_s"])
     assert (kw["lam"], kw["target_s"], kw["rho"], kw["metric"]) == (10.0, 0.5, 0.8, "wait_p99_s")
     n = len(calls)
-    run(["study", "phase", *out, "--M", "65536", "--points", "4"])
+    run(["study", "phase", *out, "--axis", "all", "--M", "65536", "--points", "4", "--latency", "ttft_p99_s"])
     axes = {kw["axis"]: kw for _, kw in calls[n:]}
-    assert sorted(axes) == ["M", "b", "ratio"] and all(kw["n_lam"] == 4 for kw in axes.values())
+    assert sorted(axes) == ["M", "b", "ratio"] and all(kw["n_values"] == 4 for kw in axes.values())
+    assert all(kw["latency"] == "ttft_p99_s" for kw in axes.values())
     assert axes["M"]["server"] is None  # the M axis replaces M: --M applies to the other two
     assert axes["ratio"]["server"].M == 65536 == axes["b"]["server"].M
 

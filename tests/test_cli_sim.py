@@ -23,8 +23,8 @@ SIM = ["simulate", *BASE, "--trials", "4", "--steps", "6000", "--warmup", "1000"
 CRIT = ["critical", *BASE, "--trials", "8", "--steps", "6000", "--warmup", "1000", "--grid-points", "3",
         "--grid-trials", "4"]
 THEORY = ("mu_rps", "mu_exact_rps", "mu_stable_rps", "mu_exact_stable_rps", "delta")
-SUMMARY_KEYS = {"lam_rps", "mu_rps", "mu_exact_rps", "mu_stable_rps", "p_unstable", "throughput_rps", "wait_p99_s",
-                "reliable"}
+SUMMARY_KEYS = {"lam_rps", "mu_rps", "mu_exact_rps", "mu_stable_rps", "p_backlog_grows", "throughput_rps", "wait_p99_s",
+                "reliable", "verdict", "verdict_basis", "lam_star_rps", "lam_star_lo_rps", "lam_star_hi_rps"}
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +49,17 @@ def _check_rows(d, lams, cap):
             assert r[k] == pytest.approx(cap[k], rel=1e-12), k
         assert r["trials"] == 4 and r["policy"] == "swap" and r["M_tokens"] == 16384
         assert r["prefill_chunk_tokens"] == 512 and r["rho"] == pytest.approx(r["lam_rps"] / r["mu_rps"])
-        assert 0.0 <= r["p_unstable"] <= 1.0 and r["throughput_rps"] > 0
+        assert 0.0 <= r["p_backlog_grows"] <= 1.0 and r["throughput_rps"] > 0
+        assert r["verdict"] == ("stable" if r["lam_rps"] < r["lam_star_lo_rps"] else
+                                "unstable" if r["lam_rps"] > r["lam_star_hi_rps"] else "undecided")
+        assert r["verdict_basis"].startswith("saturation rule")
         assert r["reliable"] is True
     for r in rows:
         if r["lam_rps"] < 0.7 * r["mu_stable_rps"]:
-            assert r["p_unstable"] == 0.0
+            assert r["p_backlog_grows"] == 0.0 and r["verdict"] == "stable"
             assert r["throughput_rps"] == pytest.approx(r["lam_rps"], rel=0.5)
         if r["lam_rps"] > 2 * r["mu_exact_rps"]:
-            assert r["p_unstable"] == 1.0
+            assert r["p_backlog_grows"] == 1.0 and r["verdict"] == "unstable"
             assert r["throughput_rps"] < 1.05 * r["mu_exact_rps"] < r["lam_rps"]
     return rows
 
@@ -68,7 +71,7 @@ def test_simulate_json_single_lambda_far_above_capacity(cap):
     assert SUMMARY_KEYS <= set(r)
     assert r["lam_rps"] == 1.25 and r["trials"] == 12
     assert r["lam_rps"] > 3 * r["mu_exact_rps"]
-    assert r["p_unstable"] == 1.0 and r["throughput_rps"] < r["lam_rps"]
+    assert r["p_backlog_grows"] == 1.0 and r["verdict"] == "unstable" and r["throughput_rps"] < r["lam_rps"]
     assert r["throughput_rps"] < 1.1 * r["mu_exact_rps"]
     for k in THEORY:
         assert r[k] == pytest.approx(cap[k], rel=1e-12), k
@@ -78,7 +81,8 @@ def test_simulate_json_single_lambda_far_above_capacity(cap):
 def test_simulate_json_list(pair, cap):
     rows = _check_rows(pair, [0.2, 1.0], cap)
     lo, hi = rows
-    assert lo["p_unstable"] == 0.0 and hi["p_unstable"] == 1.0
+    assert lo["verdict"] == "stable" and hi["verdict"] == "unstable"
+    assert lo["p_backlog_grows"] == 0.0 and hi["p_backlog_grows"] == 1.0
     assert hi["throughput_rps"] < hi["lam_rps"]
     assert lo["mem_util"] < hi["mem_util"] <= 1.0
     assert lo["wait_p99_s"] < hi["wait_p99_s"]
@@ -88,7 +92,7 @@ def test_simulate_json_list(pair, cap):
 def test_simulate_json_range(cap):
     d = run_json(SIM + ["--lam", "0.2:1.0:3"])
     rows = _check_rows(d, [0.2, 0.6, 1.0], cap)
-    assert rows[0]["p_unstable"] == 0.0 and rows[-1]["p_unstable"] == 1.0
+    assert rows[0]["verdict"] == "stable" and rows[-1]["verdict"] == "unstable"
 
 
 # ----------------------------------------------------------------------------------------------- --out
@@ -151,7 +155,8 @@ def test_policies_run(policy, pair):
     d = pair if policy == "swap" else run_json(SIM + ["--lam", "0.1,1.0", "--policy", policy])
     lo, hi = d["summary"]
     assert lo["policy"] == hi["policy"] == policy
-    assert lo["p_unstable"] == 0.0 and hi["p_unstable"] == 1.0
+    assert lo["verdict"] == "stable" and hi["verdict"] == "unstable"
+    assert lo["p_backlog_grows"] == 0.0 and hi["p_backlog_grows"] == 1.0
     assert hi["throughput_rps"] < hi["lam_rps"] and lo["throughput_rps"] > 0
     assert d["reliable"] is True
 
@@ -168,11 +173,11 @@ def test_aliases_fcfs_and_chunk_give_the_same_run(pair):
 @pytest.mark.parametrize("model, kind", [("lognormal:0.5", "iid-lognormal"), ("two-speed:3:0.3", "iid-lognormal"),
                                          ("affine:0.01,1e-5,1e-5,0", "affine")])
 def test_batch_models(model, kind, cap):
-    d = run_json(SIM + ["--lam", "0.2", "--b-model", model])
+    d = run_json(SIM + ["--lam", "0.2", "--b-model", model, "--no-verdict"])
     (r,) = d["summary"]
-    assert r["batch_model"] == kind
+    assert r["batch_model"] == kind and "verdict" not in r
     assert r["reliable"] is True and d["reliable"] is True
-    assert r["p_unstable"] == 0.0 and r["throughput_rps"] > 0
+    assert r["p_backlog_grows"] == 0.0 and r["throughput_rps"] > 0
     # the theory columns keep b̄ = --b
     assert r["b_s"] == 0.0372
     for k in THEORY:
@@ -194,8 +199,9 @@ def test_critical_json_table_and_out(cap, tmp_path):
     for k in THEORY:
         assert d[k] == pytest.approx(cap[k], rel=1e-12), k
     assert d["reliable"] is True and d["trials"] == 8 and d["policy"] == "swap"
-    assert len(d["grid_lam_rps"]) == len(d["grid_p_unstable"]) == 3
-    assert d["grid_p_unstable"][0] == 0.0  # 0.8·μ_exact(1−δ)
+    assert len(d["grid_lam_rps"]) == len(d["grid_p_backlog_grows"]) == len(d["grid_verdict"]) == 3
+    assert d["grid_verdict"][0] == "stable" and d["grid_p_backlog_grows"][0] == 0.0  # 0.8·μ_exact(1−δ)
+    assert d["grid_verdict"][-1] == "unstable"  # 1.2·μ_exact
     assert d["server"]["policy"] == "swap" and d["monte_carlo"]["trials"] == 8
     # the human table shows the same (seeded) numbers; --out writes them with both runs' tables
     out = tmp_path / "crit"
@@ -206,7 +212,7 @@ def test_critical_json_table_and_out(cap, tmp_path):
     assert (out / "saturation" / "trials.csv").is_file() and (out / "grid" / "summary.csv").is_file()
     _strict((out / "saturation" / "config.json").read_text())
     for needle in ("λ* (simulated critical rate)", f"{d['lam_star_rps']:.4f}", f"{d['lam_star_lo_rps']:.4f}",
-                   f"{d['mu_exact_rps']:.4f}", "P(unstable) over λ", "inside [μ_exact(1−δ), μ_exact]: yes"):
+                   f"{d['mu_exact_rps']:.4f}", "long-run verdict over λ", "inside [μ_exact(1−δ), μ_exact]: yes"):
         assert needle in r.stdout, needle
     assert "…" not in r.stdout
 
@@ -216,7 +222,7 @@ def test_simulate_table(pair):
     assert r.exit_code == 0, r.output
     out = r.stdout
     lo, hi = pair["summary"]
-    for needle in ("P(unstable)", "throughput (req/s)", "wait p99 (s)", f"{lo['throughput_rps']:.4f}",
+    for needle in ("verdict", "backlog grew", "λ* (req/s)", "stable", "throughput (req/s)", "wait p99 (s)", f"{lo['throughput_rps']:.4f}",
                    f"{hi['throughput_rps']:.4f}", f"μ_exact = {lo['mu_exact_rps']:.4f}", "UNSTABLE at λ = 1 req/s"):
         assert needle in out, needle
     assert "…" not in out  # captured output is not cut to 80 columns

@@ -25,7 +25,7 @@ def saturated():
     out = {}
     for i, pol in enumerate(("swap", "recompute", "reserve")):
         out[pol] = lqs.simulate(FAST, SRV.replace(policy=pol), 1.5 * CAP.mu_rps, trials=32, steps=12_000,
-                                warmup=3_000, key=jax.random.key(100 + i))
+                                warmup=3_000, key=jax.random.key(100 + i), verdict=False)
     return out
 
 
@@ -60,7 +60,7 @@ def test_invariants_hold_in_saturation(saturated, pol):
     assert (d.starved_steps == 0).all() and (d.arrival_cap_hits == 0).all()
     assert res.reliable
     assert (d.waiting_final > 0).all()  # saturated: a backlog in every trial
-    assert (d.unstable).all()
+    assert (d.backlog_grew).all()
     if pol == "reserve":
         assert (d.swaps == 0).all()
     else:
@@ -74,35 +74,36 @@ def test_paper_workload_at_reduced_M_in_band():
     w = lqs.preset("pd-1:1")
     srv = lqs.Server(M=16384, prefill_chunk=512, b=0.0372)
     cap = lqs.capacity(w, srv)
-    res = lqs.simulate(w, srv, 1.5 * cap.mu_rps, trials=16, steps=24_000, warmup=4_000, key=jax.random.key(7))
+    res = lqs.simulate(w, srv, 1.5 * cap.mu_rps, trials=16, steps=24_000, warmup=4_000, key=jax.random.key(7), verdict=False)
     mu, se = _cv(res)
     assert cap.mu_exact_rps * (1 - cap.delta) - 4 * se <= mu <= cap.mu_exact_rps + 4 * se
     assert res.reliable and (res.trials.violations == 0).all()
 
 
 @pytest.mark.parametrize("pol", ["swap", "recompute"])
-def test_verdicts_right_far_from_the_boundary(pol):
+def test_backlog_growth_seen_right_far_from_the_boundary(pol):
+    """The finite-horizon test (p_backlog_grows) is right at 0.8·μ_exact(1−δ) and 1.2·μ_exact in every trial."""
     lams = [0.8 * CAP.mu_exact_rps * (1 - CAP.delta), 1.2 * CAP.mu_exact_rps]
-    res = lqs.simulate(FAST, SRV.replace(policy=pol), lams, trials=200, steps=12_000, warmup=2_000,
-                       key=jax.random.key(11))
-    p = res.summary.p_unstable.to_numpy()
+    res = lqs.simulate(FAST, SRV.replace(policy=pol), lams, trials=128, steps=12_000, warmup=2_000,
+                       key=jax.random.key(11), verdict=False)
+    p = res.summary.p_backlog_grows.to_numpy()
     assert p[0] <= 0.01 and p[1] >= 0.99, p
 
 
-def test_reserve_verdicts_against_its_own_saturation(saturated):
+def test_reserve_backlog_growth_seen_against_its_own_saturation(saturated):
     mu_res, _ = _cv(saturated["reserve"])
-    res = lqs.simulate(FAST, SRV.replace(policy="reserve"), [0.8 * mu_res, 1.2 * mu_res], trials=200, steps=12_000,
-                       warmup=2_000, key=jax.random.key(12))
-    p = res.summary.p_unstable.to_numpy()
+    res = lqs.simulate(FAST, SRV.replace(policy="reserve"), [0.8 * mu_res, 1.2 * mu_res], trials=128, steps=12_000,
+                       warmup=2_000, key=jax.random.key(12), verdict=False)
+    p = res.summary.p_backlog_grows.to_numpy()
     assert p[0] <= 0.01 and p[1] >= 0.99, p
 
 
 def test_same_seed_same_results_other_seed_differs():
     kw = dict(trials=4, steps=3_000, warmup=500)
-    a = lqs.simulate(FAST, SRV, [5.0, 12.0], key=jax.random.key(3), **kw)
-    b = lqs.simulate(FAST, SRV, [5.0, 12.0], key=jax.random.key(3), **kw)
-    c = lqs.simulate(FAST, SRV, [5.0, 12.0], key=jax.random.key(4), **kw)
-    d = lqs.simulate(FAST, SRV, [5.0, 12.0], seed=4, **kw)  # seed= is jax.random.key(seed)
+    a = lqs.simulate(FAST, SRV, [5.0, 12.0], key=jax.random.key(3), **kw, verdict=False)
+    b = lqs.simulate(FAST, SRV, [5.0, 12.0], key=jax.random.key(3), **kw, verdict=False)
+    c = lqs.simulate(FAST, SRV, [5.0, 12.0], key=jax.random.key(4), **kw, verdict=False)
+    d = lqs.simulate(FAST, SRV, [5.0, 12.0], seed=4, **kw, verdict=False)  # seed= is jax.random.key(seed)
     cols = ["arrivals", "completions", "swaps", "throughput_rps", "wait_p99_s", "mem_mean_tokens"]
     assert a.trials[cols].equals(b.trials[cols])
     np.testing.assert_array_equal(a.series_waiting, b.series_waiting)
@@ -114,11 +115,11 @@ def test_same_seed_same_results_other_seed_differs():
 
 def test_changing_values_does_not_recompile():
     mc = lqs.MonteCarlo(trials=4, steps=2_000, warmup=500, K=96)
-    lqs.simulate(FAST, SRV, [4.0, 9.0], mc)
+    lqs.simulate(FAST, SRV, [4.0, 9.0], mc, verdict=False)
     n = E.TRACE_COUNT["run_call"]
-    lqs.simulate(FAST, SRV.replace(M=4000, b=0.021), [5.0, 8.5], mc)
+    lqs.simulate(FAST, SRV.replace(M=4000, b=0.021), [5.0, 8.5], mc, verdict=False)
     lqs.simulate(lqs.Independent(lqs.IntUniform(20, 150), lqs.IntUniform(5, 180)), SRV.replace(M=3500, b=0.019),
-                 [3.0, 6.0], mc)
+                 [3.0, 6.0], mc, verdict=False)
     assert E.TRACE_COUNT["run_call"] == n
 
 
@@ -160,7 +161,7 @@ def test_arrivals_per_step_limit_is_real():
 
 
 def test_too_few_slots_is_reported_unreliable():
-    res = lqs.simulate(FAST, SRV, 1.5 * CAP.mu_rps, trials=2, steps=2_000, warmup=500, K=16, key=jax.random.key(0))
+    res = lqs.simulate(FAST, SRV, 1.5 * CAP.mu_rps, trials=2, steps=2_000, warmup=500, K=16, key=jax.random.key(0), verdict=False)
     s = res.summary.iloc[0]
     assert s.starved_steps > 0 and not s.reliable and not res.reliable
 
@@ -169,7 +170,7 @@ def test_iid_batch_times_follow_renewal_reward():
     # with i.i.d. batch times the saturation rate is μ computed with the *mean* batch time
     bt = lqs.LogNormalMixBatch.from_mean_cv(B, 0.8)
     res = lqs.simulate(FAST, SRV.replace(b=bt), 1.5 * CAP.mu_rps, trials=32, steps=12_000, warmup=3_000,
-                       key=jax.random.key(21))
+                       key=jax.random.key(21), verdict=False)
     mu, se = _cv(res)
     cap = lqs.capacity(FAST, SRV.replace(b=bt.mean_s))
     assert cap.mu_exact_rps * (1 - cap.delta) - 4 * se <= mu <= cap.mu_exact_rps + 4 * se
@@ -186,7 +187,7 @@ def test_affine_batch_time_depends_on_the_batch():
 
 
 def test_latency_histograms_are_consistent():
-    res = lqs.simulate(FAST, SRV, 0.7 * CAP.mu_rps, trials=8, steps=8_000, warmup=1_000, key=jax.random.key(5))
+    res = lqs.simulate(FAST, SRV, 0.7 * CAP.mu_rps, trials=8, steps=8_000, warmup=1_000, key=jax.random.key(5), verdict=False)
     d = res.trials
     assert (d.latency_n > 100).all()
     assert (res.hist.sum(-1) == d.latency_n.to_numpy()[None, :, None]).all()
@@ -206,7 +207,8 @@ def test_result_tables_and_files(tmp_path):
     assert (res.summary.policy == "swap").all() and (res.summary.prefill_chunk_tokens == CHUNK).all()
     np.testing.assert_allclose(res.summary.rho, res.summary.lam_rps / CAP.mu_rps)
     for col in ("lam_rps", "mu_rps", "mu_exact_rps", "mu_stable_rps", "b_s", "wait_p99_s", "ttft_p99_s",
-                "throughput_rps", "p_unstable", "reliable"):
+                "throughput_rps", "p_backlog_grows", "verdict", "verdict_basis", "lam_star_rps", "lam_star_lo_rps",
+                "lam_star_hi_rps", "reliable"):
         assert col in res.summary.columns
     files = res.save(tmp_path / "run")
     names = {p.split("/")[-1] for p in files}
@@ -227,11 +229,11 @@ def test_paper_pd11_critical_rate():
 
 def test_stops_early_once_every_trial_is_clearly_unstable():
     res = lqs.simulate(FAST, SRV, 3 * CAP.mu_rps, trials=4, steps=200_000, warmup=1_000, key=jax.random.key(1),
-                       stop_when_settled=True)
+                       stop_when_settled=True, verdict=False)
     assert res.config["stopped_early"] and res.config["steps_run"] < 200_000
-    assert (res.summary.p_unstable == 1.0).all()
+    assert (res.summary.p_backlog_grows == 1.0).all()
     stable = lqs.simulate(FAST, SRV, 0.5 * CAP.mu_rps, trials=4, steps=60_000, warmup=1_000, key=jax.random.key(1),
-                          stop_when_settled=True)
+                          stop_when_settled=True, verdict=False)
     assert not stable.config["stopped_early"] and stable.config["steps_run"] >= 60_000
 
 
@@ -252,10 +254,10 @@ def test_phased_schedule_switches_rate_and_lengths():
     assert a_[t >= 33].sum() == 0
     assert int(st.violations) == 0
     res = lqs.simulate(None, SRV, None, trials=2, steps=3_000, warmup=500,
-                       phases=[(20.0, 8.0, small), (20.0, 2.0, big)], key=jax.random.key(4))
+                       phases=[(20.0, 8.0, small), (20.0, 2.0, big)], key=jax.random.key(4), verdict=False)
     assert res.reliable and abs(res.summary.lam_rps[0] - 5.0) < 1e-9
     with pytest.raises(lqs.LqsError):
-        lqs.simulate(FAST, SRV, 3.0, phases=[(1.0, 1.0, small)])
+        lqs.simulate(FAST, SRV, 3.0, phases=[(1.0, 1.0, small)], verdict=False)
 
 
 def test_cluster_round_robin_routes_evenly_and_keeps_invariants():
@@ -282,9 +284,9 @@ def test_cluster_routings_conserve_requests(routing):
 def test_cluster_saturation_in_band():
     G = 4
     sat = lqs.simulate(FAST, SRV.replace(servers=G), 1.4 * G * CAP.mu_rps, trials=8, steps=10_000, warmup=2_000,
-                       key=jax.random.key(10))
+                       key=jax.random.key(10), verdict=False)
     s = sat.summary.iloc[0]
     assert s.mu_exact_rps == pytest.approx(G * CAP.mu_exact_rps, rel=1e-6)
     se = s.throughput_cv_se_rps
     assert G * CAP.mu_exact_rps * (1 - CAP.delta) - 4 * se <= s.throughput_cv_rps <= G * CAP.mu_exact_rps + 4 * se
-    assert sat.reliable and s.p_unstable == 1.0
+    assert sat.reliable and s.p_backlog_grows == 1.0

@@ -122,15 +122,15 @@ def test_simulate_engine_flag_identical_results_and_reports_the_path():
     copies of the last trial, dropped after)."""
     kw = dict(trials=2, steps=512, warmup=64, key=jax.random.key(9))
     srv, lams = lqs.Server(M=400, prefill_chunk=16, b=0.05), [2.0, 6.0, 9.0]
-    x = lqs.simulate(SMALL, srv, lams, engine="xla", **kw)
-    f = lqs.simulate(SMALL, srv, lams, engine="fused", fused_rb=4, **kw)
+    x = lqs.simulate(SMALL, srv, lams, engine="xla", **kw, verdict=False)
+    f = lqs.simulate(SMALL, srv, lams, engine="fused", fused_rb=4, **kw, verdict=False)
     assert x.config["sizing"]["engine"] == "xla"
     assert f.config["sizing"]["engine"] == "fused-interpret" and f.config["sizing"]["fused_rb"] == 4
     assert len(f.trials) == 6 and f.hist.shape == x.hist.shape
     pd.testing.assert_frame_equal(x.trials, f.trials, check_exact=True)
     pd.testing.assert_frame_equal(x.summary, f.summary, check_exact=True)
     assert np.array_equal(x.hist, f.hist) and np.array_equal(x.series_waiting, f.series_waiting)
-    a = lqs.simulate(SMALL, srv, lams, engine="auto", **kw)  # no GPU here: auto runs the XLA path
+    a = lqs.simulate(SMALL, srv, lams, engine="auto", **kw, verdict=False)  # no GPU here: auto runs the XLA path
     assert a.config["sizing"]["engine"] == "xla" and "auto" in a.config["sizing"]["engine_reason"]
 
 
@@ -139,11 +139,11 @@ def test_engine_errors_name_the_parameter_before_compiling():
     kw = dict(trials=2, steps=256, warmup=0)
     srv = lqs.Server(M=400, prefill_chunk=16, b=0.05)
     with pytest.raises(lqs.LqsError, match="engine"):
-        lqs.simulate(SMALL, srv, 2.0, engine="triton", **kw)
+        lqs.simulate(SMALL, srv, 2.0, engine="triton", **kw, verdict=False)
     with pytest.raises(lqs.LqsError, match="engine.*servers > 1"):
-        lqs.simulate(SMALL, srv.replace(servers=2), 2.0, engine="fused", **kw)
+        lqs.simulate(SMALL, srv.replace(servers=2), 2.0, engine="fused", **kw, verdict=False)
     with pytest.raises(lqs.LqsError, match="fused_rb"):
-        lqs.simulate(SMALL, srv, 2.0, engine="fused", fused_rb=3, **kw)
+        lqs.simulate(SMALL, srv, 2.0, engine="fused", fused_rb=3, **kw, verdict=False)
     with pytest.raises(lqs.LqsError, match="engine"):
         lqs.set_engine("gpu")
     assert L.TRACE_COUNT["run_call"] == before
@@ -164,7 +164,7 @@ def test_default_engine_from_set_engine_and_environment(monkeypatch):
 
 def test_clusters_and_phases_fall_back_to_xla_under_auto():
     r = lqs.simulate(SMALL, lqs.Server(M=400, prefill_chunk=16, b=0.05, servers=2), 4.0, trials=2, steps=256,
-                     warmup=0, engine="auto")
+                     warmup=0, engine="auto", verdict=False)
     assert r.config["sizing"]["engine"] == "xla" and "servers" in r.config["sizing"]["engine_reason"]
 
 
@@ -201,6 +201,6 @@ def test_auto_falls_back_to_xla_when_the_kernel_cannot_compile(monkeypatch, tmp_
     B.save_record(B.record_key("swap", "constant", sz.K), dict(paths={
         "xla": dict(replica_steps_per_s=1e5, identical=True), "fused": dict(replica_steps_per_s=4e5, identical=True)}))
     with pytest.warns(UserWarning, match="fused kernel failed"):
-        r = lqs.simulate(SMALL, srv, [2.0, 6.0], engine="auto", **kw)
+        r = lqs.simulate(SMALL, srv, [2.0, 6.0], engine="auto", **kw, verdict=False)
     sz = r.config["sizing"]
     assert sz["engine"] == "xla" and "fused kernel failed" in sz["engine_reason"]

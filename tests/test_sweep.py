@@ -29,7 +29,8 @@ REAL = dict(workload=[W], lam=[0.5, 1.0, 1.5, 2.0], M=4096, prefill_chunk=256, b
 
 
 # ----------------------------------------------------------------------------------------------- a fake engine
-def fake_simulate(workload, server, lam, mc, *, key=None, progress=False, devices=None):
+def fake_simulate(workload, server, lam, mc, *, key=None, progress=False, devices=None, verdict_cache=None,
+                  verdict_key=None):
     """Same grid order and columns as lqs.simulate, numbers drawn from ``key`` (so key mix-ups show)."""
     grid = [(lm, m, bt) for bt in server.bs for m in server.Ms for lm in lam]
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).tolist())
@@ -44,7 +45,7 @@ def fake_simulate(workload, server, lam, mc, *, key=None, progress=False, device
                          routing=server.routing, trials=mc.trials, steps=mc.steps, warmup_steps=mc.warmup,
                          mu_rps=cap.mu_rps, mu_exact_rps=cap.mu_exact_rps, mu_stable_rps=cap.mu_stable_rps,
                          rho=lm / cap.mu_rps, throughput_rps=float(u[ci].mean()),
-                         p_unstable=float((u[ci] > 0.5).mean()), reliable=True))
+                         p_backlog_grows=float((u[ci] > 0.5).mean()), reliable=True))
         for r in range(mc.trials):
             per.append(dict(config=ci, trial=r, lam_rps=lm, M_tokens=m, throughput_rps=float(u[ci, r])))
 
@@ -422,14 +423,18 @@ def test_real_sweep_tidy_table_with_theory(real):
     assert len(df) == 4 and df["cell"].tolist() == [0, 1, 2, 3] and df["part"].tolist() == [0, 0, 1, 1]
     for c in ("workload", "batch", "servers", "routing", "lam_rps", "M_tokens", "prefill_chunk_tokens", "b_s",
               "policy", "token_budget", "mu_rps", "mu_exact_rps", "mu_stable_rps", "rho", "throughput_rps",
-              "p_unstable", "wait_p99_s", "reliable", "cell_key"):
+              "p_backlog_grows", "verdict", "verdict_basis", "lam_star_rps", "lam_star_lo_rps", "lam_star_hi_rps",
+              "wait_p99_s", "reliable", "cell_key"):
         assert c in df.columns, c
     assert (df.policy == "swap").all() and (df.prefill_chunk_tokens == 256).all()
     cap = lqs.capacity(lqs.pd_ratio(1, total_hi=400), lqs.Server(M=4096, prefill_chunk=256, b=0.02))
     assert np.allclose(df.mu_exact_rps, cap.mu_exact_rps, rtol=1e-6)
     assert np.allclose(df.mu_stable_rps, cap.mu_stable_rps, rtol=1e-6)
     assert np.allclose(df.rho, df.lam_rps / cap.mu_rps, rtol=1e-6)
-    assert df.reliable.all() and (df.p_unstable == 0).all()  # λ ≪ μ_exact(1−δ)
+    assert df.reliable.all() and (df.p_backlog_grows == 0).all()  # λ ≪ μ_exact(1−δ)
+    assert (df.verdict == "stable").all()
+    # one configuration (M, b̄): one saturation run for both parts (drawn from the sweep's seed, not the part's key)
+    assert df.lam_star_rps.nunique() == 1 and (df.lam_rps < df.lam_star_lo_rps).all()
     assert np.allclose(df.throughput_rps, df.lam_rps, rtol=0.3)
 
 

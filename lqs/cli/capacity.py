@@ -1,5 +1,6 @@
 """``lqs capacity``: the closed form (μ, μ_exact, E[g], δ, the stable and unstable ranges) and, with --lam, the
-verdict and the servers needed for a target utilisation."""
+closed-form verdict and the servers needed for a target utilisation; with --simulate, the simulated critical rate
+λ* (saturation throughput, 95 % interval) beside it and the long-run verdict at λ."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from .options import build_server, echo_json, output_options, parse_float, resol
     workload_options
 
 VERDICT_STABLE = "stable (guaranteed, λ < μ(1−δ))"
-VERDICT_BAND = "in the uncertain band μ(1−δ) ≤ λ ≤ μ — simulate it (lqs critical)"
+VERDICT_BAND = "in the uncertain band μ(1−δ) ≤ λ ≤ μ — simulate it (--simulate)"
 VERDICT_UNSTABLE = "UNSTABLE (λ > μ): the queue grows without bound"
 
 
@@ -22,6 +23,22 @@ def verdict(lam: float, mu: float, mu_stable: float) -> tuple[str, str]:
     if lam > mu:
         return "unstable", VERDICT_UNSTABLE
     return "uncertain", VERDICT_BAND
+
+
+def simulated_report(crit, lam=None) -> dict:
+    """λ* of ``lqs.critical`` and, with ``lam``, the long-run verdict there (docs/model.md)."""
+    from ..engine import verdict_at
+
+    s = crit.summary
+    out = dict(lam_star_rps=s["lam_star_rps"], lam_star_lo_rps=s["lam_star_lo_rps"],
+               lam_star_hi_rps=s["lam_star_hi_rps"], lam_star_over_mu_exact=s["lam_star_over_mu_exact"],
+               lam_star_method=s["lam_star_method"], sim_trials=s["trials"], sim_steps=s["steps"],
+               sim_reliable=s["reliable"], sim_wall_s=crit.saturation.config["wall_s"])
+    if lam is not None:
+        out["sim_verdict"] = verdict_at(crit, lam)
+        out["sim_verdict_basis"] = (f"saturation rule: λ = {lam:g} against λ* of this server "
+                                    f"({s['trials']} trials × {s['steps']:,} steps)")
+    return out
 
 
 def capacity_report(wl, cap, bb, lam=None, rho_target=0.9) -> dict:
@@ -94,12 +111,24 @@ def _print_table(rep: dict):
     t.add_row("stable range", f"λ < μ(1−δ) = {_fmt(rep['mu_stable_rps'])} req/s"
               f"  (exact: {_fmt(rep['mu_exact_stable_rps'])})")
     t.add_row("unstable range", f"λ > μ = {_fmt(rep['mu_rps'])} req/s")
+    if "lam_star_rps" in rep:
+        t.add_row("simulated λ* (95 %)", f"{_fmt(rep['lam_star_rps'])} req/s  [{_fmt(rep['lam_star_lo_rps'])}, "
+                  f"{_fmt(rep['lam_star_hi_rps'])}]  = {rep['lam_star_over_mu_exact']:.4f}·μ_exact"
+                  f"  ({rep['sim_trials']} trials × {rep['sim_steps']:,} steps, {rep['sim_wall_s']:.1f} s)")
     if "lam_rps" in rep:
         t.add_row("arrival rate λ", f"{_fmt(rep['lam_rps'])} req/s")
         t.add_row("utilisation ρ = λ/μ", f"{rep['rho']:.4f}")
         style = {"stable": "green", "uncertain": "yellow", "unstable": "bold red"}[rep["verdict_code"]]
-        t.add_row("verdict", rep["verdict"], style=style)
+        t.add_row("closed-form verdict", rep["verdict"], style=style)
+        if "sim_verdict" in rep:
+            sv = rep["sim_verdict"]
+            txt = {"stable": "stable: λ < λ* (the queue stays bounded in the long run)",
+                   "unstable": "UNSTABLE: λ > λ* (the queue grows without bound)",
+                   "undecided": "undecided: λ is inside λ*'s interval (more --trials narrow it)"}[sv]
+            t.add_row("simulated verdict", txt, style={"stable": "green", "unstable": "bold red"}.get(sv, "yellow"))
         t.add_row(f"servers for ρ = {rep['rho_target']:g}", f"{rep['servers_needed']}  (⌈λ/(μ₁·ρ)⌉)")
+    if "lam_star_rps" in rep and not rep["sim_reliable"]:
+        t.add_row("warning", "the simulation hit a capacity limit: raise --K", style="bold red")
     con = Console(highlight=False)
     if not con.is_terminal:  # piped or captured: don't wrap at rich's default of 80 columns
         con = Console(highlight=False, width=100)
@@ -113,14 +142,20 @@ def _print_table(rep: dict):
 @click.option("--rho", "rho", metavar="RHO", default="0.9", show_default=True,
               help="Target utilisation ρ = λ/μ in (0, 1] for the servers needed, ⌈λ/(μ₁·ρ)⌉ "
                    "(μ₁: one server's rate).")
+@click.option("--simulate", "simulate_", is_flag=True,
+              help="Also simulate the saturation throughput λ* (with its 95 % interval) and give the long-run "
+                   "verdict at --lam (a few seconds to a minute on a CPU).")
+@click.option("--trials", "trials", metavar="N", default="32", show_default=True,
+              help="Monte Carlo trials of the --simulate saturation run.")
 @output_options(out=None)
-def capacity_cmd(as_json, lam, rho, **opts):
+def capacity_cmd(as_json, lam, rho, simulate_, trials, **opts):
     """Closed-form capacity: μ, μ_exact, E[g], δ, the stable and unstable ranges and, with --lam, the verdict and
     the servers needed for a target utilisation.
 
     \b
     Examples:
       lqs capacity --workload pd-1:1 --M 131000 --prefill-chunk 512 --b 0.0372
+      lqs capacity --workload pd-1:1 --M 131000 --prefill-chunk 512 --b 0.0372 --lam 3.2 --simulate
       lqs capacity --trace azure-conv --M 131000 --prefill-chunk 512 --b 0.0372 --lam 20 --rho 0.9
       lqs capacity --trace my_log.csv --M 131000 --prefill-chunk 512 --b-samples batch_times.csv \\
                    --b-estimator trimmed:0.05 --json
@@ -132,6 +167,12 @@ def capacity_cmd(as_json, lam, rho, **opts):
     rho_v = parse_float("rho", rho, 0.0, 1.0, lo_open=True)
     wl = resolve_workload(**{**opts, "M": server.M})
     rep = capacity_report(wl, capacity(wl.workload, server), bb, lam_v, rho_v)
+    if simulate_:
+        from .. import MonteCarlo, critical
+        from .options import parse_int
+
+        mc = MonteCarlo(trials=parse_int("trials", trials, 2, 2**24))
+        rep.update(simulated_report(critical(wl.workload, server, mc, grid_points=0), lam_v))
     if as_json:
         echo_json(rep)
     else:

@@ -89,7 +89,7 @@ def _print(r: dict, paths):
     sim_lam = "" if r["lam_rps"] is None else f"{r['lam_rps']:.4f}"
     t.add_row("arrival rate λ (req/s)", lam, sim_lam)
     t.add_row("throughput (req/s)", _f(r["measured_throughput_rps"]), _f(r["sim_throughput_rps"]))
-    grows = r["sim_p_unstable"] > 0.5
+    grows = r["sim_p_backlog_grows"] > 0.5
     for k, name in (("ttft_p50_s", "TTFT p50 (s)"), ("ttft_p99_s", "TTFT p99 (s)"), ("e2e_p50_s", "E2E p50 (s)"),
                     ("e2e_p99_s", "E2E p99 (s)")):
         t.add_row(name, _f(r["measured_" + k]), _f(r["sim_" + k]) + (" (grows)" if grows else ""))

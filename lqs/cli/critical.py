@@ -16,7 +16,7 @@ from .options import (build_mc, build_server, console, echo_json, mc_options, ou
 @server_options()
 @mc_options()
 @click.option("--grid-points", default="9", show_default=True, metavar="N",
-              help="λ values of the P(unstable) grid (0 to skip).")
+              help="λ values of the verdict grid around λ* (0 to skip).")
 @click.option("--grid-trials", default="32", show_default=True, metavar="N", help="Trials per grid λ.")
 @renamed_options("grid_replicas")
 @output_options(out_help="Write critical.json (λ*, the closed form, server and Monte Carlo settings) and the "
@@ -72,11 +72,12 @@ def _print_critical(out, out_dir):
     t.add_row("δ", f"{out['delta']:.4f}")
     con.print(t)
     if "grid_lam_rps" in out:
-        g = Table(title="P(unstable) over λ")
+        g = Table(title="long-run verdict over λ (and what the finite runs saw)")
         g.add_column("λ (req/s)", justify="right")
-        g.add_column("P(unstable)", justify="right")
-        for lm, p in zip(out["grid_lam_rps"], out["grid_p_unstable"]):
-            g.add_row(f"{lm:.4f}", f"{p:.2f}")
+        g.add_column("verdict", justify="right")
+        g.add_column("backlog grew", justify="right")
+        for lm, v, p in zip(out["grid_lam_rps"], out["grid_verdict"], out["grid_p_backlog_grows"]):
+            g.add_row(f"{lm:.4f}", v, f"{p:.0%}")
         con.print(g)
     con.print(f"λ*/μ_exact = {out['lam_star_over_mu_exact']:.4f}; inside [μ_exact(1−δ), μ_exact]: "
               f"{'yes' if out['in_theory_band'] else 'no'}")

@@ -386,7 +386,7 @@ def console():
     from rich.console import Console
 
     con = Console(highlight=False)
-    return con if con.is_terminal else Console(highlight=False, width=160)
+    return con if con.is_terminal else Console(highlight=False, width=200)
 
 
 def show_progress(flag) -> bool:

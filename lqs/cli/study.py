@@ -83,22 +83,34 @@ def study():
 
 @study.command("phase")
 @_common
-@click.option("--axis", default="all", show_default=True, type=click.Choice(["ratio", "M", "b", "all"]),
-              help="Design axis of the diagram: P/D ratio, KV capacity M, batch time b̄ (or all three).")
-@click.option("--points", metavar="N", default=None, help="λ points per row (default 8 quick, 15 full).")
-def phase_cmd(axis, points, **opts):
-    """P(unstable) over (λ, P/D ratio), (λ, M) and (λ, b̄) with the curves μ and μ(1−δ) on top."""
+@click.option("--axis", default="ratio", show_default=True,
+              type=click.Choice(["ratio", "M", "b", "prefill_chunk", "token_budget", "length_scale", "policy", "all"]),
+              help="Design axis: P/D ratio, KV capacity M, batch time b̄, prefill chunk ŝ, token budget, length scale "
+                   "of the workload, policy (all: ratio, M and b̄).")
+@click.option("--points", metavar="N", default=None, help="Values along the axis (default 32 quick, 128 full).")
+@click.option("--latency", default=None, type=click.Choice(["ttft_p99_s", "wait_p99_s", "e2e_p99_s", "ttft_p50_s",
+                                                           "wait_p50_s"]),
+              help="Colour the stable region by this latency percentile (per-cell runs, one program).")
+@click.option("--lam-points", metavar="N", default=None, help="Rates per row of the latency layer (8 quick, 16 full).")
+def phase_cmd(axis, points, latency, lam_points, **opts):
+    """The long-run stability boundary λ*(x) along a design axis, with μ and μ(1−δ): every row's saturation run in
+    one vmapped program; stable left of the boundary band, unstable right of it."""
     import pandas as pd
 
     from ..studies import phase_diagram
 
-    n = None if points is None else parse_int("points", points, 2, 1000)
+    n = None if points is None else parse_int("points", points, 1, 100_000)
+    nl = None if lam_points is None else parse_int("lam_points", lam_points, 1, 1000)
     for ax in (("ratio", "M", "b") if axis == "all" else (axis,)):
-        drop = {"M": ("M",), "b": ("b", "b_samples", "b_model")}.get(ax, ())  # the axis replaces them
-        res = phase_diagram(axis=ax, n_lam=n, **_inputs(opts, drop=drop))
-        click.echo(f"phase diagram over λ and {res.meta['axis']}: simulated P(unstable) = ½ crossing per row")
+        drop = {"M": ("M",), "b": ("b", "b_samples", "b_model"), "prefill_chunk": ("prefill_chunk",),
+                "token_budget": ("token_budget",), "policy": ("policy",)}.get(ax, ())  # the axis replaces them
+        res = phase_diagram(axis=ax, n_values=n, latency=latency, n_lam=nl, **_inputs(opts, drop=drop))
+        click.echo(f"phase diagram along {res.meta['axis']}: the long-run boundary λ* per row "
+                   f"({len(res.data)} rows); stable below lam_star_lo_rps, unstable above lam_star_hi_rps")
+        cols = ["value", "lam_star_rps", "lam_star_lo_rps", "lam_star_hi_rps", "mu_rps", "mu_exact_rps",
+                "mu_stable_rps", "reliable"]
         with pd.option_context("display.width", 160, "display.float_format", "{:.4g}".format):
-            click.echo(pd.DataFrame(res.meta["rows"]).to_string(index=False))
+            click.echo(res.data[[c for c in cols if c in res.data.columns]].to_string(index=False))
         for p in (res.csv, res.png):
             if p:
                 click.echo(f"wrote {os.path.abspath(p)}")
@@ -152,8 +164,8 @@ def mixture_cmd(lam_ratio, cycles, **opts):
 
     lr = [parse_float("lam_ratio", x, 0.0, lo_open=True) for x in split_list(lam_ratio)]
     res = mixture_study(lam_ratio=lr, cycles=parse_int("cycles", cycles, 1), **_inputs(opts))
-    _report(res, cols=["kind", "load_factor", "lam_mean_rps", "p_unstable", "lam_star_rps", "lam_star_se_rps"],
-            headline=_head(res.meta, ("lam_star_grid_rps", "lam_star_from_phase_saturation_rps",
+    _report(res, cols=["kind", "load_factor", "lam_mean_rps", "p_backlog_grows", "lam_star_rps", "lam_star_se_rps"],
+            headline=_head(res.meta, ("lam_backlog_half_rps", "lam_star_from_phase_saturation_rps",
                                       "mu_exact_mix_count_rps", "mu_exact_mix_time_rps", "mu_exact_time_avg_rps",
                                       "mu_mix_count_rps", "q_count", "q_time")))
 
@@ -172,7 +184,7 @@ def cluster_cmd(routings, saturation, **opts):
     G = parse_int("servers", opts["servers"], 1, 4096) if opts.get("servers") is not None else 8
     res = cluster_study(servers=G, routings=tuple(split_list(routings)), saturation=saturation,
                         **_inputs(opts))
-    _report(res, cols=["routing", "rho", "lam_rps", "p_unstable", "wait_mean_s", "wait_p50_s", "wait_p99_s",
+    _report(res, cols=["routing", "rho", "lam_rps", "verdict", "p_backlog_grows", "wait_mean_s", "wait_p50_s", "wait_p99_s",
                        "ttft_p99_s", "lam_star_rps", "lam_star_over_mu_exact"],
             headline=_head(res.meta, ("servers", "mu_rps", "lam_star_rps", "paper_table3")))
 
@@ -184,7 +196,7 @@ def latency_cmd(**opts):
     from ..studies import latency_study
 
     res = latency_study(**_inputs(opts))
-    _report(res, cols=["rho", "lam_rps", "p_unstable", "wait_p50_s", "wait_p90_s", "wait_p99_s", "ttft_p50_s",
+    _report(res, cols=["rho", "lam_rps", "verdict", "p_backlog_grows", "wait_p50_s", "wait_p90_s", "wait_p99_s", "ttft_p50_s",
                        "ttft_p90_s", "ttft_p99_s"])
 
 
@@ -204,7 +216,7 @@ def slo_cmd(lam, target, metric, rho, **opts):
     res = slo_servers(lam=None if lam is None else parse_float("lam", lam, 0.0, lo_open=True),
                       target_s=parse_float("target", target, 0.0, lo_open=True), metric=metric,
                       rho=parse_float("rho", rho, 0.0, 1.0, lo_open=True), **_inputs(opts))
-    _report(res, cols=["servers", "lam_per_server_rps", "rho", "p_unstable", "value_s", "meets_target",
+    _report(res, cols=["servers", "lam_per_server_rps", "rho", "verdict", "value_s", "meets_target",
                        "qualifies"],
             headline=_head(res.meta, ("lam_rps", "metric", "target_s", "servers_slo", "servers_stability",
                                       "servers_rho", "rho_target")))

@@ -89,11 +89,11 @@ def _report(df, info, spec):
     if spec.per_trial:
         df = df.groupby("cell", sort=True).first().reset_index()
     cols = [c for c in ("cell", "workload", "batch", "policy", "servers", "lam_rps", "rho", "M_tokens",
-                        "prefill_chunk_tokens", "b_s", "mu_exact_rps", "mu_stable_rps", "throughput_rps",
-                        "p_unstable", "reliable")
+                        "prefill_chunk_tokens", "b_s", "mu_exact_rps", "mu_stable_rps", "lam_star_rps",
+                        "verdict", "throughput_rps", "p_backlog_grows", "reliable")
             if c in df.columns]
     if spec.per_trial:
-        cols = [c for c in cols if c not in ("throughput_rps", "p_unstable", "reliable")]
+        cols = [c for c in cols if c not in ("throughput_rps", "p_backlog_grows", "reliable")]
     if len(df) <= 40:
         click.echo(df[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     names = "cells.parquet, cells.csv" + (", trials.parquet, trials.csv" if spec.per_trial else "")

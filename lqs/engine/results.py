@@ -79,11 +79,17 @@ def _closed_form(workload, server, M, bt):
     return b_nom, _capacity(workload, M, server.prefill_chunk, b_nom, servers=server.servers)
 
 
-def collect(workload, server, mc, grid, cfg, sizing, st, recs, steps_run, steps_asked, wall, stopped_early, key):
-    """Tables from the final states ``st`` (trial axis flattened as configuration × trial) and the records."""
+def _describe_all(items) -> object:
+    """One description when every item describes alike, else one per item."""
+    descs = [_jsonio.describe(x) if not hasattr(x, "describe") else x.describe() for x in items]
+    return descs[0] if all(d == descs[0] for d in descs) else descs
+
+
+def collect(configs, mc, cfg, sizing, st, recs, steps_run, steps_asked, wall, stopped_early, keys):
+    """Tables of one program's configurations from its final states ``st`` (trial axis flattened as
+    configuration × trial) and its records."""
     R = mc.trials
-    n_cfg = len(grid)
-    G = server.servers
+    n_cfg = len(configs)
 
     def a(x):
         return np.asarray(x).reshape((n_cfg, R) + np.shape(x)[1:])
@@ -92,16 +98,20 @@ def collect(workload, server, mc, grid, cfg, sizing, st, recs, steps_run, steps_
     w_ser = np.concatenate([np.asarray(r.waiting) for r in recs], axis=1).reshape(n_cfg, R, -1)
     s_ser = np.concatenate([np.asarray(r.started) for r in recs], axis=1).reshape(n_cfg, R, -1)
     hist = a(st.hist)
-    mom = workload.expected_g(server.prefill_chunk)
-    common = dict(prefill_chunk_tokens=server.prefill_chunk, policy=server.policy,
-                  token_budget=server.token_budget or 0, servers=G, routing=server.routing)
+    moments = {}
     rows, sums = [], []
     with warnings.catch_warnings():  # empty windows give NaN on purpose; this filter ends with the block
         warnings.simplefilter("ignore", RuntimeWarning)
-        for ci, (lam, M, bt) in enumerate(grid):
-            b_nom, cap = _closed_form(workload, server, M, bt)
-            per, srow = _one_config(ci, lam, M, bt, b_nom, cap, a, st, t_ser[ci], w_ser[ci], s_ser[ci], hist[ci],
-                                    mom, cfg, R, G, steps_run, mc.warmup, workload)
+        for ci, c in enumerate(configs):
+            server, workload = c.server, c.workload
+            mk = (id(workload), server.prefill_chunk)
+            if mk not in moments:
+                moments[mk] = workload.expected_g(server.prefill_chunk)
+            b_nom, cap = _closed_form(workload, server, c.M, c.batch)
+            per, srow = _one_config(ci, c.lam, c.M, c.batch, b_nom, cap, a, st, t_ser[ci], w_ser[ci], s_ser[ci],
+                                    hist[ci], moments[mk], cfg, R, server.servers, steps_run, mc.warmup, workload)
+            common = dict(prefill_chunk_tokens=server.prefill_chunk, policy=server.policy,
+                          token_budget=server.token_budget or 0, servers=server.servers, routing=server.routing)
             rows.append(pd.DataFrame({**per, **{k: [v] * R for k, v in common.items()}}))
             sums.append({**srow, **common})
     order = ["config", "trial", "lam_rps", "M_tokens", "prefill_chunk_tokens", "b_s", "batch_model", "policy",
@@ -111,15 +121,70 @@ def collect(workload, server, mc, grid, cfg, sizing, st, recs, steps_run, steps_
     summary = pd.DataFrame(sums)
     summary = summary[[c for c in order if c != "trial"] + [c for c in summary.columns if c not in order]]
     N = n_cfg * R
-    config = dict(workload=_jsonio.describe(workload), server=server.describe(), monte_carlo=mc.describe(),
-                  M_tokens=[g[1] for g in grid], lam_rps=[g[0] for g in grid],
-                  batch=[_jsonio.describe(g[2]) for g in grid], trials=R, steps_requested=steps_asked,
+    config = dict(workload=_describe_all([c.workload for c in configs]),
+                  server=_describe_all([c.server for c in configs]), monte_carlo=mc.describe(),
+                  M_tokens=[c.M for c in configs], lam_rps=[c.lam for c in configs],
+                  batch=[_jsonio.describe(c.batch) for c in configs], trials=R, steps_requested=steps_asked,
                   steps_run=steps_run, warmup_steps=mc.warmup, stopped_early=stopped_early,
-                  key=np.asarray(jax.random.key_data(key)).tolist(), engine=asdict(cfg), sizing=asdict(sizing),
+                  keys=np.asarray(jax.random.key_data(keys)).tolist(), engine=asdict(cfg), sizing=asdict(sizing),
                   devices=[str(d) for d in jax.local_devices()], wall_s=wall, backend=jax.default_backend(),
                   jax_version=jax.__version__, trial_steps_per_s=N * steps_run / max(wall, 1e-9))
     return SimResult(trials=trials, summary=summary, series_t=t_ser, series_waiting=w_ser, series_started=s_ser,
                      hist=hist, config=config, engine_config=cfg)
+
+
+def _pad_points(arrays):
+    """Series of programs that ran different numbers of records (early stop), padded with NaN to one length."""
+    P = max(x.shape[-1] for x in arrays)
+    if all(x.shape[-1] == P for x in arrays):
+        return np.concatenate(arrays)
+    return np.concatenate([np.pad(x.astype(np.float64), [(0, 0)] * (x.ndim - 1) + [(0, P - x.shape[-1])],
+                                  constant_values=np.nan) for x in arrays])
+
+
+def merge(results, n_cfg: int) -> SimResult:
+    """One SimResult from the programs of one call: rows back in configuration order, ``config`` numbered 0..n−1;
+    ``config["programs"]`` lists each program's configurations, sizing, engine and wall time."""
+    if len(results) == 1 and list(results[0][0]) == list(range(n_cfg)):
+        return results[0][1]
+    order = np.argsort(np.concatenate([np.asarray(idx) for idx, _ in results]), kind="stable")
+    trials, summary = [], []
+    for idx, r in results:
+        t, s = r.trials.copy(), r.summary.copy()
+        t["config"] = np.asarray(idx)[t["config"].to_numpy()]
+        s["config"] = np.asarray(idx)[s["config"].to_numpy()]
+        trials.append(t)
+        summary.append(s)
+    summary = pd.concat(summary, ignore_index=True).sort_values("config", kind="stable").reset_index(drop=True)
+    trials = pd.concat(trials, ignore_index=True).sort_values(["config", "trial"], kind="stable").reset_index(drop=True)
+    first = results[0][1]
+    config = dict(first.config)
+    per = [r.config for _, r in results]
+    for k in ("workload", "server", "batch", "keys"):
+        vals = [None] * n_cfg
+        for (idx, r) in results:
+            v = r.config[k]
+            items = v if isinstance(v, list) and len(v) == len(idx) else [v] * len(idx)
+            for i, x in zip(idx, items):
+                vals[i] = x
+        config[k] = vals
+    config["M_tokens"] = [None] * n_cfg
+    config["lam_rps"] = [None] * n_cfg
+    for idx, r in results:
+        for i, m, lm in zip(idx, r.config["M_tokens"], r.config["lam_rps"]):
+            config["M_tokens"][i], config["lam_rps"][i] = m, lm
+    config.update(steps_run=max(p["steps_run"] for p in per), stopped_early=any(p["stopped_early"] for p in per),
+                  wall_s=sum(p["wall_s"] for p in per),
+                  programs=[dict(configs=[int(i) for i in idx], engine=r.config["engine"], sizing=r.config["sizing"],
+                                 wall_s=r.config["wall_s"], steps_run=r.config["steps_run"]) for idx, r in results])
+    config["trial_steps_per_s"] = n_cfg * first.config["trials"] * config["steps_run"] / max(config["wall_s"], 1e-9)
+    cat = [r for _, r in results]
+    return SimResult(trials=trials, summary=summary,
+                     series_t=_pad_points([r.series_t for r in cat])[order],
+                     series_waiting=_pad_points([r.series_waiting for r in cat])[order],
+                     series_started=_pad_points([r.series_started for r in cat])[order],
+                     hist=np.concatenate([r.hist for r in cat])[order], config=config,
+                     engine_config=first.engine_config)
 
 
 def _one_config(ci, lam, M, bt, b_nom, cap, a, st, t_ser, w_ser, s_ser, hist, mom, cfg, R, G, steps_run, warmup,
@@ -152,7 +217,7 @@ def _one_config(ci, lam, M, bt, b_nom, cap, a, st, t_ser, w_ser, s_ser, hist, mo
                throughput_cv_rps=thr_cv, mem_mean_tokens=mem_mean, mem_util=mem_mean / (M * G),
                mem_max_tokens=a(st.mem_max)[ci].astype(np.int64), swaps=a(st.swaps)[ci].astype(np.int64),
                started_max=a(st.started_max)[ci].astype(np.int64),
-               waiting_max=a(st.waiting_max)[ci].astype(np.int64), unstable=grew, growth_tstat=tstat,
+               waiting_max=a(st.waiting_max)[ci].astype(np.int64), backlog_grew=grew, growth_tstat=tstat,
                drift_rps=drift, waiting_rise=rise, latency_n=lat_n.astype(np.int64))
     with np.errstate(divide="ignore", invalid="ignore"):
         for mi, name in enumerate(_k.LAT_NAMES):
@@ -176,7 +241,8 @@ def _one_config(ci, lam, M, bt, b_nom, cap, a, st, t_ser, w_ser, s_ser, hist, mo
                 throughput_rps=float(thr.mean()), throughput_se_rps=se,
                 throughput_ci_lo_rps=float(thr.mean() - 1.96 * se), throughput_ci_hi_rps=float(thr.mean() + 1.96 * se),
                 throughput_cv_rps=float(np.nanmean(thr_cv)), throughput_cv_se_rps=se_cv,
-                p_unstable=float(grew.mean()), p_unstable_lo=lo, p_unstable_hi=hi,
+                p_backlog_grows=float(grew.mean()), p_backlog_grows_lo=lo, p_backlog_grows_hi=hi,
+                horizon_s=float(np.mean(a(st.t)[ci])), window_s=float(np.mean(busy)),
                 mem_util=float(np.mean(mem_mean / (M * G))),
                 swaps_per_s=float(np.mean(a(st.swaps)[ci] / np.maximum(a(st.t)[ci], 1e-12))),
                 started_max=int(a(st.started_max)[ci].max()),

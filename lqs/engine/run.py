@@ -18,11 +18,12 @@ from .._server import as_server, resolve_mc
 from .._workload import Mixture, Phased, Workload
 from ..kernels import engine as _k
 from .paths import init_jit, run_call_jit
-from .results import SimResult, collect
-from .sizing import auto_steps, check_workload, prepare, rates
+from .results import SimResult, collect, merge
+from .sizing import auto_steps, check_workload, prepare, product, rates
 
 
 def simulate(workload, server, lam=None, mc=None, *, key=None, phases=None, progress: bool = False, devices=None,
+             verdict: bool = True, verdict_cache: dict | None = None, verdict_key=None, verdict_mc=None,
              **mc_fields) -> SimResult:
     """Simulate ``mc.trials`` independent copies of ``server`` for every λ (and M, b̄) of a grid.
 
@@ -30,11 +31,21 @@ def simulate(workload, server, lam=None, mc=None, *, key=None, phases=None, prog
     sequence) it spans the grid. ``mc`` is an :class:`lqs.MonteCarlo` (default ``MonteCarlo()``); keyword
     arguments that name MonteCarlo fields override it (``simulate(w, server, 3.0, trials=32, steps=8000)``).
     Randomness flows from ``key`` (a typed JAX key; default ``jax.random.key(mc.seed)``). Every input is checked
-    before anything is compiled.
+    before anything is compiled. The whole grid runs as one jitted, vmapped program.
+
+    ``verdict=True`` (default) adds the long-run verdict of every configuration (docs/model.md, "Two notions of
+    stability"): one saturation run per distinct (M, b̄) gives λ* with its confidence interval, and each λ is
+    ``stable`` below the interval, ``unstable`` above it, ``undecided`` inside (columns ``verdict``,
+    ``verdict_basis``, ``lam_star_rps``, ``lam_star_lo_rps``, ``lam_star_hi_rps``). Saturation runs draw from
+    ``verdict_key`` (default ``key``) and the configuration alone, with ``verdict_mc`` (default ``mc``) as their
+    trials and horizon; ``verdict_cache`` (a dict) reuses them across calls. What the finite run itself saw is ``p_backlog_grows``: the share of trials
+    whose backlog visibly grew within the horizon, never called a verdict.
 
     ``phases=[(duration_s, lam, workload), ...]`` runs a non-stationary, piecewise-constant schedule instead of
     ``lam`` (pass ``workload=None`` and ``lam=None``): requests arriving in a phase take that phase's lengths, the
     last phase lasts until the end, and the theory columns use the request-weighted mixture (weights λ·duration).
+    The saturation rule needs a stationary configuration, so a phased run's verdict is ``n/a`` and its
+    ``verdict_basis`` says why.
 
     ``devices`` (default: all local devices) shards the (configuration × trial) axis across devices; trials are
     independent, so the partitioned program needs no communication.
@@ -51,21 +62,65 @@ def simulate(workload, server, lam=None, mc=None, *, key=None, phases=None, prog
         workload, lam, phased = _phases(phases, workload, lam)
     check_workload(workload, server)
     lams = rates(lam)
-    steps = mc.steps if mc.steps is not None else auto_steps(workload, server, mc.warmup)
-    cfg, sizing, grid, params = prepare(workload, server, lams, mc, steps, phased)
+    if mc.steps is None:
+        mc = mc.replace(steps=auto_steps(workload, server, mc.warmup))
+    configs = product(workload, server, lams)
     if key is None:
         key = jax.random.key(mc.seed)
-    n_cfg = len(grid)
-    N = n_cfg * mc.trials
+    res = run_configs(configs, mc, key=key, phased=phased, progress=progress, devices=devices)
+    res.config["server"] = server.describe()
+    if verdict:
+        from .verdict import attach_verdicts
+
+        vmc = mc if verdict_mc is None else resolve_mc(verdict_mc, {})
+        attach_verdicts(res, configs, vmc, key if verdict_key is None else verdict_key, phased=phased is not None,
+                        cache=verdict_cache, progress=progress, devices=devices)
+    return res
+
+
+def config_keys(key, n: int):
+    """One key per configuration: a configuration's trials draw from ``jax.random.split(its key, trials)``."""
+    return jax.random.split(key, n)
+
+
+def run_configs(configs, mc, *, key=None, keys=None, phased=None, progress: bool = False, devices=None) -> SimResult:
+    """Run a list of :class:`Config` (any mix: those that share a program shape run as one jitted, vmapped program
+    each) and return one SimResult with a summary row per configuration, in order. Configuration i's trials draw
+    from ``keys[i]`` (default ``config_keys(key, len(configs))``), whatever else runs beside it."""
+    from .sizing import groups, prepare_configs
+
+    if not configs:
+        raise LqsError("configs", [], "must not be empty")
+    if mc.steps is None:
+        raise LqsError("steps", None, "run_configs needs an explicit horizon (MonteCarlo(steps=...))")
+    if keys is None:
+        keys = config_keys(jax.random.key(mc.seed) if key is None else key, len(configs))
+    parts = []
+    for idx in groups(configs, phased):
+        sub = [configs[i] for i in idx]
+        cfg, sizing, params = prepare_configs(sub, mc, mc.steps, phased)  # every group validated before any runs
+        parts.append((idx, sub, cfg, sizing, params))
+    results = []
+    for gi, (idx, sub, cfg, sizing, params) in enumerate(parts):
+        desc = f"simulating {len(sub)} config × {mc.trials} trials" + (f" (program {gi + 1}/{len(parts)})"
+                                                                          if len(parts) > 1 else "")
+        trial_keys = jax.vmap(lambda k: jax.random.split(k, mc.trials))(keys[np.asarray(idx)])
+        run = _execute(cfg, sizing, params, trial_keys.reshape(-1), mc, devices, progress, desc)
+        results.append((idx, collect(sub, mc, cfg, run["sizing"], run["st"], run["recs"], run["steps_run"],
+                                     mc.steps, run["wall"], run["stopped_early"], keys[np.asarray(idx)])))
+    return merge(results, len(configs))
+
+
+def _execute(cfg, sizing, params, keys, mc, devices, progress, desc) -> dict:
+    """The host loop of one program: init, a jitted call per ≈4096 steps, early stop, gather."""
+    N = keys.shape[0]
     spc = cfg.steps_per_call
-    n_calls = math.ceil(steps / spc)
-    keys = jax.random.split(key, N)
+    n_calls = math.ceil(mc.steps / spc)
     keys, params, n_pad, mesh = _shard(keys, params, devices, block=sizing.fused_rb)
     states = init_jit(keys, params, cfg)
-
     recs = []
     t_start = time.perf_counter()
-    bar = _progress(n_calls, progress, f"simulating {n_cfg} config × {mc.trials} trials")
+    bar = _progress(n_calls, progress, desc)
     done = 0
     stopped_early = False
     for c in range(n_calls):
@@ -96,7 +151,7 @@ def simulate(workload, server, lam=None, mc=None, *, key=None, phases=None, prog
         recs = [jax.tree_util.tree_map(lambda x: np.asarray(x)[:N], r) for r in recs]
     if cfg.servers > 1:
         st = _reduce_cluster(st)
-    return collect(workload, server, mc, grid, cfg, sizing, st, recs, done * spc, steps, wall, stopped_early, key)
+    return dict(st=st, recs=recs, steps_run=done * spc, wall=wall, stopped_early=stopped_early, sizing=sizing)
 
 
 def _phases(phases, workload, lam):

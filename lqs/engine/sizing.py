@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._batch import AffineBatch, BatchTime, ConstantBatch
+from .._batch import AffineBatch, BatchTime
 from .._errors import LqsError, check_float, check_int
 from .._server import MonteCarlo, Server
 from .._workload import Workload
@@ -46,9 +47,10 @@ def nominal_b(batch: BatchTime, default=np.nan):
 
 
 def size_engine(workload: Workload, M_max: int, prefill_chunk: int, lam_max: float, batch: BatchTime,
-                compact_every: int, K: int | None = None, servers: int = 1) -> Sizing:
-    """Default capacities from the workload and M: K slots and the per-step arrival cap."""
-    m = workload.expected_g(prefill_chunk)
+                compact_every: int, K: int | None = None, servers: int = 1, moments=None) -> Sizing:
+    """Default capacities from the workload and M: K slots and the per-step arrival cap. ``moments``: the
+    workload's ``expected_g(prefill_chunk)`` when already known."""
+    m = workload.expected_g(prefill_chunk) if moments is None else moments
     mean_k = m.mean_prompt_tokens / prefill_chunk + 0.5
     life = mean_k + m.mean_output_tokens  # scheduled steps per request
     n_serv = M_max * life / m.g_exact
@@ -101,37 +103,100 @@ def rates(lam) -> list[float]:
     return [check_float("lam", x, 0.0) for x in arr.tolist()]
 
 
+class Config(NamedTuple):
+    """One simulated configuration: a workload, a one-configuration Server (``b`` a BatchTime) and a rate."""
+
+    workload: Workload
+    server: Server
+    lam: float
+
+    @property
+    def batch(self) -> BatchTime:
+        return self.server.b
+
+    @property
+    def M(self) -> int:
+        return self.server.M
+
+
+def product(workload, server: Server, lams) -> list[Config]:
+    """The configurations of ``server``'s grid (b̄ slowest, then M, λ fastest) at each rate of ``lams``."""
+    return [Config(workload, server.replace(M=m, b=bt), lm) for bt in server.bs for m in server.Ms for lm in lams]
+
+
+def shape_key(c: Config, phased=None) -> tuple:
+    """What must agree for configurations to share one compiled program: everything static in EngineConfig and the
+    tree structure and leaf shapes of the workload and the batch-time model."""
+    s = c.server
+    w_def = jax.tree_util.tree_structure(c.workload)
+    w_shapes = tuple(np.shape(x) for x in jax.tree_util.tree_leaves(c.workload))
+    b_def = jax.tree_util.tree_structure(s.b)
+    b_shapes = tuple(np.shape(x) for x in jax.tree_util.tree_leaves(s.b))
+    return (s.policy, s.servers, s.routing, s.token_budget is not None, phased is not None, w_def, w_shapes, b_def,
+            b_shapes)
+
+
+def groups(configs: list[Config], phased=None) -> list[list[int]]:
+    """Indices of ``configs`` grouped by :func:`shape_key`, in order of first appearance."""
+    out: dict = {}
+    for i, c in enumerate(configs):
+        out.setdefault(shape_key(c, phased), []).append(i)
+    return list(out.values())
+
+
 def prepare(workload, server: Server, lams: list[float], mc: MonteCarlo, steps: int, phased=None,
             max_points: int | None = None):
-    """Validate, size the engine, build the static config and the flattened (configuration × trial) parameters.
-
-    Returns (cfg, sizing, grid, params); ``grid`` lists (λ, M, BatchTime) per configuration, λ fastest."""
+    """:func:`prepare_configs` for one workload and one Server grid. Returns (cfg, sizing, grid, params) with
+    ``grid`` listing (λ, M, BatchTime) per configuration, λ fastest."""
     check_workload(workload, server)
+    configs = product(workload, server, lams)
+    cfg, sizing, params = prepare_configs(configs, mc, steps, phased, max_points)
+    return cfg, sizing, [(c.lam, c.M, c.batch) for c in configs], params
+
+
+def prepare_configs(configs: list[Config], mc: MonteCarlo, steps: int, phased=None, max_points: int | None = None):
+    """Validate, size the engine and build the static config and the flattened (configuration × trial) parameters
+    of configurations that share one program (:func:`shape_key`). Returns (cfg, sizing, params)."""
+    keys = {shape_key(c, phased) for c in configs}
+    if len(keys) != 1:
+        raise LqsError("configs", len(keys), "configurations of one program must agree in policy, servers, routing, "
+                       "token budget (set or not) and workload/batch-model structure")
     steps = check_int("steps", steps, 1, 2**31 - 2**20)
     warmup = check_int("warmup", mc.warmup, 0, steps - 1)
     compact_every = mc.compact_every
     max_points = mc.max_points if max_points is None else max_points
     trials = mc.trials
-    Ms, batches, chunk = server.Ms, server.bs, server.prefill_chunk
-    M_max = max(Ms)
-    lam_b = max(lams) * max(bt.max_s(M_max, 64, chunk) for bt in batches)
-    if lam_b > MAX_ARRIVALS_PER_STEP:
-        raise LqsError("lam", max(lams), f"λ·b gives {lam_b:.3g} expected arrivals per step; at most "
-                       f"{MAX_ARRIVALS_PER_STEP:g} are supported (float32 Poisson draws); a rate this far above "
-                       "any capacity is unstable anyway")
-    lam_max = max(lams) if phased is None else max(max(lams), float(np.max(phased[2])))
+    s0 = configs[0].server
+    for c in configs:
+        check_workload(c.workload, c.server)
+        lam_b = c.lam * c.batch.max_s(c.M, 64, c.server.prefill_chunk)
+        if lam_b > MAX_ARRIVALS_PER_STEP:
+            raise LqsError("lam", c.lam, f"λ·b gives {lam_b:.3g} expected arrivals per step; at most "
+                           f"{MAX_ARRIVALS_PER_STEP:g} are supported (float32 Poisson draws); a rate this far above "
+                           "any capacity is unstable anyway")
     if phased is not None:
-        for m in Ms:
-            phased[0].validate(m)
-        if len(lams) != 1:
-            raise LqsError("lam", lams, "a phased run has its rates in phases, not a λ grid")
-    ref_batch = batches[0] if len(batches) == 1 else ConstantBatch(max(bt.mean_s for bt in batches))
-    sizing = size_engine(workload, M_max, chunk, lam_max, ref_batch, compact_every, mc.K, servers=server.servers)
+        for c in configs:
+            phased[0].validate(c.M)
+        if len({c.lam for c in configs}) != 1:
+            raise LqsError("lam", [c.lam for c in configs], "a phased run has its rates in phases, not a grid")
+    # one sizing for the group: the largest buffers any configuration needs
+    sizes, moments = [], {}
+    for c in configs:
+        lam_max = c.lam if phased is None else max(c.lam, float(np.max(phased[2])))
+        mk = (id(c.workload), c.server.prefill_chunk)
+        if mk not in moments:
+            moments[mk] = c.workload.expected_g(c.server.prefill_chunk)
+        sizes.append(size_engine(c.workload, c.M, c.server.prefill_chunk, lam_max, c.batch, compact_every, mc.K,
+                                 servers=c.server.servers, moments=moments[mk]))
+    sizing = max(sizes, key=lambda z: (z.K, z.a_max))
+    sizing = replace(sizing, K=max(z.K for z in sizes), a_max=max(z.a_max for z in sizes),
+                     check_work=all(z.check_work for z in sizes))
     Kc = sizing.K
-    path, reason = select_path(mc.engine, server.servers, phased is not None)
-    path, reason, Kc = settle_path(path, reason, Kc, server.policy, ref_batch.kind)  # auto: measured; fused K
+    path, reason = select_path(mc.engine, s0.servers, phased is not None)
+    path, reason, Kc = settle_path(path, reason, Kc, s0.policy, configs[0].batch.kind)  # auto: measured; fused K
     rb = 0 if path == "xla" else (mc.fused_rb or _fused.default_block(Kc))
     sizing = replace(sizing, K=Kc, engine=path, engine_reason=reason, fused_rb=rb)
+    M_max = max(c.M for c in configs)
     if Kc * (M_max + 1) >= _INT32_MAX:
         raise LqsError("M", M_max, f"K·(M+1) must stay below 2^31 for int32 accounting (K={Kc}); "
                        "use a smaller M or K")
@@ -141,29 +206,34 @@ def prepare(workload, server: Server, lams: list[float], mc: MonteCarlo, steps: 
     total_records = math.ceil(total_blocks / bpr)
     n_calls = max(1, round(total_records * compact_every * bpr / 4096))
     rpc = math.ceil(total_records / n_calls)  # calls of ≈ 4096 steps that add up to just ≥ steps
-    cfg = _k.EngineConfig(K=Kc, policy=server.policy, a_max=sizing.a_max, token_budget=server.token_budget is not None,
-                          servers=server.servers, routing=server.routing,
+    cfg = _k.EngineConfig(K=Kc, policy=s0.policy, a_max=sizing.a_max, token_budget=s0.token_budget is not None,
+                          servers=s0.servers, routing=s0.routing,
                           phased=phased is not None, n_u=0 if phased is None else phased[0].n_uniforms,
                           check_work=sizing.check_work, compact_every=compact_every, blocks_per_record=bpr,
                           records_per_call=rpc)
-    grid = [(lm, m, bt) for bt in batches for m in Ms for lm in lams]
-    N = len(grid) * trials
-    sim_w = workload if phased is None else phased[0]
-    min_w = (sim_w.min_s + 1) if server.policy == "reserve" else min(chunk, sim_w.min_s)
-    lam_arr = np.repeat(np.asarray([g[0] for g in grid], np.float32), trials)
-    M_arr = np.repeat(np.asarray([g[1] for g in grid], np.int32), trials)
-    batch_stacked = jax.tree_util.tree_map(lambda *xs: np.repeat(np.stack([np.asarray(x) for x in xs]), trials,
-                                                                 axis=0), *[g[2] for g in grid])
-    workload_b = jax.tree_util.tree_map(lambda x: np.broadcast_to(np.asarray(x), (N,) + np.shape(x)), sim_w)
+    N = len(configs) * trials
+
+    def per_trial(values, dtype):
+        return jnp.asarray(np.repeat(np.asarray(values, dtype), trials))
+
+    def stacked(trees):
+        return jax.tree_util.tree_map(lambda *xs: np.repeat(np.stack([np.asarray(x) for x in xs]), trials, axis=0),
+                                      *trees)
+
+    sim_ws = [c.workload for c in configs] if phased is None else [phased[0]] * len(configs)
+    min_w = [(w.min_s + 1) if c.server.policy == "reserve" else min(c.server.prefill_chunk, w.min_s)
+             for w, c in zip(sim_ws, configs)]
+    lam_arr = np.repeat(np.asarray([c.lam for c in configs], np.float32), trials)
     if phased is None:
         ends = np.full((N, 1), np.inf, np.float32)
         plams = lam_arr[:, None]
     else:
         ends = np.broadcast_to(phased[1], (N, phased[1].size))
         plams = np.broadcast_to(phased[2], (N, phased[2].size))
-    params = _k.Params(lam=jnp.asarray(lam_arr), M=jnp.asarray(M_arr), prefill_chunk=jnp.full((N,), chunk, jnp.int32),
-                       budget=jnp.full((N,), server.token_budget or _INT32_MAX, jnp.int32),
-                       warmup=jnp.full((N,), warmup, jnp.int32), min_w=jnp.full((N,), min_w, jnp.int32),
-                       workload=workload_b, batch=batch_stacked, phase_end=jnp.asarray(ends),
-                       phase_lam=jnp.asarray(plams))
-    return cfg, sizing, grid, params
+    params = _k.Params(lam=jnp.asarray(lam_arr), M=per_trial([c.M for c in configs], np.int32),
+                       prefill_chunk=per_trial([c.server.prefill_chunk for c in configs], np.int32),
+                       budget=per_trial([c.server.token_budget or _INT32_MAX for c in configs], np.int32),
+                       warmup=jnp.full((N,), warmup, jnp.int32), min_w=per_trial(min_w, np.int32),
+                       workload=stacked(sim_ws), batch=stacked([c.batch for c in configs]),
+                       phase_end=jnp.asarray(ends), phase_lam=jnp.asarray(plams))
+    return cfg, sizing, params

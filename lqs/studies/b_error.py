@@ -133,7 +133,7 @@ def _affine_one(w, server, mc, affine, k, overload, progress) -> dict:
         K = size_engine(w, server.M, server.prefill_chunk, lam_sat, ConstantBatch(2 * b_pred), mc.compact_every).K
         mc = mc.replace(K=K)
     res = simulate(w, server.replace(b=AffineBatch(*affine), b_theory=b_lo),
-                   [lam_sat, 0.5 * cap_1s.mu_exact_rps / b_pred], mc, key=k, progress=progress)
+                   [lam_sat, 0.5 * cap_1s.mu_exact_rps / b_pred], mc, key=k, progress=progress, verdict=False)
     sat, light = res.summary.iloc[0], res.summary.iloc[1]
     tr = res.trials
     ls, se = saturation(sat)

@@ -19,11 +19,11 @@ def cluster_study(workload=None, server=None, mc=None, *, quick: bool = False, s
     G is ``servers``, else ``server.servers`` of a given server, else 8 (the paper's Table 3 case: P/D 1:1, round
     robin, μ_theory 25.808, measured 26.710 requests/s); ``server.routing`` is replaced by each of ``routings``.
     For each routing: one simulate call over λ = ρ·μ (``rhos``; μ = G·M/(b̄·E[g]) is the whole cluster's rate,
-    docs/model.md) for the latency percentiles, and (``saturation``) the cluster's saturation throughput λ*
-    (lqs.critical).
+    docs/model.md) for the latency percentiles and, with ``saturation``, the long-run verdict of each ρ from the
+    cluster's saturation throughput λ* under that routing.
     """
     from .._theory import capacity
-    from ..engine import critical, simulate
+    from ..engine import simulate
 
     given = server is not None
     workload, server, mc, _ = setup(workload, server, mc, quick, total_hi)
@@ -36,15 +36,17 @@ def cluster_study(workload=None, server=None, mc=None, *, quick: bool = False, s
     rows, sat = [], {}
     for i, rt in enumerate(routings):
         srv = server.replace(routing=rt)
-        res = simulate(workload, srv, rhos * cap.mu_rps, mc, key=key(seed, i), progress=progress)
+        res = simulate(workload, srv, rhos * cap.mu_rps, mc, key=key(seed, i), progress=progress,
+                       verdict=saturation, verdict_key=key(seed, 100 + i))
         if saturation:
-            c = critical(workload, srv, mc, key=key(seed, 100 + i), grid_points=0, progress=progress).summary
-            sat[rt] = (c["lam_star_rps"], c["lam_star_se_rps"])
+            r0 = res.summary.iloc[0]
+            sat[rt] = (float(r0.lam_star_rps), float(r0.lam_star_hi_rps - r0.lam_star_rps) / 1.96)
         ls, se = sat.get(rt, (np.nan, np.nan))
         for rho, (_, r) in zip(rhos, res.summary.iterrows()):
             rows.append(dict(routing=rt, servers=G, rho=float(rho), lam_rps=float(r.lam_rps),
                              mu_rps=cap.mu_rps, mu_exact_rps=cap.mu_exact_rps,
-                             p_unstable=float(r.p_unstable), throughput_rps=float(r.throughput_rps),
+                             verdict=r.verdict if saturation else "n/a",
+                             p_backlog_grows=float(r.p_backlog_grows), throughput_rps=float(r.throughput_rps),
                              wait_mean_s=float(r.wait_mean_s), wait_p50_s=float(r.wait_p50_s),
                              wait_p90_s=float(r.wait_p90_s), wait_p99_s=float(r.wait_p99_s),
                              ttft_p99_s=float(r.ttft_p99_s), e2e_p99_s=float(r.e2e_p99_s), lam_star_rps=ls,

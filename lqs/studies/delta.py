@@ -39,7 +39,8 @@ def delta_study(workload=None, server=None, mc=None, *, quick: bool = False, see
         mc = mc.replace(steps=auto_steps(workload, grid, mc.warmup))
     rows = []
     for pi, pol in enumerate(policies):
-        res = simulate(workload, grid.replace(policy=pol), lam, mc, key=key(seed, pi), progress=progress)
+        res = simulate(workload, grid.replace(policy=pol), lam, mc, key=key(seed, pi), progress=progress,
+                       verdict=False)  # these runs are the saturation runs
         for _, r in res.summary.iterrows():
             c = caps[int(r.M_tokens)]
             ls, se = saturation(r)

@@ -28,7 +28,8 @@ def latency_study(workload=None, server=None, mc=None, *, quick: bool = False, s
     for rho, (_, r) in zip(rhos, res.summary.iterrows()):
         rows.append(dict(rho=float(rho), lam_rps=float(r.lam_rps),
                          lam_over_mu_exact=float(r.lam_rps) / cap.mu_exact_rps,
-                         mu_rps=cap.mu_rps, mu_stable_rps=cap.mu_stable_rps, p_unstable=float(r.p_unstable),
+                         mu_rps=cap.mu_rps, mu_stable_rps=cap.mu_stable_rps, verdict=r.verdict,
+                         lam_star_rps=float(r.lam_star_rps), p_backlog_grows=float(r.p_backlog_grows),
                          throughput_rps=float(r.throughput_rps), mem_util=float(r.mem_util),
                          **{c: float(r[c]) for c in LATENCY_COLUMNS}, policy=server.policy, trials=int(r.trials),
                          steps=int(r.steps), reliable=bool(r.reliable), latency_reliable=bool(r.latency_reliable)))

@@ -57,14 +57,15 @@ def mixture_study(workload=None, server=None, mc=None, *, quick: bool = False, s
     request-count weights q_ℓ ∝ λ_ℓ·T_ℓ (the long-run work balance), with time weights q_ℓ ∝ T_ℓ (equal to the
     count weights when the rates are equal), and the time average Σ τ_ℓ μ_ℓ.
 
-    Simulated: (i) P(unstable) over a common load factor x of all rates, the mean rate λ̄ = x·μ_exact,mix(count);
-    the crossing P = ½ is the phased schedule's λ*. The whole x grid is one compiled call: with a constant batch
+    Simulated: (i) the share of trials whose backlog grew within the horizon over a common load factor x of all
+    rates, the mean rate λ̄ = x·μ_exact,mix(count), and where it crosses ½ (a non-stationary schedule has no single
+    saturation throughput, so this finite-horizon reading is what the schedule itself offers). The whole x grid is one compiled call: with a constant batch
     time, running at b̄·x is exactly the schedule at x times the rates and 1/x times the phase lengths at b̄ (time
     rescaling), so b is the vmapped axis. ``cycles`` cycles fit the horizon at x = 1. (ii) Each phase's workload
-    alone at saturation (λ*_ℓ), combined with the count weights.
+    alone at saturation (λ*_ℓ, all phases in one program), combined with the count weights: the long-run answer.
     """
     from .._theory import mu_mix
-    from ..engine import auto_steps, critical, simulate
+    from ..engine import auto_steps, saturation, simulate
 
     _, server, mc, total_hi = setup(None, server, mc, quick, total_hi, default_workload=False)
     server.require_scalar("mixture_study")
@@ -95,15 +96,16 @@ def mixture_study(workload=None, server=None, mc=None, *, quick: bool = False, s
     for x, (_, r) in zip(xs, res.summary.iterrows()):
         rows.append(dict(kind="phased", load_factor=float(x), lam_mean_rps=float(x * lam_bar),
                          **{f"lam_phase{j + 1}_rps": float(x * lams[j]) for j in range(len(phases))},
-                         p_unstable=float(r.p_unstable), p_unstable_lo=float(r.p_unstable_lo),
-                         p_unstable_hi=float(r.p_unstable_hi), throughput_rps=float(x * r.throughput_rps),
+                         p_backlog_grows=float(r.p_backlog_grows), p_backlog_grows_lo=float(r.p_backlog_grows_lo),
+                         p_backlog_grows_hi=float(r.p_backlog_grows_hi), throughput_rps=float(x * r.throughput_rps),
                          wait_p99_s=float(r.wait_p99_s / x), latency_reliable=bool(r.latency_reliable),
                          reliable=bool(r.reliable)))
-    lam_star_grid = crossing([rr["lam_mean_rps"] for rr in rows], [rr["p_unstable"] for rr in rows])
-    # (ii) every phase workload alone at saturation
+    lam_star_grid = crossing([rr["lam_mean_rps"] for rr in rows], [rr["p_backlog_grows"] for rr in rows])
+    # (ii) every phase workload alone at saturation: one program for all phases
+    sat_rows, _ = saturation([(w, server.replace(b=server.bs[0])) for w in phases], mc, key(seed, 10),
+                             progress=progress)
     sat = []
-    for j, w in enumerate(phases):
-        c = critical(w, server, mc, key=key(seed, 10 + j), grid_points=0, progress=progress).summary
+    for j, c in enumerate(sat_rows):
         sat.append((c["lam_star_rps"], c["lam_star_se_rps"]))
         rows.append(dict(kind=f"saturation {names[j]}", lam_star_rps=c["lam_star_rps"],
                          lam_star_se_rps=c["lam_star_se_rps"], mu_rps=th["mu_phases_rps"][j],
@@ -114,7 +116,7 @@ def mixture_study(workload=None, server=None, mc=None, *, quick: bool = False, s
         df[k] = th[k]
     meta = dict(study="mixture", phases=names, workloads=[label(w) for w in phases], lam_ratio=lr.tolist(),
                 time_frac=tf.tolist(), cycles=cycles, cycle_s_at_x1=cycle_s, load_factors=xs.tolist(),
-                lam_star_grid_rps=lam_star_grid,
+                lam_backlog_half_rps=lam_star_grid,
                 lam_star_from_phase_saturation_rps=mu_mix([x for x, _ in sat], th["q_count"]),
                 phase_saturation_rps=[x for x, _ in sat], phase_saturation_se_rps=[e for _, e in sat],
                 grid_step_rps=float((xs[1] - xs[0]) * lam_bar), **th, **settings(server, mc, quick))

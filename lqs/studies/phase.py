@@ -1,4 +1,10 @@
-"""Phase diagrams: P(unstable) over λ and one design axis (P/D ratio, M or b̄), with μ and μ(1−δ) on top."""
+"""Phase diagrams from boundary curves: the long-run stability boundary λ*(x) along one design axis, with its
+confidence band, the closed-form μ(x) and μ(1−δ)(x), regions shaded by the long-run verdict, and an optional
+latency layer over the stable region.
+
+Every row's saturation run goes into one jitted, vmapped program (rows that differ in static shape, such as the
+policy, get one program each), and so do all cells of the latency layer.
+"""
 
 from __future__ import annotations
 
@@ -6,73 +12,148 @@ import numpy as np
 import pandas as pd
 
 from .._errors import LqsError, check_float, check_int
-from .common import StudyResult, crossing, key, label, settings, setup, write
+from .common import StudyResult, key, label, settings, setup, write
 
-AXES = ("ratio", "M", "b")
-_VALUES = {"ratio": ((0.25, 1.0, 4.0), (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)),
-           "M": ((8192, 16_384, 32_768), (32_768, 65_536, 131_000, 262_144)),
-           "b": ((0.02, 0.0372, 0.06), (0.02, 0.03, 0.0372, 0.05, 0.07))}
+AXES = ("ratio", "M", "b", "prefill_chunk", "token_budget", "length_scale", "policy")
+LATENCY_METRICS = ("ttft_p99_s", "wait_p99_s", "e2e_p99_s", "ttft_p50_s", "wait_p50_s")
+_LOG_AXES = ("ratio", "M", "prefill_chunk", "length_scale")
+
+
+def default_values(axis: str, n: int, server, total_hi: int):
+    """``n`` values along ``axis`` (fewer where the axis is integer-valued and its range is narrow)."""
+    if axis == "ratio":
+        return list(np.geomspace(1 / 8, 8, n))
+    if axis == "M":
+        lo = max(2 * total_hi, 4096)
+        return sorted({int(round(x)) for x in np.geomspace(lo, 16 * lo, n)})
+    if axis == "b":
+        return list(np.linspace(0.02, 0.07, n))
+    if axis == "prefill_chunk":
+        return sorted({int(round(x)) for x in np.geomspace(32, 2048, n)})
+    if axis == "token_budget":
+        c = server.prefill_chunk
+        return sorted({int(round(x)) for x in np.linspace(c, 8 * c, n)})
+    if axis == "length_scale":
+        return list(np.geomspace(0.5, 2.0, n))
+    return ["swap", "recompute", "reserve"]
 
 
 def _row(axis, v, workload, server, total_hi):
-    """(workload, server) of one row of the diagram."""
+    """(workload, one-configuration server) of the row at value ``v``."""
     from .._workload import pd_ratio
 
+    srv = server.replace(b=server.bs[0])
     if axis == "ratio":
-        return pd_ratio(v, total_hi=total_hi), server
+        return pd_ratio(float(v), total_hi=total_hi), srv
     if axis == "M":
-        return workload, server.replace(M=check_int("M", v, 1))
-    return workload, server.replace(b=check_float("b", v, 0.0, lo_open=True))
+        return workload, srv.replace(M=check_int("M", v, 1))
+    if axis == "b":
+        b = check_float("b", v, 0.0, lo_open=True)
+        return workload, srv.replace(b=server.replace(b=b).bs[0])
+    if axis == "prefill_chunk":
+        c = check_int("prefill_chunk", v, 1)
+        tb = None if server.token_budget is None else max(server.token_budget, c)
+        return workload, srv.replace(prefill_chunk=c, token_budget=tb)
+    if axis == "token_budget":
+        return workload, srv.replace(token_budget=check_int("token_budget", v, server.prefill_chunk))
+    if axis == "length_scale":
+        f = check_float("length_scale", v, 0.0, lo_open=True)
+        if workload is None:
+            return pd_ratio(1.0, total_hi=max(2, int(round(total_hi * f)))), srv
+        if hasattr(workload, "scaled"):
+            return workload.scaled(prompt=f, output=f), srv
+        raise LqsError("axis", "length_scale", "needs the default P/D workload or a fitted length model "
+                                               "(lqs fit lengths), whose lengths can be scaled")
+    return workload, srv.replace(policy=v)
 
 
 def phase_diagram(workload=None, server=None, mc=None, *, quick: bool = False, seed: int = 0, out=None,
-                  progress: bool = False, axis: str = "ratio", values=None, total_hi=None, lam_range=(0.6, 1.3),
-                  n_lam=None) -> StudyResult:
-    """P(unstable) over λ and one design axis, with the theory curves λ = μ and λ = μ(1−δ) on top.
+                  progress: bool = False, axis: str = "ratio", values=None, n_values=None, total_hi=None,
+                  latency: str | None = None, n_lam=None, lam_range=(0.3, 1.0)) -> StudyResult:
+    """The stability boundary λ*(x) along one design axis ``axis``, from the saturation rule (docs/model.md).
 
-    ``axis``: ``"ratio"`` (rows are ``lqs.pd_ratio(r, total_hi)`` workloads, ``values`` = P/D ratios; ``workload``
-    is not used), ``"M"`` (rows are KV capacities in tokens, replacing ``server.M``) or ``"b"`` (rows are batch
-    times b̄ in seconds, replacing ``server.b``); the rest is ``workload`` (default P/D 1:1 with s + o ≤
-    ``total_hi``) on ``server`` (default :func:`default_server`, its policy included) simulated with ``mc``
-    (default :func:`default_mc`). Each row gets its own λ grid, ``n_lam`` points from ``lam_range[0]``·μ(1−δ) to
-    ``lam_range[1]``·μ of that row, so every row resolves its boundary; one simulate call (one vmapped program over
-    the λ grid) per row. The table has one row per (row value, λ) cell (``rho`` = λ/μ, docs/model.md);
-    ``meta['rows']`` the simulated crossing P(unstable) = ½ per row.
+    ``axis``: ``ratio`` (rows are ``lqs.pd_ratio(r, total_hi)`` workloads; ``workload`` unused), ``M`` (KV
+    capacity, tokens), ``b`` (batch time b̄, s), ``prefill_chunk`` (ŝ, tokens), ``token_budget`` (tokens per step),
+    ``length_scale`` (prompt and output lengths scaled by x: the default P/D workload's s+o bound, or a fitted
+    length model's ``scaled``), or ``policy``. ``values`` (default ``n_values`` of them: 32 in ``quick`` mode, 128
+    in full size) replace that field of ``server`` (default :func:`default_server`) one row each.
+
+    Each row's λ* (saturation throughput, ±1.96 se over ``mc.trials``) is measured by one program for all rows of a
+    shape. Below λ*'s interval the row is stable in the long run, above it unstable; μ and μ(1−δ) of each row are
+    drawn beside it. ``latency`` (one of ``ttft_p99_s``, ``wait_p99_s``, ``e2e_p99_s``, ``ttft_p50_s``,
+    ``wait_p50_s``) adds a layer: ``n_lam`` rates per row from ``lam_range[0]``·λ*_lo to ``lam_range[1]``·λ*_lo, all
+    rows and rates in one program, coloured by that percentile. The table has one row per axis value (columns
+    ``lam_star_rps``, ``lam_star_lo_rps``, ``lam_star_hi_rps``, ``mu_rps``, ``mu_exact_rps``, ``mu_stable_rps``, …);
+    ``meta["rows"]`` the same rows, ``meta["latency_cells"]`` the latency layer.
     """
     from .._theory import capacity
-    from ..engine import simulate
+    from ..engine import saturation
+    from ..engine.run import config_keys, run_configs
+    from ..engine.sizing import Config
 
     if axis not in AXES:
-        raise LqsError("axis", axis, "must be one of ratio, M, b")
-    workload, server, mc, total_hi = setup(workload, server, mc, quick, total_hi, default_workload=axis != "ratio")
+        raise LqsError("axis", axis, "must be one of " + ", ".join(AXES))
+    if latency is not None and latency not in LATENCY_METRICS:
+        raise LqsError("latency", latency, "must be one of " + ", ".join(LATENCY_METRICS))
+    workload, server, mc, total_hi = setup(workload, server, mc, quick, total_hi,
+                                           default_workload=axis not in ("ratio", "length_scale"))
     server.require_scalar("phase_diagram")
-    n_lam = check_int("n_lam", n_lam if n_lam is not None else (8 if quick else 15), 2, 1000)
-    lo_f, hi_f = (check_float("lam_range", x, 0.0, lo_open=True) for x in lam_range)
-    values = _VALUES[axis][0 if quick else 1] if values is None else values
-    values = sorted(float(v) for v in np.atleast_1d(values))
-    rows, crossings = [], []
-    for i, v in enumerate(values):
-        w, srv = _row(axis, v, workload, server, total_hi)
-        cap = capacity(w, srv)
-        lams = np.linspace(lo_f * cap.mu_stable_rps, hi_f * cap.mu_rps, n_lam)
-        s = simulate(w, srv, lams, mc, key=key(seed, i), progress=progress).summary
-        cross = crossing(s["lam_rps"], s["p_unstable"])
-        crossings.append(dict(value=v, mu_rps=cap.mu_rps, mu_exact_rps=cap.mu_exact_rps,
-                              mu_stable_rps=cap.mu_stable_rps, delta=cap.delta, lam_cross_rps=cross,
-                              lam_cross_over_mu=cross / cap.mu_rps))
-        for _, r in s.iterrows():
-            rows.append(dict(axis=axis, value=v, workload=label(w), M_tokens=srv.M,
-                             prefill_chunk_tokens=srv.prefill_chunk, b_s=cap.b_s, lam_rps=float(r.lam_rps),
-                             rho=float(r.lam_rps) / cap.mu_rps, lam_over_mu_stable=float(r.lam_rps) / cap.mu_stable_rps,
-                             p_unstable=float(r.p_unstable), p_unstable_lo=float(r.p_unstable_lo),
-                             p_unstable_hi=float(r.p_unstable_hi), mu_rps=cap.mu_rps, mu_exact_rps=cap.mu_exact_rps,
-                             mu_stable_rps=cap.mu_stable_rps, delta=cap.delta,
-                             throughput_cv_rps=float(r.throughput_cv_rps), wait_p99_s=float(r.wait_p99_s),
-                             policy=srv.policy, trials=int(r.trials), steps=int(r.steps), reliable=bool(r.reliable)))
+    n_values = check_int("n_values", n_values if n_values is not None else (32 if quick else 128), 1, 100_000)
+    if values is None:
+        values = default_values(axis, n_values, server, total_hi)
+    values = list(np.atleast_1d(values))
+    if axis != "policy":
+        values = sorted(float(v) if axis in ("ratio", "b", "length_scale") else int(v) for v in values)
+    if mc.steps is None:
+        from ..engine import auto_steps
+
+        mc = mc.replace(steps=auto_steps(workload or _default_w(total_hi), server, mc.warmup))
+    items = [_row(axis, v, workload, server, total_hi) for v in values]  # every row validated before any run
+    caps = [capacity(w, s) for w, s in items]
+    sat, sat_res = saturation(items, mc, key(seed), progress=progress)
+    rows = []
+    for v, (w, s), cap, r in zip(values, items, caps, sat):
+        rows.append(dict(axis=axis, value=v, workload=label(w), M_tokens=s.M, prefill_chunk_tokens=s.prefill_chunk,
+                         b_s=cap.b_s, token_budget=s.token_budget or 0, policy=s.policy, servers=s.servers,
+                         mu_rps=cap.mu_rps, mu_exact_rps=cap.mu_exact_rps, mu_stable_rps=cap.mu_stable_rps,
+                         mu_exact_stable_rps=cap.mu_exact_stable_rps, delta=cap.delta,
+                         lam_star_rps=r["lam_star_rps"], lam_star_lo_rps=r["lam_star_lo_rps"],
+                         lam_star_hi_rps=r["lam_star_hi_rps"], lam_star_se_rps=r["lam_star_se_rps"],
+                         lam_star_over_mu_exact=r["lam_star_rps"] / cap.mu_exact_rps,
+                         trials=mc.trials, steps=r["steps"], reliable=r["reliable"],
+                         unreliable_reason=r["unreliable_reason"]))
     df = pd.DataFrame(rows)
-    meta = dict(study="phase_diagram", axis=axis, values=values, lam_range=[lo_f, hi_f], n_lam=n_lam,
+    cells = []
+    if latency is not None:
+        n_lam = check_int("n_lam", n_lam if n_lam is not None else (8 if quick else 16), 1, 1000)
+        lo_f, hi_f = (check_float("lam_range", x, 0.0, lo_open=True) for x in lam_range)
+        configs, where = [], []
+        for i, ((w, s), r) in enumerate(zip(items, sat)):
+            for lam in np.linspace(lo_f, hi_f, n_lam) * r["lam_star_lo_rps"]:
+                if lam > 0:
+                    configs.append(Config(w, s, float(lam)))
+                    where.append(i)
+        res = run_configs(configs, mc, keys=config_keys(key(seed, 1), len(configs)), progress=progress)
+        for (c, i), (_, x) in zip(zip(configs, where), res.summary.iterrows()):
+            cells.append(dict(value=values[i], lam_rps=c.lam, lam_over_lam_star=c.lam / sat[i]["lam_star_rps"],
+                              metric=latency, value_s=float(x[latency]), p_backlog_grows=float(x.p_backlog_grows),
+                              reliable=bool(x.reliable)))
+    n_programs = len(sat_res.config.get("programs", [None])) if sat_res is not None else 0
+    meta = dict(study="phase_diagram", axis=axis, values=[v if isinstance(v, str) else float(v) for v in values],
                 workload=label(workload) if workload is not None else "P/D ratio rows", total_hi=total_hi,
-                rows=crossings, reliable=bool(df.reliable.all()), **settings(server, mc, quick))
+                rows=df.to_dict(orient="records"), latency=latency, latency_cells=cells,
+                saturation_programs=n_programs, reliable=bool(df.reliable.all()),
+                verdict_rule="stable below lam_star_lo_rps, unstable above lam_star_hi_rps, undecided between",
+                **settings(server, mc, quick))
     from .plots import plot_phase
 
     return write(f"phase_{axis}", df, meta, plot_phase, out)
+
+
+def _default_w(total_hi):
+    from .._workload import pd_ratio
+
+    return pd_ratio(1.0, total_hi=total_hi)
+
+
+__all__ = ["AXES", "LATENCY_METRICS", "StudyResult", "default_values", "phase_diagram"]

@@ -50,42 +50,73 @@ def _lin_edges(x):
 
 # ----------------------------------------------------------------------------------------------- phase diagram
 def plot_phase(df, meta):
-    """P(unstable) cells over (λ, row value) with μ, μ(1−δ) and the simulated crossing per row."""
+    """The long-run boundary λ*(x) with its band, μ(x) and μ(1−δ)(x), regions shaded by the verdict, and the
+    optional latency layer over the stable region."""
+    from matplotlib.colors import LogNorm
+
     plt = _plt()
-    axis, values = meta["axis"], meta["values"]
+    axis = meta["axis"]
     M, chunk, b, trials, policy = _run(meta)
-    fig, ax = plt.subplots(figsize=(8, 5.2))
-    log_y = axis in ("ratio", "M")
-    ye = _row_edges(values, log_y)
-    mesh = None
-    for i, v in enumerate(values):
-        sub = df[df.value == v]
-        mesh = ax.pcolormesh(_lin_edges(sub.lam_rps), [ye[i], ye[i + 1]], sub.p_unstable.to_numpy()[None, :],
-                             cmap="RdYlBu_r", vmin=0, vmax=1, shading="flat")
-    cr = pd.DataFrame(meta["rows"])
-    ax.plot(cr.mu_rps, cr.value, "k-", lw=2, marker="o", ms=4, label="μ (closed form): unstable above")
-    ax.plot(cr.mu_stable_rps, cr.value, "k--", lw=2, marker="o", ms=4, label=f"μ(1−δ): stable below ({policy})")
-    ok = np.isfinite(cr.lam_cross_rps.astype(float))
-    ax.plot(cr.lam_cross_rps[ok], cr.value[ok], "w^", ms=8, mec="k",
-            label="simulated P(unstable) = ½ (finite horizon)")
-    if log_y:
-        ax.set_yscale("log")
-    ax.set_yticks(values)
-    ylab = {"ratio": "P/D ratio (prompt : output length)", "M": "KV-cache capacity M (tokens)",
-            "b": "batch time b̄ (s)"}[axis]
-    ax.set_yticklabels([ratio_label(v) if axis == "ratio" else f"{v:g}" for v in values])
-    ax.minorticks_off()
-    ax.set_ylim(ye[0], ye[-1])
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12.5, 5.6), sharey=True, gridspec_kw=dict(width_ratios=(3, 2)))
+    cat = axis == "policy"
+    y = np.arange(len(df)) if cat else df.value.to_numpy(np.float64)
+    lo, hi, mid = (df[c].to_numpy(np.float64) for c in ("lam_star_lo_rps", "lam_star_hi_rps", "lam_star_rps"))
+    x_max = 1.15 * float(np.nanmax(np.concatenate([hi, df.mu_rps.to_numpy(np.float64)])))
+    if cat:
+        for k in range(len(df)):
+            ax.barh(k, lo[k], height=0.8, color="tab:green", alpha=0.25)
+            ax.barh(k, hi[k] - lo[k], left=lo[k], height=0.8, color="0.55", alpha=0.6)
+            ax.barh(k, x_max - hi[k], left=hi[k], height=0.8, color="tab:red", alpha=0.2)
+        ax.plot(mid, y, "k^", ms=8, label="λ* (saturation throughput), 95 % interval")
+        ax.plot(df.mu_rps, y, "ks", mfc="none", ms=8, label="μ (closed form): unstable above")
+        ax.plot(df.mu_stable_rps, y, "ko", mfc="none", ms=8, label="μ(1−δ): swap stable below")
+        ax.set_yticks(y, [str(v) for v in df.value])
+    else:
+        ax.fill_betweenx(y, 0, lo, color="tab:green", alpha=0.22, lw=0, label="stable (λ < λ*): long-run verdict")
+        ax.fill_betweenx(y, lo, hi, color="0.55", alpha=0.6, lw=0, label="undecided (inside λ*'s 95 % interval)")
+        ax.fill_betweenx(y, hi, x_max, color="tab:red", alpha=0.18, lw=0, label="unstable (λ > λ*)")
+        ax.plot(mid, y, "k-", lw=1.2, label="λ*(x): saturation throughput")
+        ax.plot(df.mu_rps, y, color="tab:purple", lw=1.6, label="μ (closed form): unstable above")
+        ax.plot(df.mu_stable_rps, y, color="tab:purple", ls="--", lw=1.6, label="μ(1−δ): swap stable below")
+        if axis in ("ratio", "M", "prefill_chunk", "length_scale"):
+            ax.set_yscale("log")
+        if axis == "ratio":
+            ticks = [v for v in (0.125, 0.25, 0.5, 1, 2, 4, 8) if y.min() <= v <= y.max()]
+            ax.set_yticks(ticks, [ratio_label(v) for v in ticks])
+            ax.minorticks_off()
+        ax.set_ylim(y.min(), y.max())
+    cells = pd.DataFrame(meta.get("latency_cells") or [])
+    if len(cells) and np.isfinite(cells.value_s).any():
+        ok = np.isfinite(cells.value_s) & (cells.value_s > 0)
+        yy = np.asarray([list(df.value).index(v) for v in cells.value[ok]]) if cat else cells.value[ok]
+        sc = ax.scatter(cells.lam_rps[ok], yy, c=cells.value_s[ok], cmap="viridis", s=14, marker="s",
+                        norm=LogNorm(), zorder=3)
+        fig.colorbar(sc, ax=ax).set_label(f"{meta['latency']} (s) in the stable region")
+    ax.set_xlim(0, x_max)
     ax.set_xlabel("arrival rate λ (requests/s)")
+    # the same boundary relative to the closed form: where in [μ_exact(1−δ), μ_exact] the simulated λ* falls
+    mue = df.mu_exact_rps.to_numpy(np.float64)
+    one_minus_delta = 1 - df.delta.to_numpy(np.float64)
+    if cat:
+        ax2.errorbar(mid / mue, y, xerr=[(mid - lo) / mue, (hi - mid) / mue], fmt="k^", capsize=3)
+        ax2.plot(one_minus_delta, y, "ko", mfc="none", label="1 − δ")
+    else:
+        ax2.fill_betweenx(y, lo / mue, hi / mue, color="0.55", alpha=0.6, lw=0, label="λ*/μ_exact, 95 % interval")
+        ax2.plot(mid / mue, y, "k-", lw=1.2, label="λ*/μ_exact")
+        ax2.plot(one_minus_delta, y, color="tab:purple", ls="--", lw=1.6, label="1 − δ (swap's guarantee)")
+    ax2.axvline(1.0, color="tab:purple", lw=1.6, label="1 (μ_exact)")
+    ax2.set_xlabel("λ* / μ_exact")
+    ax2.legend(loc="lower left", fontsize=7.5, framealpha=0.9)
+    ax2.grid(alpha=0.3)
+    ylab = {"ratio": "P/D ratio (prompt : output length)", "M": "KV-cache capacity M (tokens)",
+            "b": "batch time b̄ (s)", "prefill_chunk": "prefill chunk ŝ (tokens)",
+            "token_budget": "token budget (tokens per step)", "length_scale": "length scale (× prompt and output)",
+            "policy": "policy"}[axis]
     ax.set_ylabel(ylab)
-    fixed = {"ratio": f"M={M:,} tokens, b̄={b:g} s, s+o≤{meta['total_hi']}",
-             "M": f"{meta['workload']}, b̄={b:g} s",
-             "b": f"{meta['workload']}, M={M:,} tokens"}[axis]
-    ax.set_title(f"Stability phase diagram ({policy}, ŝ={chunk}): P(unstable) over λ and "
-                 f"{ylab.split(' (')[0]}\n{fixed}; {trials} Monte Carlo trials per cell", fontsize=10)
-    cb = fig.colorbar(mesh, ax=ax)
-    cb.set_label("P(unstable) (fraction of trials)")
-    ax.legend(loc="best", fontsize=8, framealpha=0.85)
+    ax.set_title(f"Stability phase diagram along {ylab.split(' (')[0]} ({policy if axis != 'policy' else 'policies'}"
+                 f", M={M:,}, ŝ={chunk}, b̄={b:.4g} s)\nlong-run verdict from λ* of every row; {trials} Monte Carlo "
+                 f"trials per row, {len(df)} rows", fontsize=10)
+    ax.legend(loc="lower right", fontsize=7.5, framealpha=0.9)
     fig.tight_layout()
     return fig
 
@@ -171,12 +202,14 @@ def plot_delta(df, meta):
 
 # ----------------------------------------------------------------------------------------------- mixtures
 def plot_mixture(df, meta):
-    """P(unstable) of the phased schedule over the mean rate, with the μ_mix candidates as vertical lines."""
+    """Share of trials whose backlog grew (finite horizon) for the phased schedule over the mean rate, with the
+    μ_mix candidates and the long-run answer from the phases' saturation as vertical lines."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 5.0))
     g = df[df.kind == "phased"]
-    ax.errorbar(g.lam_mean_rps, g.p_unstable, yerr=[g.p_unstable - g.p_unstable_lo, g.p_unstable_hi - g.p_unstable],
-                fmt="ko-", capsize=3, label="simulated phased schedule: P(unstable)")
+    ax.errorbar(g.lam_mean_rps, g.p_backlog_grows, yerr=[g.p_backlog_grows - g.p_backlog_grows_lo,
+                                                         g.p_backlog_grows_hi - g.p_backlog_grows],
+                fmt="ko-", capsize=3, label="simulated phased schedule: share of trials whose backlog grew")
     lines = [(meta["mu_exact_mix_count_rps"], "C0", "-", "μ_exact,mix — request-count weights λ_ℓT_ℓ"),
              (meta["mu_exact_mix_time_rps"], "C1", "--", "μ_exact,mix — time weights T_ℓ"),
              (meta["mu_exact_time_avg_rps"], "C3", ":", "Σ τ_ℓ μ_exact,ℓ (time average of rates)"),
@@ -286,11 +319,11 @@ def plot_slo(df, meta):
     G_stab, G_rho, G_slo = meta["servers_stability"], meta["servers_rho"], meta["servers_slo"]
     what, q = metric[:-2].split("_")
     pretty = f"{q} {dict(wait='waiting time', ttft='TTFT', e2e='end-to-end latency')[what]}"
-    stable = df.p_unstable <= meta["max_p_unstable"]
+    stable = df.verdict == "stable"
     ax.plot(df.servers[stable], df.value_s[stable], "C0o-", label=f"simulated {pretty} per server")
     if (~stable).any():
         ax.plot(df.servers[~stable], df.value_s[~stable], "C3x", ms=9,
-                label=f"unstable (P(unstable) > {meta['max_p_unstable']:g}): grows with the horizon")
+                label="not stable in the long run (λ/G ≥ λ*): grows with the horizon")
     ax.axhline(target_s, color="k", ls="--", lw=1, label=f"target {target_s:g} s")
     ax.axvline(G_stab, color="C1", ls=":", lw=1.5, label=f"⌈λ/μ⌉ = {G_stab} (stability only)")
     ax.axvline(G_rho, color="C2", ls="-.", lw=1.5, label=f"⌈λ/(μρ)⌉ = {G_rho} (ρ = {rho:g})")

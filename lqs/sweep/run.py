@@ -39,11 +39,16 @@ def part_server(spec: SweepSpec, part: _Part):
     return srv.replace(b_theory=b_theory) if b_theory is not None else srv
 
 
-def _run_part(spec: SweepSpec, wl, part: _Part, devices=None):
-    """Simulate one part → (summary rows, per-trial rows or None), with the sweep's columns in front."""
+def _run_part(spec: SweepSpec, wl, part: _Part, devices=None, verdict_cache: dict | None = None):
+    """Simulate one part → (summary rows, per-trial rows or None), with the sweep's columns in front. The long-run
+    verdicts' saturation runs draw from the sweep's seed and the configuration alone, so one configuration's λ* is
+    the same in every part (and computed once per run with ``verdict_cache``)."""
+    import jax
+
     g = part.group
     mc = spec.monte_carlo().replace(steps=g.steps)
-    kw = dict(key=_part_key(spec.seed, part), progress=False)
+    kw = dict(key=_part_key(spec.seed, part), progress=False, verdict_cache=verdict_cache,
+              verdict_key=jax.random.fold_in(jax.random.key(spec.seed), 0x5A7))
     if devices is not None:  # where it runs, not what it computes: not part of the spec
         kw["devices"] = devices
     res = _simulate(wl, part_server(spec, part), part.lams, mc, **kw)
@@ -183,11 +188,12 @@ def run_sweep(spec=None, out=None, *, server=None, overwrite: bool = False, prog
     bar = _Bar(n_cells, sum(len(p.cells) for p in parts if p.id in done), progress)
     mem, mem_t = {}, {}
     computed = 0
+    verdicts: dict = {}  # saturation runs shared by the parts of this run
     try:
         for ordinal, part in enumerate(parts):
             if part.id in done or ordinal % host_n != host_i:  # host i computes every host_n-th part
                 continue
-            df, per = _run_part(spec, workloads[part.group.workload], part, devices)
+            df, per = _run_part(spec, workloads[part.group.workload], part, devices, verdicts)
             computed += 1
             if pdir is None:
                 mem[part.id], mem_t[part.id] = df, per
@@ -261,7 +267,7 @@ def sweep(spec=None, out=None, *, server=None, overwrite: bool = False, progress
     :func:`lqs.simulate`'s summary columns: the Server's fields (``lam_rps``, ``M_tokens``,
     ``prefill_chunk_tokens``, ``b_s``, ``batch_model``, ``policy``, ``token_budget`` (0 = none), ``servers``,
     ``routing``), the closed form (``mu_rps``, ``mu_exact_rps``, ``mu_stable_rps``, ``rho``) beside
-    ``throughput_rps``, ``p_unstable``, latency percentiles, ``reliable`` …, and ``cell_key``; per trial also
+    ``throughput_rps``, ``verdict``, ``lam_star_rps`` (and interval), ``p_backlog_grows``, latency percentiles, ``reliable`` …, and ``cell_key``; per trial also
     ``trial``.
     """
     return run_sweep(spec, out, server=server, overwrite=overwrite, progress=progress, devices=devices, hosts=hosts,
