@@ -15,3 +15,12 @@ def run_json(args):
     r = run(args + ["--json"])
     assert r.exit_code == 0, r.output
     return json.loads(r.stdout)
+
+
+def one_line_error(r, *words):
+    """A bad input: exit status 2, nothing on stdout, one line ``error: …`` on stderr naming every word."""
+    assert r.exit_code == 2, r.output
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("error: ")
+    for w in words:
+        assert w in line, (w, line)

@@ -14,7 +14,7 @@ import pytest
 
 import lqs
 from bench_files import SMALL_B, SMALL_CHUNK, SMALL_M, SMALL_WL, VLLM_LOG, bench_run, write_json, write_jsonl
-from cli_run import run, run_json
+from cli_run import one_line_error, run, run_json
 
 MC = dict(trials=4, steps=3000, warmup=1000, K=256)  # one K for every λ: the checks share 4 compiled programs
 MC_FLAGS = ["--trials", "4", "--steps", "3000", "--warmup", "1000", "--K", "256"]
@@ -133,14 +133,6 @@ def test_simulate_and_critical_from_benchmark_result(files):
 
 
 # ----------------------------------------------------------------------------------------------- bad input
-def _one_line_error(r, *words):
-    assert r.exit_code == 2, r.output
-    (line,) = r.stderr.strip().splitlines()
-    assert line.startswith("error: ")
-    for w in words:
-        assert w in line, (w, line)
-
-
 def _write(path, run_obj):
     path.write_text(json.dumps(run_obj))
     return str(path)
@@ -160,33 +152,33 @@ def test_bad_result_files_are_one_line_errors(tmp_path, mutate, key):
     f = _write(tmp_path / "bad.json", obj)
     for args in (["check", f, "--M", "4096"], ["capacity", "--trace", f, "--M", "4096", "--prefill-chunk", "128"],
                  ["fit", "lengths", f]):
-        _one_line_error(run(args), key, "bad.json")
+        one_line_error(run(args), key, "bad.json")
 
 
 def test_check_and_server_log_errors(tmp_path, files):
     f = files["stable"]
-    _one_line_error(run(["check", f]), "M")
-    _one_line_error(run(["check", f, "--M", "4096", "--server-log", files["log"]]), "server_log", "both")
-    _one_line_error(run(["capacity", "--trace", f, "--M", "4096", "--server-log", files["log"], "--prefill-chunk",
+    one_line_error(run(["check", f]), "M")
+    one_line_error(run(["check", f, "--M", "4096", "--server-log", files["log"]]), "server_log", "both")
+    one_line_error(run(["capacity", "--trace", f, "--M", "4096", "--server-log", files["log"], "--prefill-chunk",
                          "128"]), "server_log", "both")
     log = tmp_path / "empty.log"
     log.write_text("INFO starting server\n")
-    _one_line_error(run(["check", f, "--server-log", str(log)]), "server_log", "empty.log")
-    _one_line_error(run(["check", files["sglang"], "--M", "4096"]), "run", "sglang.jsonl")  # two runs: pick one
-    _one_line_error(run(["check", files["sglang"], "--M", "4096", "--run", "2"]), "run")
-    _one_line_error(run(["check", f, "--M", "4096", "--batch", "lognormal"]), "batch")
-    _one_line_error(run(["check", f, "--M", "100"]), "lengths")  # requests longer than M
-    _one_line_error(run(["capacity", "--workload", "pd-1:1", "--M", "131000", "--prefill-chunk", "512", "--b", "0.03",
+    one_line_error(run(["check", f, "--server-log", str(log)]), "server_log", "empty.log")
+    one_line_error(run(["check", files["sglang"], "--M", "4096"]), "run", "sglang.jsonl")  # two runs: pick one
+    one_line_error(run(["check", files["sglang"], "--M", "4096", "--run", "2"]), "run")
+    one_line_error(run(["check", f, "--M", "4096", "--batch", "lognormal"]), "batch")
+    one_line_error(run(["check", f, "--M", "100"]), "lengths")  # requests longer than M
+    one_line_error(run(["capacity", "--workload", "pd-1:1", "--M", "131000", "--prefill-chunk", "512", "--b", "0.03",
                          "--prompt-scale", "2"]), "prompt_scale")
-    _one_line_error(run(["capacity", "--workload", f, "--M", "131000", "--prefill-chunk", "512", "--b", "0.03"]),
+    one_line_error(run(["capacity", "--workload", f, "--M", "131000", "--prefill-chunk", "512", "--b", "0.03"]),
                     "workload", "--trace")
-    _one_line_error(run(["capacity", "--workload", "pd-1:1", "--run", "1", "--M", "131000", "--prefill-chunk", "512",
+    one_line_error(run(["capacity", "--workload", "pd-1:1", "--run", "1", "--M", "131000", "--prefill-chunk", "512",
                          "--b", "0.03"]), "run")
     obj = bench_run(5.0, 20, seed=0)
     del obj["itls"]
     g = _write(tmp_path / "noitl.json", obj)
-    _one_line_error(run(["capacity", "--trace", g, "--M", "4096", "--prefill-chunk", "128"]), "--b", "noitl.json")
-    _one_line_error(run(["check", g, "--M", "4096"]), "b", "noitl.json")
+    one_line_error(run(["capacity", "--trace", g, "--M", "4096", "--prefill-chunk", "128"]), "--b", "noitl.json")
+    one_line_error(run(["check", g, "--M", "4096"]), "b", "noitl.json")
 
 
 def test_check_python_server_argument(files):

@@ -10,7 +10,7 @@ import pytest
 
 import lqs
 from bench_files import SMALL_WL, bench_run, write_json, write_jsonl
-from cli_run import run, run_json
+from cli_run import one_line_error, run, run_json
 
 FIT = ["--prefill-chunk", "128", "--components", "3", "--steps", "300"]
 
@@ -127,27 +127,19 @@ def test_fit_batch_named_columns_table_and_out(steplog, tmp_path):
     assert (out / "batch_fit.png").stat().st_size > 10_000
 
 
-def _one_line_error(r, *words):
-    assert r.exit_code == 2, r.output
-    (line,) = r.stderr.strip().splitlines()
-    assert line.startswith("error: ")
-    for w in words:
-        assert w in line, (w, line)
-
-
 def test_fit_bad_input(tmp_path, fitted):
     p = tmp_path / "steps.csv"
     pd.DataFrame({"b": [0.01, 0.02, 0.03, 0.04, 0.05], "prefill_tokens": [1, 2, 3, 4, 5]}).to_csv(p, index=False)
-    _one_line_error(run(["fit", "batch", str(p)]), "decode_col", "steps.csv")
+    one_line_error(run(["fit", "batch", str(p)]), "decode_col", "steps.csv")
     pd.DataFrame({"b": [0.01, -0.02, 0.03, 0.04, 0.05], "prefill_tokens": [1] * 5, "decode_tokens": [1] * 5}).to_csv(
         p, index=False)
-    _one_line_error(run(["fit", "batch", str(p)]), "b", "steps.csv")
-    _one_line_error(run(["fit", "batch", str(p), "--time-col", "nope"]), "time_col", "steps.csv")
-    _one_line_error(run(["fit", "batch", str(tmp_path / "missing.csv")]), "missing.csv")
-    _one_line_error(run(["fit", "lengths", str(tmp_path / "missing.csv")]), "missing.csv")
-    _one_line_error(run(["fit", "lengths", fitted["csv"], "--components", "0"]), "components")
-    _one_line_error(run(["fit", "lengths", fitted["csv"], "--run", "1"]), "run", "trace.csv")
+    one_line_error(run(["fit", "batch", str(p)]), "b", "steps.csv")
+    one_line_error(run(["fit", "batch", str(p), "--time-col", "nope"]), "time_col", "steps.csv")
+    one_line_error(run(["fit", "batch", str(tmp_path / "missing.csv")]), "missing.csv")
+    one_line_error(run(["fit", "lengths", str(tmp_path / "missing.csv")]), "missing.csv")
+    one_line_error(run(["fit", "lengths", fitted["csv"], "--components", "0"]), "components")
+    one_line_error(run(["fit", "lengths", fitted["csv"], "--run", "1"]), "run", "trace.csv")
     bad = tmp_path / "bad_model.json"
     bad.write_text('{"kind": "lqs-length-model", "version": 1}')
-    _one_line_error(run(["capacity", "--workload", str(bad), "--M", "4096", "--prefill-chunk", "128", "--b", "0.02"]),
+    one_line_error(run(["capacity", "--workload", str(bad), "--M", "4096", "--prefill-chunk", "128", "--b", "0.02"]),
                     "bad_model.json", "mixture")

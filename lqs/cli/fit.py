@@ -51,10 +51,7 @@ def lengths_cmd(trace, prefill_chunk, components, M, quantiles, steps, seed, s_c
     fit = fit_lengths(tr, parse_int("prefill_chunk", prefill_chunk, 1), parse_int("components", components, 1, 64),
                       M=None if M is None else parse_int("M", M, 1), quantiles=parse_int("quantiles", quantiles, 0, 200),
                       steps=parse_int("steps", steps, 1), seed=parse_int("seed", seed, 0))
-    paths = fit.save(out) if out else None
-    rep = fit.to_dict()
-    if paths:
-        rep["files"] = paths
+    rep = _saved_report(fit, out)
     if as_json:
         echo_json(rep)
         return
@@ -82,9 +79,9 @@ def lengths_cmd(trace, prefill_chunk, components, M, quantiles, steps, seed, s_c
     t.add_row("support points", f"{rep['support_points']:,}")
     t.add_row("fit time (s)", f"{rep['fit_s']:.1f}")
     con.print(t)
-    if paths:
+    if "files" in rep:
         con.print(f"wrote {os.path.abspath(out)}/ (length_model.json, length_fit.json, length_fit.png)")
-        con.print(f"use it as a workload: --workload {paths['model']}  (scale with --prompt-scale/--output-scale)")
+        con.print(f"use it as a workload: --workload {rep['files']['model']}  (scale with --prompt-scale/--output-scale)")
 
 
 @fit_group.command("batch")
@@ -109,10 +106,7 @@ def batch_cmd(steplog, time_col, prefill_col, decode_col, mem_col, huber_delta, 
     fit = fit_batch(steplog, time_col=time_col, prefill_col=prefill_col, decode_col=decode_col, mem_col=mem_col,
                     steps=parse_int("steps", steps, 1),
                     huber_delta=None if huber_delta is None else float(parse_number("huber_delta", huber_delta)))
-    paths = fit.save(out) if out else None
-    rep = fit.to_dict()
-    if paths:
-        rep["files"] = paths
+    rep = _saved_report(fit, out)
     if as_json:
         echo_json(rep)
         return
@@ -133,5 +127,14 @@ def batch_cmd(steplog, time_col, prefill_col, decode_col, mem_col, huber_delta, 
     con = console()
     con.print(t)
     con.print(f"use it: --b-model {rep['spec']}")
-    if paths:
+    if "files" in rep:
         con.print(f"wrote {os.path.abspath(out)}/ (batch_fit.json, batch_fit.png)")
+
+
+def _saved_report(fit, out) -> dict:
+    """The fit's report, with the files written when ``out`` is given."""
+    paths = fit.save(out) if out else None
+    rep = fit.to_dict()
+    if paths:
+        rep["files"] = paths
+    return rep
