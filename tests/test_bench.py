@@ -119,3 +119,19 @@ def test_cache_dir_follows_the_platform_and_the_override(monkeypatch, tmp_path):
     monkeypatch.setenv("LQS_CACHE_DIR", str(tmp_path / "mine"))
     assert B.cache_file() == tmp_path / "mine" / "bench.json"
     assert B.k_bucket(288) == 512 and B.k_bucket(256) == 256
+
+
+def test_bench_times_xla_at_its_own_K_and_checks_the_fused_path_at_the_fused_K(cache, monkeypatch):
+    """Under Triton the fused path runs a rounded-up K: XLA is still timed at its sized K, and the fused final states
+    are compared with an XLA run at the fused K (simulated here by rounding interpret mode's K to 512)."""
+    from lqs.engine import sizing
+
+    orig = sizing.settle_path
+
+    def settle(path, reason, K, policy, kind):
+        p, r, K2 = orig(path, reason, K, policy, kind)
+        return p, r, (512 if p == "fused-interpret" else K2)
+
+    monkeypatch.setattr(sizing, "settle_path", settle)
+    rows = lqs.bench(quick=True, trials=4, steps=64, record=False)
+    assert [(r["engine"], r["K"], r["identical"]) for r in rows] == [("xla", 288, True), ("fused-interpret", 512, True)]
