@@ -130,7 +130,7 @@ __all__ = [
     # workloads and traces
     "Constant", "Empirical", "IntUniform", "LogNormal", "Marginal", "PAPER_B", "PRESETS", "GMoments", "Independent",
     "Mixture", "Pairs", "Phased", "Workload", "pd_ratio", "preset", "Trace", "load_b_samples", "load_trace",
-    "BenchResult", "load_bench_result", "kv_tokens_from_log",
+    "BenchResult", "load_bench_result", "kv_tokens_from_log", "bench",
     # server
     "AffineBatch", "BatchTime", "ConstantBatch", "EmpiricalBatch", "LogNormalMixBatch", "parse_batch_spec",
     "MonteCarlo", "Server",

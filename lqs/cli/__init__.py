@@ -40,8 +40,8 @@ class LqsGroup(click.Group):
 @click.group(cls=LqsGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="lqs")
 @click.option("--engine", "engine", type=click.Choice(["auto", "xla", "fused"]), default=None,
-              help="Monte Carlo step loop: auto (fused Pallas kernel on a GPU, XLA elsewhere; default, or "
-                   "$LQS_ENGINE), xla, or fused (interpret mode on a CPU: exact but slow).")
+              help="Monte Carlo step loop: auto (the fastest path `lqs bench` recorded bit-identical on this device, "
+                   "else XLA; default, or $LQS_ENGINE), xla, or fused (interpret mode on a CPU: exact but slow).")
 def main(engine=None):
     """lqs — LLM queueing stability: is a KV-cache-limited LLM server stable at a given arrival rate?"""
     from .. import set_engine

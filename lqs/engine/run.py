@@ -130,7 +130,8 @@ def _execute(cfg, sizing, params, keys, mc, devices, progress, desc) -> dict:
             if c > 0 or sizing.engine != "fused" or not sizing.engine_reason.startswith("auto"):
                 raise
             why = " ".join(f"{type(e).__name__}: {e}".split())[:300]
-            warnings.warn(f"lqs: the fused kernel failed to compile, running the XLA path instead ({why})")
+            warnings.warn(f"lqs: the fused kernel failed to compile, running the XLA path instead ({why}); it was "
+                          f"chosen because {sizing.engine_reason}")
             sizing = replace(sizing, engine="xla", engine_reason=f"auto: fused kernel failed ({why})", fused_rb=0)
             states, rec = run_call_jit(states, params, cfg, "xla", 0, mesh)
         recs.append(jax.device_get(rec))

@@ -23,6 +23,7 @@ import optax
 import pandas as pd
 
 from .._errors import LqsError, check_int
+from .. import _jsonio
 
 TIME_COLS = ("batch_time_s", "step_time_s", "iteration_time_s", "batch_time", "step_time", "iteration_time",
              "duration_s", "latency_s", "time_s", "b_s", "b", "batch_time_ms", "step_time_ms", "duration_ms",
@@ -70,7 +71,6 @@ class BatchFit:
 
     def save(self, out_dir) -> dict:
         """Write ``batch_fit.json`` and ``batch_fit.png`` (measured vs fitted step times, residuals)."""
-        import json
 
         import matplotlib
 
@@ -81,7 +81,7 @@ class BatchFit:
         os.makedirs(out_dir, exist_ok=True)
         paths = {"report": os.path.join(out_dir, "batch_fit.json"), "plot": os.path.join(out_dir, "batch_fit.png")}
         with open(paths["report"], "w", encoding="utf-8") as fh:
-            json.dump(self.to_dict(), fh, indent=1)
+            _jsonio.dump(self.to_dict(), fh, indent=1)
         X, y = self._xy
         pred = X @ np.asarray(self.a)
         fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))

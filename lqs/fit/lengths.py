@@ -21,6 +21,7 @@ from .._errors import LqsError, check_int
 from .._theory import g_exact, g_paper
 from .mixture import fit_logmix
 from .model import KIND, VERSION, LengthModel, _build, _support, features, tilt
+from .. import _jsonio
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,7 +57,6 @@ class LengthFit:
 
     def save(self, out_dir) -> dict:
         """Write ``length_model.json`` (the model), ``length_fit.json`` (this report) and ``length_fit.png``."""
-        import json
 
         out_dir = os.fspath(out_dir)
         os.makedirs(out_dir, exist_ok=True)
@@ -64,7 +64,7 @@ class LengthFit:
                  "report": os.path.join(out_dir, "length_fit.json"),
                  "plot": os.path.join(out_dir, "length_fit.png")}
         with open(paths["report"], "w", encoding="utf-8") as fh:
-            json.dump(self.to_dict(), fh, indent=1)
+            _jsonio.dump(self.to_dict(), fh, indent=1)
         _plot(self, paths["plot"])
         return paths
 

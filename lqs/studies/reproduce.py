@@ -3,7 +3,6 @@ docs/model.md)."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -16,6 +15,7 @@ from .._server import MonteCarlo, Server
 from .._theory import capacity, mu_mix
 from .._workload import PAPER_B, preset
 from ..engine import critical, simulate
+from .. import _jsonio
 
 M_PAPER, CHUNK_PAPER = 131_000, 512
 # the paper's measured rates (μ_gpu) and its closed-form values, for the side-by-side tables
@@ -139,7 +139,7 @@ def reproduce_paper(out_dir: str, *, quick: bool = False, seed: int = 0, progres
     with open(os.path.join(out_dir, "report.md"), "w") as fh:
         fh.write(report)
     with open(os.path.join(out_dir, "config.json"), "w") as fh:
-        json.dump(dict(quick=quick, seed=seed, trials=R, figure_trials=Rg, M_tokens=M_PAPER,
+        _jsonio.dump(dict(quick=quick, seed=seed, trials=R, figure_trials=Rg, M_tokens=M_PAPER,
                        prefill_chunk_tokens=CHUNK_PAPER, paper_b=PAPER_B, wall_s=wall,
                        backend=jax.default_backend()), fh, indent=2)
     return dict(tables=tables, report=os.path.join(out_dir, "report.md"), figures=[fig2, fig4, fig6], wall_s=wall)

@@ -25,6 +25,7 @@ import pandas as pd
 from .._errors import LqsError
 from .plan import _Part
 from .spec import SweepSpec
+from .. import _jsonio
 
 PARTS = "parts"
 _OUTPUTS = ("cells.parquet", "cells.csv", "trials.parquet", "trials.csv")
@@ -54,7 +55,7 @@ def write_atomic(df: pd.DataFrame, path: str, fmt: str = "parquet"):
 def _write_json_atomic(obj, path):
     tmp = _tmp_name(path)
     with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, ensure_ascii=False)
+        _jsonio.dump(obj, fh, indent=2, ensure_ascii=False)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
