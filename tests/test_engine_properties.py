@@ -147,6 +147,16 @@ def test_a_workload_name_is_an_lqs_error_not_an_attribute_error():
         assert e.value.param == "workload"
 
 
+def test_arrivals_per_step_limit_is_stated_before_compiling():
+    srv = lqs.Server(M=4096, prefill_chunk=512, b=1.0)
+    tiny = lqs.Independent(lqs.Constant(1), lqs.Constant(1))
+    n = E.TRACE_COUNT["run_call"]
+    with pytest.raises(lqs.LqsError) as e:
+        lqs.simulate(tiny, srv, 81.0, trials=2, steps=256, warmup=0)
+    assert e.value.param == "lam" and "80" in str(e.value) and E.TRACE_COUNT["run_call"] == n
+
+
+@pytest.mark.slow
 def test_arrivals_per_step_limit_is_real():
     # λ·b = 80 expected arrivals per step is the largest allowed, and the draws there still have the right mean
     srv = lqs.Server(M=4096, prefill_chunk=512, b=1.0)

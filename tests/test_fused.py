@@ -96,7 +96,8 @@ def test_identical_on_the_paper_workload(policy):
     assert int(np.sum(a[0].completions)) > 20
 
 
-@pytest.mark.parametrize("policy,budget", [("swap", None), ("recompute", 40), ("reserve", None)])
+@pytest.mark.parametrize("policy,budget", [("swap", None), pytest.param("recompute", 40, marks=pytest.mark.slow),
+                                           pytest.param("reserve", None, marks=pytest.mark.slow)])
 def test_slot_major_xla_loop_identical_to_vmapped_step(policy, budget):
     """The XLA path runs single-server trials slot-major ([K, trials]) in sequential trial blocks on a CPU
     (kernels/batched.py): states and records are bit-identical to the per-trial step vmapped over trials, for any

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 SCRIPT = r"""
 import json, jax, lqs
 w = lqs.Independent(lqs.IntUniform(10, 200), lqs.IntUniform(10, 200))
@@ -38,6 +40,7 @@ def test_two_devices_match_one_device():
     assert two["wait"] == one["wait"]
 
 
+@pytest.mark.slow
 def test_fused_kernel_sharded_over_two_devices_matches_xla_on_one():
     """The fused path runs per device under shard_map (a Pallas call is not partitioned by XLA)."""
     two = _run(True, "fused")

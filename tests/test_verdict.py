@@ -44,10 +44,10 @@ def verdicts():
     """Each policy at every rate, with its own saturation run; and λ* measured independently."""
     out = {}
     for i, pol in enumerate(POLICIES):
-        out[pol] = lqs.simulate(PD, SRV.replace(policy=pol), LAMS, trials=12, steps=10_000, warmup=4_000,
+        out[pol] = lqs.simulate(PD, SRV.replace(policy=pol), LAMS, trials=10, steps=9_000, warmup=4_000,
                                 key=jax.random.key(20 + i))
     srvs = [SRV.replace(policy=p, b=SRV.bs[0]) for p in POLICIES]
-    rows, _ = E.saturation([(PD, s) for s in srvs], lqs.MonteCarlo(trials=16, steps=14_000, warmup=4_000),
+    rows, _ = E.saturation([(PD, s) for s in srvs], lqs.MonteCarlo(trials=12, steps=12_000, warmup=4_000),
                            jax.random.key(99))
     return out, dict(zip(POLICIES, rows))
 
@@ -126,7 +126,7 @@ def test_groups_of_shapes_one_program_each_and_rows_equal_separate_runs():
     n = E.TRACE_COUNT["run_call"]
     res = E.run_configs(configs, mc, keys=keys)
     assert E.TRACE_COUNT["run_call"] - n <= 2 and len(res.config["programs"]) == 2
-    for i in (0, 2, 4):
+    for i in (4,):  # (row 17 of a 32-row phase diagram is checked the same way in test_studies)
         alone = E.run_configs([configs[i]], mc, keys=keys[i:i + 1])
         got = res.trials[res.trials.config == i].drop(columns="config").reset_index(drop=True)
         want = alone.trials.drop(columns="config")
