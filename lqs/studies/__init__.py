@@ -10,7 +10,7 @@ headline numbers; ``df, png = study(...)`` unpacks the first two). Each computes
 steps (minutes on a laptop CPU). Utilisation is ρ = λ/μ with μ the closed-form rate of the whole
 deployment (docs/model.md).
 
-1. :func:`phase_diagram` — P(unstable) over (λ, P/D ratio), (λ, M) or (λ, b̄), with μ and μ(1−δ) drawn on top.
+1. :func:`phase_diagram` — the long-run stability boundary λ*(x) along a design axis, with μ and μ(1−δ) beside it.
 2. :func:`b_error` — how an error in b̄ moves μ; which estimator of b̄ predicts λ* for random and affine batch times.
 3. :func:`delta_study` — where λ* falls in [μ_exact(1−δ), μ_exact] as the largest request grows against M.
 4. :func:`mixture_study` — a piecewise-stationary schedule of workloads against μ_mix with count or time weights.

@@ -1,5 +1,5 @@
 """What every study shares: the result type, the default Server and MonteCarlo by mode, keys, labels, the
-P(unstable) = ½ crossing and the writing of the CSV, JSON and PNG.
+crossing of ½ by the share of trials whose backlog grew and the writing of the CSV, JSON and PNG.
 
 Units: tokens, seconds, requests per second (docs/model.md).
 """
@@ -126,7 +126,7 @@ def saturation(row) -> tuple[float, float]:
 
 
 def crossing(x, p) -> float:
-    """The λ where P(unstable) first crosses ½ (linear interpolation; NaN when it never does)."""
+    """The λ where a share of trials (p_backlog_grows) first crosses ½ (linear interpolation; NaN when it never does)."""
     from ..engine import crossing as c
 
     return c(np.asarray(x, np.float64), np.asarray(p, np.float64))

@@ -223,7 +223,7 @@ def plot_mixture(df, meta):
         ax.text(m, 0.5, f" μ_exact {names[j]} ", rotation=90, fontsize=7, va="center", ha="right", color="grey")
     ax.set_ylim(-0.03, 1.15)
     ax.set_xlabel("mean arrival rate λ̄ over a cycle (requests/s)")
-    ax.set_ylabel("P(unstable) (fraction of trials)")
+    ax.set_ylabel("trials whose backlog grew (fraction, finite horizon)")
     tf, lr = meta["time_frac"], meta["lam_ratio"]
     M, chunk, b, trials, _ = _run(meta)
     sched = " → ".join(f"{names[j]} ({tf[j]:.0%} of time, λ×{lr[j]:g})" for j in range(len(names)))
