@@ -20,7 +20,7 @@ import numpy as np
 from ._errors import LqsError, check_float, check_int
 from ._theory import g_exact, g_o_term, g_paper, g_s_term
 
-from ._marginals import _MAX_SUPPORT, Constant, Empirical, IntUniform, LogNormal, Marginal, _check_lengths, _u_index  # noqa: F401
+from ._marginals import _MAX_SUPPORT, IntUniform, Marginal, _check_lengths, _u_index
 
 
 @dataclass(frozen=True)

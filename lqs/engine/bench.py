@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._errors import LqsError, check_choice, check_int
+from .._errors import check_choice, check_int
 
 CACHE_VERSION = 1
 #: bump when a path's step changes (its speed or bits): records of an older revision are stale
