@@ -20,8 +20,12 @@ path and not in the other. tests/test_fused.py checks bit-identity in interpret 
 
 Lowering: Triton (``jax.experimental.pallas.triton``). Mosaic GPU, in jax 0.10.x, has no lowering for the
 prefix sum (``cumsum``) the FCFS admission needs; Triton lowers every primitive of the step (checked on any
-machine by :func:`lower_for_gpu`, which lowers the kernel for CUDA without a GPU). Triton needs power-of-two
-block shapes. K and ``rb`` are powers of two on a GPU.
+machine by :func:`lower_for_gpu`, which lowers the kernel for CUDA without a GPU). Triton needs every in-kernel
+array to have a power-of-two size: ``rb`` is a power of two, and a K that is not one is held as power-of-two pieces
+of the slot axis (288 = 256 + 32: :func:`slot_pieces`), the step's jaxpr evaluated piece by piece
+(:func:`_eval_pieces`: elementwise operations per piece, sums over slots per piece then added, the prefix sum
+carried from piece to piece; integer sums, so the same bits). Interpret mode uses the same layout. On a GPU K is
+rounded up only to at most two pieces (:func:`triton_K`: 288 stays 288).
 
 Not fused (the XLA path runs them): clusters (``servers > 1``) and phased schedules.
 """
@@ -29,6 +33,7 @@ Not fused (the XLA path runs them): clusters (``servers > 1``) and phased schedu
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -58,13 +63,34 @@ def next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
+def slot_pieces(K: int) -> tuple[int, ...]:
+    """The kernel's slot layout: K as a sum of distinct powers of two, largest first (288 → (256, 32)).
+
+    Pallas' Triton lowering needs every in-kernel array to have a power-of-two size, so a slot field of K slots is
+    loaded as one power-of-two piece per set bit of K and the step runs on the pieces (:func:`_eval_pieces`: the
+    step's jaxpr evaluated piece by piece, the prefix sum carried across pieces, reductions combined)."""
+    return tuple(1 << b for b in reversed(range(int(K).bit_length())) if int(K) >> b & 1)
+
+
+MAX_PIECES = 2  # pieces per slot field under Triton: each one adds a block-wide reduction per sum over slots
+MIN_PIECE = 32  # smallest piece under Triton (one warp's lanes)
+
+
 def triton_K(K: int) -> int:
-    """Slots per trial the Triton kernel runs for a sized K: Pallas' Triton lowering needs every in-kernel array
-    to have a power-of-two size, so K is rounded up to one (extra slots only lift capacity limits)."""
-    return next_pow2(K)
+    """Slots per trial the Triton kernel runs for a sized K: the smallest K' ≥ K that is a power of two or a sum of
+    at most MAX_PIECES powers of two ≥ MIN_PIECE (288 stays 288 = 256 + 32; 300 → 320 = 256 + 64; 480 → 512).
+    The extra slots, if any, only lift capacity limits."""
+    K = int(K)
+    if K <= MIN_PIECE or K & (K - 1) == 0:
+        return next_pow2(K)
+    k = -(-K // MIN_PIECE) * MIN_PIECE
+    while len(slot_pieces(k)) > MAX_PIECES:
+        k += MIN_PIECE
+    return k
 
 
-SLOTS_PER_THREAD = 4  # slots of each field per GPU thread; see default_block
+SLOTS_PER_THREAD = 4  # slots of each field per GPU thread when K is a power of two; see default_block
+PIECED_SLOTS_PER_THREAD = 10  # at most this many (all pieces together) when K is split; see default_warps
 
 
 def default_block(K: int) -> int:
@@ -72,14 +98,23 @@ def default_block(K: int) -> int:
 
     Measured for sm_90 by bench/fused_resources.py (Triton → PTX → ptxas, no GPU needed): the step keeps about
     ten slot fields live, so registers grow with the slots each thread holds: at 4 per thread (K = 512, two
-    trials, 8 warps: the default) 166 registers and no spills; at 8 per thread 255 registers; at 16 per thread
-    it spills (~900 B per thread). bench/results/fused-resources-sm90.json has the grid."""
+    trials, 8 warps: the default) 128 registers and no spills; at 8 per thread ~220 registers; at 16 per thread
+    it spills. bench/results/fused-resources-sm90*.json have the grids."""
     return int(min(64, 1 << (max(1, 1024 // K).bit_length() - 1)))
 
 
 def default_warps(K: int, rb: int) -> int:
-    """Warps per program so that each thread holds at most SLOTS_PER_THREAD slots of each field (1..32)."""
-    return int(min(32, next_pow2(-(-(rb * K) // (32 * SLOTS_PER_THREAD)))))
+    """Warps per program (1..32, a power of two).
+
+    K a power of two: each thread holds at most SLOTS_PER_THREAD slots of each field. K in pieces (288 = 256 +
+    32): the fewest warps with at most PIECED_SLOTS_PER_THREAD slots per thread, all pieces together. Measured
+    (bench/fused_resources.py, sm_90, lane-instructions per slot-step): the small piece costs about as much per
+    thread as a slot of the large one, and at 5 slots per thread the step's masks no longer fit the predicate
+    registers (spilled to general registers), so the next slots are cheap: pd-1:1's K = 288 in programs of two
+    trials runs at 96 with 2 warps (9 slots per thread), 143 with 4 and 187 with 8."""
+    if len(slot_pieces(K)) == 1:
+        return int(min(32, next_pow2(-(-(rb * K) // (32 * SLOTS_PER_THREAD)))))
+    return int(min(32, next_pow2(-(-(rb * K) // (32 * PIECED_SLOTS_PER_THREAD)))))
 
 
 # --------------------------------------------------------------------------------- batch times
@@ -94,44 +129,225 @@ def _affine_operands(batch):
 
 
 # --------------------------------------------------------------------------------- the kernel
-def _kernel(cfg: E.EngineConfig, rb, n_ops, n_pre, *refs):
+def _step_fn(cfg: E.EngineConfig, n_pre):
+    """One step of a block of trials as a pure function of (scalars, slot fields, logs, keys, params, affine
+    operands, pre-drawn (b_n, n_arr, trunc)) → (scalars, slot fields, logs, mem): ``engine.step_with`` with
+    ``engine.serve`` and ``engine.finish`` vmapped over the block."""
+    serve_v = jax.vmap(lambda s_, p_, c_: E.serve(s_, p_, c_), in_axes=(0, 0, None))
+    finish_v = jax.vmap(lambda s_, sv, b, n, tr, ph, p_, c_: E.finish(s_, sv, b, n, tr, ph, p_, c_),
+                        in_axes=(0, 0, 0, 0, 0, None, 0, None))
+    none = dict(gsum_w=None, lat_lost=None, hist=None, lat_sum=None, lat_n=None)
+
+    def step(sc, sl, lg, k0, k1, pv, ops, drawn):
+        slots = E.Slots(**sl, t_arr=None, u_off=None, uu=None)
+        st = E.State(slots=slots, keys=(k0, k1, None, None), **sc, **lg, **none)
+        p = E.Params(**pv, workload=None, batch=None, phase_end=None, phase_lam=None)
+        draw = None if n_pre else (lambda u1, u2, pre_tok, dec, mem: E.affine_time(*ops, pre_tok, dec, mem))
+        st, out = E.step_with(st, p, cfg, draw, serve_fn=lambda a, b_, c: serve_v(a, b_, c),
+                              finish_fn=lambda a, sv, b_, n, tr, ph, p_, c: finish_v(a, sv, b_, n, tr, ph, p_, c),
+                              pre_drawn=drawn if n_pre else None)
+        return ({f: getattr(st, f) for f in SCALARS}, {f: getattr(st.slots, f) for f in SLOTS},
+                {f: getattr(st, f) for f in LOGS}, out.mem)
+
+    return step
+
+
+def _kernel(cfg: E.EngineConfig, rb, n_ops, n_pre, pieces, *refs):
     n_in = len(SCALARS) + len(SLOTS) + len(LOGS) + 2 + len(PARAMS) + n_ops + n_pre
     ins, outs = refs[:n_in], refs[n_in:]
     it = iter(ins)
+    offs = np.cumsum((0,) + pieces)
     sc = {f: next(it)[...] for f in SCALARS}
-    sl = {f: next(it)[...] for f in SLOTS}
+    sl_refs = [next(it) for _ in SLOTS]
+    if len(pieces) == 1:
+        sl = {f: r[...] for f, r in zip(SLOTS, sl_refs)}
+    else:  # one power-of-two piece of the block's slots per set bit of K
+        sl = {f: tuple(r[:, int(a):int(b)] for a, b in zip(offs[:-1], offs[1:])) for f, r in zip(SLOTS, sl_refs)}
     lg = {f: next(it)[...] for f in LOGS}
     k0, k1 = next(it)[...], next(it)[...]
     pv = {f: next(it)[...] for f in PARAMS}
     ops = [next(it)[...] for _ in range(n_ops)]  # affine coefficients a0..a3
     pre = [next(it) for _ in range(n_pre)]  # Refs [rb, steps]: (b_n, n_arr, trunc) drawn ahead of the block
+    step = _step_fn(cfg, n_pre)
 
-    slots = E.Slots(**sl, t_arr=None, u_off=None, uu=None)
-    none = dict(gsum_w=None, lat_lost=None, hist=None, lat_sum=None, lat_n=None)
-    st = E.State(slots=slots, keys=(k0, k1, None, None), **sc, **lg, **none)
-    p = E.Params(**pv, workload=None, batch=None, phase_end=None, phase_lam=None)
-    draw = None if n_pre else (lambda u1, u2, pre_tok, dec, mem: E.affine_time(*ops, pre_tok, dec, mem))
-    serve_v = jax.vmap(lambda s_, p_, c_: E.serve(s_, p_, c_), in_axes=(0, 0, None))
-    finish_v = jax.vmap(lambda s_, sv, b, n, tr, ph, p_, c_: E.finish(s_, sv, b, n, tr, ph, p_, c_),
-                        in_axes=(0, 0, 0, 0, 0, None, 0, None))
+    def drawn_at(i):
+        return (pre[0][:, i], pre[1][:, i], pre[2][:, i] != 0) if n_pre else None
 
-    def body(i, carry):
-        st_, _mem = carry
-        drawn = (pre[0][:, i], pre[1][:, i], pre[2][:, i] != 0) if n_pre else None
-        st_, out = E.step_with(st_, p, cfg, draw, serve_fn=lambda a, b_, c: serve_v(a, b_, c),
-                               finish_fn=lambda a, sv, b_, n, tr, ph, p_, c: finish_v(a, sv, b_, n, tr, ph, p_, c),
-                               pre_drawn=drawn)
-        return st_, out.mem
+    if len(pieces) == 1:
+        def body(i, carry):
+            sc_, sl_, lg_, _mem = carry
+            return step(sc_, sl_, lg_, k0, k1, pv, ops, drawn_at(i))
+    else:
+        K = int(offs[-1])
+        shaped = lambda x: jax.ShapeDtypeStruct(x[0].shape[:1] + (K,), x[0].dtype)
+        args0 = (sc, {f: shaped(v) for f, v in sl.items()}, lg, k0, k1, pv, ops, drawn_at(0))
+        spec = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args0)
+        closed = jax.make_jaxpr(step)(*spec)
+        out_tree = jax.tree_util.tree_structure(jax.eval_shape(step, *spec))
 
-    st, mem = jax.lax.fori_loop(0, cfg.compact_every, body, (st, jnp.zeros((rb,), jnp.int32)))
+        def body(i, carry):
+            sc_, sl_, lg_, _mem = carry
+            sl_split = {f: _Split(tuple(v), 1) for f, v in sl_.items()}
+            leaves = jax.tree_util.tree_leaves((sc_, sl_split, lg_, k0, k1, pv, ops, drawn_at(i)),
+                                               is_leaf=lambda x: isinstance(x, _Split))
+            res = jax.tree_util.tree_unflatten(out_tree, _eval_pieces(closed.jaxpr, closed.consts, leaves, K))
+            return res[0], {f: v.parts for f, v in res[1].items()}, res[2], res[3]
+
+    carry = (sc, sl, lg, jnp.zeros((rb,), jnp.int32))
+    sc, sl, lg, mem = jax.lax.fori_loop(0, cfg.compact_every, body, carry)
     o = iter(outs)
     for f in SCALARS:
-        next(o)[...] = getattr(st, f)
+        next(o)[...] = sc[f]
     for f in SLOTS:
-        next(o)[...] = getattr(st.slots, f)
+        r = next(o)
+        if len(pieces) == 1:
+            r[...] = sl[f]
+        else:
+            for a, b, v in zip(offs[:-1], offs[1:], sl[f]):
+                r[:, int(a):int(b)] = v
     for f in LOGS:
-        next(o)[...] = getattr(st, f)
+        next(o)[...] = lg[f]
     next(o)[...] = mem
+
+
+# ------------------------------------------------------------------------- the step on power-of-two pieces
+class _Split(NamedTuple):
+    """A value whose slot axis ``axis`` is held as power-of-two pieces (in slot order)."""
+
+    parts: tuple
+    axis: int
+
+
+# primitives that act slot by slot: evaluated on each piece
+_ELEMENTWISE = frozenset("""add sub mul div rem max min and or not xor eq ne lt le gt ge select_n
+    convert_element_type neg abs sign floor ceil round exp exp2 log log1p expm1 sqrt rsqrt pow integer_pow is_finite
+    shift_left shift_right_logical shift_right_arithmetic clamp nextafter population_count square tanh logistic
+    erf erf_inv erfc copy""".split())
+_COMBINE = {"reduce_sum": jax.lax.add, "reduce_max": jax.lax.max, "reduce_min": jax.lax.min,
+            "reduce_or": jax.lax.bitwise_or, "reduce_and": jax.lax.bitwise_and}
+
+
+def _eval_pieces(jaxpr, consts, args, K):
+    """Evaluate ``jaxpr`` (the step on [rb, K] slot fields) with its slot-axis values held as power-of-two pieces
+    (:class:`_Split`): elementwise operations run on every piece, reductions over the slot axis reduce each piece
+    and combine the results, the prefix sum runs on each piece and adds the totals of the pieces before it; slot
+    indices (iota) are offset by the slots before the piece. Integer sums in any order give the same bits, so the
+    results equal the unsplit step's exactly; anything else on the slot axis (a float sum, a slice, a gather)
+    raises. A value is on the slot axis if one of its dimensions is K (not a power of two, unlike every other
+    dimension of the kernel's arrays)."""
+    from jax._src import core
+
+    env = {}
+
+    def read(v):
+        return v.val if isinstance(v, core.Literal) else env[v]
+
+    def split_const(x):
+        dims = [d for d, n in enumerate(np.shape(x)) if n == K]
+        if not dims:
+            return x
+        ax, sizes = dims[0], slot_pieces(K)
+        offs = np.cumsum((0,) + sizes)
+        return _Split(tuple(jax.lax.slice_in_dim(jnp.asarray(x), int(a), int(b), axis=ax)
+                            for a, b in zip(offs[:-1], offs[1:])), ax)
+
+    for v, x in zip(jaxpr.constvars, consts):
+        env[v] = split_const(x)
+    for v, x in zip(jaxpr.invars, args):
+        env[v] = x
+    for eqn in jaxpr.eqns:
+        ins = [read(v) for v in eqn.invars]
+        outs_shape = [tuple(getattr(v.aval, "shape", ())) for v in eqn.outvars]
+        if not any(isinstance(x, _Split) for x in ins) and not any(K in s for s in outs_shape):
+            res = eqn.primitive.bind(*ins, **eqn.primitive.get_bind_params(eqn.params))
+        else:
+            res = _piece_rule(eqn, ins, K)
+        if not eqn.primitive.multiple_results:
+            res = [res]
+        for v, x in zip(eqn.outvars, res):
+            env[v] = x
+    return [split_const(read(v)) if not isinstance(read(v), _Split) else read(v) for v in jaxpr.outvars]
+
+
+def _piece_rule(eqn, ins, K):
+    name, prm = eqn.primitive.name, dict(eqn.params)
+    sizes = slot_pieces(K)
+    split = [x for x in ins if isinstance(x, _Split)]
+    out_shape = tuple(eqn.outvars[0].aval.shape)
+
+    def with_k(shape, ax, n):
+        return tuple(n if d == ax else s for d, s in enumerate(shape))
+
+    if name in _ELEMENTWISE:
+        ax = split[0].axis
+        if any(x.axis != ax for x in split) or any(not isinstance(x, _Split) and np.ndim(x)
+                                                    and np.shape(x)[ax] != 1 for x in ins):
+            raise NotImplementedError(f"{name}: operands on different slot axes")
+        params = eqn.primitive.get_bind_params(eqn.params)
+        return _Split(tuple(eqn.primitive.bind(*[x.parts[j] if isinstance(x, _Split) else x for x in ins], **params)
+                            for j in range(len(sizes))), ax)
+    if name == "broadcast_in_dim":
+        x, = ins
+        dims = prm["broadcast_dimensions"]
+        if isinstance(x, _Split):
+            ax = dims[x.axis]
+            return _Split(tuple(jax.lax.broadcast_in_dim(p, with_k(out_shape, ax, n), dims)
+                                for p, n in zip(x.parts, sizes)), ax)
+        new = [d for d, n in enumerate(out_shape) if n == K and d not in dims]
+        if len(new) != 1:
+            raise NotImplementedError(f"broadcast_in_dim to {out_shape}: no single new slot axis")
+        ax = new[0]
+        return _Split(tuple(jax.lax.broadcast_in_dim(x, with_k(out_shape, ax, n), dims) for n in sizes), ax)
+    if name == "iota":
+        axes = [d for d, n in enumerate(out_shape) if n == K]
+        if len(axes) != 1:
+            raise NotImplementedError(f"iota of shape {out_shape}")
+        ax, dt, dim = axes[0], prm["dtype"], prm["dimension"]
+        parts, off = [], 0
+        for n in sizes:
+            p = jax.lax.broadcasted_iota(dt, with_k(out_shape, ax, n), dim)
+            parts.append(p + jnp.asarray(off, dt) if (dim == ax and off) else p)
+            off += n
+        return _Split(tuple(parts), ax)
+    if name in _COMBINE or name == "cumsum":
+        x, = ins
+        if not isinstance(x, _Split) or (name in ("reduce_sum", "cumsum")
+                                         and not jnp.issubdtype(x.parts[0].dtype, jnp.integer)):
+            raise NotImplementedError(f"{name} over the slot axis of a non-integer value")
+        if name == "cumsum":
+            if prm["axis"] != x.axis or prm["reverse"]:
+                raise NotImplementedError("cumsum other than forward along the slot axis")
+            out, carry = [], None
+            keep = tuple(d for d in range(x.parts[0].ndim) if d != x.axis)
+            for j, p in enumerate(x.parts):
+                c = jax.lax.cumsum(p, axis=x.axis)
+                if carry is not None:
+                    c = c + jax.lax.broadcast_in_dim(carry, p.shape, keep)
+                out.append(c)
+                if j + 1 < len(x.parts):
+                    tot = jnp.sum(p, axis=x.axis)
+                    carry = tot if carry is None else carry + tot
+            return _Split(tuple(out), x.axis)
+        axes = tuple(prm["axes"])
+        params = eqn.primitive.get_bind_params(eqn.params)
+        red = [eqn.primitive.bind(p, **params) for p in x.parts]
+        if x.axis in axes:
+            acc = red[0]
+            for r in red[1:]:
+                acc = _COMBINE[name](acc, r)
+            return acc
+        return _Split(tuple(red), x.axis - sum(a < x.axis for a in axes))
+    if name == "squeeze":
+        x, = ins
+        dims = prm["dimensions"]
+        if x.axis in dims:
+            raise NotImplementedError("squeeze of the slot axis")
+        return _Split(tuple(jax.lax.squeeze(p, dims) for p in x.parts), x.axis - sum(d < x.axis for d in dims))
+    if name in ("jit", "pjit", "closed_call", "core_call"):
+        cj = prm.get("jaxpr") or prm.get("call_jaxpr")
+        res = _eval_pieces(cj.jaxpr, cj.consts, ins, K)
+        return res if eqn.primitive.multiple_results else res[0]
+    raise NotImplementedError(f"the fused kernel cannot split the slot axis through {name!r}")
 
 
 def pre_draw(states: E.State, params: E.Params, cfg: E.EngineConfig):
@@ -189,7 +405,7 @@ def fused_block(states: E.State, params: E.Params, cfg: E.EngineConfig, *, rb: i
 
         kw["compiler_params"] = plt.CompilerParams(num_warps=num_warps or default_warps(K, rb), num_stages=num_stages)
     call = pl.pallas_call(
-        functools.partial(_kernel, cfg, rb, len(ops), len(pre)),
+        functools.partial(_kernel, cfg, rb, len(ops), len(pre), slot_pieces(K)),
         out_shape=out_shape, grid=(N // rb,), in_specs=[spec(a) for a in args], out_specs=out_specs,
         input_output_aliases={i: i for i in range(n_state)}, interpret=interpret, name="lqs_step_loop", **kw)
     res = call(*args)

@@ -169,23 +169,49 @@ def test_clusters_and_phases_fall_back_to_xla_under_auto():
     assert r.config["sizing"]["engine"] == "xla" and "servers" in r.config["sizing"]["engine_reason"]
 
 
-@pytest.mark.parametrize("policy,batch,budget", [("swap", "constant", None), ("recompute", "affine", 64),
-                                                 ("reserve", "empirical", None), ("swap", "lognormal", 64)])
-def test_lowers_to_triton_for_cuda(policy, batch, budget):
-    """Every primitive of the fused step has a Triton lowering (checked without a GPU via jax.export)."""
+@pytest.mark.parametrize("policy,batch,budget,K", [("swap", "constant", None, 128), ("recompute", "affine", 64, 128),
+                                                   ("reserve", "empirical", None, 128), ("swap", "lognormal", 64, 128),
+                                                   ("swap", "constant", None, 96), ("recompute", "affine", 64, 96)])
+def test_lowers_to_triton_for_cuda(policy, batch, budget, K):
+    """Every primitive of the fused step has a Triton lowering (checked without a GPU via jax.export), K = 96 too:
+    slot fields in power-of-two pieces (64 + 32)."""
     cfg, params, st = _prepared(SMALL, M=400, chunk=16, lam=[3.0], b=BATCHES[batch], policy=policy, trials=8,
-                                token_budget=budget, K=128)
+                                token_budget=budget, K=K)
+    assert cfg.K == K and F.slot_pieces(K) == ((K,) if K == 128 else (64, 32))
     text = F.lower_for_gpu(st, params, cfg, rb=4)
     assert "__gpu$xla.gpu.triton" in text and "lqs_step_loop" in text
 
 
+def test_slots_in_power_of_two_pieces_are_not_padded_to_a_power_of_two():
+    """pd-1:1 at M = 131,000 sizes K = 288; the Triton path runs it as 256 + 32 slots, not 512. K is rounded up only
+    to at most two pieces of at least 32 slots."""
+    assert [F.slot_pieces(K) for K in (288, 96, 100, 512)] == [(256, 32), (64, 32), (64, 32, 4), (512,)]
+    assert [F.triton_K(K) for K in (16, 100, 288, 300, 480, 512, 600)] == [16, 128, 288, 320, 512, 512, 640]
+    srv = lqs.Server(M=131_000, prefill_chunk=512, b=0.0372)
+    _, sz, _, _ = L.prepare(lqs.preset("pd-1:1"), srv, [4.0], lqs.MonteCarlo(trials=2, warmup=64, engine="xla"), 512)
+    assert sz.K == 288 and LP.settle("fused", "asked for", sz.K, "swap", "constant")[2] == 288
+
+
+def test_identical_with_slots_in_three_pieces():
+    """K = 100 runs as pieces of 64, 32 and 4 slots (interpret mode uses the Triton layout): prefix sums carried
+    across pieces, sums over slots combined, slot indices offset; bit-identical to the XLA path."""
+    cfg, params, st = _prepared(SMALL, M=400, chunk=16, lam=[3.0, 30.0], b=0.05, policy="swap", trials=2, steps=256,
+                                K=100)
+    assert F.slot_pieces(cfg.K) == (64, 32, 4)
+    a, b = _both(cfg, params, st, rb=2)
+    _assert_identical(a, b)
+    assert int(np.sum(a[0].n_used >= 64)) > 0 and int(np.sum(a[0].swaps)) > 0  # the later pieces in use
+
+
 def test_default_block_and_warps_are_powers_of_two():
-    for K in (64, 96, 128, 288, 512, 1024, 4096, 8192):
+    for K in (64, 96, 128, 288, 512, 640, 1024, 4096, 8192):
         rb = F.default_block(K)
         w = F.default_warps(K, rb)
         assert rb >= 1 and rb & (rb - 1) == 0 and (rb * K <= 1024 or rb == 1)
         assert 1 <= w <= 32 and w & (w - 1) == 0
-        assert rb * K <= 32 * w * F.SLOTS_PER_THREAD or w == 32
+        per_thread = F.SLOTS_PER_THREAD if K & (K - 1) == 0 else F.PIECED_SLOTS_PER_THREAD
+        assert rb * K <= 32 * w * per_thread or w == 32
+    assert (F.default_block(288), F.default_warps(288, 2)) == (2, 2)
 
 
 def test_auto_falls_back_to_xla_when_the_kernel_cannot_compile(monkeypatch, tmp_path):
