@@ -52,13 +52,13 @@ def trial_block(N: int, K: int) -> int:
     return -(-N // n_blocks)
 
 
-def run_call(states: E.State, params: E.Params, cfg: E.EngineConfig, block: int | None = None):
+def run_call(states: E.State, params: E.Params, cfg: E.EngineConfig, block: int | None = None, n_records=None):
     """Same contract and results as ``jax.vmap(engine.run_call)`` over a trial-major batch of states (trials
     independent: blocking them changes no bit)."""
     N = states.slots.s.shape[0]
     nb = trial_block(N, cfg.K) if block is None else block
     if nb >= N:
-        return _run_call(states, params, cfg)
+        return _run_call(states, params, cfg, n_records)
     n_blk = -(-N // nb)
     pad = n_blk * nb - N
 
@@ -68,13 +68,13 @@ def run_call(states: E.State, params: E.Params, cfg: E.EngineConfig, block: int 
             x = jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)])
         return x.reshape((n_blk, nb) + x.shape[1:])
 
-    st, recs = jax.lax.map(lambda a: _run_call(a[0], a[1], cfg),
+    st, recs = jax.lax.map(lambda a: _run_call(a[0], a[1], cfg, n_records),
                            (jax.tree_util.tree_map(split, states), jax.tree_util.tree_map(split, params)))
     join = lambda x: x.reshape((n_blk * nb,) + x.shape[2:])[:N]
     return jax.tree_util.tree_map(join, st), jax.tree_util.tree_map(join, recs)
 
 
-def _run_call(states, params, cfg):
+def _run_call(states, params, cfg, n_records=None):
     def one_step(st, _):
         st, _out = step(st, params, cfg)
         return st, None
@@ -87,5 +87,5 @@ def _run_call(states, params, cfg):
         st, _ = jax.lax.scan(one_block, st, None, length=cfg.blocks_per_record)
         return st, E._record(st, cfg)
 
-    st, recs = jax.lax.scan(one_record, to_slot_major(states), None, length=cfg.records_per_call)
+    st, recs = E.records_scan(one_record, to_slot_major(states), cfg, n_records)
     return to_trial_major(st), jax.tree_util.tree_map(lambda x: jnp.swapaxes(x, 0, 1), recs)

@@ -316,9 +316,30 @@ def _record(state: State, cfg: EngineConfig) -> Record:
     return Record(t=state.t, waiting=in_sys - n_started, started=n_started)
 
 
-def run_call(state, params: Params, cfg: EngineConfig):
+def records_scan(one_record, state, cfg: EngineConfig, n_records=None):
+    """scan ``one_record`` over the call's cfg.records_per_call record periods; with ``n_records`` (a traced int32
+    scalar, the same for every trial) only the first n_records periods run and the rest leave the state as it is
+    (their records repeat the last one and are dropped by the host). The horizon is therefore not part of the
+    compiled program: runs of any length share one compilation."""
+    if n_records is None:
+        return jax.lax.scan(one_record, state, None, length=cfg.records_per_call)
+
+    def guarded(st, i):
+        return jax.lax.cond(i < n_records, lambda s: one_record(s, None), lambda s: (s, _idle_record(s, cfg)), st)
+
+    return jax.lax.scan(guarded, state, jnp.arange(cfg.records_per_call, dtype=jnp.int32))
+
+
+def _idle_record(st, cfg: EngineConfig):
+    if cfg.servers > 1:
+        r = jax.vmap(lambda x: _record(x, cfg))(st.servers)
+        return Record(t=r.t[0], waiting=jnp.sum(r.waiting), started=jnp.sum(r.started))
+    return _record(st, cfg)
+
+
+def run_call(state, params: Params, cfg: EngineConfig, n_records=None):
     """cfg.steps_per_call steps of one trial (a server, or a Cluster when cfg.servers > 1):
-    scan(records) ∘ scan(blocks) ∘ scan(steps) + compaction."""
+    scan(records) ∘ scan(blocks) ∘ scan(steps) + compaction; ``n_records``: see :func:`records_scan`."""
     clustered = cfg.servers > 1
 
     def one_step(st, _):
@@ -342,17 +363,17 @@ def run_call(state, params: Params, cfg: EngineConfig):
             rec = _record(st, cfg)
         return st, rec
 
-    return jax.lax.scan(one_record, state, None, length=cfg.records_per_call)
+    return records_scan(one_record, state, cfg, n_records)
 
 
-def run_call_batched(states: State, params: Params, cfg: EngineConfig):
+def run_call_batched(states: State, params: Params, cfg: EngineConfig, n_records=None):
     """run_call vmapped over the leading (configuration × trial) axis of states and params (single-server unphased
     trials run slot-major: kernels/batched.py, same results)."""
     from . import batched
 
     if batched.supports(cfg):
-        return batched.run_call(states, params, cfg)
-    return jax.vmap(lambda st, p: run_call(st, p, cfg))(states, params)
+        return batched.run_call(states, params, cfg, n_records=n_records)
+    return jax.vmap(lambda st, p: run_call(st, p, cfg, n_records))(states, params)
 
 
 def trace_steps(state: State, params: Params, cfg: EngineConfig, n_blocks: int) -> tuple[State, StepOut]:

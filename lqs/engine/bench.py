@@ -152,7 +152,7 @@ def bench(*, trials: int | None = None, steps: int | None = None, quick: bool = 
     from .._batch import parse_batch_spec
     from .._server import MonteCarlo, Server
     from . import paths as P
-    from .sizing import prepare
+    from .sizing import call_plan, prepare
 
     on_gpu = P.on_gpu()
     policy = check_choice("policy", "swap" if policy == "fcfs" else policy, POLICIES)
@@ -184,30 +184,33 @@ def bench(*, trials: int | None = None, steps: int | None = None, quick: bool = 
 
     def timed(path, cfg, params, rb):
         """(row, final state or None): compile, a warm-up call (the slots fill up: saturated), a timed call."""
-        row = dict(engine=path, device_kind=dk, policy=policy, batch=kind, trials=trials, steps=cfg.steps_per_call,
+        n_rec = call_plan(steps, cfg)[0]  # one call of (about) ``steps`` steps
+        n_arr = np.int32(n_rec)
+        call_steps = n_rec * cfg.compact_every * cfg.blocks_per_record
+        row = dict(engine=path, device_kind=dk, policy=policy, batch=kind, trials=trials, steps=call_steps,
                    K=cfg.K, K_sized=sz_x.K, fused_rb=rb, compiled=False, error=None, identical=None,
                    replica_steps_per_s=None, trial_steps_per_s=None, slot_steps_per_s=None, requests_per_s=None,
                    compile_s=None, **versions())
         if progress:
-            progress(f"{path}: compiling ({trials} trials, K = {cfg.K}, {cfg.steps_per_call} steps per call)")
+            progress(f"{path}: compiling ({trials} trials, K = {cfg.K}, {call_steps} steps per call)")
         try:
             st = P.init_jit(keys, params, cfg)
             t0 = time.perf_counter()
-            run = P.run_call_jit.lower(st, params, cfg, path, rb, None).compile()
+            run = P.run_call_jit.lower(st, params, cfg, path, rb, None, n_arr).compile()
             row["compile_s"] = time.perf_counter() - t0
             row["compiled"] = True
-            st, _ = run(st, params)
+            st, _ = run(st, params, n_arr)
             jax.block_until_ready(st)
             c0 = int(np.asarray(st.completions).sum())
             t1 = time.perf_counter()
-            st, _ = run(st, params)
+            st, _ = run(st, params, n_arr)
             jax.block_until_ready(st)
             wall = time.perf_counter() - t1
         except Exception as e:  # noqa: BLE001 - a path that does not compile or run here is recorded as such
             row["error"] = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
             row["identical"] = False
             return row, None
-        n = trials * cfg.steps_per_call
+        n = trials * call_steps
         row.update(replica_steps_per_s=n / wall, trial_steps_per_s=n / wall, slot_steps_per_s=n * cfg.K / wall,
                    requests_per_s=(int(np.asarray(st.completions).sum()) - c0) / wall, wall_s=wall,
                    violations=int(np.asarray(st.violations).sum()))

@@ -20,24 +20,26 @@ _ENGINE = {"default": None}
 TRACE_COUNT = {"run_call": 0}
 
 
-def _traced_run_call(states, params, cfg, path="xla", rb=1, mesh=None):
+def _traced_run_call(states, params, cfg, path="xla", rb=1, mesh=None, n_records=None):
     TRACE_COUNT["run_call"] += 1
     if path == "xla":  # XLA partitions the vmapped program over a sharded trial axis by itself
-        return _k.run_call_batched(states, params, cfg)
+        return _k.run_call_batched(states, params, cfg, n_records)
 
-    def run(st, p):
-        return _fused.run_call_batched(st, p, cfg, rb=rb, interpret=path == "fused-interpret")
+    def run(st, p, n):
+        return _fused.run_call_batched(st, p, cfg, rb=rb, interpret=path == "fused-interpret", n_records=n)
 
     if mesh is None:
-        return run(states, params)
+        return run(states, params, n_records)
     # a Pallas call is not partitioned automatically: each device runs the kernel on its own trials
     from jax.sharding import PartitionSpec as P
 
-    return jax.shard_map(run, mesh=mesh, in_specs=(P("r"), P("r")), out_specs=(P("r"), P("r")),
-                         check_vma=False)(states, params)
+    return jax.shard_map(run, mesh=mesh, in_specs=(P("r"), P("r"), P()), out_specs=(P("r"), P("r")),
+                         check_vma=False)(states, params, n_records)
 
 
-#: one host round trip: ``cfg.steps_per_call`` steps of every (configuration × trial), states donated
+#: one host round trip: up to ``cfg.steps_per_call`` steps of every (configuration × trial), states donated;
+#: ``n_records`` (an int32 scalar, traced) says how many of the call's record periods run, so that the horizon
+#: is not part of the program
 run_call_jit = jax.jit(_traced_run_call, static_argnums=(2, 3, 4, 5), donate_argnums=0)
 
 

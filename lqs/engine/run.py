@@ -19,7 +19,7 @@ from .._workload import Mixture, Phased, Workload
 from ..kernels import engine as _k
 from .paths import init_jit, run_call_jit
 from .results import SimResult, collect, merge
-from .sizing import auto_steps, check_workload, prepare, product, rates
+from .sizing import auto_steps, call_plan, check_workload, prepare, product, rates
 
 
 def simulate(workload, server, lam=None, mc=None, *, key=None, phases=None, progress: bool = False, devices=None,
@@ -115,17 +115,20 @@ def _execute(cfg, sizing, params, keys, mc, devices, progress, desc) -> dict:
     """The host loop of one program: init, a jitted call per ≈4096 steps, early stop, gather."""
     N = keys.shape[0]
     spc = cfg.steps_per_call
-    n_calls = math.ceil(mc.steps / spc)
+    plan = call_plan(mc.steps, cfg)
+    n_calls = len(plan)
+    steps_per_record = cfg.compact_every * cfg.blocks_per_record
     keys, params, n_pad, mesh = _shard(keys, params, devices, block=sizing.fused_rb)
     states = init_jit(keys, params, cfg)
     recs = []
     t_start = time.perf_counter()
     bar = _progress(n_calls, progress, desc)
-    done = 0
     stopped_early = False
-    for c in range(n_calls):
+    steps_run = 0
+    for c, n_rec in enumerate(plan):
+        n_arr = np.int32(n_rec)
         try:
-            states, rec = run_call_jit(states, params, cfg, sizing.engine, sizing.fused_rb, mesh)
+            states, rec = run_call_jit(states, params, cfg, sizing.engine, sizing.fused_rb, mesh, n_arr)
         except Exception as e:  # noqa: BLE001 - only the first launch of an automatically chosen fused kernel
             if c > 0 or sizing.engine != "fused" or not sizing.engine_reason.startswith("auto"):
                 raise
@@ -133,9 +136,9 @@ def _execute(cfg, sizing, params, keys, mc, devices, progress, desc) -> dict:
             warnings.warn(f"lqs: the fused kernel failed to compile, running the XLA path instead ({why}); it was "
                           f"chosen because {sizing.engine_reason}")
             sizing = replace(sizing, engine="xla", engine_reason=f"auto: fused kernel failed ({why})", fused_rb=0)
-            states, rec = run_call_jit(states, params, cfg, "xla", 0, mesh)
-        recs.append(jax.device_get(rec))
-        done += 1
+            states, rec = run_call_jit(states, params, cfg, "xla", 0, mesh, n_arr)
+        recs.append(jax.tree_util.tree_map(lambda x: np.asarray(x)[:, :n_rec], jax.device_get(rec)))
+        steps_run += n_rec * steps_per_record
         if bar is not None:
             bar.update(1)
         if mc.stop_when_settled and (c + 1) * spc >= mc.warmup + 8 * spc and c + 1 < n_calls:
@@ -152,7 +155,7 @@ def _execute(cfg, sizing, params, keys, mc, devices, progress, desc) -> dict:
         recs = [jax.tree_util.tree_map(lambda x: np.asarray(x)[:N], r) for r in recs]
     if cfg.servers > 1:
         st = _reduce_cluster(st)
-    return dict(st=st, recs=recs, steps_run=done * spc, wall=wall, stopped_early=stopped_early, sizing=sizing)
+    return dict(st=st, recs=recs, steps_run=steps_run, wall=wall, stopped_early=stopped_early, sizing=sizing)
 
 
 def _phases(phases, workload, lam):

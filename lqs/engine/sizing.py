@@ -25,6 +25,8 @@ _INT32_MAX = 2**31 - 1
 #: largest expected number of arrivals in one step, λ·b: the float32 Poisson inversion starts from e^(−λ·b),
 #: which loses precision below e^(−87) (float32's smallest normal number) and is 0 below e^(−104)
 MAX_ARRIVALS_PER_STEP = 80.0
+#: steps of one host round trip (one jitted call), at most: progress and early stopping happen between calls
+CALL_STEPS = 4096
 
 
 @dataclass(frozen=True)
@@ -68,10 +70,19 @@ def size_engine(workload: Workload, M_max: int, prefill_chunk: int, lam_max: flo
     else:
         K = check_int("K", K, 8)
     b_cap = b_max if b_typ is None or not isinstance(batch, AffineBatch) else min(b_max, 4.0 * b_typ)
-    # a hit is counted and flags the run; rounded so that nearby λ share a compilation
-    a_max = 4 * math.ceil(_rng.poisson_cap(lam_max * b_cap) / 4)
+    # a hit is counted and flags the run. Rounded up to a multiple of 8, at least 16, so that nearby λ share a
+    # compilation: the cap costs a few scalar operations per term and trial-step, nothing per slot
+    a_max = max(16, 8 * math.ceil(_rng.poisson_cap(lam_max * b_cap) / 8))
     check = (workload.max_total + 1) ** 2 < 2**30
     return Sizing(K=K, a_max=a_max, n_service_est=n_serv, check_work=check)
+
+
+def call_plan(steps: int, cfg) -> list[int]:
+    """Record periods run by each host call of a ``steps``-step run (every call but the last runs
+    cfg.records_per_call of them): the run covers ``steps`` rounded up to whole record periods."""
+    total_records = math.ceil(math.ceil(steps / cfg.compact_every) / cfg.blocks_per_record)
+    rpc = cfg.records_per_call
+    return [min(rpc, total_records - c * rpc) for c in range(math.ceil(total_records / rpc))]
 
 
 def check_workload(workload, server: Server) -> None:
@@ -200,12 +211,12 @@ def prepare_configs(configs: list[Config], mc: MonteCarlo, steps: int, phased=No
     if Kc * (M_max + 1) >= _INT32_MAX:
         raise LqsError("M", M_max, f"K·(M+1) must stay below 2^31 for int32 accounting (K={Kc}); "
                        "use a smaller M or K")
-    # ≤ max_points records; calls of about 4096 steps between host round trips (progress, early stop)
+    # ≤ max_points records; calls of at most about 4096 steps between host round trips (progress, early stop).
+    # The records per call are fixed (the last call runs only the records it needs: run_call's n_records), so
+    # runs of different lengths share one program unless they differ in blocks per record (over max_points).
     total_blocks = math.ceil(steps / compact_every)
     bpr = max(1, math.ceil(total_blocks / max_points))
-    total_records = math.ceil(total_blocks / bpr)
-    n_calls = max(1, round(total_records * compact_every * bpr / 4096))
-    rpc = math.ceil(total_records / n_calls)  # calls of ≈ 4096 steps that add up to just ≥ steps
+    rpc = max(1, round(CALL_STEPS / (compact_every * bpr)))
     cfg = _k.EngineConfig(K=Kc, policy=s0.policy, a_max=sizing.a_max, token_budget=s0.token_budget is not None,
                           servers=s0.servers, routing=s0.routing,
                           phased=phased is not None, n_u=0 if phased is None else phased[0].n_uniforms,
