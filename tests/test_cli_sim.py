@@ -1,12 +1,12 @@
 """``lqs simulate`` and ``lqs critical``: JSON keys and numbers, --out files, seeds, policies, batch-time models,
 and exit status 2 with a one-line error for bad input.
 
-Every run is small (M = 16,384 tokens, 4 trials, 6,000 steps) and the option shapes repeat, so JAX compiles
-few programs: the (configuration × trial) count and the static engine config (policy, batch model, slot count,
-arrival cap, records per host call, so the horizon too) decide a compilation, so e.g. ``--lam 0.2:1.0:3 --trials
-4`` and ``--lam 1.25 --trials 12`` share one, and ``critical --trials 8 --grid-points 3 --grid-trials 4`` reuses
-both programs (its saturation run has the shape of ``--lam 0.2,1.0 --trials 4``, its grid that of the 12-lane
-runs): nine compilations in all (two λ-grid shapes, three batch models, two more policies, the fused kernel)."""
+Every run is small (M = 16,384 tokens, 10 trials, 6,000 steps, K = 96 slots) and the option shapes repeat, so JAX
+compiles few programs: the (configuration × trial) count and the static engine config (policy, batch model, slot
+count, arrival cap) decide a compilation, not the rates or the horizon. ``--lam 0.2,1.0 --trials 10``,
+``--lam 1.25 --trials 20``, ``--lam 0.2:1.0:2 --trials 10`` and critical's grid (4 points × 5 trials) run 20 lanes
+in one program; every saturation run (10 trials) is test_verdict's pd-1:1 program: a compilation per policy, per
+batch model and for the fused kernel."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ import pytest
 from cli_run import run, run_json
 
 BASE = ["--workload", "pd-1:1", "--M", "16384", "--prefill-chunk", "512", "--b", "0.0372"]
-SIM = ["simulate", *BASE, "--trials", "4", "--steps", "6000", "--warmup", "1000"]
-CRIT = ["critical", *BASE, "--trials", "8", "--steps", "6000", "--warmup", "1000", "--grid-points", "3",
-        "--grid-trials", "4"]
+SIM = ["simulate", *BASE, "--trials", "10", "--steps", "6000", "--warmup", "1000", "--K", "96"]
+CRIT = ["critical", *BASE, "--trials", "10", "--steps", "6000", "--warmup", "1000", "--K", "96", "--grid-points", "4",
+        "--grid-trials", "5"]
 THEORY = ("mu_rps", "mu_exact_rps", "mu_stable_rps", "mu_exact_stable_rps", "delta")
 SUMMARY_KEYS = {"lam_rps", "mu_rps", "mu_exact_rps", "mu_stable_rps", "p_backlog_grows", "throughput_rps", "wait_p99_s",
                 "reliable", "verdict", "verdict_basis", "lam_star_rps", "lam_star_lo_rps", "lam_star_hi_rps"}
@@ -35,11 +35,11 @@ def cap():
 
 @pytest.fixture(scope="module")
 def pair():
-    """The workhorse run: λ = 0.2 (well below μ(1−δ) ≈ 0.328) and 1.0 (≈ 2.5 μ_exact), 4 trials each."""
+    """The workhorse run: λ = 0.2 (well below μ(1−δ) ≈ 0.328) and 1.0 (≈ 2.5 μ_exact), 10 trials each."""
     return run_json(SIM + ["--lam", "0.2,1.0"])
 
 
-def _check_rows(d, lams, cap):
+def _check_rows(d, lams, cap, trials=10):
     assert d["workload"] == "pd-1:1"
     rows = d["summary"]
     assert [r["lam_rps"] for r in rows] == pytest.approx(lams)
@@ -47,7 +47,7 @@ def _check_rows(d, lams, cap):
         assert SUMMARY_KEYS <= set(r), SUMMARY_KEYS - set(r)
         for k in THEORY:
             assert r[k] == pytest.approx(cap[k], rel=1e-12), k
-        assert r["trials"] == 4 and r["policy"] == "swap" and r["M_tokens"] == 16384
+        assert r["trials"] == trials and r["policy"] == "swap" and r["M_tokens"] == 16384
         assert r["prefill_chunk_tokens"] == 512 and r["rho"] == pytest.approx(r["lam_rps"] / r["mu_rps"])
         assert 0.0 <= r["p_backlog_grows"] <= 1.0 and r["throughput_rps"] > 0
         assert r["verdict"] == ("stable" if r["lam_rps"] < r["lam_star_lo_rps"] else
@@ -66,10 +66,10 @@ def _check_rows(d, lams, cap):
 
 # ----------------------------------------------------------------------------------------------- simulate --json
 def test_simulate_json_single_lambda_far_above_capacity(cap):
-    d = run_json(_with(SIM, ["--trials", "12"]) + ["--lam", "1.25"])
+    d = run_json(_with(SIM, ["--trials", "20"]) + ["--lam", "1.25"])
     (r,) = d["summary"]
     assert SUMMARY_KEYS <= set(r)
-    assert r["lam_rps"] == 1.25 and r["trials"] == 12
+    assert r["lam_rps"] == 1.25 and r["trials"] == 20
     assert r["lam_rps"] > 3 * r["mu_exact_rps"]
     assert r["p_backlog_grows"] == 1.0 and r["verdict"] == "unstable" and r["throughput_rps"] < r["lam_rps"]
     assert r["throughput_rps"] < 1.1 * r["mu_exact_rps"]
@@ -89,10 +89,11 @@ def test_simulate_json_list(pair, cap):
     assert pair["reliable"] is True
 
 
-def test_simulate_json_range(cap):
-    d = run_json(SIM + ["--lam", "0.2:1.0:3"])
-    rows = _check_rows(d, [0.2, 0.6, 1.0], cap)
+def test_simulate_json_range(cap, pair):
+    d = run_json(SIM + ["--lam", "0.2:1.0:2"])  # start:stop:count, the workhorse's two rates
+    rows = _check_rows(d, [0.2, 1.0], cap)
     assert rows[0]["verdict"] == "stable" and rows[-1]["verdict"] == "unstable"
+    assert d["summary"] == pair["summary"]  # the same rates and seed: the same run
 
 
 # ----------------------------------------------------------------------------------------------- --out
@@ -106,9 +107,9 @@ def test_simulate_out_dir(tmp_path, pair):
     assert str(out) in r.stdout.replace("\n", "")
 
     reps = pd.read_csv(out / "trials.csv")
-    assert len(reps) == 4 * 2
+    assert len(reps) == 10 * 2
     assert sorted(reps["lam_rps"].unique()) == [0.2, 1.0]
-    assert (reps.groupby("lam_rps").size() == 4).all()
+    assert (reps.groupby("lam_rps").size() == 10).all()
     for col in ("trial", "lam_rps", "M_tokens", "prefill_chunk_tokens", "b_s", "window_s", "throughput_rps",
                 "mem_mean_tokens",
                 "wait_p99_s", "ttft_p50_s", "e2e_mean_s", "warmup_steps"):
@@ -127,14 +128,14 @@ def test_simulate_out_dir(tmp_path, pair):
     assert cfg["server"] == {"M_tokens": 16384, "prefill_chunk_tokens": 512, "b": 0.0372, "b_theory_s": None,
                              "policy": "swap", "token_budget": None, "servers": 1, "routing": "round_robin"}
     mc = cfg["monte_carlo"]
-    assert mc["trials"] == 4 and mc["steps"] == 6000 and mc["warmup"] == 1000 and mc["seed"] == 0
+    assert mc["trials"] == 10 and mc["steps"] == 6000 and mc["warmup"] == 1000 and mc["seed"] == 0
     assert cfg["M_tokens"] == [16384, 16384]
     assert cfg["steps_requested"] == 6000 and cfg["steps_run"] >= 6000 and cfg["warmup_steps"] == 1000
-    assert cfg["trials"] == 4 and cfg["lam_rps"] == pytest.approx([0.2, 1.0])
+    assert cfg["trials"] == 10 and cfg["lam_rps"] == pytest.approx([0.2, 1.0])
     assert cfg["workload_label"] == "pd-1:1"
 
     npz = np.load(out / "series.npz")
-    assert npz["waiting"].shape[:2] == (2, 4) and npz["t_s"].shape == npz["waiting"].shape
+    assert npz["waiting"].shape[:2] == (2, 10) and npz["t_s"].shape == npz["waiting"].shape
 
 
 # ----------------------------------------------------------------------------------------------- seeds
@@ -198,11 +199,11 @@ def test_critical_json_table_and_out(cap, tmp_path):
     assert d["mu_sim_se_rps"] > 0 and 0.8 * d["mu_exact_rps"] <= d["mu_sim_rps"] <= 1.1 * d["mu_exact_rps"]
     for k in THEORY:
         assert d[k] == pytest.approx(cap[k], rel=1e-12), k
-    assert d["reliable"] is True and d["trials"] == 8 and d["policy"] == "swap"
-    assert len(d["grid_lam_rps"]) == len(d["grid_p_backlog_grows"]) == len(d["grid_verdict"]) == 3
+    assert d["reliable"] is True and d["trials"] == 10 and d["policy"] == "swap"
+    assert len(d["grid_lam_rps"]) == len(d["grid_p_backlog_grows"]) == len(d["grid_verdict"]) == 4
     assert d["grid_verdict"][0] == "stable" and d["grid_p_backlog_grows"][0] == 0.0  # 0.8·μ_exact(1−δ)
     assert d["grid_verdict"][-1] == "unstable"  # 1.2·μ_exact
-    assert d["server"]["policy"] == "swap" and d["monte_carlo"]["trials"] == 8
+    assert d["server"]["policy"] == "swap" and d["monte_carlo"]["trials"] == 10
     # the human table shows the same (seeded) numbers; --out writes them with both runs' tables
     out = tmp_path / "crit"
     r = run(CRIT + ["--out", str(out)])
@@ -318,7 +319,7 @@ def test_json_never_contains_bare_nan(tmp_path, pair):
     d = _strict(r.stdout)
     zero = d["summary"][0]
     assert zero["lam_rps"] == 0.0 and zero["wait_p99_s"] is None and zero["throughput_rps"] == 0.0
-    assert d["server"]["prefill_chunk_tokens"] == 512 and d["monte_carlo"]["trials"] == 4
+    assert d["server"]["prefill_chunk_tokens"] == 512 and d["monte_carlo"]["trials"] == 10
     _strict((out / "config.json").read_text())
 
 
@@ -328,7 +329,7 @@ def test_missing_lam():
 
 def test_engine_option_selects_the_path_with_identical_numbers(tmp_path):
     """``lqs --engine fused simulate`` (interpret mode on a CPU) gives the XLA run's numbers and records the path."""
-    args = SIM + ["--lam", "0.2,1.0", "--seed", "3"]
+    args = _with(SIM, ["--steps", "2000"]) + ["--lam", "0.2,1.0", "--seed", "3", "--no-verdict"]
     outs = {}
     for eng in ("xla", "fused"):
         out = tmp_path / eng

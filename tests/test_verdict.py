@@ -41,13 +41,14 @@ def _check(res, ref_row, pol):
 
 @pytest.fixture(scope="module")
 def verdicts():
-    """Each policy at every rate, with its own saturation run; and λ* measured independently."""
+    """Each policy at every rate, with its own saturation run; and λ* measured independently (other keys, a longer
+    horizon). K = 96 (as sized) is pinned, so the independent saturation runs reuse the verdict's programs."""
     out = {}
     for i, pol in enumerate(POLICIES):
-        out[pol] = lqs.simulate(PD, SRV.replace(policy=pol), LAMS, trials=10, steps=9_000, warmup=4_000,
+        out[pol] = lqs.simulate(PD, SRV.replace(policy=pol), LAMS, trials=10, steps=9_000, warmup=4_000, K=96,
                                 key=jax.random.key(20 + i))
     srvs = [SRV.replace(policy=p, b=SRV.bs[0]) for p in POLICIES]
-    rows, _ = E.saturation([(PD, s) for s in srvs], lqs.MonteCarlo(trials=12, steps=12_000, warmup=4_000),
+    rows, _ = E.saturation([(PD, s) for s in srvs], lqs.MonteCarlo(trials=10, steps=14_000, warmup=4_000, K=96),
                            jax.random.key(99))
     return out, dict(zip(POLICIES, rows))
 
@@ -80,7 +81,7 @@ def test_reserve_is_unstable_inside_the_swap_band_and_the_finite_test_disagrees(
 def test_saturation_runs_are_cached_and_keyed_by_configuration():
     fast = lqs.Independent(lqs.IntUniform(10, 200), lqs.IntUniform(10, 200))
     srv = lqs.Server(M=4096, prefill_chunk=512, b=[0.02, 0.03])
-    mc = lqs.MonteCarlo(trials=4, steps=3_000, warmup=500)
+    mc = lqs.MonteCarlo(trials=4, steps=3_000, warmup=500, K=160)
     cache: dict = {}
     a = lqs.simulate(fast, srv, [4.0, 9.0], mc, key=jax.random.key(1), verdict_cache=cache)
     assert len(cache) == 2  # two configurations (b̄), four rows
@@ -91,23 +92,27 @@ def test_saturation_runs_are_cached_and_keyed_by_configuration():
     assert len(cache) == 2 and E.TRACE_COUNT["run_call"] == n  # same shapes; the saturation runs came from the cache
     assert b.summary.lam_star_rps.tolist() == a.summary.lam_star_rps.tolist()
     assert not b.trials.arrivals.equals(a.trials.arrivals)  # other key, other trials
-    # keyed by the configuration, not by what else ran beside it: b̄ = 0.03 alone gets the same λ*
-    (alone,), _ = E.saturation([(fast, srv.replace(b=srv.bs[1]))], mc, jax.random.key(1))
-    assert alone["lam_star_rps"] == a.summary[a.summary.b_s == 0.03].lam_star_rps.iloc[0]
+    # keyed by the configuration, not by what else ran beside it: b̄ = 0.03 run first, beside another b̄, gets
+    # the same λ*
+    (other, moved), _ = E.saturation([(fast, srv.replace(b=srv.replace(b=0.025).bs[0])), (fast, srv.replace(b=srv.bs[1]))], mc,
+                                     jax.random.key(1))
+    assert moved["lam_star_rps"] == a.summary[a.summary.b_s == 0.03].lam_star_rps.iloc[0]
+    assert other["lam_star_rps"] != moved["lam_star_rps"]
 
 
 def test_phased_runs_say_the_rule_does_not_apply():
     small = lqs.Independent(lqs.Constant(10), lqs.Constant(10))
+    big = lqs.Independent(lqs.Constant(300), lqs.Constant(40))  # the schedule's shapes of test_engine_properties
     res = lqs.simulate(None, lqs.Server(M=4096, prefill_chunk=512, b=0.02), None, trials=2, steps=2_000, warmup=200,
-                       phases=[(10.0, 8.0, small), (10.0, 2.0, small)], key=jax.random.key(3))
+                       phases=[(20.0, 8.0, small), (20.0, 2.0, big)], key=jax.random.key(3))
     s = res.summary.iloc[0]
     assert s.verdict == "n/a" and "phased" in s.verdict_basis and np.isnan(s.lam_star_rps)
 
 
 def test_critical_grid_verdicts_reuse_its_saturation_run():
     fast = lqs.Independent(lqs.IntUniform(10, 200), lqs.IntUniform(10, 200))
-    c = lqs.critical(fast, lqs.Server(M=4096, prefill_chunk=512, b=0.02), trials=8, grid_trials=4, grid_points=5,
-                     steps=4_000, warmup=1_000, key=jax.random.key(5))
+    c = lqs.critical(fast, lqs.Server(M=4096, prefill_chunk=512, b=0.02), trials=8, grid_trials=4, grid_points=4,
+                     steps=4_000, warmup=1_000, K=160, key=jax.random.key(5))
     g = c.grid.summary
     assert (g.lam_star_rps == c.summary["lam_star_rps"]).all()
     for lam, v in zip(g.lam_rps, g.verdict):
@@ -126,11 +131,14 @@ def test_groups_of_shapes_one_program_each_and_rows_equal_separate_runs():
     n = E.TRACE_COUNT["run_call"]
     res = E.run_configs(configs, mc, keys=keys)
     assert E.TRACE_COUNT["run_call"] - n <= 2 and len(res.config["programs"]) == 2
-    for i in (4,):  # (row 17 of a 32-row phase diagram is checked the same way in test_studies)
-        alone = E.run_configs([configs[i]], mc, keys=keys[i:i + 1])
-        got = res.trials[res.trials.config == i].drop(columns="config").reset_index(drop=True)
-        want = alone.trials.drop(columns="config")
-        np.testing.assert_array_equal(got.to_numpy(), want.to_numpy())
+    # row 4 run first, beside two other workloads, from its own key: the same rows (row 17 of a 32-row phase
+    # diagram is checked against a run alone in test_studies)
+    others = [Config(lqs.pd_ratio(r, total_hi=400), configs[4].server, 6.0) for r in (0.25, 4.0)]
+    moved = E.run_configs([configs[4]] + others, mc, keys=jax.numpy.concatenate([keys[4:5], keys[:2]]))
+    got = res.trials[res.trials.config == 4].drop(columns="config").reset_index(drop=True)
+    want = moved.trials[moved.trials.config == 0].drop(columns="config").reset_index(drop=True)
+    np.testing.assert_array_equal(got.to_numpy(), want.to_numpy())
+    assert not moved.trials[moved.trials.config == 1].arrivals.equals(want.arrivals)
 
 
 @pytest.mark.slow
