@@ -18,7 +18,8 @@ from lqs.engine import paths as LP
 
 SMALL = lqs.Independent(lqs.IntUniform(8, 40, "s"), lqs.IntUniform(4, 30, "o"))
 SRV = lqs.Server(M=400, prefill_chunk=16, b=0.05)
-KW = dict(trials=2, steps=256, warmup=64, key=jax.random.key(3))
+# K pinned (sizing gives 160–192 by λ) and two trials of one rate: every SMALL run on a path is one program
+KW = dict(trials=2, steps=256, warmup=64, K=192, key=jax.random.key(3))
 
 
 @pytest.fixture
@@ -32,7 +33,7 @@ def _K():
     """The sized K of the SMALL runs (what their record's K bucket is looked up with)."""
     from lqs.engine import prepare
 
-    _, sz, _, _ = prepare(SMALL, SRV, [4.0], lqs.MonteCarlo(trials=2, warmup=64, engine="xla"), 256)
+    _, sz, _, _ = prepare(SMALL, SRV, [4.0], lqs.MonteCarlo(trials=2, warmup=64, K=KW["K"], engine="xla"), 256)
     return sz.K
 
 
@@ -80,8 +81,8 @@ def test_auto_without_a_record_runs_xla_and_says_once(cache, caplog):
 def test_auto_picks_the_fastest_identical_recorded_path(cache):
     key = _write({"xla": dict(replica_steps_per_s=1e5, identical=True, compiled=True),
                   "fused-interpret": dict(replica_steps_per_s=3e5, identical=True, compiled=True)})
-    a = lqs.simulate(SMALL, SRV, [2.0, 6.0], engine="auto", **KW)
-    x = lqs.simulate(SMALL, SRV, [2.0, 6.0], engine="xla", **KW)
+    a = lqs.simulate(SMALL, SRV, 6.0, engine="auto", **KW)
+    x = lqs.simulate(SMALL, SRV, 6.0, engine="xla", **KW)
     sz = a.config["sizing"]
     assert sz["engine"] == "fused-interpret" and key in sz["engine_reason"] and "3.00× xla" in sz["engine_reason"]
     pd.testing.assert_frame_equal(a.trials, x.trials, check_exact=True)
@@ -123,15 +124,15 @@ def test_cache_dir_follows_the_platform_and_the_override(monkeypatch, tmp_path):
 
 def test_bench_times_xla_at_its_own_K_and_checks_the_fused_path_at_the_fused_K(cache, monkeypatch):
     """Under Triton the fused path runs a rounded-up K: XLA is still timed at its sized K, and the fused final states
-    are compared with an XLA run at the fused K (simulated here by rounding interpret mode's K to 512)."""
+    are compared with an XLA run at the fused K (simulated here by rounding interpret mode's K up to 320)."""
     from lqs.engine import sizing
 
     orig = sizing.settle_path
 
     def settle(path, reason, K, policy, kind):
         p, r, K2 = orig(path, reason, K, policy, kind)
-        return p, r, (512 if p == "fused-interpret" else K2)
+        return p, r, (320 if p == "fused-interpret" else K2)
 
     monkeypatch.setattr(sizing, "settle_path", settle)
     rows = lqs.bench(quick=True, trials=4, steps=64, record=False)
-    assert [(r["engine"], r["K"], r["identical"]) for r in rows] == [("xla", 288, True), ("fused-interpret", 512, True)]
+    assert [(r["engine"], r["K"], r["identical"]) for r in rows] == [("xla", 288, True), ("fused-interpret", 320, True)]
