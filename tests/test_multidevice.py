@@ -19,19 +19,28 @@ print(json.dumps(dict(n=jax.local_device_count(), devices=r.config["devices"], e
 """
 
 
-def _run(devices: bool, engine: str = "xla"):
+def _run(*runs):
+    """Each (devices, engine) run in its own process with 2 forced host devices, the processes side by side."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    code = SCRIPT.replace("DEVICES", "True" if devices else "False").replace("ENGINE", engine)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    procs = [subprocess.Popen([sys.executable, "-c", SCRIPT.replace("DEVICES", str(devices)).replace("ENGINE", engine)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for devices, engine in runs]
+    try:
+        outs = [p.communicate(timeout=600) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    for p, (so, se) in zip(procs, outs):
+        assert p.returncode == 0, se[-2000:]
+    return [json.loads(so.strip().splitlines()[-1]) for so, _ in outs]
 
 
 def test_two_devices_match_one_device():
-    two = _run(True)
-    one = _run(False)
+    two, one = _run((True, "xla"), (False, "xla"))
     assert two["n"] == 2 and len(two["devices"]) == 2
     # 3 configurations × 3 trials = 9 rows on 2 devices: the padding path is exercised too
     assert len(two["arrivals"]) == 9
@@ -43,8 +52,7 @@ def test_two_devices_match_one_device():
 @pytest.mark.slow
 def test_fused_kernel_sharded_over_two_devices_matches_xla_on_one():
     """The fused path runs per device under shard_map (a Pallas call is not partitioned by XLA)."""
-    two = _run(True, "fused")
-    one = _run(False, "xla")
+    two, one = _run((True, "fused"), (False, "xla"))
     assert two["engine"] == "fused-interpret" and one["engine"] == "xla"
     assert two["arrivals"] == one["arrivals"]
     assert two["thr"] == one["thr"]

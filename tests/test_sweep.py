@@ -23,9 +23,10 @@ from lqs.sweep import run as S
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 W = "pd_ratio:1:400"  # s, o ~ U{10..200}: short requests, fast to simulate
-# one real-engine configuration (every part has the same shapes: compiled once for the whole module)
+# one real-engine configuration (every part has the same shapes: compiled once for the whole module; K pinned as in
+# test_engine_properties, whose 4-lane program the parts share)
 REAL = dict(workload=[W], lam=[0.5, 1.0, 1.5, 2.0], M=4096, prefill_chunk=256, b=0.02, trials=2, steps=2000,
-            warmup=500, cells_per_part=2)
+            warmup=500, cells_per_part=2, options={"K": 160})
 
 
 # ----------------------------------------------------------------------------------------------- a fake engine
