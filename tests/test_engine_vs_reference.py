@@ -72,8 +72,10 @@ def _assert_same(df, st, ref):
 
 @pytest.mark.parametrize("policy", ["swap", "recompute", "reserve"])
 def test_small_overloaded_identical(policy):
-    # M = 64 tokens and requests up to 50 tokens: constant swapping / preemption / blocking
-    df, st, ref = _run_both(SMALL, M=64, chunk=8, lam=30.0, batch=ConstantBatch(0.05), policy=policy, steps=640)
+    # M = 64 tokens and requests up to 50 tokens: constant swapping / preemption / blocking. K and the horizon are
+    # those of test_paper_sized_identical (same workload structure and batch model: one program per policy)
+    df, st, ref = _run_both(SMALL, M=64, chunk=8, lam=30.0, batch=ConstantBatch(0.05), policy=policy, steps=1024,
+                            K=256)
     assert sum(ref["swaps"]) > 0 or policy == "reserve"
     assert sum(ref["completions"]) > 20
     _assert_same(df, st, ref)
@@ -104,7 +106,7 @@ def test_light_load_iid_batch_identical(policy):
 def test_paper_sized_identical(policy):
     # pd-1:1 lengths at a reduced M, saturated, with the paper's chunk
     df, st, ref = _run_both(lqs.preset("pd-1:1"), M=16384, chunk=512, lam=1.0, batch=ConstantBatch(0.0372),
-                            policy=policy, steps=1536, seed=7)
+                            policy=policy, steps=1024, seed=7, K=256)
     assert sum(ref["completions"]) > 10
     _assert_same(df, st, ref)
 
