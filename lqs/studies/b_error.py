@@ -117,30 +117,47 @@ def _b_sat_predicted(w, server, affine) -> float:
             + affine[3] * M)
 
 
-def _affine_one(w, server, mc, affine, k, overload, progress) -> dict:
-    """One mix under the affine model, in one simulate call over two rates: saturation (λ = ``overload``·μ at the
-    smallest possible step, b_lo) for λ* and the mean step there, and a light load λ ≈ ½λ* (half the closed form's
-    μ_exact at the predicted saturated step) for the mean step at light load."""
+def _affine_setup(w, server, mc, affine, overload):
+    """One mix under the affine model: its two configurations (saturation at λ = ``overload``·μ at the smallest
+    possible step b_lo, for λ* and the mean step there; a light load λ ≈ ½λ*, half the closed form's μ_exact at
+    the predicted saturated step, for the mean step at light load), the slots they need, and μ with b̄ = 1 s."""
     from .._batch import AffineBatch, ConstantBatch
     from .._theory import capacity
-    from ..engine import simulate, size_engine
+    from ..engine import size_engine
+    from ..engine.sizing import Config
 
     cap_1s = capacity(w, server.replace(b=1.0, b_theory=None))  # μ with b̄ = 1 s; scale by 1/b̄
     b_lo = affine[0] + affine[3] * server.M * (1 - cap_1s.delta)  # ≤ every saturated step: λ_sat > λ*
     b_pred = _b_sat_predicted(w, server, affine)
     lam_sat = overload * cap_1s.mu_rps / b_lo
-    if mc.K is None:  # the engine sizes an affine model by its loose upper bound max_s: far too many slots
-        K = size_engine(w, server.M, server.prefill_chunk, lam_sat, ConstantBatch(2 * b_pred), mc.compact_every).K
-        mc = mc.replace(K=K)
-    res = simulate(w, server.replace(b=AffineBatch(*affine), b_theory=b_lo),
-                   [lam_sat, 0.5 * cap_1s.mu_exact_rps / b_pred], mc, key=k, progress=progress, verdict=False)
-    sat, light = res.summary.iloc[0], res.summary.iloc[1]
-    tr = res.trials
-    ls, se = saturation(sat)
-    saturated = bool(tr[tr.config == 0].waiting_final.min() > 0)
-    return dict(cap=cap_1s, lam_star=ls, se=se, b_sat=mean_step_s(tr[tr.config == 0]),
-                b_light=mean_step_s(tr[tr.config == 1]), mem_util=float(sat.mem_util),
-                reliable=bool(sat.reliable) and bool(light.reliable) and saturated)
+    # the engine sizes an affine model by its loose upper bound max_s: far too many slots
+    K = mc.K or size_engine(w, server.M, server.prefill_chunk, lam_sat, ConstantBatch(2 * b_pred), mc.compact_every).K
+    srv = server.replace(b=AffineBatch(*affine), b_theory=b_lo)
+    one = srv.replace(b=srv.bs[0])
+    return cap_1s, K, [Config(w, one, lam_sat), Config(w, one, 0.5 * cap_1s.mu_exact_rps / b_pred)]
+
+
+def _affine_mixes(ws, server, mc, affine, keys, overload, progress) -> list[dict]:
+    """Every mix's saturation and light-load runs as one call (one program: the mixes share the workload's shape);
+    mix i's two configurations draw from ``config_keys(keys[i], 2)``, as a separate simulate call would."""
+    import jax.numpy as jnp
+
+    from ..engine import run_configs
+    from ..engine.run import config_keys
+
+    setups = [_affine_setup(w, server, mc, affine, overload) for w in ws]
+    configs = [c for _, _, cs in setups for c in cs]
+    ck = jnp.concatenate([config_keys(k, 2) for k in keys])
+    res = run_configs(configs, mc.replace(K=max(K for _, K, _ in setups)), keys=ck, progress=progress)
+    tr, out = res.trials, []
+    for i, (cap_1s, _, _) in enumerate(setups):
+        sat, light = res.summary.iloc[2 * i], res.summary.iloc[2 * i + 1]
+        ls, se = saturation(sat)
+        t_sat, t_light = tr[tr.config == 2 * i], tr[tr.config == 2 * i + 1]
+        out.append(dict(cap=cap_1s, lam_star=ls, se=se, b_sat=mean_step_s(t_sat), b_light=mean_step_s(t_light),
+                        mem_util=float(sat.mem_util),
+                        reliable=bool(sat.reliable) and bool(light.reliable) and bool(t_sat.waiting_final.min() > 0)))
+    return out
 
 
 def _affine_rows(server, mc, affine, ratios, total_hi, seed, progress):
@@ -151,8 +168,8 @@ def _affine_rows(server, mc, affine, ratios, total_hi, seed, progress):
         ratios = ratios + (1.0,)
     if affine is None:
         affine = default_affine(pd_ratio(1.0, total_hi=total_hi), server.M, server.prefill_chunk, server.b_mean_s)
-    aff = {r: _affine_one(pd_ratio(r, total_hi=total_hi), server, mc, affine, key(seed, 100 + i), 1.3, progress)
-           for i, r in enumerate(ratios)}
+    aff = dict(zip(ratios, _affine_mixes([pd_ratio(r, total_hi=total_hi) for r in ratios], server, mc, affine,
+                                         [key(seed, 100 + i) for i in range(len(ratios))], 1.3, progress)))
     b_ref = aff[1.0]["b_sat"]
     rows = []
     for r in ratios:
