@@ -197,7 +197,7 @@ def test_latency_grows_with_rho_and_slo_needs_at_least_stability_count(tmp_path)
 
 
 def test_cluster_jsq_waits_less_than_random(tmp_path):
-    res = S.cluster_study(FAST, SERVER, lqs.MonteCarlo(trials=8, steps=6000, warmup=1500), servers=4,
+    res = S.cluster_study(FAST, SERVER, lqs.MonteCarlo(trials=8, steps=6000, warmup=1500, K=160), servers=4,
                           routings=("random", "jsq"), rhos=(0.9,), saturation=False, out=str(tmp_path))
     d = res.data.set_index("routing")
     assert d.reliable.all()
