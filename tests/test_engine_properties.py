@@ -11,6 +11,7 @@ import pytest
 
 import lqs
 from lqs import engine as E
+from lqs.engine.verdict import saturating_rate
 
 # a fast workload: short requests (k = 1) on a small cache, δ ≈ 0.098, ≈ 0.22 completions per step
 FAST = lqs.Independent(lqs.IntUniform(10, 200, "s"), lqs.IntUniform(10, 200, "o"))
@@ -187,9 +188,10 @@ def test_too_few_slots_is_reported_unreliable():
 
 def test_iid_batch_times_follow_renewal_reward():
     # with i.i.d. batch times the saturation rate is μ computed with the *mean* batch time
-    bt = lqs.LogNormalMixBatch.from_mean_cv(B, 0.8)
-    res = lqs.simulate(FAST, SRV.replace(b=bt), 1.5 * CAP.mu_rps, trials=32, steps=12_000, warmup=3_000,
-                       key=jax.random.key(21), verdict=False)
+    bt = lqs.LogNormalMixBatch.from_mean_cv(B, 1.0)
+    # 16 trials at K = 160 and 1.3·μ_exact: the program of test_studies' b_error saturation runs
+    res = lqs.simulate(FAST, SRV.replace(b=bt), saturating_rate(FAST, SRV.replace(b=bt)), trials=16, steps=12_000,
+                       warmup=3_000, K=K_FAST, key=jax.random.key(21), verdict=False)
     mu, se = _cv(res)
     cap = lqs.capacity(FAST, SRV.replace(b=bt.mean_s))
     assert cap.mu_exact_rps * (1 - cap.delta) - 4 * se <= mu <= cap.mu_exact_rps + 4 * se
