@@ -7,7 +7,11 @@ with how many warps. This is the lowering half of "choose by measurement"; the s
 GPU. Needs ``pip install triton`` (not a dependency of lqs; any recent release parses the IR JAX emits).
 
     PYTHONPATH=. python bench/fused_resources.py                       # pd-1:1, fcfs, K 256/512, rb 1..8
-Results go to bench/results/fused-resources-sm90.json.
+    PYTHONPATH=. python bench/fused_resources.py --K 288 --rb 2 --warps 2   # pd-1:1's own K, unpadded
+Results go to bench/results/fused-resources-sm90.json (--out). Each row also gives the slot layout (``pieces``:
+kernels/fused.py ``kernel_pieces``, which depends on K, rb and the warps) and whether (rb, warps) is the default.
+The step loop's SASS is the longest backward branch of the cubin (cuobjdump, bundled with triton); per slot-step,
+lane-instructions = SASS × 32 × warps / (rb × K).
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 
-def triton_ir(policy: str, batch: str, K: int, rb: int) -> str:
-    """Textual Triton IR of one fused block (captured from JAX's Pallas → Triton lowering for CUDA)."""
+def triton_ir(policy: str, batch: str, K: int, rb: int, warps: int | None = None) -> str:
+    """Textual Triton IR of one fused block (captured from JAX's Pallas → Triton lowering for CUDA). The slot
+    layout depends on the warps (kernels/fused.py ``kernel_pieces``), the IR on nothing else of them."""
     import jax
     from jax._src.pallas.triton import lowering as TL
 
@@ -52,7 +57,7 @@ def triton_ir(policy: str, batch: str, K: int, rb: int) -> str:
         mc = lqs.MonteCarlo(trials=2 * rb, warmup=64, K=K, engine="xla")
         cfg, _, grid, params = prepare(w, srv, [4.0], mc, 512)
         st = P.init_jit(jax.random.split(jax.random.key(0), 2 * rb), params, cfg)
-        F.lower_for_gpu(st, params, cfg, rb=rb)
+        F.lower_for_gpu(st, params, cfg, rb=rb, num_warps=warps)
     finally:
         TL.lower_jaxpr_to_triton_module = orig
     return captured[-1]
@@ -138,6 +143,9 @@ def main():
         sys.exit("needs the triton package: pip install triton")
     import jax
 
+    import lqs  # noqa: F401 (makes lqs.kernels importable from a checkout)
+    from lqs.kernels import fused as F
+
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     rows = []
     with tempfile.TemporaryDirectory() as d:
@@ -145,15 +153,18 @@ def main():
             for bt in a.batch:
                 for K in a.K:
                     for rb in a.rb:
-                        p = os.path.join(d, f"{pol}-{bt}-{K}-{rb}.ttir")
-                        with open(p, "w") as fh:
-                            fh.write(triton_ir(pol, bt, K, rb))
                         for w in a.warps:
+                            pieces = "-".join(map(str, F.kernel_pieces(K, rb, w)))
+                            p = os.path.join(d, f"{pol}-{bt}-{K}-{rb}-{pieces}.ttir")
+                            if not os.path.exists(p):
+                                with open(p, "w") as fh:
+                                    fh.write(triton_ir(pol, bt, K, rb, w))
                             try:
                                 r = resources(p, w)
                             except Exception as e:  # noqa: BLE001 - a failure to compile is a result
                                 r = dict(warps=w, error=f"{type(e).__name__}: {' '.join(str(e).split())[:300]}")
-                            r.update(policy=pol, batch=bt, K=K, rb=rb,
+                            r.update(policy=pol, batch=bt, K=K, rb=rb, pieces=list(F.kernel_pieces(K, rb, w)),
+                                     default=(rb == F.default_block(K) and w == F.default_warps(K, rb)),
                                      elements_per_thread_per_field=rb * K / (32 * w))
                             if r.get("loop_sass_instructions"):
                                 # warp-instructions per replica-step; H200 bound at 2 int32 warp-instr/clk/SM
@@ -162,7 +173,7 @@ def main():
                                 r["lane_instructions_per_slot_step"] = wi * 32 / K
                                 r["h200_int32_bound_replica_steps_per_s"] = 132 * 2 * 1.98e9 / wi
                             rows.append(r)
-                            print(f"{pol:9s} {bt:9s} K={K:4d} rb={rb:2d} warps={w:2d} "
+                            print(f"{pol:9s} {bt:9s} K={K:4d} rb={rb:2d} warps={w:2d} pieces={pieces:11s} "
                                   f"({r['elements_per_thread_per_field']:5.1f} slots/thread): "
                                   + (f"{r['registers']} regs, spills {r['spill_store_bytes']}/{r['spill_load_bytes']} B"
                                      + (f", step loop {r['loop_sass_instructions']} SASS/thread "

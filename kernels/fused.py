@@ -20,12 +20,12 @@ path and not in the other. tests/test_fused.py checks bit-identity in interpret 
 
 Lowering: Triton (``jax.experimental.pallas.triton``). Mosaic GPU, in jax 0.10.x, has no lowering for the
 prefix sum (``cumsum``) the FCFS admission needs; Triton lowers every primitive of the step (checked on any
-machine by :func:`lower_for_gpu`, which lowers the kernel for CUDA without a GPU). Triton needs every in-kernel
-array to have a power-of-two size: ``rb`` is a power of two, and a K that is not one is held as power-of-two pieces
-of the slot axis (288 = 256 + 32: :func:`slot_pieces`), the step's jaxpr evaluated piece by piece
-(:func:`_eval_pieces`: elementwise operations per piece, sums over slots per piece then added, the prefix sum
-carried from piece to piece; integer sums, so the same bits). Interpret mode uses the same layout. On a GPU K is
-rounded up only to at most two pieces (:func:`triton_K`: 288 stays 288).
+machine by :func:`lower_for_gpu`, which lowers the kernel for CUDA without a GPU). The kernel body is the jaxpr of
+``engine.step_with`` re-evaluated by :class:`_Eval` with two changes of representation that keep every value,
+hence every bit: slot fields as power-of-two pieces (Triton needs power-of-two arrays: pd-1:1's K = 288 runs as
+128 + 128 + 32 slots, not 512; :func:`kernel_pieces`, :func:`triton_K`), the prefix sum carried from piece to piece
+and integer sums combined; and boolean slot arrays as int32 0/1, which the sm_90 compiler keeps in ordinary
+registers instead of packing predicate bits. Interpret mode runs the same layout and representation.
 
 Not fused (the XLA path runs them): clusters (``servers > 1``) and phased schedules.
 """
@@ -63,13 +63,25 @@ def next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
-def slot_pieces(K: int) -> tuple[int, ...]:
-    """The kernel's slot layout: K as a sum of distinct powers of two, largest first (288 → (256, 32)).
+def slot_pieces(K: int, max_piece: int | None = None) -> tuple[int, ...]:
+    """K as a sum of powers of two, one per set bit, largest first, those above ``max_piece`` cut into pieces of
+    ``max_piece`` (288 → (256, 32); with max_piece 128: (128, 128, 32))."""
+    K = int(K)
+    bits = [1 << b for b in reversed(range(K.bit_length())) if K >> b & 1]
+    if not max_piece:
+        return tuple(bits)
+    return tuple(x for n in bits for x in ((max_piece,) * (n // max_piece) if n > max_piece else (n,)))
 
-    Pallas' Triton lowering needs every in-kernel array to have a power-of-two size, so a slot field of K slots is
-    loaded as one power-of-two piece per set bit of K and the step runs on the pieces (:func:`_eval_pieces`: the
-    step's jaxpr evaluated piece by piece, the prefix sum carried across pieces, reductions combined)."""
-    return tuple(1 << b for b in reversed(range(int(K).bit_length())) if int(K) >> b & 1)
+
+def kernel_pieces(K: int, rb: int, warps: int) -> tuple[int, ...]:
+    """The kernel's slot layout: each slot field of a program ([rb, K]) is loaded as [rb, n] pieces, n in this tuple.
+
+    Pallas' Triton lowering needs every in-kernel array to have a power-of-two size, so a K that is not one is
+    held as power-of-two pieces and the step runs on the pieces (:class:`_Eval`: the step's jaxpr evaluated piece
+    by piece, the prefix sum carried across pieces, reductions combined). With at most one warp per trial
+    (warps ≤ rb) pieces are cut to MAX_PIECE slots, the share of one warp in Triton's layout: each trial's slots then
+    stay in one warp and no sum over slots goes through shared memory. Interpret mode uses the same layout."""
+    return slot_pieces(K, MAX_PIECE if warps <= rb else None)
 
 
 MAX_PIECES = 2  # pieces per slot field under Triton: each one adds a block-wide reduction per sum over slots
@@ -84,35 +96,36 @@ def triton_K(K: int) -> int:
     if K <= MIN_PIECE or K & (K - 1) == 0:
         return next_pow2(K)
     k = -(-K // MIN_PIECE) * MIN_PIECE
-    while len(slot_pieces(k)) > MAX_PIECES:
+    while bin(k).count("1") > MAX_PIECES:
         k += MIN_PIECE
     return k
 
 
-SLOTS_PER_THREAD = 4  # slots of each field per GPU thread when K is a power of two; see default_block
-PIECED_SLOTS_PER_THREAD = 10  # at most this many (all pieces together) when K is split; see default_warps
+ONE_WARP_MAX_K = 320  # up to this K a trial's slots sit in one warp (≤ 10 slots per thread); see default_warps
+SLOTS_PER_THREAD = 4  # slots of each field per GPU thread for a larger K that is a power of two
+PIECED_SLOTS_PER_THREAD = 10  # at most this many (all pieces together) for a larger K in pieces
 
 
 def default_block(K: int) -> int:
-    """Replicas per kernel program: about 1024 slots per field (a power of two, 1..64).
-
-    Measured for sm_90 by bench/fused_resources.py (Triton → PTX → ptxas, no GPU needed): the step keeps about
-    ten slot fields live, so registers grow with the slots each thread holds: at 4 per thread (K = 512, two
-    trials, 8 warps: the default) 128 registers and no spills; at 8 per thread ~220 registers; at 16 per thread
-    it spills. bench/results/fused-resources-sm90*.json have the grids."""
+    """Replicas per kernel program: about 1024 slots per field (a power of two, 1..64). With default_warps that is
+    one warp per trial up to K = 320 (8–10 slots of each field per thread: 216–233 registers on sm_90, no spills)
+    and 4 slots per thread above (K = 512: two trials, 8 warps, 158 registers). bench/results/README.md, "the fused
+    step's instruction count", has the measured grid (bench/fused_resources.py: Triton → PTX → ptxas, no GPU)."""
     return int(min(64, 1 << (max(1, 1024 // K).bit_length() - 1)))
 
 
 def default_warps(K: int, rb: int) -> int:
     """Warps per program (1..32, a power of two).
 
-    K a power of two: each thread holds at most SLOTS_PER_THREAD slots of each field. K in pieces (288 = 256 +
-    32): the fewest warps with at most PIECED_SLOTS_PER_THREAD slots per thread, all pieces together. Measured
-    (bench/fused_resources.py, sm_90, lane-instructions per slot-step): the small piece costs about as much per
-    thread as a slot of the large one, and at 5 slots per thread the step's masks no longer fit the predicate
-    registers (spilled to general registers), so the next slots are cheap: pd-1:1's K = 288 in programs of two
-    trials runs at 96 with 2 warps (9 slots per thread), 143 with 4 and 187 with 8."""
-    if len(slot_pieces(K)) == 1:
+    K ≤ ONE_WARP_MAX_K: one warp per trial (K/32 slots of each field per thread, pieces of at most MAX_PIECE: every
+    sum and prefix sum over a trial's slots stays in its warp). Larger K: each thread holds at most
+    SLOTS_PER_THREAD slots (K a power of two) or PIECED_SLOTS_PER_THREAD (K in pieces, e.g. 640 = 512 + 128).
+    Measured for sm_90 (bench/fused_resources.py, lane-instructions per slot-step, bench/results/README.md):
+    pd-1:1's K = 288 in programs of two trials runs at 70 with 2 warps (one per trial) against 129 with 4 and
+    204 with 8; K = 512 one warp per trial would need 16 slots per thread (255 registers, spills)."""
+    if K <= ONE_WARP_MAX_K:
+        return int(min(32, rb))
+    if K & (K - 1) == 0:
         return int(min(32, next_pow2(-(-(rb * K) // (32 * SLOTS_PER_THREAD)))))
     return int(min(32, next_pow2(-(-(rb * K) // (32 * PIECED_SLOTS_PER_THREAD)))))
 
@@ -158,11 +171,9 @@ def _kernel(cfg: E.EngineConfig, rb, n_ops, n_pre, pieces, *refs):
     it = iter(ins)
     offs = np.cumsum((0,) + pieces)
     sc = {f: next(it)[...] for f in SCALARS}
-    sl_refs = [next(it) for _ in SLOTS]
-    if len(pieces) == 1:
-        sl = {f: r[...] for f, r in zip(SLOTS, sl_refs)}
-    else:  # one power-of-two piece of the block's slots per set bit of K
-        sl = {f: tuple(r[:, int(a):int(b)] for a, b in zip(offs[:-1], offs[1:])) for f, r in zip(SLOTS, sl_refs)}
+    # slot fields: one [rb, n] power-of-two piece of the block's slots per entry n of ``pieces`` (kernel_pieces)
+    sl = {f: tuple(r[:, int(a):int(b)] for a, b in zip(offs[:-1], offs[1:]))
+          for f, r in zip(SLOTS, [next(it) for _ in SLOTS])}
     lg = {f: next(it)[...] for f in LOGS}
     k0, k1 = next(it)[...], next(it)[...]
     pv = {f: next(it)[...] for f in PARAMS}
@@ -173,25 +184,21 @@ def _kernel(cfg: E.EngineConfig, rb, n_ops, n_pre, pieces, *refs):
     def drawn_at(i):
         return (pre[0][:, i], pre[1][:, i], pre[2][:, i] != 0) if n_pre else None
 
-    if len(pieces) == 1:
-        def body(i, carry):
-            sc_, sl_, lg_, _mem = carry
-            return step(sc_, sl_, lg_, k0, k1, pv, ops, drawn_at(i))
-    else:
-        K = int(offs[-1])
-        shaped = lambda x: jax.ShapeDtypeStruct(x[0].shape[:1] + (K,), x[0].dtype)
-        args0 = (sc, {f: shaped(v) for f, v in sl.items()}, lg, k0, k1, pv, ops, drawn_at(0))
-        spec = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args0)
-        closed = jax.make_jaxpr(step)(*spec)
-        out_tree = jax.tree_util.tree_structure(jax.eval_shape(step, *spec))
+    K = int(offs[-1])
+    whole = lambda x: jax.ShapeDtypeStruct((rb, K), x[0].dtype)
+    args0 = (sc, {f: whole(v) for f, v in sl.items()}, lg, k0, k1, pv, ops, drawn_at(0))
+    spec = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args0)
+    closed = jax.make_jaxpr(step)(*spec)
+    out_tree = jax.tree_util.tree_structure(jax.eval_shape(step, *spec))
+    # an int32 1 per trial that no compiler can prove to be 1 (M >= 0, so M >> 31 is 0): see _Eval
+    ev = _Eval(pieces, rb, 1 + (pv["M"] >> 31) if BITS else None)
 
-        def body(i, carry):
-            sc_, sl_, lg_, _mem = carry
-            sl_split = {f: _Split(tuple(v), 1) for f, v in sl_.items()}
-            leaves = jax.tree_util.tree_leaves((sc_, sl_split, lg_, k0, k1, pv, ops, drawn_at(i)),
-                                               is_leaf=lambda x: isinstance(x, _Split))
-            res = jax.tree_util.tree_unflatten(out_tree, _eval_pieces(closed.jaxpr, closed.consts, leaves, K))
-            return res[0], {f: v.parts for f, v in res[1].items()}, res[2], res[3]
+    def body(i, carry):
+        sc_, sl_, lg_, _mem = carry
+        held = {f: ev.hold(v) for f, v in sl_.items()}
+        leaves = jax.tree_util.tree_leaves((sc_, held, lg_, k0, k1, pv, ops, drawn_at(i)), is_leaf=_is_held)
+        res = jax.tree_util.tree_unflatten(out_tree, ev.run(closed.jaxpr, closed.consts, leaves))
+        return res[0], {f: ev.parts(v) for f, v in res[1].items()}, res[2], res[3]
 
     carry = (sc, sl, lg, jnp.zeros((rb,), jnp.int32))
     sc, sl, lg, mem = jax.lax.fori_loop(0, cfg.compact_every, body, carry)
@@ -200,22 +207,50 @@ def _kernel(cfg: E.EngineConfig, rb, n_ops, n_pre, pieces, *refs):
         next(o)[...] = sc[f]
     for f in SLOTS:
         r = next(o)
-        if len(pieces) == 1:
-            r[...] = sl[f]
-        else:
-            for a, b, v in zip(offs[:-1], offs[1:], sl[f]):
-                r[:, int(a):int(b)] = v
+        for a, b, v in zip(offs[:-1], offs[1:], sl[f]):
+            r[:, int(a):int(b)] = v
     for f in LOGS:
         next(o)[...] = lg[f]
     next(o)[...] = mem
 
 
-# ------------------------------------------------------------------------- the step on power-of-two pieces
+# ------------------------------------------------------------------------- the step, re-evaluated for Triton
+# The kernel body is the jaxpr of engine.step_with (vmapped over the block), evaluated by _Eval with two changes of
+# representation that give the same values, and so the same bits:
+#  * slot fields of K slots as power-of-two pieces (Pallas' Triton lowering needs power-of-two arrays; pieces of at
+#    most MAX_PIECE slots also keep each trial's slots in one warp, so sums over slots need no shared memory);
+#  * boolean slot arrays as int32 0/1 (BITS): compiled for sm_90, a step keeps a dozen masks per slot, more than
+#    the 7 predicate registers hold; LLVM then packs them into bit vectors (insert/extract per bit) and counts them
+#    through popcounts of packed bytes. Held as integers built from a 1 the compiler cannot see through, they stay
+#    in ordinary registers: and/or/not are integer ops, a count is a plain sum.
+MAX_PIECE = 128  # 32 lanes × 4 slots: one warp's share of a row in Triton's layout of a [rb, n] block
+BITS = True
+
+
 class _Split(NamedTuple):
     """A value whose slot axis ``axis`` is held as power-of-two pieces (in slot order)."""
 
     parts: tuple
     axis: int
+
+
+class _Bits(NamedTuple):
+    """A boolean held as int32 0/1 (a plain array or a _Split)."""
+
+    v: object
+
+
+def _is_held(x):
+    return isinstance(x, (_Split, _Bits))
+
+
+def _map(fn, *xs):
+    """fn applied piece by piece when any operand is a _Split (other operands broadcast as they are)."""
+    sp = [x for x in xs if isinstance(x, _Split)]
+    if not sp:
+        return fn(*xs)
+    return _Split(tuple(fn(*[x.parts[j] if isinstance(x, _Split) else x for x in xs])
+                        for j in range(len(sp[0].parts))), sp[0].axis)
 
 
 # primitives that act slot by slot: evaluated on each piece
@@ -225,53 +260,115 @@ _ELEMENTWISE = frozenset("""add sub mul div rem max min and or not xor eq ne lt 
     erf erf_inv erfc copy""".split())
 _COMBINE = {"reduce_sum": jax.lax.add, "reduce_max": jax.lax.max, "reduce_min": jax.lax.min,
             "reduce_or": jax.lax.bitwise_or, "reduce_and": jax.lax.bitwise_and}
+_CMP = frozenset("eq ne lt le gt ge".split())
+_CALLS = ("jit", "pjit", "closed_call", "core_call")
 
 
-def _eval_pieces(jaxpr, consts, args, K):
-    """Evaluate ``jaxpr`` (the step on [rb, K] slot fields) with its slot-axis values held as power-of-two pieces
-    (:class:`_Split`): elementwise operations run on every piece, reductions over the slot axis reduce each piece
-    and combine the results, the prefix sum runs on each piece and adds the totals of the pieces before it; slot
-    indices (iota) are offset by the slots before the piece. Integer sums in any order give the same bits, so the
-    results equal the unsplit step's exactly; anything else on the slot axis (a float sum, a slice, a gather)
-    raises. A value is on the slot axis if one of its dimensions is K (not a power of two, unlike every other
-    dimension of the kernel's arrays)."""
-    from jax._src import core
+class _Eval:
+    """Evaluates the step's jaxpr on [rb, K] slot fields held as ``pieces`` (and booleans as bits when ``one``, an
+    int32 [rb] of ones, is given).
 
-    env = {}
+    Pieces: elementwise operations run on every piece, reductions over the slot axis reduce each piece and combine
+    the results, the prefix sum runs on each piece and adds the totals of the pieces before it, slot indices
+    (iota) are offset by the slots before the piece. Integer sums in any order give the same bits; anything else
+    on the slot axis (a float sum, a slice, a gather) raises. With several pieces a value is on the slot axis if
+    one of its dimensions is K (not a power of two, or larger than any other dimension of the kernel's arrays)."""
 
-    def read(v):
-        return v.val if isinstance(v, core.Literal) else env[v]
+    def __init__(self, pieces, rb, one=None):
+        self.sizes, self.K, self.rb, self.one = tuple(pieces), int(sum(pieces)), rb, one
 
-    def split_const(x):
-        dims = [d for d, n in enumerate(np.shape(x)) if n == K]
+    # -- representation
+    def hold(self, parts):
+        return _Split(tuple(parts), 1) if len(self.sizes) > 1 else parts[0]
+
+    def parts(self, x):
+        x = self.to_bool(x)
+        return x.parts if isinstance(x, _Split) else (x,)
+
+    def ones(self, shape):
+        if len(shape) >= 1 and shape[0] == self.rb:
+            return jax.lax.broadcast_in_dim(self.one, shape, (0,))
+        return jnp.ones(shape, jnp.int32)
+
+    def to_int(self, x):
+        if isinstance(x, _Bits):
+            return x.v
+        return _map(lambda p: jax.lax.select(p, self.ones(p.shape), jnp.zeros(p.shape, jnp.int32)), x)
+
+    def to_bool(self, x):
+        if isinstance(x, _Bits):
+            return _map(lambda p: jax.lax.ne(p, jnp.zeros(p.shape, jnp.int32)), x.v)
+        return x
+
+    # -- evaluation
+    def run(self, jaxpr, consts, args):
+        from jax._src import core
+
+        env = {}
+        read = lambda v: v.val if isinstance(v, core.Literal) else env[v]
+        for v, x in zip(jaxpr.constvars, consts):
+            env[v] = self.split_const(x)
+        for v, x in zip(jaxpr.invars, args):
+            env[v] = x
+        for eqn in jaxpr.eqns:
+            res = self.apply(eqn, [read(v) for v in eqn.invars])
+            for v, x in zip(eqn.outvars, res if eqn.primitive.multiple_results else [res]):
+                env[v] = x
+        return [self.split_const(read(v)) for v in jaxpr.outvars]
+
+    def split_const(self, x):
+        if len(self.sizes) == 1 or _is_held(x):
+            return x
+        dims = [d for d, n in enumerate(np.shape(x)) if n == self.K]
         if not dims:
             return x
-        ax, sizes = dims[0], slot_pieces(K)
-        offs = np.cumsum((0,) + sizes)
-        return _Split(tuple(jax.lax.slice_in_dim(jnp.asarray(x), int(a), int(b), axis=ax)
-                            for a, b in zip(offs[:-1], offs[1:])), ax)
+        offs = np.cumsum((0,) + self.sizes)
+        return _Split(tuple(jax.lax.slice_in_dim(jnp.asarray(x), int(a), int(b), axis=dims[0])
+                            for a, b in zip(offs[:-1], offs[1:])), dims[0])
 
-    for v, x in zip(jaxpr.constvars, consts):
-        env[v] = split_const(x)
-    for v, x in zip(jaxpr.invars, args):
-        env[v] = x
-    for eqn in jaxpr.eqns:
-        ins = [read(v) for v in eqn.invars]
-        outs_shape = [tuple(getattr(v.aval, "shape", ())) for v in eqn.outvars]
-        if not any(isinstance(x, _Split) for x in ins) and not any(K in s for s in outs_shape):
-            res = eqn.primitive.bind(*ins, **eqn.primitive.get_bind_params(eqn.params))
-        else:
-            res = _piece_rule(eqn, ins, K)
-        if not eqn.primitive.multiple_results:
-            res = [res]
-        for v, x in zip(eqn.outvars, res):
-            env[v] = x
-    return [split_const(read(v)) if not isinstance(read(v), _Split) else read(v) for v in jaxpr.outvars]
+    def apply(self, eqn, ins):
+        if eqn.primitive.name in _CALLS:
+            cj = eqn.params.get("jaxpr") or eqn.params.get("call_jaxpr")
+            res = self.run(cj.jaxpr, cj.consts, ins)
+            return res if eqn.primitive.multiple_results else res[0]
+        if self.one is not None:
+            r = self._bits(eqn, ins)
+            if r is not None:
+                return r
+            ins = [self.to_bool(x) for x in ins]
+        return self._plain(eqn, ins)
+
+    def _plain(self, eqn, ins):
+        outs = [tuple(getattr(v.aval, "shape", ())) for v in eqn.outvars]
+        if len(self.sizes) == 1 or (not any(isinstance(x, _Split) for x in ins) and not any(self.K in s for s in outs)):
+            return eqn.primitive.bind(*ins, **eqn.primitive.get_bind_params(eqn.params))
+        return _piece_rule(eqn, ins, self.sizes)
+
+    def _bits(self, eqn, ins):
+        name, prm = eqn.primitive.name, eqn.params
+        if name == "convert_element_type" and isinstance(ins[0], _Bits):
+            return ins[0].v if jnp.dtype(prm["new_dtype"]) == jnp.int32 else None
+        out = eqn.outvars[0].aval
+        shape = tuple(getattr(out, "shape", ()))
+        if len(shape) < 2 or shape[0] != self.rb or out.dtype != jnp.bool_:
+            return None
+        params = eqn.primitive.get_bind_params(prm)
+        if name in _CMP and not any(isinstance(x, _Bits) for x in ins):
+            return _Bits(self.to_int(self._plain(eqn, ins)))
+        if name in ("and", "or", "xor"):
+            return _Bits(_map(lambda *p: eqn.primitive.bind(*p, **params), *[self.to_int(x) for x in ins]))
+        if name == "not":
+            return _Bits(_map(lambda p: jax.lax.bitwise_xor(p, self.ones(p.shape)), self.to_int(ins[0])))
+        if name == "select_n":
+            return _Bits(_map(lambda *p: jax.lax.select_n(*p), self.to_bool(ins[0]),
+                              *[self.to_int(x) for x in ins[1:]]))
+        return None
 
 
-def _piece_rule(eqn, ins, K):
+def _piece_rule(eqn, ins, sizes):
+    """One operation of the step on values held as pieces of ``sizes`` slots (see _Eval)."""
     name, prm = eqn.primitive.name, dict(eqn.params)
-    sizes = slot_pieces(K)
+    K = sum(sizes)
     split = [x for x in ins if isinstance(x, _Split)]
     out_shape = tuple(eqn.outvars[0].aval.shape)
 
@@ -330,23 +427,24 @@ def _piece_rule(eqn, ins, K):
             return _Split(tuple(out), x.axis)
         axes = tuple(prm["axes"])
         params = eqn.primitive.get_bind_params(eqn.params)
-        red = [eqn.primitive.bind(p, **params) for p in x.parts]
-        if x.axis in axes:
-            acc = red[0]
-            for r in red[1:]:
-                acc = _COMBINE[name](acc, r)
-            return acc
-        return _Split(tuple(red), x.axis - sum(a < x.axis for a in axes))
+        if x.axis not in axes:
+            return _Split(tuple(eqn.primitive.bind(p, **params) for p in x.parts),
+                          x.axis - sum(a < x.axis for a in axes))
+        # pieces of one shape are combined slot by slot first: one reduction across threads per shape
+        groups = {}
+        for p in x.parts:
+            groups[p.shape] = _COMBINE[name](groups[p.shape], p) if p.shape in groups else p
+        red = [eqn.primitive.bind(p, **params) for p in groups.values()]
+        acc = red[0]
+        for r in red[1:]:
+            acc = _COMBINE[name](acc, r)
+        return acc
     if name == "squeeze":
         x, = ins
         dims = prm["dimensions"]
         if x.axis in dims:
             raise NotImplementedError("squeeze of the slot axis")
         return _Split(tuple(jax.lax.squeeze(p, dims) for p in x.parts), x.axis - sum(d < x.axis for d in dims))
-    if name in ("jit", "pjit", "closed_call", "core_call"):
-        cj = prm.get("jaxpr") or prm.get("call_jaxpr")
-        res = _eval_pieces(cj.jaxpr, cj.consts, ins, K)
-        return res if eqn.primitive.multiple_results else res[0]
     raise NotImplementedError(f"the fused kernel cannot split the slot axis through {name!r}")
 
 
@@ -400,12 +498,13 @@ def fused_block(states: E.State, params: E.Params, cfg: E.EngineConfig, *, rb: i
                 [pl.BlockSpec((rb, L), lambda i: (i, 0)) for _ in LOGS] + [pl.BlockSpec((rb,), lambda i: (i,))]
     n_state = len(SCALARS) + len(SLOTS) + len(LOGS)
     kw = {}
+    warps = num_warps or default_warps(K, rb)
     if not interpret:
         from jax.experimental.pallas import triton as plt
 
-        kw["compiler_params"] = plt.CompilerParams(num_warps=num_warps or default_warps(K, rb), num_stages=num_stages)
+        kw["compiler_params"] = plt.CompilerParams(num_warps=warps, num_stages=num_stages)
     call = pl.pallas_call(
-        functools.partial(_kernel, cfg, rb, len(ops), len(pre), slot_pieces(K)),
+        functools.partial(_kernel, cfg, rb, len(ops), len(pre), kernel_pieces(K, rb, warps)),
         out_shape=out_shape, grid=(N // rb,), in_specs=[spec(a) for a in args], out_specs=out_specs,
         input_output_aliases={i: i for i in range(n_state)}, interpret=interpret, name="lqs_step_loop", **kw)
     res = call(*args)
@@ -417,9 +516,10 @@ def fused_block(states: E.State, params: E.Params, cfg: E.EngineConfig, *, rb: i
 
 
 def run_call_batched(states: E.State, params: E.Params, cfg: E.EngineConfig, *, rb: int, interpret: bool,
-                      num_warps: int | None = None, num_stages: int = 1):
-    """Same contract and results as ``engine.run_call_batched``: the step blocks run as fused kernel launches,
-    compaction and records as vmapped XLA between them. N need not be a multiple of rb (padded here)."""
+                      num_warps: int | None = None, num_stages: int = 1, n_records=None):
+    """Same contract and results as ``engine.run_call_batched`` (``n_records``: see ``engine.records_scan``): the
+    step blocks run as fused kernel launches, compaction and records as vmapped XLA between them. N need not be a
+    multiple of rb (padded here)."""
     why = unsupported(cfg.servers, cfg.phased)
     if why:
         raise ValueError(why)
@@ -441,11 +541,19 @@ def run_call_batched(states: E.State, params: E.Params, cfg: E.EngineConfig, *, 
         st, _mem = fused_block(st, p0, cfg, rb=rb, interpret=interpret, num_warps=num_warps, num_stages=num_stages)
         return compact_v(st, p0), None
 
-    def one_record(st, _):
-        st, _ = jax.lax.scan(one_block, st, None, length=cfg.blocks_per_record)
-        return st, jax.vmap(lambda x: E._record(x, cfg))(st)
+    def record(st):
+        return jax.vmap(lambda x: E._record(x, cfg))(st)
 
-    st, recs = jax.lax.scan(one_record, st0, None, length=cfg.records_per_call)
+    def one_record(st, i):
+        def run(s):
+            s, _ = jax.lax.scan(one_block, s, None, length=cfg.blocks_per_record)
+            return s, record(s)
+
+        if n_records is None:
+            return run(st)
+        return jax.lax.cond(i < n_records, run, lambda s: (s, record(s)), st)
+
+    st, recs = jax.lax.scan(one_record, st0, jnp.arange(cfg.records_per_call, dtype=jnp.int32))
     recs = jax.tree_util.tree_map(lambda x: unpad(jnp.swapaxes(x, 0, 1)), recs)
     return jax.tree_util.tree_map(unpad, st), recs
 

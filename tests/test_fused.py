@@ -177,15 +177,17 @@ def test_lowers_to_triton_for_cuda(policy, batch, budget, K):
     slot fields in power-of-two pieces (64 + 32)."""
     cfg, params, st = _prepared(SMALL, M=400, chunk=16, lam=[3.0], b=BATCHES[batch], policy=policy, trials=8,
                                 token_budget=budget, K=K)
-    assert cfg.K == K and F.slot_pieces(K) == ((K,) if K == 128 else (64, 32))
+    assert cfg.K == K and F.kernel_pieces(K, 4, F.default_warps(K, 4)) == ((K,) if K == 128 else (64, 32))
     text = F.lower_for_gpu(st, params, cfg, rb=4)
     assert "__gpu$xla.gpu.triton" in text and "lqs_step_loop" in text
 
 
 def test_slots_in_power_of_two_pieces_are_not_padded_to_a_power_of_two():
-    """pd-1:1 at M = 131,000 sizes K = 288; the Triton path runs it as 256 + 32 slots, not 512. K is rounded up only
-    to at most two pieces of at least 32 slots."""
+    """pd-1:1 at M = 131,000 sizes K = 288; the Triton path runs it as 288 slots (pieces of 128, 128 and 32 with one
+    warp per trial, 256 + 32 across warps), not 512. K is rounded up only to at most two powers of two ≥ 32."""
     assert [F.slot_pieces(K) for K in (288, 96, 100, 512)] == [(256, 32), (64, 32), (64, 32, 4), (512,)]
+    assert F.kernel_pieces(288, 2, 2) == (128, 128, 32) and F.kernel_pieces(288, 2, 4) == (256, 32)
+    assert F.kernel_pieces(512, 2, 8) == (512,) and F.kernel_pieces(512, 1, 1) == (128,) * 4
     assert [F.triton_K(K) for K in (16, 100, 288, 300, 480, 512, 600)] == [16, 128, 288, 320, 512, 512, 640]
     srv = lqs.Server(M=131_000, prefill_chunk=512, b=0.0372)
     _, sz, _, _ = L.prepare(lqs.preset("pd-1:1"), srv, [4.0], lqs.MonteCarlo(trials=2, warmup=64, engine="xla"), 512)
@@ -197,21 +199,24 @@ def test_identical_with_slots_in_three_pieces():
     across pieces, sums over slots combined, slot indices offset; bit-identical to the XLA path."""
     cfg, params, st = _prepared(SMALL, M=400, chunk=16, lam=[3.0, 30.0], b=0.05, policy="swap", trials=2, steps=256,
                                 K=100)
-    assert F.slot_pieces(cfg.K) == (64, 32, 4)
+    assert F.kernel_pieces(cfg.K, 2, F.default_warps(cfg.K, 2)) == (64, 32, 4)
     a, b = _both(cfg, params, st, rb=2)
     _assert_identical(a, b)
     assert int(np.sum(a[0].n_used >= 64)) > 0 and int(np.sum(a[0].swaps)) > 0  # the later pieces in use
 
 
 def test_default_block_and_warps_are_powers_of_two():
-    for K in (64, 96, 128, 288, 512, 640, 1024, 4096, 8192):
+    for K in (16, 64, 96, 128, 288, 512, 640, 1024, 4096, 8192):
         rb = F.default_block(K)
         w = F.default_warps(K, rb)
         assert rb >= 1 and rb & (rb - 1) == 0 and (rb * K <= 1024 or rb == 1)
         assert 1 <= w <= 32 and w & (w - 1) == 0
-        per_thread = F.SLOTS_PER_THREAD if K & (K - 1) == 0 else F.PIECED_SLOTS_PER_THREAD
-        assert rb * K <= 32 * w * per_thread or w == 32
-    assert (F.default_block(288), F.default_warps(288, 2)) == (2, 2)
+        if K <= F.ONE_WARP_MAX_K:  # one warp per trial, its slots in pieces of at most MAX_PIECE
+            assert w == min(rb, 32) and max(F.kernel_pieces(K, rb, w)) <= F.MAX_PIECE
+        else:
+            per_thread = F.SLOTS_PER_THREAD if K & (K - 1) == 0 else F.PIECED_SLOTS_PER_THREAD
+            assert rb * K <= 32 * w * per_thread or w == 32
+    assert (F.default_block(288), F.default_warps(288, 2), F.default_warps(512, 2)) == (2, 2, 8)
 
 
 def test_auto_falls_back_to_xla_when_the_kernel_cannot_compile(monkeypatch, tmp_path):
