@@ -5,8 +5,11 @@ configurations that share a shape."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import numpy as np
+import pandas as pd
 import pytest
 
 import lqs
@@ -39,14 +42,23 @@ def _check(res, ref_row, pol):
     return s
 
 
+class _Rows(NamedTuple):
+    summary: pd.DataFrame
+
+
 @pytest.fixture(scope="module")
 def verdicts():
     """Each policy at every rate, with its own saturation run; and λ* measured independently (other keys, a longer
-    horizon). K = 96 (as sized) is pinned, so the independent saturation runs reuse the verdict's programs."""
+    horizon). 10 trials at K = 96, the rates two at a time (one saturation run per policy, from the cache): every
+    run has the shape of test_cli_sim's pd-1:1 runs (20 lanes) or saturation runs (10), so nothing new compiles."""
     out = {}
     for i, pol in enumerate(POLICIES):
-        out[pol] = lqs.simulate(PD, SRV.replace(policy=pol), LAMS, trials=10, steps=9_000, warmup=4_000, K=96,
-                                key=jax.random.key(20 + i))
+        cache: dict = {}
+        parts = [lqs.simulate(PD, SRV.replace(policy=pol), LAMS[j:j + 2], trials=10, steps=9_000, warmup=4_000, K=96,
+                              key=jax.random.fold_in(jax.random.key(20 + i), j), verdict_key=jax.random.key(20 + i),
+                              verdict_cache=cache).summary for j in range(0, len(LAMS), 2)]
+        assert len(cache) == 1
+        out[pol] = _Rows(pd.concat(parts, ignore_index=True))
     srvs = [SRV.replace(policy=p, b=SRV.bs[0]) for p in POLICIES]
     rows, _ = E.saturation([(PD, s) for s in srvs], lqs.MonteCarlo(trials=10, steps=14_000, warmup=4_000, K=96),
                            jax.random.key(99))
@@ -122,20 +134,21 @@ def test_critical_grid_verdicts_reuse_its_saturation_run():
 
 def test_groups_of_shapes_one_program_each_and_rows_equal_separate_runs():
     """A mixed list of configurations runs as one program per shape (two policies → two), and each row equals the
-    same configuration run alone from its own key."""
-    ws = [lqs.pd_ratio(r, total_hi=400) for r in (0.5, 1.0, 2.0)]
+    same configuration run from its own key beside other configurations. (16 lanes at K = 160: the programs of
+    test_engine_properties' and test_studies' 16-lane runs.)"""
+    ws = [lqs.pd_ratio(r, total_hi=400) for r in (0.5, 1.0, 2.0, 3.0)]
     base = lqs.Server(M=4096, prefill_chunk=64, b=0.02)
     configs = [Config(w, base.replace(b=base.bs[0], policy=p), 6.0) for p in ("swap", "reserve") for w in ws]
-    mc = lqs.MonteCarlo(trials=3, steps=1_024, warmup=256)
+    mc = lqs.MonteCarlo(trials=4, steps=1_024, warmup=256, K=160)
     keys = E.config_keys(jax.random.key(7), len(configs))
     n = E.TRACE_COUNT["run_call"]
     res = E.run_configs(configs, mc, keys=keys)
     assert E.TRACE_COUNT["run_call"] - n <= 2 and len(res.config["programs"]) == 2
-    # row 4 run first, beside two other workloads, from its own key: the same rows (row 17 of a 32-row phase
-    # diagram is checked against a run alone in test_studies)
-    others = [Config(lqs.pd_ratio(r, total_hi=400), configs[4].server, 6.0) for r in (0.25, 4.0)]
-    moved = E.run_configs([configs[4]] + others, mc, keys=jax.numpy.concatenate([keys[4:5], keys[:2]]))
-    got = res.trials[res.trials.config == 4].drop(columns="config").reset_index(drop=True)
+    # row 5 (reserve, P/D 1:1) run first, beside three other workloads, from its own key: the same rows (row 17 of a
+    # 32-row phase diagram is checked against a run alone in test_studies)
+    others = [Config(lqs.pd_ratio(r, total_hi=400), configs[5].server, 6.0) for r in (0.25, 4.0, 6.0)]
+    moved = E.run_configs([configs[5]] + others, mc, keys=jax.numpy.concatenate([keys[5:6], keys[:3]]))
+    got = res.trials[res.trials.config == 5].drop(columns="config").reset_index(drop=True)
     want = moved.trials[moved.trials.config == 0].drop(columns="config").reset_index(drop=True)
     np.testing.assert_array_equal(got.to_numpy(), want.to_numpy())
     assert not moved.trials[moved.trials.config == 1].arrivals.equals(want.arrivals)
