@@ -6,6 +6,8 @@ Triton lowering for CUDA is checked here too, without a GPU, through jax.export.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import jax
 import numpy as np
 import pandas as pd
@@ -31,6 +33,8 @@ def _prepared(workload, *, M, chunk, lam, b, policy, trials=3, steps=512, token_
     srv = lqs.Server(M=M, prefill_chunk=chunk, b=b, policy=policy, token_budget=token_budget)
     mc = lqs.MonteCarlo(trials=trials, warmup=64, K=K, engine="xla")
     cfg, sizing, grid, params = L.prepare(workload, srv, list(np.atleast_1d(lam)), mc, steps)
+    # one call of ``steps`` steps (prepare's calls have a fixed number of record periods; simulate says how many run)
+    cfg = replace(cfg, records_per_call=L.sizing.call_plan(steps, cfg)[0])
     keys = jax.random.split(jax.random.key(seed), len(grid) * trials)
     return cfg, params, LP.init_jit(keys, params, cfg)
 
