@@ -126,30 +126,29 @@ def _fixed_order_sum_slots(x):
 
 
 def squeeze(keep, arrays):
-    """Move the kept entries to the front, in order, zeros behind: a log-step shift network (no scatter).
+    """Move the kept entries to the front, in order, zeros behind (the slot axis is axis 0: ``keep`` [K] or [K, N];
+    arrays may have more trailing axes).
 
-    Entry i moves left by d_i = (number of dropped entries before it); d is non-decreasing over kept entries, so
-    moving by the bits of d from the lowest up never makes two kept entries collide. The slot axis is axis 0
-    (``keep`` [K] or [K, N]; arrays may have more trailing axes).
-    """
+    A gather: output slot j takes the (j+1)-th kept entry, found by binary search in the running count of kept
+    entries. Values are copied, never combined, so the result is the same bits as any other stable compaction; the
+    program is a dozen gathers, where a log-step shift network (tried before) was ~70 % of the compiled step loop
+    and of its compile time."""
     K = keep.shape[0]
-    d = prefix_sum((~keep).astype(jnp.int32))  # dropped entries up to and including i (= before i when kept)
-    valid = keep
-    arrays = tuple(jnp.where(_col(keep, x), x, jnp.zeros_like(x)) for x in arrays)
-    sh = 1
-    while sh < K:
-        def fwd(x):  # y[p] = x[p + sh], zero past the end
-            return jnp.concatenate([x[sh:], jnp.zeros((sh,) + x.shape[1:], x.dtype)])
+    c = prefix_sum(keep.astype(jnp.int32))  # kept entries up to and including i
+    j = jnp.broadcast_to(slot_iota(keep), keep.shape)  # output slot index
+    if keep.ndim == 1:
+        src = jnp.searchsorted(c, j, side="right", method="scan")
+    else:
+        src = jax.vmap(lambda cc, jj: jnp.searchsorted(cc, jj, side="right", method="scan"),
+                       in_axes=1, out_axes=1)(c, j)
+    valid = j < c[-1]
+    src = jnp.minimum(src, K - 1).astype(jnp.int32)
 
-        d_in, v_in = fwd(d), fwd(valid)
-        move_in = v_in & ((d_in & sh) != 0)
-        stay = valid & ((d & sh) == 0)
-        arrays = tuple(jnp.where(_col(move_in, x), fwd(x), jnp.where(_col(stay, x), x, jnp.zeros_like(x)))
-                       for x in arrays)
-        d = jnp.where(move_in, d_in, jnp.where(stay, d, 0))
-        valid = move_in | stay
-        sh *= 2
-    return arrays
+    def take(x):
+        idx = jnp.broadcast_to(src.reshape(src.shape + (1,) * (x.ndim - src.ndim)), src.shape + x.shape[src.ndim:])
+        return jnp.where(_col(valid, x), jnp.take_along_axis(x, idx, axis=0), jnp.zeros_like(x))
+
+    return tuple(take(x) for x in arrays)
 
 
 def _col(mask, x):
