@@ -25,7 +25,8 @@ machine by :func:`lower_for_gpu`, which lowers the kernel for CUDA without a GPU
 hence every bit: slot fields as power-of-two pieces (Triton needs power-of-two arrays: pd-1:1's K = 288 runs as
 128 + 128 + 32 slots, not 512; :func:`kernel_pieces`, :func:`triton_K`), the prefix sum carried from piece to piece
 and integer sums combined; and boolean slot arrays as int32 0/1, which the sm_90 compiler keeps in ordinary
-registers instead of packing predicate bits. Interpret mode runs the same layout and representation.
+registers instead of packing predicate bits. Interpret mode runs them when asked (``triton_layout``: the
+identity tests at K = 160 and 288 do), else the step on [rb, K] arrays as they are.
 
 Not fused (the XLA path runs them): clusters (``servers > 1``) and phased schedules.
 """
@@ -80,7 +81,7 @@ def kernel_pieces(K: int, rb: int, warps: int) -> tuple[int, ...]:
     held as power-of-two pieces and the step runs on the pieces (:class:`_Eval`: the step's jaxpr evaluated piece
     by piece, the prefix sum carried across pieces, reductions combined). With at most one warp per trial
     (warps ≤ rb) pieces are cut to MAX_PIECE slots, the share of one warp in Triton's layout: each trial's slots then
-    stay in one warp and no sum over slots goes through shared memory. Interpret mode uses the same layout."""
+    stay in one warp and no sum over slots goes through shared memory."""
     return slot_pieces(K, MAX_PIECE if warps <= rb else None)
 
 
@@ -165,14 +166,14 @@ def _step_fn(cfg: E.EngineConfig, n_pre):
     return step
 
 
-def _kernel(cfg: E.EngineConfig, rb, n_ops, n_pre, pieces, *refs):
+def _kernel(cfg: E.EngineConfig, rb, n_ops, n_pre, pieces, bits, *refs):
     n_in = len(SCALARS) + len(SLOTS) + len(LOGS) + 2 + len(PARAMS) + n_ops + n_pre
     ins, outs = refs[:n_in], refs[n_in:]
     it = iter(ins)
     offs = np.cumsum((0,) + pieces)
     sc = {f: next(it)[...] for f in SCALARS}
     # slot fields: one [rb, n] power-of-two piece of the block's slots per entry n of ``pieces`` (kernel_pieces)
-    sl = {f: tuple(r[:, int(a):int(b)] for a, b in zip(offs[:-1], offs[1:]))
+    sl = {f: (r[...],) if len(pieces) == 1 else tuple(r[:, int(a):int(b)] for a, b in zip(offs[:-1], offs[1:]))
           for f, r in zip(SLOTS, [next(it) for _ in SLOTS])}
     lg = {f: next(it)[...] for f in LOGS}
     k0, k1 = next(it)[...], next(it)[...]
@@ -185,13 +186,20 @@ def _kernel(cfg: E.EngineConfig, rb, n_ops, n_pre, pieces, *refs):
         return (pre[0][:, i], pre[1][:, i], pre[2][:, i] != 0) if n_pre else None
 
     K = int(offs[-1])
+    if len(pieces) == 1 and not bits:  # the step as written, on [rb, K] arrays
+        def body(i, carry):
+            sc_, sl_, lg_, _mem = carry
+            sc_, sl_, lg_, mem_ = step(sc_, {f: v[0] for f, v in sl_.items()}, lg_, k0, k1, pv, ops, drawn_at(i))
+            return sc_, {f: (v,) for f, v in sl_.items()}, lg_, mem_
+
+        return _loop_and_store(cfg, rb, body, sc, sl, lg, offs, outs)
     whole = lambda x: jax.ShapeDtypeStruct((rb, K), x[0].dtype)
     args0 = (sc, {f: whole(v) for f, v in sl.items()}, lg, k0, k1, pv, ops, drawn_at(0))
     spec = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args0)
     closed = jax.make_jaxpr(step)(*spec)
     out_tree = jax.tree_util.tree_structure(jax.eval_shape(step, *spec))
     # an int32 1 per trial that no compiler can prove to be 1 (M >= 0, so M >> 31 is 0): see _Eval
-    ev = _Eval(pieces, rb, 1 + (pv["M"] >> 31) if BITS else None)
+    ev = _Eval(pieces, rb, 1 + (pv["M"] >> 31) if bits else None)
 
     def body(i, carry):
         sc_, sl_, lg_, _mem = carry
@@ -200,6 +208,10 @@ def _kernel(cfg: E.EngineConfig, rb, n_ops, n_pre, pieces, *refs):
         res = jax.tree_util.tree_unflatten(out_tree, ev.run(closed.jaxpr, closed.consts, leaves))
         return res[0], {f: ev.parts(v) for f, v in res[1].items()}, res[2], res[3]
 
+    return _loop_and_store(cfg, rb, body, sc, sl, lg, offs, outs)
+
+
+def _loop_and_store(cfg, rb, body, sc, sl, lg, offs, outs):
     carry = (sc, sl, lg, jnp.zeros((rb,), jnp.int32))
     sc, sl, lg, mem = jax.lax.fori_loop(0, cfg.compact_every, body, carry)
     o = iter(outs)
@@ -207,8 +219,11 @@ def _kernel(cfg: E.EngineConfig, rb, n_ops, n_pre, pieces, *refs):
         next(o)[...] = sc[f]
     for f in SLOTS:
         r = next(o)
-        for a, b, v in zip(offs[:-1], offs[1:], sl[f]):
-            r[:, int(a):int(b)] = v
+        if len(sl[f]) == 1:
+            r[...] = sl[f][0]
+        else:
+            for a, b, v in zip(offs[:-1], offs[1:], sl[f]):
+                r[:, int(a):int(b)] = v
     for f in LOGS:
         next(o)[...] = lg[f]
     next(o)[...] = mem
@@ -463,9 +478,12 @@ def pre_draw(states: E.State, params: E.Params, cfg: E.EngineConfig):
 
 
 def fused_block(states: E.State, params: E.Params, cfg: E.EngineConfig, *, rb: int, interpret: bool,
-                num_warps: int | None = None, num_stages: int = 1):
+                num_warps: int | None = None, num_stages: int = 1, triton_layout: bool | None = None):
     """``cfg.compact_every`` steps of every trial (leading axis N, a multiple of rb) in one kernel launch.
 
+    ``triton_layout``: slot fields in pieces (kernel_pieces) and boolean slot arrays as bits, as Triton needs
+    (default: when not in interpret mode; interpret mode otherwise runs the step on [rb, K] arrays as they are,
+    which is cheaper to compile; tests/test_fused.py forces the Triton layout in interpret mode too).
     Returns (states, mem of the last step [N])."""
     from jax.experimental import pallas as pl
 
@@ -499,12 +517,15 @@ def fused_block(states: E.State, params: E.Params, cfg: E.EngineConfig, *, rb: i
     n_state = len(SCALARS) + len(SLOTS) + len(LOGS)
     kw = {}
     warps = num_warps or default_warps(K, rb)
+    tl = (not interpret) if triton_layout is None else bool(triton_layout)
+    if not tl and K & (K - 1) and not interpret:
+        raise ValueError(f"K={K} needs the Triton layout (slot fields in power-of-two pieces) under Triton")
     if not interpret:
         from jax.experimental.pallas import triton as plt
 
         kw["compiler_params"] = plt.CompilerParams(num_warps=warps, num_stages=num_stages)
     call = pl.pallas_call(
-        functools.partial(_kernel, cfg, rb, len(ops), len(pre), kernel_pieces(K, rb, warps)),
+        functools.partial(_kernel, cfg, rb, len(ops), len(pre), kernel_pieces(K, rb, warps) if tl else (K,), tl and BITS),
         out_shape=out_shape, grid=(N // rb,), in_specs=[spec(a) for a in args], out_specs=out_specs,
         input_output_aliases={i: i for i in range(n_state)}, interpret=interpret, name="lqs_step_loop", **kw)
     res = call(*args)
@@ -516,7 +537,8 @@ def fused_block(states: E.State, params: E.Params, cfg: E.EngineConfig, *, rb: i
 
 
 def run_call_batched(states: E.State, params: E.Params, cfg: E.EngineConfig, *, rb: int, interpret: bool,
-                      num_warps: int | None = None, num_stages: int = 1, n_records=None):
+                      num_warps: int | None = None, num_stages: int = 1, n_records=None,
+                      triton_layout: bool | None = None):
     """Same contract and results as ``engine.run_call_batched`` (``n_records``: see ``engine.records_scan``): the
     step blocks run as fused kernel launches, compaction and records as vmapped XLA between them. N need not be a
     multiple of rb (padded here)."""
@@ -538,7 +560,8 @@ def run_call_batched(states: E.State, params: E.Params, cfg: E.EngineConfig, *, 
     compact_v = jax.vmap(lambda s, p: E.compact(s, p, cfg))
 
     def one_block(st, _):
-        st, _mem = fused_block(st, p0, cfg, rb=rb, interpret=interpret, num_warps=num_warps, num_stages=num_stages)
+        st, _mem = fused_block(st, p0, cfg, rb=rb, interpret=interpret, num_warps=num_warps, num_stages=num_stages,
+                               triton_layout=triton_layout)
         return compact_v(st, p0), None
 
     def record(st):
