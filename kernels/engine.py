@@ -32,6 +32,7 @@ from . import rng
 from .compact import _fixed_order_sum, compact, init_state, squeeze  # noqa: F401 (re-exported)
 from .state import (  # noqa: F401 (re-exported: the engine's whole vocabulary in one module)
     POLICIES,
+    ROUTINGS,
     N_LAT,
     LAT_NAMES,
     F_STARTED,
@@ -241,7 +242,6 @@ def draw_arrivals(keys, step, params: Params, cfg: EngineConfig):
 
 
 # ----------------------------------------------------------------------------------------------- clusters
-ROUTINGS = ("round_robin", "random", "jsq", "least_kv")
 
 
 class Cluster(NamedTuple):
@@ -278,17 +278,15 @@ def cluster_step(cl: Cluster, params: Params, cfg: EngineConfig) -> tuple[Cluste
     routed = jnp.zeros((G,), jnp.int32)
     rr = cl.rr
     first = jnp.sum(srv.arrivals)
+    rule = params.routing  # traced: every rule is evaluated, one is taken (a few operations on G servers)
     for j in range(cfg.a_max):
         active = j < n_arr
-        if cfg.routing == "round_robin":
-            g = rr % G
-            rr = rr + active.astype(jnp.int32)
-        elif cfg.routing == "random":
-            g = jnp.minimum((rng.uniform(cl.keys[2], first + j, 0) * G).astype(jnp.int32), G - 1)
-        elif cfg.routing == "jsq":
-            g = jnp.argmin(in_sys + routed).astype(jnp.int32)
-        else:  # least_kv
-            g = jnp.argmin(svs.mem + routed * params.prefill_chunk).astype(jnp.int32)
+        g_rr = rr % G
+        g_random = jnp.minimum((rng.uniform(cl.keys[2], first + j, 0) * G).astype(jnp.int32), G - 1)
+        g_jsq = jnp.argmin(in_sys + routed).astype(jnp.int32)
+        g_kv = jnp.argmin(svs.mem + routed * params.prefill_chunk).astype(jnp.int32)  # least_kv
+        g = jnp.select([rule == 0, rule == 1, rule == 2], [g_rr, g_random, g_jsq], g_kv)
+        rr = rr + (active & (rule == 0)).astype(jnp.int32)
         routed = routed + ((gi == g) & active).astype(jnp.int32)
     trunc_g = trunc & (gi == 0)  # counted once per cluster
     new_srv, outs = jax.vmap(lambda st, sv, m, tr: finish(st, sv, b_n, m, tr, phase, params, cfg))(

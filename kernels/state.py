@@ -29,8 +29,7 @@ class EngineConfig:
     policy: str = "swap"
     a_max: int = 8  # static cap on arrivals per step (Poisson inversion terms)
     token_budget: bool = False
-    servers: int = 1  # G servers per trial in lock-step (a cluster); 1: a single server
-    routing: str = "round_robin"
+    servers: int = 1  # G servers per trial in lock-step (a cluster); 1: a single server (routing: Params.routing)
     phased: bool = False  # piecewise-constant (duration, λ, workload) schedule: lengths drawn on arrival
     n_u: int = 0  # uniforms stored per slot when phased
     check_work: bool = False  # accumulate per-request memory-work and compare with g_exact (int32-safe sizes)
@@ -56,6 +55,10 @@ class EngineConfig:
         return np.geomspace(self.lat_lo_s, self.lat_hi_s, self.n_bins - 1)
 
 
+#: a cluster's routing rules, in the order of Params.routing's index
+ROUTINGS = ("round_robin", "random", "jsq", "least_kv")
+
+
 class Params(NamedTuple):
     """Dynamic per-trial parameters (arrays: vmap over a grid of them without recompiling)."""
 
@@ -69,6 +72,7 @@ class Params(NamedTuple):
     batch: object  # lqs BatchTime pytree
     phase_end: jax.Array  # float32 [P] end instants of the phases (last = inf); used when cfg.phased
     phase_lam: jax.Array  # float32 [P] arrival rate of each phase
+    routing: jax.Array = None  # int32 index into ROUTINGS: a cluster's routing rule (traced: routings share a program)
 
 
 class Slots(NamedTuple):

@@ -23,10 +23,10 @@ import numpy as np
 
 from ._batch import AffineBatch, BatchTime, ConstantBatch
 from ._errors import LqsError, check_choice, check_float, check_int
+from .kernels.state import ROUTINGS  # one list for the validation and the engine's rule index
 
 POLICIES = ("swap", "recompute", "reserve")
 POLICY_ALIASES = {"fcfs": "swap"}  # the name used before 0.2: all three policies admit first-come first-served
-ROUTINGS = ("round_robin", "random", "jsq", "least_kv")
 _INT_MAX = 2**30
 
 

@@ -57,8 +57,9 @@ def _assert_identical(a, b):
     assert not bad, f"fused and XLA paths differ in {bad}"
 
 
-# every policy and every batch-time model at least once; the rest of the product is marked slow
-_COVER = [("swap", "constant"), ("recompute", "affine"), ("reserve", "empirical"), ("swap", "lognormal")]
+# every policy and every batch-time model at least once (the constant model: the paper-workload, pairs-trace and
+# simulate tests below); the rest of the product is marked slow
+_COVER = [("recompute", "affine"), ("reserve", "empirical"), ("swap", "lognormal")]
 _CASES = [pytest.param(p, b, marks=() if (p, b) in _COVER else pytest.mark.slow)
           for p in E.POLICIES for b in BATCHES]
 
@@ -119,8 +120,9 @@ def test_slot_major_xla_loop_identical_to_vmapped_step(policy, budget):
     cfg, params, st = _prepared(SMALL, M=400, chunk=16, lam=[3.0, 8.0], b=BATCHES["lognormal"], policy=policy,
                                 token_budget=budget, trials=5)
     ref = jax.device_get(jax.jit(lambda s, p: jax.vmap(lambda a, q: E.run_call(a, q, cfg))(s, p))(st, params))
-    for block in (None, 3):
-        _assert_identical(ref, jax.device_get(jax.jit(lambda s, p: B.run_call(s, p, cfg, block=block))(st, params)))
+    # blocks of 3 trials (the last one padded); one block (None here) is the program every simulate call runs, and
+    # the fused tests compare it with the kernel
+    _assert_identical(ref, jax.device_get(jax.jit(lambda s, p: B.run_call(s, p, cfg, block=3))(st, params)))
     assert int(np.sum(ref[0].completions)) > 50
 
 
@@ -131,15 +133,15 @@ def test_identical_on_a_pairs_trace_mixture():
 
 
 def test_simulate_engine_flag_identical_results_and_reports_the_path():
-    """Also: trials not a multiple of the block (3 configurations × 2 trials in programs of 4: padded once with
-    copies of the last trial, dropped after)."""
-    kw = dict(trials=2, steps=512, warmup=64, key=jax.random.key(9))
-    srv, lams = lqs.Server(M=400, prefill_chunk=16, b=0.05), [2.0, 6.0, 9.0]
+    """Also: trials not a multiple of the block (2 trials in a program of 4: padded with copies of the last trial,
+    dropped after). K = 192 and 2 trials: the programs of test_bench's runs."""
+    kw = dict(trials=2, steps=512, warmup=64, K=192, key=jax.random.key(9))
+    srv, lams = lqs.Server(M=400, prefill_chunk=16, b=0.05), [6.0]
     x = lqs.simulate(SMALL, srv, lams, engine="xla", **kw, verdict=False)
     f = lqs.simulate(SMALL, srv, lams, engine="fused", fused_rb=4, **kw, verdict=False)
     assert x.config["sizing"]["engine"] == "xla"
     assert f.config["sizing"]["engine"] == "fused-interpret" and f.config["sizing"]["fused_rb"] == 4
-    assert len(f.trials) == 6 and f.hist.shape == x.hist.shape
+    assert len(f.trials) == 2 and f.hist.shape == x.hist.shape and int(x.trials.completions.sum()) > 50
     pd.testing.assert_frame_equal(x.trials, f.trials, check_exact=True)
     pd.testing.assert_frame_equal(x.summary, f.summary, check_exact=True)
     assert np.array_equal(x.hist, f.hist) and np.array_equal(x.series_waiting, f.series_waiting)
@@ -176,8 +178,9 @@ def test_default_engine_from_set_engine_and_environment(monkeypatch):
 
 
 def test_clusters_and_phases_fall_back_to_xla_under_auto():
-    r = lqs.simulate(SMALL, lqs.Server(M=400, prefill_chunk=16, b=0.05, servers=2), 4.0, trials=2, steps=256,
-                     warmup=0, engine="auto", verdict=False)
+    # 4 servers, random routing, 8 trials, K = 160: the program of the cluster tests in test_engine_properties
+    r = lqs.simulate(SMALL, lqs.Server(M=400, prefill_chunk=16, b=0.05, servers=4, routing="random"), 4.0, trials=8,
+                     steps=256, warmup=0, K=160, engine="auto", verdict=False)
     assert r.config["sizing"]["engine"] == "xla" and "servers" in r.config["sizing"]["engine_reason"]
 
 
@@ -237,14 +240,14 @@ def test_auto_falls_back_to_xla_when_the_kernel_cannot_compile(monkeypatch, tmp_
     Simulated by pretending to be on a GPU: the Triton kernel cannot be compiled for the CPU backend."""
     from lqs.engine import bench as B
 
-    kw = dict(trials=2, steps=256, warmup=64, key=jax.random.key(4))
+    kw = dict(trials=2, steps=256, warmup=64, K=192, key=jax.random.key(4))  # test_bench's XLA program
     srv = lqs.Server(M=400, prefill_chunk=16, b=0.05)
     monkeypatch.setenv("LQS_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(LP, "on_gpu", lambda: True)
-    _, sz, _, _ = L.prepare(SMALL, srv, [2.0, 6.0], lqs.MonteCarlo(trials=2, warmup=64, engine="xla"), 256)
+    _, sz, _, _ = L.prepare(SMALL, srv, [6.0], lqs.MonteCarlo(trials=2, warmup=64, K=192, engine="xla"), 256)
     B.save_record(B.record_key("swap", "constant", sz.K), dict(paths={
         "xla": dict(replica_steps_per_s=1e5, identical=True), "fused": dict(replica_steps_per_s=4e5, identical=True)}))
     with pytest.warns(UserWarning, match="fused kernel failed"):
-        r = lqs.simulate(SMALL, srv, [2.0, 6.0], engine="auto", **kw, verdict=False)
+        r = lqs.simulate(SMALL, srv, [6.0], engine="auto", **kw, verdict=False)
     sz = r.config["sizing"]
     assert sz["engine"] == "xla" and "fused kernel failed" in sz["engine_reason"]

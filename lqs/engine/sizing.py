@@ -143,8 +143,7 @@ def shape_key(c: Config, phased=None) -> tuple:
     w_shapes = tuple(np.shape(x) for x in jax.tree_util.tree_leaves(c.workload))
     b_def = jax.tree_util.tree_structure(s.b)
     b_shapes = tuple(np.shape(x) for x in jax.tree_util.tree_leaves(s.b))
-    return (s.policy, s.servers, s.routing, s.token_budget is not None, phased is not None, w_def, w_shapes, b_def,
-            b_shapes)
+    return (s.policy, s.servers, s.token_budget is not None, phased is not None, w_def, w_shapes, b_def, b_shapes)
 
 
 def groups(configs: list[Config], phased=None) -> list[list[int]]:
@@ -170,7 +169,7 @@ def prepare_configs(configs: list[Config], mc: MonteCarlo, steps: int, phased=No
     of configurations that share one program (:func:`shape_key`). Returns (cfg, sizing, params)."""
     keys = {shape_key(c, phased) for c in configs}
     if len(keys) != 1:
-        raise LqsError("configs", len(keys), "configurations of one program must agree in policy, servers, routing, "
+        raise LqsError("configs", len(keys), "configurations of one program must agree in policy, servers, "
                        "token budget (set or not) and workload/batch-model structure")
     steps = check_int("steps", steps, 1, 2**31 - 2**20)
     warmup = check_int("warmup", mc.warmup, 0, steps - 1)
@@ -218,7 +217,7 @@ def prepare_configs(configs: list[Config], mc: MonteCarlo, steps: int, phased=No
     bpr = max(1, math.ceil(total_blocks / max_points))
     rpc = max(1, round(CALL_STEPS / (compact_every * bpr)))
     cfg = _k.EngineConfig(K=Kc, policy=s0.policy, a_max=sizing.a_max, token_budget=s0.token_budget is not None,
-                          servers=s0.servers, routing=s0.routing,
+                          servers=s0.servers,
                           phased=phased is not None, n_u=0 if phased is None else phased[0].n_uniforms,
                           check_work=sizing.check_work, compact_every=compact_every, blocks_per_record=bpr,
                           records_per_call=rpc)
@@ -246,5 +245,6 @@ def prepare_configs(configs: list[Config], mc: MonteCarlo, steps: int, phased=No
                        budget=per_trial([c.server.token_budget or _INT32_MAX for c in configs], np.int32),
                        warmup=jnp.full((N,), warmup, jnp.int32), min_w=per_trial(min_w, np.int32),
                        workload=stacked(sim_ws), batch=stacked([c.batch for c in configs]),
-                       phase_end=jnp.asarray(ends), phase_lam=jnp.asarray(plams))
+                       phase_end=jnp.asarray(ends), phase_lam=jnp.asarray(plams),
+                       routing=per_trial([_k.ROUTINGS.index(c.server.routing) for c in configs], np.int32))
     return cfg, sizing, params
