@@ -478,7 +478,7 @@ def test_cli_yaml_and_quick_flags(real, tmp_path):
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a" / "cells.parquet"), df, check_exact=True)
     args = ["sweep", "--out", str(tmp_path / "b"), "--workload", W, "--lam", "0.5:2:4", "--M", "4096",
             "--prefill-chunk", "256", "--b", "0.02", "--trials", "2", "--steps", "2000", "--warmup", "500",
-            "--cells-per-part", "2", "--no-progress"]
+            "--cells-per-part", "2", "--K", "160", "--no-progress"]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "b" / "cells.parquet"), df, check_exact=True)
