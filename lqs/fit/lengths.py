@@ -147,7 +147,7 @@ def fit_lengths(trace, prefill_chunk: int, components: int = 10, *, M: int | Non
     p = p / p.sum()
     F = features(vs, vo, prefill_chunk, s_thr, o_thr)
     cdf = np.concatenate([np.diff([0.0] + [np.mean(x <= t_) for t_ in thr]) for x, thr in ((s, s_thr), (o, o_thr))])
-    lam, q = tilt(p, F, np.concatenate([target, cdf]))
+    lam, q = tilt(p, F, np.concatenate([target, cdf]), groups=((4, len(s_thr)), (4 + len(s_thr), len(o_thr))))
     spec["tilt"] = {"prefill_chunk": prefill_chunk, "lambda": lam.tolist(), "s_thresholds": s_thr,
                     "o_thresholds": o_thr,
                     "targets": dict(zip(("mean_s", "mean_o", "mean_g", "mean_g_exact"), target.tolist()))}
