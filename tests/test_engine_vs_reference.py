@@ -90,7 +90,7 @@ def test_small_token_budget_and_affine_identical(policy):
     _assert_same(df, st, ref)
 
 
-@pytest.mark.parametrize("policy", ["swap", "recompute"])
+@pytest.mark.parametrize("policy", ["swap", pytest.param("recompute", marks=pytest.mark.slow)])
 def test_light_load_iid_batch_identical(policy):
     df, st, ref = _run_both(SMALL, M=64, chunk=8, lam=2.0, batch=LogNormalMixBatch.two_speed(0.03, 0.1, 0.3),
                             policy=policy, steps=384, seed=5)

@@ -49,14 +49,15 @@ class _Rows(NamedTuple):
 @pytest.fixture(scope="module")
 def verdicts():
     """Each policy at every rate, with its own saturation run; and λ* measured independently (other keys, a longer
-    horizon). 10 trials at K = 96, the rates two at a time (one saturation run per policy, from the cache): every
-    run has the shape of test_cli_sim's pd-1:1 runs (20 lanes) or saturation runs (10), so nothing new compiles."""
+    horizon). 10 trials at K = 96, one rate at a time (one saturation run per policy, from the cache): every run
+    has the shape of the saturation runs (10 trials) and of test_cli_sim's one-rate policy runs: one program per
+    policy."""
     out = {}
     for i, pol in enumerate(POLICIES):
         cache: dict = {}
-        parts = [lqs.simulate(PD, SRV.replace(policy=pol), LAMS[j:j + 2], trials=10, steps=9_000, warmup=4_000, K=96,
+        parts = [lqs.simulate(PD, SRV.replace(policy=pol), lam, trials=10, steps=9_000, warmup=4_000, K=96,
                               key=jax.random.fold_in(jax.random.key(20 + i), j), verdict_key=jax.random.key(20 + i),
-                              verdict_cache=cache).summary for j in range(0, len(LAMS), 2)]
+                              verdict_cache=cache).summary for j, lam in enumerate(LAMS)]
         assert len(cache) == 1
         out[pol] = _Rows(pd.concat(parts, ignore_index=True))
     srvs = [SRV.replace(policy=p, b=SRV.bs[0]) for p in POLICIES]
