@@ -172,7 +172,8 @@ def test_aliases_fcfs_and_chunk_give_the_same_run(pair):
 
 
 # ----------------------------------------------------------------------------------------------- batch models
-@pytest.mark.parametrize("model, kind", [("lognormal:0.5", "iid-lognormal"), ("two-speed:3:0.3", "iid-lognormal"),
+@pytest.mark.parametrize("model, kind", [("lognormal:0.5", "iid-lognormal"),
+                                         pytest.param("two-speed:3:0.3", "iid-lognormal", marks=pytest.mark.slow),
                                          ("affine:0.01,1e-5,1e-5,0", "affine")])
 def test_batch_models(model, kind, cap):
     d = run_json(SIM + ["--lam", "0.2", "--b-model", model, "--no-verdict"])
@@ -184,6 +185,17 @@ def test_batch_models(model, kind, cap):
     assert r["b_s"] == 0.0372
     for k in THEORY:
         assert r[k] == pytest.approx(cap[k], rel=1e-12), k
+
+
+def test_two_speed_spec_is_a_two_component_lognormal_with_mean_b():
+    """``--b-model two-speed:R:F`` (its simulate run is a slow variant of the lognormal one above)."""
+    import lqs
+
+    bt = lqs.parse_batch_spec("two-speed:3:0.3", 0.0372)
+    assert bt.kind == "iid-lognormal" and bt.mean_s == pytest.approx(0.0372, rel=1e-6)
+    assert np.asarray(bt.probs) == pytest.approx([0.7, 0.3])  # 30 % of steps in the slow component
+    med = np.exp(np.asarray(bt.log_median, np.float64))
+    assert med[1] == pytest.approx(3 * med[0], rel=1e-5)  # 3× slower
 
 
 # ----------------------------------------------------------------------------------------------- critical
@@ -330,7 +342,9 @@ def test_missing_lam():
 
 def test_engine_option_selects_the_path_with_identical_numbers(tmp_path):
     """``lqs --engine fused simulate`` (interpret mode on a CPU) gives the XLA run's numbers and records the path."""
-    args = _with(SIM, ["--steps", "2000"]) + ["--lam", "0.2,1.0", "--seed", "3", "--no-verdict"]
+    # 2 trials, K = 192, one rate: the XLA and fused programs of test_bench's runs (same workload structure)
+    args = _with(SIM, ["--steps", "2000", "--trials", "2", "--K", "192"]) + ["--lam", "1.0", "--seed", "3",
+                                                                              "--no-verdict"]
     outs = {}
     for eng in ("xla", "fused"):
         out = tmp_path / eng

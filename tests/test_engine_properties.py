@@ -28,19 +28,20 @@ POLICIES = ("swap", "recompute", "reserve")
 
 @pytest.fixture(scope="module")
 def saturated():
-    """Per policy, two runs of one program (32 lanes): saturation (λ = 1.5 μ, 32 trials), then the finite-horizon
-    backlog test at 0.8× and 1.2× a reference rate (16 trials each): μ_exact(1−δ) and μ_exact for swap and
+    """Per policy, two runs of one program (32 lanes; 16 for reserve): saturation (λ = 1.5 μ, 32 trials), then the
+    finite-horizon backlog test at 0.8× and 1.2× a reference rate (16 trials each): μ_exact(1−δ) and μ_exact for swap and
     recompute, the measured saturation throughput for reserve (which saturates well below μ_exact(1−δ))."""
     out, backlog = {}, {}
     for i, pol in enumerate(POLICIES):
         srv = SRV.replace(policy=pol)
-        out[pol] = lqs.simulate(FAST, srv, 1.5 * CAP.mu_rps, trials=32, steps=12_000, warmup=3_000, K=K_FAST,
+        n = 16 if pol == "reserve" else 32  # reserve: 16 lanes, the program of test_studies' delta study
+        out[pol] = lqs.simulate(FAST, srv, 1.5 * CAP.mu_rps, trials=n, steps=12_000, warmup=3_000, K=K_FAST,
                                 key=jax.random.key(100 + i), verdict=False)
         if pol == "reserve":
             lo = hi = _cv(out[pol])[0]
         else:
             lo, hi = CAP.mu_exact_rps * (1 - CAP.delta), CAP.mu_exact_rps
-        backlog[pol] = lqs.simulate(FAST, srv, [0.8 * lo, 1.2 * hi], trials=16, steps=12_000, warmup=2_000,
+        backlog[pol] = lqs.simulate(FAST, srv, [0.8 * lo, 1.2 * hi], trials=n // 2, steps=12_000, warmup=2_000,
                                     K=K_FAST, key=jax.random.key(11 + i), verdict=False)
     return out, backlog
 
