@@ -35,13 +35,13 @@ def saturated():
     for i, pol in enumerate(POLICIES):
         srv = SRV.replace(policy=pol)
         n = 16 if pol == "reserve" else 32  # reserve: 16 lanes, the program of test_studies' delta study
-        out[pol] = lqs.simulate(FAST, srv, 1.5 * CAP.mu_rps, trials=n, steps=12_000, warmup=3_000, K=K_FAST,
+        out[pol] = lqs.simulate(FAST, srv, 1.5 * CAP.mu_rps, trials=n, steps=10_000, warmup=3_000, K=K_FAST,
                                 key=jax.random.key(100 + i), verdict=False)
         if pol == "reserve":
             lo = hi = _cv(out[pol])[0]
         else:
             lo, hi = CAP.mu_exact_rps * (1 - CAP.delta), CAP.mu_exact_rps
-        backlog[pol] = lqs.simulate(FAST, srv, [0.8 * lo, 1.2 * hi], trials=n // 2, steps=12_000, warmup=2_000,
+        backlog[pol] = lqs.simulate(FAST, srv, [0.8 * lo, 1.2 * hi], trials=n // 2, steps=10_000, warmup=2_000,
                                     K=K_FAST, key=jax.random.key(11 + i), verdict=False)
     return out, backlog
 
