@@ -5,7 +5,8 @@ path measured here).
 The run: pd-1:1 at the paper's M = 131,000 tokens, ŝ = 512, b̄ = 0.0372 s, λ = 1.5·μ (saturated), one warm-up
 call then one timed call of ``steps`` steps for ``trials`` trials. Paths: ``xla``, and the fused Pallas kernel
 (``fused`` through Triton on a GPU; ``fused-interpret``, Pallas interpret mode, elsewhere: a verification path).
-XLA is timed at its sized K, the fused path at its own (rounded up to a power of two under Triton); the fused
+XLA is timed at its sized K, the fused path at its own (under Triton, K rounded up to a sum of at most two powers
+of two of at least 32 slots, ``kernels.fused.triton_K``: 288 stays 288, 300 runs as 320); the fused
 path's final states are compared leaf by leaf with those of an XLA run at that same K.
 
 Records live in ``<cache dir>/bench.json`` (``$LQS_CACHE_DIR``, else the platform's user cache directory:
@@ -235,7 +236,7 @@ def bench(*, trials: int | None = None, steps: int | None = None, quick: bool = 
                    violations=int(np.asarray(st.violations).sum()))
         return row, jax.device_get(st)
 
-    # XLA timed at its own K; the fused path at its own (a power of two under Triton), checked against an XLA run
+    # XLA timed at its own K; the fused path at its own (triton_K under Triton), checked against an XLA run
     # at that same K
     row_x, st_x = timed("xla", cfg_x, params_x, 0)
     row_x["identical"] = st_x is not None
