@@ -120,7 +120,7 @@ def test_slot_major_xla_loop_identical_to_vmapped_step(policy, budget, block):
     from lqs.kernels import batched as B
 
     cfg, params, st = _prepared(SMALL, M=400, chunk=16, lam=[3.0, 8.0], b=BATCHES["lognormal"], policy=policy,
-                                token_budget=budget, trials=5)
+                                token_budget=budget, trials=2)
     ref = jax.device_get(jax.jit(lambda s, p: jax.vmap(lambda a, q: E.run_call(a, q, cfg))(s, p))(st, params))
     # blocks of 3 trials (the last one padded); one block (None: the program every simulate call runs, which the
     # fused tests compare with the kernel) is a slow variant
