@@ -83,9 +83,5 @@ def _run_call(states, params, cfg, n_records=None):
         st, _ = jax.lax.scan(one_step, st, None, length=cfg.compact_every)
         return E.compact(st, params, cfg), None
 
-    def one_record(st, _):
-        st, _ = jax.lax.scan(one_block, st, None, length=cfg.blocks_per_record)
-        return st, E._record(st, cfg)
-
-    st, recs = E.records_scan(one_record, to_slot_major(states), cfg, n_records)
+    st, recs = E.records_scan(one_block, lambda x: E._record(x, cfg), to_slot_major(states), cfg, n_records)
     return to_trial_major(st), jax.tree_util.tree_map(lambda x: jnp.swapaxes(x, 0, 1), recs)

@@ -314,25 +314,23 @@ def _record(state: State, cfg: EngineConfig) -> Record:
     return Record(t=state.t, waiting=in_sys - n_started, started=n_started)
 
 
-def records_scan(one_record, state, cfg: EngineConfig, n_records=None):
-    """scan ``one_record`` over the call's cfg.records_per_call record periods; with ``n_records`` (a traced int32
-    scalar, the same for every trial) only the first n_records periods run and the rest leave the state as it is
-    (their records repeat the last one and are dropped by the host). The horizon is therefore not part of the
-    compiled program: runs of any length share one compilation."""
+def records_scan(one_block, record, state, cfg: EngineConfig, n_records=None):
+    """The call's loop over record periods: each runs cfg.blocks_per_record blocks (``one_block``: a scan body) and
+    takes ``record(state)``. With ``n_records`` (a traced int32 scalar, the same for every trial) only the first
+    n_records periods run; the rest leave the state as it is (their records repeat the last one and are dropped by
+    the host), so the horizon is not part of the compiled program. Shared by every path's step loop."""
+
+    def period(st):
+        st, _ = jax.lax.scan(one_block, st, None, length=cfg.blocks_per_record)
+        return st, record(st)
+
     if n_records is None:
-        return jax.lax.scan(one_record, state, None, length=cfg.records_per_call)
+        return jax.lax.scan(lambda st, _: period(st), state, None, length=cfg.records_per_call)
 
     def guarded(st, i):
-        return jax.lax.cond(i < n_records, lambda s: one_record(s, None), lambda s: (s, _idle_record(s, cfg)), st)
+        return jax.lax.cond(i < n_records, period, lambda x: (x, record(x)), st)
 
     return jax.lax.scan(guarded, state, jnp.arange(cfg.records_per_call, dtype=jnp.int32))
-
-
-def _idle_record(st, cfg: EngineConfig):
-    if cfg.servers > 1:
-        r = jax.vmap(lambda x: _record(x, cfg))(st.servers)
-        return Record(t=r.t[0], waiting=jnp.sum(r.waiting), started=jnp.sum(r.started))
-    return _record(st, cfg)
 
 
 def run_call(state, params: Params, cfg: EngineConfig, n_records=None):
@@ -352,16 +350,13 @@ def run_call(state, params: Params, cfg: EngineConfig, n_records=None):
             st = compact(st, params, cfg)
         return st, None
 
-    def one_record(st, _):
-        st, _ = jax.lax.scan(one_block, st, None, length=cfg.blocks_per_record)
+    def record(st):
         if clustered:
             r = jax.vmap(lambda x: _record(x, cfg))(st.servers)
-            rec = Record(t=r.t[0], waiting=jnp.sum(r.waiting), started=jnp.sum(r.started))
-        else:
-            rec = _record(st, cfg)
-        return st, rec
+            return Record(t=r.t[0], waiting=jnp.sum(r.waiting), started=jnp.sum(r.started))
+        return _record(st, cfg)
 
-    return records_scan(one_record, state, cfg, n_records)
+    return records_scan(one_block, record, state, cfg, n_records)
 
 
 def run_call_batched(states: State, params: Params, cfg: EngineConfig, n_records=None):

@@ -564,19 +564,7 @@ def run_call_batched(states: E.State, params: E.Params, cfg: E.EngineConfig, *, 
                                triton_layout=triton_layout)
         return compact_v(st, p0), None
 
-    def record(st):
-        return jax.vmap(lambda x: E._record(x, cfg))(st)
-
-    def one_record(st, i):
-        def run(s):
-            s, _ = jax.lax.scan(one_block, s, None, length=cfg.blocks_per_record)
-            return s, record(s)
-
-        if n_records is None:
-            return run(st)
-        return jax.lax.cond(i < n_records, run, lambda s: (s, record(s)), st)
-
-    st, recs = jax.lax.scan(one_record, st0, jnp.arange(cfg.records_per_call, dtype=jnp.int32))
+    st, recs = E.records_scan(one_block, jax.vmap(lambda x: E._record(x, cfg)), st0, cfg, n_records)
     recs = jax.tree_util.tree_map(lambda x: unpad(jnp.swapaxes(x, 0, 1)), recs)
     return jax.tree_util.tree_map(unpad, st), recs
 
