@@ -111,28 +111,34 @@ def serve(state: State, params: Params, cfg: EngineConfig) -> Served:
     if cfg.token_budget:
         tok = jnp.where(live, tok, 0)
         sched = sched & (prefix_sum(tok) <= params.budget)
-    mem = _sum(jnp.where(sched, f, 0))
+    sched_i = sched.astype(jnp.int32)
+    f_sched = f * sched_i  # = where(sched, f, 0): a multiply, no select
+    mem = _sum(f_sched)
     n_pre_tok = _sum(jnp.where(sched & pre, tok, 0))
     n_sched = _count(sched)
     n_pre = _count(sched & pre)
 
     started = started_mask(sl, cfg)
     was_sched = (fl & F_SCHED) != 0
-    swapped = live & started & was_sched & ~sched
+    # swapped out: scheduled in the previous step, still live, not scheduled now. Under swap and reserve a slot
+    # scheduled in the previous step has u > 0, so it has started; under recompute the flags say so
+    swapped = (live & started & was_sched & ~sched) if cfg.policy == "recompute" else (live & was_sched & ~sched)
     new_start = sched & ~started
 
-    # the schedule could have reached past the slots while requests wait in the overflow queue: capacity limit
-    n_live = _count(live)
+    # the schedule could have reached past the slots while requests wait in the overflow queue: capacity limit.
+    # Every live request is scheduled ⇔ the whole prefix fits (room ≥ 0: weights are ≥ 0, so the last live
+    # slot's prefix sum is the total) and, with a token budget, all their tokens fit (implied by the test below)
     room = M - _sum(w)  # = cw[-1] (exact integers; a reduction lowers to every backend, a slice does not)
-    starved = (n_sched == n_live) & (state.overflow > 0) & (room >= params.min_w)
+    starved = (state.overflow > 0) & (room >= jnp.maximum(params.min_w, 0))
     if cfg.token_budget:
         starved = starved & (_sum(tok) + 1 <= params.budget)
+    n_live = _count(live)
 
     # 3. advance; 4. preempt (recompute)
     u1 = u + 1
-    prefill_done = sched & pre & (u1 == k)
+    prefill_done = sched & (u1 == k)  # u + 1 = k implies u < k: a prefill chunk
     done = sched & (u1 == k + o)
-    u_new = jnp.where(sched, u1, u)
+    u_new = u + sched_i  # = where(sched, u + 1, u)
     if cfg.policy == "recompute":  # progress restarts: the flags remember the start and the first token
         ttft_seen = (fl & F_TTFT) != 0
         prefill_done = prefill_done & ~ttft_seen
@@ -140,8 +146,8 @@ def serve(state: State, params: Params, cfg: EngineConfig) -> Served:
         fl_new = (jnp.where(started | sched, F_STARTED, 0) | jnp.where(sched, F_SCHED, 0)
                   | jnp.where(prefill_done | ttft_seen, F_TTFT, 0))
     else:  # progress never goes back: started ⇔ u > 0, the prefill ends once; only "scheduled last step" is kept
-        fl_new = jnp.where(sched, F_SCHED, 0)
-    work = jnp.where(sched, sl.work + f, sl.work) if cfg.check_work else sl.work
+        fl_new = sched_i * F_SCHED
+    work = sl.work + f_sched if cfg.check_work else sl.work
     slots = sl._replace(u=u_new, flags=fl_new, work=work, t_first=jnp.where(new_start, state.t, sl.t_first))
     return Served(slots=slots, prefill_done=prefill_done, done=done, mem=mem, n_pre_tok=n_pre_tok,
                   n_dec_tok=n_sched - n_pre, n_sched=n_sched, n_done=_count(done),
