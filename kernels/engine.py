@@ -101,15 +101,15 @@ def serve(state: State, params: Params, cfg: EngineConfig) -> Served:
     # 1. next footprint of every live request
     live = (iota < state.n_used) & (u < k + o)
     pre = u < k
-    f = jnp.where(pre, jnp.minimum((u + 1) * chunk, s), s + (u - k) + 1)
-    f = jnp.where(live, f, 0)
+    live_i = live.astype(jnp.int32)  # masks enter sums and products as 0/1: a multiply where a select would be
+    f = jnp.where(pre, jnp.minimum((u + 1) * chunk, s), s + (u - k) + 1) * live_i  # 0 unless live
     # 2. longest FCFS prefix under M (and the token budget)
-    w = jnp.where(live, s + o, 0) if cfg.policy == "reserve" else f
+    w = (s + o) * live_i if cfg.policy == "reserve" else f
     cw = prefix_sum(w)
     sched = live & (cw <= M)
     tok = jnp.where(pre, jnp.minimum(chunk, s - u * chunk), 1)
     if cfg.token_budget:
-        tok = jnp.where(live, tok, 0)
+        tok = tok * live_i
         sched = sched & (prefix_sum(tok) <= params.budget)
     sched_i = sched.astype(jnp.int32)
     f_sched = f * sched_i  # = where(sched, f, 0): a multiply, no select
@@ -122,7 +122,11 @@ def serve(state: State, params: Params, cfg: EngineConfig) -> Served:
     was_sched = (fl & F_SCHED) != 0
     # swapped out: scheduled in the previous step, still live, not scheduled now. Under swap and reserve a slot
     # scheduled in the previous step has u > 0, so it has started; under recompute the flags say so
-    swapped = (live & started & was_sched & ~sched) if cfg.policy == "recompute" else (live & was_sched & ~sched)
+    if cfg.policy == "recompute":
+        preempted = live & started & ~sched  # its progress restarts
+        swapped = preempted & was_sched
+    else:
+        swapped = live & was_sched & ~sched
     new_start = sched & ~started
 
     # the schedule could have reached past the slots while requests wait in the overflow queue: capacity limit.
@@ -142,9 +146,10 @@ def serve(state: State, params: Params, cfg: EngineConfig) -> Served:
     if cfg.policy == "recompute":  # progress restarts: the flags remember the start and the first token
         ttft_seen = (fl & F_TTFT) != 0
         prefill_done = prefill_done & ~ttft_seen
-        u_new = jnp.where(live & started & ~sched, 0, u_new)
-        fl_new = (jnp.where(started | sched, F_STARTED, 0) | jnp.where(sched, F_SCHED, 0)
-                  | jnp.where(prefill_done | ttft_seen, F_TTFT, 0))
+        u_new = jnp.where(preempted, 0, u_new)
+        i32 = jnp.int32
+        fl_new = ((started | sched).astype(i32) * F_STARTED + sched_i * F_SCHED
+                  + (prefill_done | ttft_seen).astype(i32) * F_TTFT)  # the bits, without selects
     else:  # progress never goes back: started ⇔ u > 0, the prefill ends once; only "scheduled last step" is kept
         fl_new = sched_i * F_SCHED
     work = sl.work + f_sched if cfg.check_work else sl.work
