@@ -22,11 +22,13 @@ Lowering: Triton (``jax.experimental.pallas.triton``). Mosaic GPU, in jax 0.10.x
 prefix sum (``cumsum``) the FCFS admission needs; Triton lowers every primitive of the step (checked on any
 machine by :func:`lower_for_gpu`, which lowers the kernel for CUDA without a GPU). The kernel body is the jaxpr of
 ``engine.step_with`` re-evaluated by :class:`_Eval` with two changes of representation that keep every value,
-hence every bit: slot fields as power-of-two pieces (Triton needs power-of-two arrays: pd-1:1's K = 288 runs as
-128 + 128 + 32 slots, not 512; :func:`kernel_pieces`, :func:`triton_K`), the prefix sum carried from piece to piece
-and integer sums combined; and boolean slot arrays as int32 0/1, which the sm_90 compiler keeps in ordinary
-registers instead of packing predicate bits. Interpret mode runs them when asked (``triton_layout``: the
-identity tests at K = 160 and 288 do), else the step on [rb, K] arrays as they are.
+hence every bit: slot fields as power-of-two pieces (Triton needs power-of-two arrays; :func:`kernel_pieces`,
+:func:`triton_K`): with one warp per trial (K ≤ 320) the K = 32·P slots are interleaved, each lane holding P
+consecutive slots (pd-1:1's K = 288: 9 parts of 32 lanes, not 512 slots), so the prefix sum is each lane's running
+sum plus one warp scan; above, contiguous pieces (640 = 512 + 128) with the prefix sum carried from piece to piece;
+integer sums combined either way; and boolean slot arrays as int32 0/1, which the sm_90 compiler keeps in ordinary
+registers instead of packing predicate bits. Interpret mode runs them when asked (``triton_layout``: the identity
+tests at K = 160 and 288 do), else the step on [rb, K] arrays as they are.
 
 Not fused (the XLA path runs them): clusters (``servers > 1``) and phased schedules.
 """
@@ -79,10 +81,27 @@ def kernel_pieces(K: int, rb: int, warps: int) -> tuple[int, ...]:
 
     Pallas' Triton lowering needs every in-kernel array to have a power-of-two size, so a K that is not one is
     held as power-of-two pieces and the step runs on the pieces (:class:`_Eval`: the step's jaxpr evaluated piece
-    by piece, the prefix sum carried across pieces, reductions combined). With at most one warp per trial
-    (warps ≤ rb) pieces are cut to MAX_PIECE slots, the share of one warp in Triton's layout: each trial's slots then
-    stay in one warp and no sum over slots goes through shared memory."""
+    by piece). With at most one warp per trial (warps ≤ rb) a trial's slots stay in one warp, so no sum over slots
+    goes through shared memory: K a multiple of 32 is held as K/32 interleaved parts of 32 (:func:`interleaved`:
+    part e holds slots e, e + P, …, so each lane holds P consecutive slots), any other K as contiguous pieces of at
+    most MAX_PIECE slots, the share of one warp in Triton's layout (the prefix sum carried across pieces). With more
+    warps per trial: contiguous pieces, one per set bit of K."""
+    if interleaved(K, rb, warps):
+        return (LANES,) * (K // LANES)
     return slot_pieces(K, MAX_PIECE if warps <= rb else None)
+
+
+LANES = 32  # threads of a warp
+
+
+def interleaved(K: int, rb: int, warps: int) -> bool:
+    """Whether the kernel holds a trial's K = 32·P slots interleaved (one warp per trial, K a multiple of 32): part e
+    of P holds slots e, P + e, 2P + e, … (lane j: slot j·P + e), so each thread holds P consecutive slots. The
+    prefix sum is then a running sum over the thread's own slots plus one warp scan of the threads' totals, and
+    every sum over slots one warp reduction, whatever P. Against contiguous pieces (128 + 128 + 32 for K = 288: three
+    warp scans, and two reductions per sum) that is 546 → 489 SASS instructions per thread and step (sm_90, two
+    trials on two warps; bench/fused_resources.py)."""
+    return warps <= rb and K > LANES and K % LANES == 0
 
 
 MAX_PIECES = 2  # pieces per slot field under Triton: each one adds a block-wide reduction per sum over slots
@@ -90,13 +109,16 @@ MIN_PIECE = 32  # smallest piece under Triton (one warp's lanes)
 
 
 def triton_K(K: int) -> int:
-    """Slots per trial the Triton kernel runs for a sized K: the smallest K' ≥ K that is a power of two or a sum of
-    at most MAX_PIECES powers of two ≥ MIN_PIECE (288 stays 288 = 256 + 32; 300 → 320 = 256 + 64; 480 → 512).
-    The extra slots, if any, only lift capacity limits."""
+    """Slots per trial the Triton kernel runs for a sized K: up to ONE_WARP_MAX_K (one warp per trial, slots
+    interleaved) the next multiple of 32 (288 stays 288, 200 → 224, 300 → 320); above it the smallest K' ≥ K that
+    is a power of two or a sum of at most MAX_PIECES powers of two ≥ MIN_PIECE (480 → 512, 600 → 640). The extra
+    slots, if any, only lift capacity limits."""
     K = int(K)
     if K <= MIN_PIECE or K & (K - 1) == 0:
         return next_pow2(K)
     k = -(-K // MIN_PIECE) * MIN_PIECE
+    if k <= ONE_WARP_MAX_K:
+        return k
     while bin(k).count("1") > MAX_PIECES:
         k += MIN_PIECE
     return k
@@ -108,22 +130,24 @@ PIECED_SLOTS_PER_THREAD = 10  # at most this many (all pieces together) for a la
 
 
 def default_block(K: int) -> int:
-    """Replicas per kernel program: about 1024 slots per field (a power of two, 1..64). With default_warps that is
-    one warp per trial up to K = 320 (8–10 slots of each field per thread: 216–233 registers on sm_90, no spills)
-    and 4 slots per thread above (K = 512: two trials, 8 warps, 158 registers). bench/results/README.md, "the fused
-    step's instruction count", has the measured grid (bench/fused_resources.py: Triton → PTX → ptxas, no GPU)."""
+    """Replicas per kernel program. 32 < K ≤ ONE_WARP_MAX_K: one (a program is one warp: its slots interleaved, 8–10
+    of each field per thread, 206–233 registers on sm_90, no spills; a program of two or four such trials costs ~35
+    more instructions per thread and step). Otherwise about 1024 slots per field (a power of two, 1..64): K = 512 runs
+    two trials on 8 warps, 4 slots per thread. bench/results/README.md, "the fused step's instruction count", has the
+    measured grid (bench/fused_resources.py: Triton → PTX → ptxas, no GPU)."""
+    if LANES < K <= ONE_WARP_MAX_K:
+        return 1
     return int(min(64, 1 << (max(1, 1024 // K).bit_length() - 1)))
 
 
 def default_warps(K: int, rb: int) -> int:
     """Warps per program (1..32, a power of two).
 
-    K ≤ ONE_WARP_MAX_K: one warp per trial (K/32 slots of each field per thread, pieces of at most MAX_PIECE: every
-    sum and prefix sum over a trial's slots stays in its warp). Larger K: each thread holds at most
-    SLOTS_PER_THREAD slots (K a power of two) or PIECED_SLOTS_PER_THREAD (K in pieces, e.g. 640 = 512 + 128).
-    Measured for sm_90 (bench/fused_resources.py, lane-instructions per slot-step, bench/results/README.md):
-    pd-1:1's K = 288 in programs of two trials runs at 70 with 2 warps (one per trial) against 129 with 4 and
-    204 with 8; K = 512 one warp per trial would need 16 slots per thread (255 registers, spills)."""
+    K ≤ ONE_WARP_MAX_K: one warp per trial (K/32 slots of each field per thread, interleaved: every sum and prefix
+    sum over a trial's slots stays in its warp). Larger K: each thread holds at most SLOTS_PER_THREAD slots (K a
+    power of two) or PIECED_SLOTS_PER_THREAD (K in pieces, e.g. 640 = 512 + 128). Measured for sm_90
+    (bench/fused_resources.py, lane-instructions per slot-step, bench/results/README.md): pd-1:1's K = 288 runs at
+    50 with one trial on one warp, 54 with two trials on two warps, against 109–164 with 2–4 warps per trial."""
     if K <= ONE_WARP_MAX_K:
         return int(min(32, rb))
     if K & (K - 1) == 0:
@@ -166,14 +190,26 @@ def _step_fn(cfg: E.EngineConfig, n_pre):
     return step
 
 
-def _kernel(cfg: E.EngineConfig, rb, n_ops, n_pre, pieces, bits, *refs):
+def _slot_index(pieces, inter):
+    """The indexer of each piece of a [rb, K] slot field: contiguous slices, or the P strided parts of the
+    interleaved layout (part e: slots e, e + P, e + 2P, …)."""
+    if inter:
+        from jax.experimental import pallas as pl
+
+        return [(slice(None), pl.ds(e, n, stride=len(pieces))) for e, n in enumerate(pieces)]
+    offs = np.cumsum((0,) + tuple(pieces))
+    return [(slice(None), slice(int(a), int(b))) for a, b in zip(offs[:-1], offs[1:])]
+
+
+def _kernel(cfg: E.EngineConfig, rb, n_ops, n_pre, pieces, inter, bits, *refs):
     n_in = len(SCALARS) + len(SLOTS) + len(LOGS) + 2 + len(PARAMS) + n_ops + n_pre
     ins, outs = refs[:n_in], refs[n_in:]
     it = iter(ins)
-    offs = np.cumsum((0,) + pieces)
+    index = _slot_index(pieces, inter)
     sc = {f: next(it)[...] for f in SCALARS}
-    # slot fields: one [rb, n] power-of-two piece of the block's slots per entry n of ``pieces`` (kernel_pieces)
-    sl = {f: (r[...],) if len(pieces) == 1 else tuple(r[:, int(a):int(b)] for a, b in zip(offs[:-1], offs[1:]))
+    # slot fields: one [rb, n] power-of-two piece of the block's slots per entry n of ``pieces`` (kernel_pieces),
+    # contiguous or interleaved
+    sl = {f: (r[...],) if len(pieces) == 1 else tuple(r[ix] for ix in index)
           for f, r in zip(SLOTS, [next(it) for _ in SLOTS])}
     lg = {f: next(it)[...] for f in LOGS}
     k0, k1 = next(it)[...], next(it)[...]
@@ -185,21 +221,21 @@ def _kernel(cfg: E.EngineConfig, rb, n_ops, n_pre, pieces, bits, *refs):
     def drawn_at(i):
         return (pre[0][:, i], pre[1][:, i], pre[2][:, i] != 0) if n_pre else None
 
-    K = int(offs[-1])
+    K = int(sum(pieces))
     if len(pieces) == 1 and not bits:  # the step as written, on [rb, K] arrays
         def body(i, carry):
             sc_, sl_, lg_, _mem = carry
             sc_, sl_, lg_, mem_ = step(sc_, {f: v[0] for f, v in sl_.items()}, lg_, k0, k1, pv, ops, drawn_at(i))
             return sc_, {f: (v,) for f, v in sl_.items()}, lg_, mem_
 
-        return _loop_and_store(cfg, rb, body, sc, sl, lg, offs, outs)
+        return _loop_and_store(cfg, rb, body, sc, sl, lg, index, outs)
     whole = lambda x: jax.ShapeDtypeStruct((rb, K), x[0].dtype)
     args0 = (sc, {f: whole(v) for f, v in sl.items()}, lg, k0, k1, pv, ops, drawn_at(0))
     spec = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args0)
     closed = jax.make_jaxpr(step)(*spec)
     out_tree = jax.tree_util.tree_structure(jax.eval_shape(step, *spec))
     # an int32 1 per trial that no compiler can prove to be 1 (M >= 0, so M >> 31 is 0): see _Eval
-    ev = _Eval(pieces, rb, 1 + (pv["M"] >> 31) if bits else None)
+    ev = _Eval(pieces, rb, 1 + (pv["M"] >> 31) if bits else None, inter)
 
     def body(i, carry):
         sc_, sl_, lg_, _mem = carry
@@ -208,10 +244,10 @@ def _kernel(cfg: E.EngineConfig, rb, n_ops, n_pre, pieces, bits, *refs):
         res = jax.tree_util.tree_unflatten(out_tree, ev.run(closed.jaxpr, closed.consts, leaves))
         return res[0], {f: ev.parts(v) for f, v in res[1].items()}, res[2], res[3]
 
-    return _loop_and_store(cfg, rb, body, sc, sl, lg, offs, outs)
+    return _loop_and_store(cfg, rb, body, sc, sl, lg, index, outs)
 
 
-def _loop_and_store(cfg, rb, body, sc, sl, lg, offs, outs):
+def _loop_and_store(cfg, rb, body, sc, sl, lg, index, outs):
     carry = (sc, sl, lg, jnp.zeros((rb,), jnp.int32))
     sc, sl, lg, mem = jax.lax.fori_loop(0, cfg.compact_every, body, carry)
     o = iter(outs)
@@ -222,8 +258,8 @@ def _loop_and_store(cfg, rb, body, sc, sl, lg, offs, outs):
         if len(sl[f]) == 1:
             r[...] = sl[f][0]
         else:
-            for a, b, v in zip(offs[:-1], offs[1:], sl[f]):
-                r[:, int(a):int(b)] = v
+            for ix, v in zip(index, sl[f]):
+                r[ix] = v
     for f in LOGS:
         next(o)[...] = lg[f]
     next(o)[...] = mem
@@ -232,8 +268,10 @@ def _loop_and_store(cfg, rb, body, sc, sl, lg, offs, outs):
 # ------------------------------------------------------------------------- the step, re-evaluated for Triton
 # The kernel body is the jaxpr of engine.step_with (vmapped over the block), evaluated by _Eval with two changes of
 # representation that give the same values, and so the same bits:
-#  * slot fields of K slots as power-of-two pieces (Pallas' Triton lowering needs power-of-two arrays; pieces of at
-#    most MAX_PIECE slots also keep each trial's slots in one warp, so sums over slots need no shared memory);
+#  * slot fields of K slots as power-of-two pieces (Pallas' Triton lowering needs power-of-two arrays): interleaved
+#    parts of 32 with one warp per trial (each lane holds consecutive slots: one warp scan per prefix sum, one warp
+#    reduction per sum), else contiguous pieces, of at most MAX_PIECE slots with one warp per trial, so sums over
+#    slots need no shared memory;
 #  * boolean slot arrays as int32 0/1 (BITS): compiled for sm_90, a step keeps a dozen masks per slot, more than
 #    the 7 predicate registers hold; LLVM then packs them into bit vectors (insert/extract per bit) and counts them
 #    through popcounts of packed bytes. Held as integers built from a 1 the compiler cannot see through, they stay
@@ -243,7 +281,7 @@ BITS = True
 
 
 class _Split(NamedTuple):
-    """A value whose slot axis ``axis`` is held as power-of-two pieces (in slot order)."""
+    """A value whose slot axis ``axis`` is held as power-of-two pieces (in slot order, or interleaved: _Eval)."""
 
     parts: tuple
     axis: int
@@ -287,10 +325,15 @@ class _Eval:
     the results, the prefix sum runs on each piece and adds the totals of the pieces before it, slot indices
     (iota) are offset by the slots before the piece. Integer sums in any order give the same bits; anything else
     on the slot axis (a float sum, a slice, a gather) raises. With several pieces a value is on the slot axis if
-    one of its dimensions is K (not a power of two, or larger than any other dimension of the kernel's arrays)."""
+    one of its dimensions is K (not a power of two, or larger than any other dimension of the kernel's arrays).
 
-    def __init__(self, pieces, rb, one=None):
+    Interleaved (``inter``, pieces of one size n = K/P): piece e holds slots e, P + e, …; slot indices are then
+    i·P + e, and the prefix sum is the running sum over the pieces (each thread's own P slots) plus the exclusive
+    scan over the n lanes of its total."""
+
+    def __init__(self, pieces, rb, one=None, inter=False):
         self.sizes, self.K, self.rb, self.one = tuple(pieces), int(sum(pieces)), rb, one
+        self.inter = bool(inter) and len(self.sizes) > 1
 
     # -- representation
     def hold(self, parts):
@@ -337,6 +380,10 @@ class _Eval:
         dims = [d for d, n in enumerate(np.shape(x)) if n == self.K]
         if not dims:
             return x
+        if self.inter:
+            P = len(self.sizes)
+            return _Split(tuple(jax.lax.slice_in_dim(jnp.asarray(x), e, self.K, stride=P, axis=dims[0])
+                                for e in range(P)), dims[0])
         offs = np.cumsum((0,) + self.sizes)
         return _Split(tuple(jax.lax.slice_in_dim(jnp.asarray(x), int(a), int(b), axis=dims[0])
                             for a, b in zip(offs[:-1], offs[1:])), dims[0])
@@ -357,7 +404,7 @@ class _Eval:
         outs = [tuple(getattr(v.aval, "shape", ())) for v in eqn.outvars]
         if len(self.sizes) == 1 or (not any(isinstance(x, _Split) for x in ins) and not any(self.K in s for s in outs)):
             return eqn.primitive.bind(*ins, **eqn.primitive.get_bind_params(eqn.params))
-        return _piece_rule(eqn, ins, self.sizes)
+        return _piece_rule(eqn, ins, self.sizes, self.inter)
 
     def _bits(self, eqn, ins):
         name, prm = eqn.primitive.name, eqn.params
@@ -380,8 +427,9 @@ class _Eval:
         return None
 
 
-def _piece_rule(eqn, ins, sizes):
-    """One operation of the step on values held as pieces of ``sizes`` slots (see _Eval)."""
+def _piece_rule(eqn, ins, sizes, inter=False):
+    """One operation of the step on values held as pieces of ``sizes`` slots, contiguous or interleaved (see
+    _Eval)."""
     name, prm = eqn.primitive.name, dict(eqn.params)
     K = sum(sizes)
     split = [x for x in ins if isinstance(x, _Split)]
@@ -415,6 +463,10 @@ def _piece_rule(eqn, ins, sizes):
         if len(axes) != 1:
             raise NotImplementedError(f"iota of shape {out_shape}")
         ax, dt, dim = axes[0], prm["dtype"], prm["dimension"]
+        if inter and dim == ax:  # piece e: slots e, P + e, 2P + e, …
+            P = len(sizes)
+            return _Split(tuple(jax.lax.broadcasted_iota(dt, with_k(out_shape, ax, n), dim) * jnp.asarray(P, dt)
+                                + jnp.asarray(e, dt) for e, n in enumerate(sizes)), ax)
         parts, off = [], 0
         for n in sizes:
             p = jax.lax.broadcasted_iota(dt, with_k(out_shape, ax, n), dim)
@@ -429,6 +481,13 @@ def _piece_rule(eqn, ins, sizes):
         if name == "cumsum":
             if prm["axis"] != x.axis or prm["reverse"]:
                 raise NotImplementedError("cumsum other than forward along the slot axis")
+            if inter:  # running sum over each lane's own slots, plus the exclusive scan of the lanes' totals
+                run = [x.parts[0]]
+                for p in x.parts[1:]:
+                    run.append(run[-1] + p)
+                tot = run[-1]
+                before = jax.lax.cumsum(tot, axis=x.axis) - tot
+                return _Split(tuple(r + before for r in run), x.axis)
             out, carry = [], None
             keep = tuple(d for d in range(x.parts[0].ndim) if d != x.axis)
             for j, p in enumerate(x.parts):
@@ -525,7 +584,8 @@ def fused_block(states: E.State, params: E.Params, cfg: E.EngineConfig, *, rb: i
 
         kw["compiler_params"] = plt.CompilerParams(num_warps=warps, num_stages=num_stages)
     call = pl.pallas_call(
-        functools.partial(_kernel, cfg, rb, len(ops), len(pre), kernel_pieces(K, rb, warps) if tl else (K,), tl and BITS),
+        functools.partial(_kernel, cfg, rb, len(ops), len(pre), kernel_pieces(K, rb, warps) if tl else (K,),
+                          tl and interleaved(K, rb, warps), tl and BITS),
         out_shape=out_shape, grid=(N // rb,), in_specs=[spec(a) for a in args], out_specs=out_specs,
         input_output_aliases={i: i for i in range(n_state)}, interpret=interpret, name="lqs_step_loop", **kw)
     res = call(*args)

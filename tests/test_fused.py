@@ -39,12 +39,13 @@ def _prepared(workload, *, M, chunk, lam, b, policy, trials=3, steps=512, token_
     return cfg, params, LP.init_jit(keys, params, cfg)
 
 
-def _both(cfg, params, states, rb, triton_layout=None):
+def _both(cfg, params, states, rb, triton_layout=None, warps=None):
     """Final states and records of both paths; ``triton_layout``: the kernel as Triton runs it (slot fields in
-    power-of-two pieces, boolean slot arrays as bits), here in interpret mode."""
+    power-of-two pieces, interleaved with one warp per trial, boolean slot arrays as bits), here in interpret mode;
+    ``warps`` chooses the layout (kernel_pieces)."""
     xla = jax.jit(E.run_call_batched, static_argnums=2)(states, params, cfg)
-    fused = jax.jit(lambda s, p: F.run_call_batched(s, p, cfg, rb=rb, interpret=True, triton_layout=triton_layout))(
-        states, params)
+    fused = jax.jit(lambda s, p: F.run_call_batched(s, p, cfg, rb=rb, interpret=True, triton_layout=triton_layout,
+                                                    num_warps=warps))(states, params)
     return jax.device_get(xla), jax.device_get(fused)
 
 
@@ -66,12 +67,14 @@ _CASES = [pytest.param(p, b, marks=() if (p, b) in _COVER else pytest.mark.slow)
 
 @pytest.mark.parametrize("policy,batch", _CASES)
 def test_identical_to_xla_small(policy, batch):
-    """Every policy × batch-time model, below, near and above capacity (λ = 0.5, 3, 8 per s), 3 trials each. K = 160:
-    under recompute (and in the slow variants) the kernel runs as on a GPU, slots in pieces of 128 + 32."""
+    """Every policy × batch-time model, below, near and above capacity (λ = 0.5, 3, 8 per s), 3 trials each. K = 160.
+    The slow variants run the kernel as on a GPU: slots interleaved, 5 per lane (one warp per trial), or, with the
+    affine model, in contiguous pieces of 128 + 32 (4 warps for 2 trials, as for a K above 320)."""
     cfg, params, st = _prepared(SMALL, M=400, chunk=16, lam=[0.5, 3.0, 8.0], b=BATCHES[batch], policy=policy)
-    tl = policy == "recompute" or (policy, batch) not in _COVER
-    assert F.kernel_pieces(cfg.K, 2, F.default_warps(cfg.K, 2)) == (128, 32)
-    a, b = _both(cfg, params, st, rb=2, triton_layout=tl)  # 9 trials in blocks of 2: the padding path too
+    tl = (policy, batch) not in _COVER
+    warps = 4 if batch == "affine" else None
+    assert F.kernel_pieces(cfg.K, 2, warps or F.default_warps(cfg.K, 2)) == ((128, 32) if warps else (32,) * 5)
+    a, b = _both(cfg, params, st, rb=2, triton_layout=tl, warps=warps)  # 9 trials in blocks of 2: padding too
     _assert_identical(a, b)
     st_a = a[0]
     assert int(np.sum(st_a.arrivals)) > 100 and int(np.sum(st_a.completions)) > 50  # the run did something
@@ -101,10 +104,12 @@ def test_identical_with_token_budget_and_capacity_limits(policy):
                                     for p in E.POLICIES])
 def test_identical_on_the_paper_workload(policy):
     """pd-1:1 at the paper's M = 131,000 tokens, ŝ = 512, b̄ = 0.0372 s, below and above μ (K = 288), the kernel as
-    Triton runs it: slots in pieces of 128 + 128 + 32, boolean slot arrays as bits."""
+    Triton runs it: one warp per trial, each lane holding 9 consecutive slots (interleaved: 9 parts of 32 lanes),
+    boolean slot arrays as bits."""
     cfg, params, st = _prepared(lqs.preset("pd-1:1"), M=131_000, chunk=512, lam=[2.5, 4.0], b=0.0372,
                                 policy=policy, trials=2, steps=1024)
-    assert cfg.K == 288 and F.kernel_pieces(288, 4, F.default_warps(288, 4)) == (128, 128, 32)
+    assert cfg.K == 288 and F.kernel_pieces(288, 4, F.default_warps(288, 4)) == (32,) * 9
+    assert F.interleaved(288, 4, F.default_warps(288, 4))
     a, b = _both(cfg, params, st, rb=4, triton_layout=True)
     _assert_identical(a, b)
     assert int(np.sum(a[0].completions)) > 20
@@ -189,22 +194,27 @@ def test_clusters_and_phases_fall_back_to_xla_under_auto():
 @pytest.mark.parametrize("policy,batch,budget,K", [("swap", "constant", None, 128), ("recompute", "affine", 64, 96),
                                                    ("reserve", "empirical", None, 96), ("swap", "lognormal", 64, 128)])
 def test_lowers_to_triton_for_cuda(policy, batch, budget, K):
-    """Every primitive of the fused step has a Triton lowering (checked without a GPU via jax.export), K = 96 too:
-    slot fields in power-of-two pieces (64 + 32)."""
+    """Every primitive of the fused step has a Triton lowering (checked without a GPU via jax.export): slot fields
+    interleaved (one warp per trial, strided loads and stores: K = 96 and 128) and, with 8 warps for 4 trials, in
+    contiguous power-of-two pieces (K = 96: 64 + 32)."""
     cfg, params, st = _prepared(SMALL, M=400, chunk=16, lam=[3.0], b=BATCHES[batch], policy=policy, trials=8,
                                 token_budget=budget, K=K)
-    assert cfg.K == K and F.kernel_pieces(K, 4, F.default_warps(K, 4)) == ((K,) if K == 128 else (64, 32))
-    text = F.lower_for_gpu(st, params, cfg, rb=4)
+    warps = 8 if policy == "reserve" else None
+    assert cfg.K == K and F.kernel_pieces(K, 4, warps or F.default_warps(K, 4)) == ((64, 32) if warps else (32,) * (K // 32))
+    text = F.lower_for_gpu(st, params, cfg, rb=4, num_warps=warps)
     assert "__gpu$xla.gpu.triton" in text and "lqs_step_loop" in text
 
 
-def test_slots_in_power_of_two_pieces_are_not_padded_to_a_power_of_two():
-    """pd-1:1 at M = 131,000 sizes K = 288; the Triton path runs it as 288 slots (pieces of 128, 128 and 32 with one
-    warp per trial, 256 + 32 across warps), not 512. K is rounded up only to at most two powers of two ≥ 32."""
+def test_slots_are_not_padded_to_a_power_of_two():
+    """pd-1:1 at M = 131,000 sizes K = 288; the Triton path runs it as 288 slots (9 interleaved parts of 32 with one
+    warp per trial, pieces of 256 + 32 across warps), not 512. Up to 320 slots K is rounded up to a multiple of 32,
+    above to at most two powers of two ≥ 32."""
     assert [F.slot_pieces(K) for K in (288, 96, 100, 512)] == [(256, 32), (64, 32), (64, 32, 4), (512,)]
-    assert F.kernel_pieces(288, 2, 2) == (128, 128, 32) and F.kernel_pieces(288, 2, 4) == (256, 32)
-    assert F.kernel_pieces(512, 2, 8) == (512,) and F.kernel_pieces(512, 1, 1) == (128,) * 4
-    assert [F.triton_K(K) for K in (16, 100, 288, 300, 480, 512, 600)] == [16, 128, 288, 320, 512, 512, 640]
+    assert F.kernel_pieces(288, 2, 2) == (32,) * 9 and F.kernel_pieces(288, 2, 4) == (256, 32)
+    assert F.interleaved(288, 2, 2) and not F.interleaved(288, 2, 4) and not F.interleaved(100, 2, 2)
+    assert F.kernel_pieces(512, 2, 8) == (512,) and F.kernel_pieces(512, 1, 1) == (32,) * 16
+    assert F.kernel_pieces(100, 2, 2) == (64, 32, 4)
+    assert [F.triton_K(K) for K in (16, 100, 200, 288, 300, 480, 512, 600)] == [16, 128, 224, 288, 320, 512, 512, 640]
     srv = lqs.Server(M=131_000, prefill_chunk=512, b=0.0372)
     _, sz, _, _ = L.prepare(lqs.preset("pd-1:1"), srv, [4.0], lqs.MonteCarlo(trials=2, warmup=64, engine="xla"), 512)
     assert sz.K == 288 and LP.settle("fused", "asked for", sz.K, "swap", "constant")[2] == 288
@@ -233,7 +243,7 @@ def test_default_block_and_warps_are_powers_of_two():
         else:
             per_thread = F.SLOTS_PER_THREAD if K & (K - 1) == 0 else F.PIECED_SLOTS_PER_THREAD
             assert rb * K <= 32 * w * per_thread or w == 32
-    assert (F.default_block(288), F.default_warps(288, 2), F.default_warps(512, 2)) == (2, 2, 8)
+    assert (F.default_block(288), F.default_warps(288, 1), F.default_block(512), F.default_warps(512, 2)) == (1, 1, 2, 8)
 
 
 def test_auto_falls_back_to_xla_when_the_kernel_cannot_compile(monkeypatch, tmp_path):

@@ -5,8 +5,9 @@ path measured here).
 The run: pd-1:1 at the paper's M = 131,000 tokens, ŝ = 512, b̄ = 0.0372 s, λ = 1.5·μ (saturated), one warm-up
 call then one timed call of ``steps`` steps for ``trials`` trials. Paths: ``xla``, and the fused Pallas kernel
 (``fused`` through Triton on a GPU; ``fused-interpret``, Pallas interpret mode, elsewhere: a verification path).
-XLA is timed at its sized K, the fused path at its own (under Triton, K rounded up to a sum of at most two powers
-of two of at least 32 slots, ``kernels.fused.triton_K``: 288 stays 288, 300 runs as 320); the fused
+XLA is timed at its sized K, the fused path at its own (under Triton, ``kernels.fused.triton_K``: up to 320 slots
+K rounded up to a multiple of 32, 288 stays 288, 300 runs as 320; above, to a sum of at most two powers of two of at
+least 32 slots, 600 runs as 640); the fused
 path's final states are compared leaf by leaf with those of an XLA run at that same K.
 
 Records live in ``<cache dir>/bench.json`` (``$LQS_CACHE_DIR``, else the platform's user cache directory:
