@@ -148,6 +148,15 @@ def main():
 
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     rows = []
+
+    def save():  # after every row: a long grid cut short by a timeout keeps what it measured
+        res = dict(arch="sm_90a", triton=triton.__version__, jax=jax.__version__, ptxas=ptxas_path(),
+                   command="PYTHONPATH=. python " + " ".join(sys.argv), when=time.strftime("%Y-%m-%d %H:%M:%S"),
+                   rows=rows)
+        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+        with open(a.out, "w") as fh:
+            json.dump(res, fh, indent=2)
+
     with tempfile.TemporaryDirectory() as d:
         for pol in a.policy:
             for bt in a.batch:
@@ -173,6 +182,7 @@ def main():
                                 r["lane_instructions_per_slot_step"] = wi * 32 / K
                                 r["h200_int32_bound_replica_steps_per_s"] = 132 * 2 * 1.98e9 / wi
                             rows.append(r)
+                            save()
                             print(f"{pol:9s} {bt:9s} K={K:4d} rb={rb:2d} warps={w:2d} pieces={pieces:11s} "
                                   f"({r['elements_per_thread_per_field']:5.1f} slots/thread): "
                                   + (f"{r['registers']} regs, spills {r['spill_store_bytes']}/{r['spill_load_bytes']} B"
@@ -182,12 +192,7 @@ def main():
                                         f"{r['h200_int32_bound_replica_steps_per_s']:.3g} replica-steps/s"
                                         if r.get("loop_sass_instructions") else "")
                                      if "error" not in r else r["error"]), flush=True)
-    res = dict(arch="sm_90a", triton=triton.__version__, jax=jax.__version__, ptxas=ptxas_path(),
-               command="PYTHONPATH=. python " + " ".join(sys.argv), when=time.strftime("%Y-%m-%d %H:%M:%S"),
-               rows=rows)
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    with open(a.out, "w") as fh:
-        json.dump(res, fh, indent=2)
+    save()
     print("saved", a.out)
 
 
