@@ -4,7 +4,8 @@ A draw is a pure function of (trial key, stream, counter, sub-index): no state i
 lengths are the same whenever and wherever they are drawn, the XLA engine and a fused kernel produce identical
 trajectories, and the waiting queue needs no per-request buffer. The mixer is the ``lowbias32`` integer hash
 (Wellons, 2018): full avalanche on 32-bit words, only shifts, xors and 32-bit multiplies, so it lowers to any
-backend. Uniforms are 24-bit floats in (0, 1), never exactly 0 or 1.
+backend. Uniforms are 24-bit floats in (0, 1), never exactly 0 or 1: (top 24 bits + 0.5)·2^-24 rounds to 1.0 in
+float32 for the largest value, which is therefore mapped to the largest float32 below 1 (:data:`U_MAX`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ STREAM_BATCH = 0x85A308D3  # batch time of step n                  (counter = st
 STREAM_LENGTHS = 0x13198A2F  # (s, o) of request k                 (counter = request index)
 STREAM_OFFSET = 0x03707345  # arrival instant inside its step      (counter = request index)
 STREAMS = (STREAM_ARRIVALS, STREAM_BATCH, STREAM_LENGTHS, STREAM_OFFSET)
+
+#: the largest uniform: 1 − 2^-24, the largest float32 below 1
+U_MAX = float(np.float32(1.0 - 2.0 ** -24))
 
 _GOLD = 0x9E3779B9
 _C2 = 0x85EBCA6B
@@ -64,10 +68,13 @@ def bits(skey, counter, sub=0):
 
 
 def to_uniform(h):
-    """uint32 bits → float32 uniform in (0, 1): (top 24 bits + 0.5) · 2^-24."""
+    """uint32 bits → float32 uniform in (0, 1): (top 24 bits + 0.5) · 2^-24, at most :data:`U_MAX` (the largest
+    value's + 0.5 rounds up to 2^24 in float32, which would give exactly 1.0)."""
     if isinstance(h, np.ndarray):
-        return ((h >> np.uint32(8)).astype(np.float32) + np.float32(0.5)) * np.float32(2.0 ** -24)
-    return ((h >> 8).astype(jnp.float32) + 0.5) * (2.0 ** -24)
+        u = ((h >> np.uint32(8)).astype(np.float32) + np.float32(0.5)) * np.float32(2.0 ** -24)
+        return np.minimum(u, np.float32(U_MAX))
+    u = ((h >> 8).astype(jnp.float32) + 0.5) * (2.0 ** -24)
+    return jnp.minimum(u, jnp.float32(U_MAX))
 
 
 def uniform(skey, counter, sub=0):
@@ -90,16 +97,34 @@ def poisson_inverse(u, mean, n_max: int):
     """Poisson(mean) by CDF inversion over at most ``n_max`` terms (static).
 
     Returns (count, truncated): ``truncated`` is true when u lies beyond P(X ≤ n_max); the caller counts it.
-    """
+
+    Below the median the count compares u with the CDF summed upwards (cdf_j ≤ 1/2). Above it, where a float32
+    CDF summed upwards carries an absolute error of a few 10^-8 and may end below the largest uniform (a spurious
+    burst of n_max arrivals, counted as truncated), it compares 1 − u (exact for u ≥ 1/2) with the survival
+    P(X > j) summed downwards from the smallest terms, which is accurate to a few ulp of itself. The mass beyond
+    n_max is bounded by p_n·(mean/(n+1))/(1 − mean/(n+2)), its geometric majorant."""
+    f32 = jnp.float32
     p = jnp.exp(-mean)
     cdf = p
-    n = jnp.zeros(jnp.shape(u), jnp.int32)
+    terms, cdfs = [p], [cdf]
     for j in range(1, n_max + 1):
-        more = u > cdf
-        n = n + more.astype(jnp.int32)
         p = p * mean / j
         cdf = cdf + p
-    return n, u > cdf
+        terms.append(p)
+        cdfs.append(cdf)
+    r = mean / (n_max + 2)
+    surv = jnp.where(r < 1, terms[-1] * (mean / (n_max + 1)) / jnp.maximum(1 - r, f32(2.0 ** -24)), f32(1.0))
+    w = 1 - u
+    n = jnp.zeros(jnp.shape(u), jnp.int32)
+    beyond = None
+    for j in range(n_max, -1, -1):  # surv = P(X > j)
+        more = jnp.where(cdfs[j] <= 0.5, u > cdfs[j], w < surv)
+        if j == n_max:
+            beyond = more
+        else:
+            n = n + more.astype(jnp.int32)
+        surv = surv + terms[j]
+    return n, beyond
 
 
 def poisson_cap(mean_max: float, tail: float = 1e-12) -> int:
