@@ -1,19 +1,19 @@
 """The fused Pallas step loop vs. the XLA engine: same workload, same run, same device.
 
-For each replica count R: build one batch of initial states, run one chunk (4,096 steps) on each path from those
+For each trial count R: build one batch of initial states, run one chunk (4,096 steps) on each path from those
 same states and compare the results (the correctness check: on a CPU the fused kernel runs in interpret mode and
 must match bit for bit; on a GPU Triton's exp/log may differ from XLA's in the last bit, which shifts a trajectory
-only when a uniform lands within an ulp of a threshold, so the check reports the fraction of replicas whose final
+only when a uniform lands within an ulp of a threshold, so the check reports the fraction of trials whose final
 state is bit-identical and compares completions), then time ``--chunks`` further chunks on each path. The fused
-kernel is timed for every (replicas per program, warps) in ``--rb × --warps`` and the best is reported: the
+kernel is timed for every (trials per program, warps) in ``--rb × --warps`` and the best is reported: the
 lowering parameters are chosen by measurement.
 
-Reports replica-steps/s, slot-steps/s (× K) and simulated completed requests/s, the fused/XLA ratio, and the
-device's integer-throughput ceiling: (int32 lanes × clock) / (element operations per replica-step, counted from
+Reports trial-steps/s, slot-steps/s (× K) and simulated completed requests/s, the fused/XLA ratio, and the
+device's integer-throughput ceiling: (int32 lanes × clock) / (element operations per trial-step, counted from
 the step's jaxpr).
 
     PYTHONPATH=. python bench/bench_fused.py --quick                       # CPU: interpret mode, a smoke run
-    PYTHONPATH=. python bench/bench_fused.py --replicas 4096 16384 32768   # GPU
+    PYTHONPATH=. python bench/bench_fused.py --trials 4096 16384 32768   # GPU
 Results go to bench/results/fused-<backend>-<host>.json.
 """
 
@@ -49,15 +49,15 @@ def int_ops_per_s():
     return None, f"unknown device kind {kind!r}"
 
 
-def ops_per_replica_step(cfg, params1, state1):
-    """Element operations of one replica-step: Σ over the step's jaxpr equations of their output sizes (a lower
+def ops_per_trial_step(cfg, params1, state1):
+    """Element operations of one trial-step: Σ over the step's jaxpr equations of their output sizes (a lower
     bound of the work: bench/fused_resources.py counts the compiled SASS of the fused loop instead)."""
     import jax
     import numpy as np
 
-    from lqs.kernels import engine as E
+    from lqs.kernels import batched as E
 
-    jaxpr = jax.make_jaxpr(lambda s, p: E.step(s, p, cfg))(state1, params1)
+    jaxpr = jax.make_jaxpr(lambda s, p: __import__('lqs.kernels.step', fromlist=['step']).step(s, p, cfg))(state1, params1)
     try:
         from jax.extend.core import jaxprs_in_params
     except ImportError:  # pragma: no cover - older jax
@@ -91,7 +91,7 @@ def setup(R, seed, policy="swap", K=None, compact_every=64):
     w = lqs.preset("pd-1:1")
     srv = lqs.Server(M=131000, prefill_chunk=512, b=0.0372, policy=policy)
     cap = lqs.capacity(w, srv)
-    mc = lqs.MonteCarlo(trials=R, warmup=4096, K=K, compact_every=compact_every, max_points=10**6, engine="xla")
+    mc = lqs.MonteCarlo(trials=R, warmup=4096, K=K, compact_every=compact_every, max_points=10**6, path="xla")
     cfg, sizing, grid, params = prepare(w, srv, [1.5 * cap.mu_rps], mc, 4096 * 4)
     keys = jax.random.split(jax.random.key(seed), R)
     return cfg, params, P.init_jit(keys, params, cfg)
@@ -100,7 +100,7 @@ def setup(R, seed, policy="swap", K=None, compact_every=64):
 def runner(cfg, path, rb=1, warps=None):
     import jax
 
-    from lqs.kernels import engine as E
+    from lqs.kernels import batched as E
     from lqs.kernels import fused as F
 
     if path == "xla":
@@ -117,17 +117,17 @@ def time_path(fn, st, params, chunks):
     st, _ = fn(st, params)  # compile + one chunk
     jax.block_until_ready(st)
     t_first = time.perf_counter() - t0
-    c0 = int(np.asarray(st.completions).sum())
+    c0 = int(np.asarray(st.counters.completions).sum())
     t1 = time.perf_counter()
     for _ in range(chunks):
         st, _ = fn(st, params)
     jax.block_until_ready(st)
     wall = time.perf_counter() - t1
-    return st, wall, int(np.asarray(st.completions).sum()) - c0, t_first
+    return st, wall, int(np.asarray(st.counters.completions).sum()) - c0, t_first
 
 
 def compare(a, b):
-    """Fraction of replicas whose whole final state is bit-identical, and leaves that differ anywhere."""
+    """Fraction of trials whose whole final state is bit-identical, and leaves that differ anywhere."""
     import jax
     import numpy as np
 
@@ -161,17 +161,17 @@ def save(a, m, ceil_ops, ceil_how, rows):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--replicas", type=int, nargs="+", default=None)
+    ap.add_argument("--trials", type=int, nargs="+", default=None)
     ap.add_argument("--chunks", type=int, default=2, help="timed chunks of 4096 steps per path and size")
-    ap.add_argument("--rb", type=int, nargs="+", default=None, help="replicas per fused program to try")
+    ap.add_argument("--rb", type=int, nargs="+", default=None, help="trials per fused program to try")
     ap.add_argument("--warps", type=int, nargs="+", default=None, help="Triton warps per program to try")
     ap.add_argument("--policy", default="swap")
     ap.add_argument("--tune-at", type=int, default=None,
-                    help="replica count at which every (rb, warps) is tried (default: the first); the others use "
+                    help="trial count at which every (rb, warps) is tried (default: the first); the others use "
                          "the best one found there")
     ap.add_argument("--budget-s", type=float, default=420.0, help="stop trying new (rb, warps) after this long")
     ap.add_argument("--compact-every", type=int, default=64, help="steps per fused launch (and per compaction)")
-    ap.add_argument("--K", type=int, default=None, help="slots per replica (default: 512 on a GPU, sized on a CPU)")
+    ap.add_argument("--K", type=int, default=None, help="slots per trial (default: 512 on a GPU, sized on a CPU)")
     ap.add_argument("--quick", action="store_true", help="small sizes (a CPU smoke run)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
@@ -183,7 +183,7 @@ def main():
     from lqs.kernels import fused as F
 
     gpu = jax.default_backend() != "cpu"
-    R_list = a.replicas or ([64, 256] if (a.quick or not gpu) else [4096, 16384, 32768])
+    R_list = a.trials or ([64, 256] if (a.quick or not gpu) else [4096, 16384, 32768])
     m = machine()
     ceil_ops, ceil_how = int_ops_per_s()
     print("machine:", json.dumps(m))
@@ -197,27 +197,27 @@ def main():
                                  compact_every=a.compact_every)
         p1 = jax.tree_util.tree_map(lambda x: x[0], params)
         s1 = jax.tree_util.tree_map(lambda x: x[0], st0)
-        ops = ops_per_replica_step(cfg, p1, s1)
+        ops = ops_per_trial_step(cfg, p1, s1)
         ceiling = ceil_ops / ops if ceil_ops else None
         # correctness on this device: one chunk from the same states on both paths
         copy = lambda t: jax.tree_util.tree_map(lambda x: x.copy(), t)  # noqa: E731
-        rb0 = F.default_block(cfg.K)
+        rb0 = F.default_trials_per_program(cfg.K)
         a_st, _ = runner(cfg, "xla")(copy(st0), params)
         try:
             b_st, _ = runner(cfg, "fused", rb0)(copy(st0), params)
             frac, bad = compare(jax.device_get(a_st), jax.device_get(b_st))
-            cb, viol = int(np.asarray(b_st.completions).sum()), int(np.asarray(b_st.violations).sum())
+            cb, viol = int(np.asarray(b_st.counters.completions).sum()), int(np.asarray(b_st.limits.violations).sum())
         except Exception as e:  # noqa: BLE001 - reported, then the other blocks are still tried
             frac, bad, cb, viol = None, [f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"], None, None
-        ca = int(np.asarray(a_st.completions).sum())
-        print(f"R={R} K={cfg.K}: identical replicas {frac}, completions xla {ca} fused {cb}, "
+        ca = int(np.asarray(a_st.counters.completions).sum())
+        print(f"R={R} K={cfg.K}: identical trials {frac}, completions xla {ca} fused {cb}, "
               f"fused violations {viol}, differing leaves {bad[:6]}", flush=True)
         # timing
         _, wall, done, first = time_path(runner(cfg, "xla"), copy(st0), params, a.chunks)
         steps = a.chunks * cfg.steps_per_call
-        x = dict(path="xla", replica_steps_per_s=R * steps / wall, slot_steps_per_s=R * steps * cfg.K / wall,
+        x = dict(path="xla", trial_steps_per_s=R * steps / wall, slot_steps_per_s=R * steps * cfg.K / wall,
                  requests_per_s=done / wall, compile_and_first_chunk_s=first, wall_s=wall)
-        print(f"  xla:   {x['replica_steps_per_s']:,.0f} replica-steps/s, {x['slot_steps_per_s']:,.0f} slot-steps/s, "
+        print(f"  xla:   {x['trial_steps_per_s']:,.0f} trial-steps/s, {x['slot_steps_per_s']:,.0f} slot-steps/s, "
               f"{x['requests_per_s']:,.0f} requests/s")
         tried = []
         rbs = a.rb or (sorted({max(1, rb0 // 2), rb0, 2 * rb0}) if gpu else [rb0])
@@ -238,24 +238,24 @@ def main():
                 print(f"  fused rb={rb} warps={wp}: FAILED {type(e).__name__}: {msg}", flush=True)
                 tried.append(dict(rb=rb, warps=wp, error=f"{type(e).__name__}: {msg}"))
                 continue
-            f = dict(rb=rb, warps=wp, replica_steps_per_s=R * steps / wall, slot_steps_per_s=R * steps * cfg.K / wall,
+            f = dict(rb=rb, warps=wp, trial_steps_per_s=R * steps / wall, slot_steps_per_s=R * steps * cfg.K / wall,
                      requests_per_s=done / wall, compile_and_first_chunk_s=first, wall_s=wall)
-            f["speedup_vs_xla"] = f["replica_steps_per_s"] / x["replica_steps_per_s"]
+            f["speedup_vs_xla"] = f["trial_steps_per_s"] / x["trial_steps_per_s"]
             tried.append(f)
-            print(f"  fused rb={rb:3d} warps={wp}: {f['replica_steps_per_s']:,.0f} replica-steps/s "
+            print(f"  fused rb={rb:3d} warps={wp}: {f['trial_steps_per_s']:,.0f} trial-steps/s "
                   f"({f['speedup_vs_xla']:.2f}× xla), {f['requests_per_s']:,.0f} requests/s", flush=True)
         ok = [t for t in tried if "error" not in t]
-        best = max(ok, key=lambda t: t["replica_steps_per_s"]) if ok else None
+        best = max(ok, key=lambda t: t["trial_steps_per_s"]) if ok else None
         if best and chosen is None:
             chosen = (best["rb"], best["warps"])
-        row = dict(replicas=R, K=cfg.K, compact_every=cfg.compact_every, policy=a.policy, ops_per_replica_step=ops, ceiling_replica_steps_per_s=ceiling,
-                   identical_replica_fraction=frac, differing_leaves=bad, completions_xla=ca, completions_fused=cb,
+        row = dict(trials=R, K=cfg.K, compact_every=cfg.compact_every, policy=a.policy, ops_per_trial_step=ops, ceiling_trial_steps_per_s=ceiling,
+                   identical_trial_fraction=frac, differing_leaves=bad, completions_xla=ca, completions_fused=cb,
                    fused_violations=viol, xla=x, fused_tried=tried, fused_best=best,
                    fused_mode="triton" if gpu else "interpret (not a performance path)")
         if best:
             print(f"  best fused: rb={best['rb']} warps={best['warps']}: {best['speedup_vs_xla']:.2f}× xla"
-                  + (f"; ceiling {ceiling:,.0f} replica-steps/s ({ops} element ops per replica-step), "
-                     f"fused at {best['replica_steps_per_s'] / ceiling:.1%} of it" if ceiling else ""))
+                  + (f"; ceiling {ceiling:,.0f} trial-steps/s ({ops} element ops per trial-step), "
+                     f"fused at {best['trial_steps_per_s'] / ceiling:.1%} of it" if ceiling else ""))
         rows.append(row)
         out = save(a, m, ceil_ops, ceil_how, rows)
     print("saved", out)

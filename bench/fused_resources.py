@@ -2,7 +2,7 @@
 
 Lowers the fused step loop (kernels/fused.py) to Triton IR with JAX's Pallas lowering, compiles that IR for
 sm_90 with the ``triton`` package (TTIR → TTGIR → LLVM → PTX) and assembles the PTX with its ptxas, which reports
-registers per thread and spill bytes: the numbers that decide how many replicas a program may hold (``rb``) and
+registers per thread and spill bytes: the numbers that decide how many trials a program may hold (``rb``) and
 with how many warps. This is the lowering half of "choose by measurement"; the speed half is bench_fused.py on a
 GPU. Needs ``pip install triton`` (not a dependency of lqs; any recent release parses the IR JAX emits).
 
@@ -54,7 +54,7 @@ def triton_ir(policy: str, batch: str, K: int, rb: int, warps: int | None = None
     try:
         w = lqs.preset("pd-1:1")
         srv = lqs.Server(M=131000, prefill_chunk=512, b=BATCHES[batch], policy=policy)
-        mc = lqs.MonteCarlo(trials=2 * rb, warmup=64, K=K, engine="xla")
+        mc = lqs.MonteCarlo(trials=2 * rb, warmup=64, K=K, path="xla")
         cfg, _, grid, params = prepare(w, srv, [4.0], mc, 512)
         st = P.init_jit(jax.random.split(jax.random.key(0), 2 * rb), params, cfg)
         F.lower_for_gpu(st, params, cfg, rb=rb, num_warps=warps)
@@ -173,14 +173,14 @@ def main():
                             except Exception as e:  # noqa: BLE001 - a failure to compile is a result
                                 r = dict(warps=w, error=f"{type(e).__name__}: {' '.join(str(e).split())[:300]}")
                             r.update(policy=pol, batch=bt, K=K, rb=rb, pieces=list(F.kernel_pieces(K, rb, w)),
-                                     default=(rb == F.default_block(K) and w == F.default_warps(K, rb)),
+                                     default=(rb == F.default_trials_per_program(K) and w == F.default_warps(K, rb)),
                                      elements_per_thread_per_field=rb * K / (32 * w))
                             if r.get("loop_sass_instructions"):
-                                # warp-instructions per replica-step; H200 bound at 2 int32 warp-instr/clk/SM
+                                # warp-instructions per trial-step; H200 bound at 2 int32 warp-instr/clk/SM
                                 wi = r["loop_sass_instructions"] * w / rb
-                                r["warp_instructions_per_replica_step"] = wi
+                                r["warp_instructions_per_trial_step"] = wi
                                 r["lane_instructions_per_slot_step"] = wi * 32 / K
-                                r["h200_int32_bound_replica_steps_per_s"] = 132 * 2 * 1.98e9 / wi
+                                r["h200_int32_bound_trial_steps_per_s"] = 132 * 2 * 1.98e9 / wi
                             rows.append(r)
                             save()
                             print(f"{pol:9s} {bt:9s} K={K:4d} rb={rb:2d} warps={w:2d} pieces={pieces:11s} "
@@ -189,7 +189,7 @@ def main():
                                      + (f", step loop {r['loop_sass_instructions']} SASS/thread "
                                         f"({r['loop_barriers']} barriers), {r['lane_instructions_per_slot_step']:.0f} "
                                         f"lane-instr/slot-step, H200 int32 bound "
-                                        f"{r['h200_int32_bound_replica_steps_per_s']:.3g} replica-steps/s"
+                                        f"{r['h200_int32_bound_trial_steps_per_s']:.3g} trial-steps/s"
                                         if r.get("loop_sass_instructions") else "")
                                      if "error" not in r else r["error"]), flush=True)
     save()

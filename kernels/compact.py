@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import rng
-from .state import (N_LAT, EngineConfig, Params, Slots, State, count_slots, draw_lengths, g_exact_i32,
-                    length_uniforms, prefix_sum, slot_iota, trial_keys)
+from .state import (N_LAT, Clock, Counters, EngineConfig, Latency, Limits, Params, Queue, Slots, State, StepLog,
+                    Window, count_slots, draw_lengths, g_exact_i32, length_uniforms, prefix_sum, slot_iota,
+                    trial_keys)
 
 
 def init_state(key, params: Params, cfg: EngineConfig) -> State:
@@ -20,13 +21,17 @@ def init_state(key, params: Params, cfg: EngineConfig) -> State:
     slots = Slots(zi, zi, zi, zi, zi, zf, zf, zf, zf, zi, zf, jnp.zeros((K, cfg.n_u), jnp.float32))
     i0 = jnp.int32(0)
     f0 = jnp.float32(0.0)
-    state = State(slots=slots, keys=trial_keys(key), step=i0, t=f0, n_used=i0, overflow=i0, next_ovf=i0,
-                 arrivals=i0, completions=i0, swaps=i0, t_w0=jnp.float32(jnp.inf), arrivals_w=i0,
-                 completions_w=i0, gsum_w=f0, mem_sum_w=f0, steps_w=i0, busy_w=f0, mem_max=i0, started_max=i0,
-                 waiting_max=i0, starved=i0, arr_trunc=i0, lat_lost=i0, violations=i0,
-                 hist=jnp.zeros((N_LAT, cfg.n_bins), jnp.int32), lat_sum=jnp.zeros((N_LAT,), jnp.float32),
-                 lat_n=i0, blk_t=jnp.zeros((cfg.log_len,), jnp.float32), blk_b=jnp.zeros((cfg.log_len,), jnp.float32),
-                 blk_n=jnp.full((cfg.log_len,), np.iinfo(np.int32).max, jnp.int32))
+    L = cfg.log_len
+    state = State(slots=slots, keys=trial_keys(key), clock=Clock(step=i0, t=f0, t_w0=jnp.float32(jnp.inf)),
+                  queue=Queue(n_used=i0, overflow=i0, next_ovf=i0),
+                  counters=Counters(arrivals=i0, completions=i0, swaps=i0, mem_max=i0, started_max=i0,
+                                    waiting_max=i0),
+                  window=Window(arrivals=i0, completions=i0, gsum=f0, mem_sum=f0, steps=i0, busy=f0),
+                  limits=Limits(starved=i0, arr_trunc=i0, lat_lost=i0, violations=i0),
+                  latency=Latency(hist=jnp.zeros((N_LAT, cfg.n_bins), jnp.int32),
+                                  total=jnp.zeros((N_LAT,), jnp.float32), n=i0),
+                  log=StepLog(t=jnp.zeros((L,), jnp.float32), b=jnp.zeros((L,), jnp.float32),
+                              n_used=jnp.full((L,), np.iinfo(np.int32).max, jnp.int32)))
     return _fill_free(state, i0, params, cfg)
 
 
@@ -42,27 +47,29 @@ def compact(state: State, params: Params, cfg: EngineConfig) -> State:
     """Account finished requests (latency histograms, memory-work), squeeze finished slots out (order kept), then
     fill the free slots: first from the overflow queue, then pre-filled with the requests that will arrive next.
 
-    Slot fields have the slot axis first: [K] for one trial, or [K, N] slot-major (kernels/batched.py; keys
-    [4, N], per-trial scalars [N], hist [N, N_LAT, n_bins]): the same operations either way."""
+    Slot fields have the slot axis first: [K] for one trial, or [K, N] slot-major (kernels/batched.py; keys and
+    per-trial scalars [N], hist [N, N_LAT, n_bins]): the same operations either way."""
     sl = _stamp_arrivals(state)
     iota = slot_iota(sl.s)
-    occupied = iota < state.n_used
+    occupied = iota < state.queue.n_used
     live = occupied & (sl.u < sl.k + sl.o)
     fin = occupied & ~live
     chunk = params.prefill_chunk
+    t_w0 = state.clock.t_w0
     g = g_exact_i32(sl.s, sl.o, sl.k, chunk)
-    violations = state.violations
+    violations = state.limits.violations
     if cfg.check_work and cfg.policy == "swap":
         violations = violations + count_slots(fin & (sl.work != g))
-    gsum_w = state.gsum_w + _fixed_order_sum_slots(jnp.where(fin & (sl.t_done > state.t_w0),
-                                                             g.astype(jnp.float32), 0.0))
+    gsum = state.window.gsum + _fixed_order_sum_slots(jnp.where(fin & (sl.t_done > t_w0), g.astype(jnp.float32),
+                                                                0.0))
     # latencies of requests that arrived inside the window (t_arr ≥ t_w0) and whose arrival instant is known
-    counted = fin & (sl.t_arr >= state.t_w0) & (sl.t_arr >= 0)
+    counted = fin & (sl.t_arr >= t_w0) & (sl.t_arr >= 0)
     lats = jnp.stack([sl.t_first - sl.t_arr, sl.t_ttft - sl.t_arr, sl.t_done - sl.t_arr], axis=-1)  # [K, ..., 3]
     lats = jnp.maximum(lats, 0.0)
     bins = _bin_index(lats, cfg)
     add = counted.astype(jnp.int32)
-    hist = state.hist
+    lat = state.latency
+    hist = lat.hist
     if add.ndim == 1:
         for m in range(N_LAT):
             hist = hist.at[m, bins[:, m]].add(add)
@@ -70,15 +77,15 @@ def compact(state: State, params: Params, cfg: EngineConfig) -> State:
         trial = jnp.arange(add.shape[1], dtype=jnp.int32)[None, :]
         for m in range(N_LAT):
             hist = hist.at[trial, m, bins[..., m]].add(add)
-    lat_sum = state.lat_sum + _fixed_order_sum_slots(jnp.where(counted[..., None], lats, 0.0))
-    lat_n = state.lat_n + count_slots(add)
+    latency = Latency(hist=hist, total=lat.total + _fixed_order_sum_slots(jnp.where(counted[..., None], lats, 0.0)),
+                      n=lat.n + count_slots(add))
 
     # stable compaction of live slots to the front
     n_live = count_slots(live)
     slots = Slots(*squeeze(live, tuple(sl)))
-    state = state._replace(hist=hist, lat_sum=lat_sum, lat_n=lat_n, gsum_w=gsum_w,
-                           violations=violations)
-    return _fill_free(state._replace(slots=slots), n_live, params, cfg)
+    state = state._replace(slots=slots, latency=latency, window=state.window._replace(gsum=gsum),
+                           limits=state.limits._replace(violations=violations))
+    return _fill_free(state, n_live, params, cfg)
 
 
 def _stamp_arrivals(state: State) -> Slots:
@@ -86,16 +93,18 @@ def _stamp_arrivals(state: State) -> Slots:
     slot i arrived in the first step whose n_used after it exceeds i (the step log), at t + b_n·u_off of that step
     (the same float operations the step would have made)."""
     sl = state.slots
+    log = state.log
     iota = slot_iota(sl.s)
-    pending = jnp.isnan(sl.t_arr) & (iota < state.n_used)
-    j = jnp.sum((state.blk_n[None] <= iota[..., None]).astype(jnp.int32), axis=-1)  # [K] or [K, N]
-    j = jnp.minimum(j, state.blk_n.shape[-1] - 1)
+    n_used = state.queue.n_used
+    pending = jnp.isnan(sl.t_arr) & (iota < n_used)
+    j = jnp.sum((log.n_used[None] <= iota[..., None]).astype(jnp.int32), axis=-1)  # [K] or [K, N]
+    j = jnp.minimum(j, log.n_used.shape[-1] - 1)
     if j.ndim == 1:
-        t, b = state.blk_t[j], state.blk_b[j]
+        t, b = log.t[j], log.b[j]
     else:  # slot-major: the logs are [N, L]
         trial = jnp.arange(j.shape[1], dtype=jnp.int32)[None, :]
-        t, b = state.blk_t[trial, j], state.blk_b[trial, j]
-    t_arr = t + rng.unfused_mul(b, sl.u_off, state.n_used)
+        t, b = log.t[trial, j], log.b[trial, j]
+    t_arr = t + rng.unfused_mul(b, sl.u_off, n_used)
     return sl._replace(t_arr=jnp.where(pending, t_arr, sl.t_arr))
 
 
@@ -158,31 +167,32 @@ def _col(mask, x):
 
 def _fill_free(state: State, n_live, params: Params, cfg: EngineConfig) -> State:
     """Slots n_live.. : overflow requests (already arrived, instant unknown), then the next arrivals (pre-filled)."""
-    sl = state.slots
+    sl, q, keys = state.slots, state.queue, state.keys
     K = sl.s.shape[0]
     r = slot_iota(sl.s) - n_live
     free = r >= 0
-    n_fill = jnp.minimum(state.overflow, K - n_live)
-    from_ovf = free & (r < state.overflow)
-    idx = jnp.where(from_ovf, state.next_ovf + r, state.arrivals + (r - state.overflow))
-    off = rng.uniform(state.keys[3], idx, 0)
+    n_fill = jnp.minimum(q.overflow, K - n_live)
+    from_ovf = free & (r < q.overflow)
+    idx = jnp.where(from_ovf, q.next_ovf + r, state.counters.arrivals + (r - q.overflow))
+    off = rng.uniform(keys.offsets, idx, 0)
     if cfg.phased:
         # lengths are drawn when a request arrives (its phase); overflow requests already arrived: their arrival
         # instant is lost, so they take the phase of this instant (counted in lat_lost like every overflow request)
-        uu = length_uniforms(cfg.n_u, state.keys[2], idx)
-        phase = jnp.sum((state.t >= params.phase_end[:-1]).astype(jnp.int32))
+        uu = length_uniforms(cfg.n_u, keys.lengths, idx)
+        phase = jnp.sum((state.clock.t >= params.phase_end[:-1]).astype(jnp.int32))
         s_p, o_p = params.workload.sample_phase(uu, phase)
         s_f = jnp.where(from_ovf, s_p.astype(jnp.int32), 0)
         o_f = jnp.where(from_ovf, o_p.astype(jnp.int32), 0)
         k_f = (s_f + params.prefill_chunk - 1) // params.prefill_chunk
         sl = sl._replace(uu=jnp.where(free[..., None], uu, sl.uu))
     else:
-        s_f, o_f, k_f = _draw_lengths_slots(params.workload, state.keys[2], idx, params.prefill_chunk)
+        s_f, o_f, k_f = _draw_lengths_slots(params.workload, keys.lengths, idx, params.prefill_chunk)
     slots = sl._replace(s=jnp.where(free, s_f, sl.s), o=jnp.where(free, o_f, sl.o), k=jnp.where(free, k_f, sl.k),
                         u_off=jnp.where(free, off, sl.u_off),
                         t_arr=jnp.where(from_ovf, -1.0, jnp.where(free, jnp.nan, sl.t_arr)))
-    return state._replace(slots=slots, n_used=n_live + n_fill, overflow=state.overflow - n_fill,
-                          next_ovf=state.next_ovf + n_fill, lat_lost=state.lat_lost + n_fill)
+    return state._replace(slots=slots, queue=Queue(n_used=n_live + n_fill, overflow=q.overflow - n_fill,
+                                                   next_ovf=q.next_ovf + n_fill),
+                          limits=state.limits._replace(lat_lost=state.limits.lat_lost + n_fill))
 
 
 def _draw_lengths_slots(workload, skey, idx, chunk):

@@ -1,5 +1,6 @@
 """State of one simulated server (one Monte Carlo trial): static configuration, per-trial parameters, the slot
-layout, and the counter-based draws of request lengths. See kernels/engine.py for the layout and the step."""
+layout and the typed state (every field with its dtype and shape for one trial), and the counter-based draws of
+request lengths. The step is kernels/step.py."""
 
 from __future__ import annotations
 
@@ -33,20 +34,24 @@ class EngineConfig:
     phased: bool = False  # piecewise-constant (duration, λ, workload) schedule: lengths drawn on arrival
     n_u: int = 0  # uniforms stored per slot when phased
     check_work: bool = False  # accumulate per-request memory-work and compare with g_exact (int32-safe sizes)
-    compact_every: int = 64  # steps per block; compaction + latency binning once per block
-    blocks_per_record: int = 1  # one time-series point every this many blocks
-    records_per_call: int = 16  # one host round trip every this many records
+    compact_every: int = 64  # steps per record period: compaction, latency binning and the step log once a period
+    periods_per_point: int = 1  # one time-series point every this many record periods
+    points_per_call: int = 16  # one host round trip every this many time-series points
     n_bins: int = 256  # log-spaced latency histogram bins
     lat_lo_s: float = 1e-3
     lat_hi_s: float = 1e5
 
     @property
     def steps_per_call(self) -> int:
-        return self.compact_every * self.blocks_per_record * self.records_per_call
+        return self.compact_every * self.periods_per_point * self.points_per_call
+
+    @property
+    def steps_per_point(self) -> int:
+        return self.compact_every * self.periods_per_point
 
     @property
     def log_len(self) -> int:
-        """Entries of the per-block step log (compact_every rounded up to a power of two: Triton block shapes)."""
+        """Entries of the record period's step log (compact_every rounded up to a power of two: Triton block shapes)."""
         return 1 << max(0, self.compact_every - 1).bit_length()
 
     @property
@@ -62,77 +67,160 @@ ROUTINGS = ("round_robin", "random", "jsq", "least_kv")
 class Params(NamedTuple):
     """Dynamic per-trial parameters (arrays: vmap over a grid of them without recompiling)."""
 
-    lam: jax.Array  # float32 arrivals per second
-    M: jax.Array  # int32 KV budget (tokens)
-    prefill_chunk: jax.Array  # int32 prefill chunk ŝ
-    budget: jax.Array  # int32 token budget B per step (ignored unless cfg.token_budget)
-    warmup: jax.Array  # int32 steps before the measurement window
-    min_w: jax.Array  # int32 lower bound of any waiting request's weight (starvation check)
+    lam: jax.Array  # float32[] arrivals per second
+    M: jax.Array  # int32[] KV budget (tokens)
+    prefill_chunk: jax.Array  # int32[] prefill chunk ŝ (tokens)
+    budget: jax.Array  # int32[] token budget B per step (ignored unless cfg.token_budget)
+    warmup: jax.Array  # int32[] steps before the measurement window
+    min_w: jax.Array  # int32[] lower bound of any waiting request's weight (starvation check)
     workload: object  # lqs.Workload pytree (lqs.Phased when cfg.phased)
     batch: object  # lqs BatchTime pytree
-    phase_end: jax.Array  # float32 [P] end instants of the phases (last = inf); used when cfg.phased
-    phase_lam: jax.Array  # float32 [P] arrival rate of each phase
-    routing: jax.Array = None  # int32 index into ROUTINGS: a cluster's routing rule (traced: routings share a program)
+    phase_end: jax.Array  # float32[P] end instants of the phases (last = inf); used when cfg.phased
+    phase_lam: jax.Array  # float32[P] arrival rate of each phase
+    routing: jax.Array = None  # int32[] index into ROUTINGS: a cluster's routing rule (traced: one program)
+
+
+class Keys(NamedTuple):
+    """A trial's counter-based stream keys (kernels/rng.py): one uint32 word per stream, [] for one trial or [N]
+    for a batch of trials. A draw is a hash of (stream key, counter, sub-index)."""
+
+    arrivals: jax.Array  # uint32[]: Poisson arrival count of step n (counter = step)
+    batch: jax.Array  # uint32[]: batch time of step n (counter = step)
+    lengths: jax.Array  # uint32[]: (s, o) of request i (counter = request index)
+    offsets: jax.Array  # uint32[]: arrival instant of request i inside its step (counter = request index)
 
 
 class Slots(NamedTuple):
-    s: jax.Array
-    o: jax.Array
-    k: jax.Array
-    u: jax.Array
-    flags: jax.Array
-    t_arr: jax.Array  # NaN while pre-filled (and once arrived, until the block's compaction stamps it)
-    t_first: jax.Array
-    t_ttft: jax.Array
-    t_done: jax.Array
-    work: jax.Array  # memory-work so far (only maintained when cfg.check_work)
-    u_off: jax.Array  # float32 arrival instant inside its step, as a fraction of the step (pre-drawn)
-    uu: jax.Array  # float32 [K, n_u] the request's length uniforms (phased runs: lengths drawn on arrival)
+    """K request slots of one server in arrival order (the slot axis first: [K] for one trial, [K, N] slot-major on
+    the XLA path, [N, K] trial-major between calls)."""
+
+    # the request
+    s: jax.Array  # int32[K] prompt tokens
+    o: jax.Array  # int32[K] output tokens
+    k: jax.Array  # int32[K] prefill steps ⌈s/ŝ⌉
+    # its progress
+    u: jax.Array  # int32[K] steps served: c = min(u, k) chunks, then u − k tokens decoded
+    flags: jax.Array  # int32[K] F_SCHED (scheduled in the previous step); recompute also F_STARTED, F_TTFT
+    # its instants, float32 seconds
+    t_arr: jax.Array  # float32[K] arrival; NaN while pre-filled (and once arrived, until compaction stamps it)
+    t_first: jax.Array  # float32[K] first scheduled
+    t_ttft: jax.Array  # float32[K] end of the step that finished the prefill (first token)
+    t_done: jax.Array  # float32[K] end of the last decode step
+    # bookkeeping
+    work: jax.Array  # int32[K] memory-work so far (token·steps; maintained only when cfg.check_work)
+    u_off: jax.Array  # float32[K] arrival instant inside its step, as a fraction of the step (pre-drawn)
+    uu: jax.Array  # float32[K, n_u] the request's length uniforms (phased runs draw lengths on arrival)
+
+
+class Clock(NamedTuple):
+    step: jax.Array  # int32[] steps run
+    t: jax.Array  # float32[] simulated seconds
+    t_w0: jax.Array  # float32[] instant the measurement window opened (inf before step == warmup)
+
+
+class Queue(NamedTuple):
+    """Where the requests in the system are: slots 0 .. n_used-1, then the overflow queue (a count)."""
+
+    n_used: jax.Array  # int32[] slots in use (live, or finished until the next compaction)
+    overflow: jax.Array  # int32[] arrived requests waiting beyond the K slots
+    next_ovf: jax.Array  # int32[] request index of the first overflow request
+
+
+class Counters(NamedTuple):
+    """Totals since the start (request counts and maxima)."""
+
+    arrivals: jax.Array  # int32[] total arrivals (= index of the next request)
+    completions: jax.Array  # int32[]
+    swaps: jax.Array  # int32[] requests swapped out / preempted
+    mem_max: jax.Array  # int32[] most KV memory in use in a step (tokens)
+    started_max: jax.Array  # int32[] most started requests in a step
+    waiting_max: jax.Array  # int32[] most waiting requests at the start of a step
+
+
+class Window(NamedTuple):
+    """Sums over the measurement window (steps ≥ warmup)."""
+
+    arrivals: jax.Array  # int32[]
+    completions: jax.Array  # int32[]
+    gsum: jax.Array  # float32[] Σ g_exact of the completions (token·steps)
+    mem_sum: jax.Array  # float32[] Σ memory in use over the steps (token·steps)
+    steps: jax.Array  # int32[]
+    busy: jax.Array  # float32[] Σ b_n over the steps (seconds)
+
+
+class Limits(NamedTuple):
+    """Capacity and invariant counters: zero in a run that followed the model exactly."""
+
+    starved: jax.Array  # int32[] steps whose schedule could have reached past the K slots
+    arr_trunc: jax.Array  # int32[] steps whose Poisson draw exceeded the static arrival cap
+    lat_lost: jax.Array  # int32[] requests that waited in the overflow queue (arrival instant unknown)
+    violations: jax.Array  # int32[] broken invariants (memory > M, conservation, memory-work ≠ g_exact)
+
+
+class Latency(NamedTuple):
+    """Latencies of the requests that arrived in the window and finished (wait, ttft, e2e)."""
+
+    hist: jax.Array  # int32[N_LAT, n_bins] log-spaced histogram
+    total: jax.Array  # float32[N_LAT] sums (seconds)
+    n: jax.Array  # int32[] requests counted
+
+
+class StepLog(NamedTuple):
+    """The record period's step log (entry = step mod compact_every), read by compaction to stamp the arrival
+    instants of the period's arrivals: a step writes three numbers per trial and nothing per slot."""
+
+    t: jax.Array  # float32[log_len] instant the step started
+    b: jax.Array  # float32[log_len] its duration b_n
+    n_used: jax.Array  # int32[log_len] slots in use after it; INT32_MAX in entries no step wrote
 
 
 class State(NamedTuple):
+    """One server of one trial (the leading axes [N] or [G] of batches and clusters come before every leaf)."""
+
     slots: Slots
-    keys: jax.Array  # uint32[4]: stream keys (arrivals, batch, lengths, offsets)
-    step: jax.Array
-    t: jax.Array  # float32 seconds
-    n_used: jax.Array  # slots in use (live or finished-not-compacted)
-    overflow: jax.Array  # waiting requests beyond the slots
-    next_ovf: jax.Array  # request index of the first overflow request
-    arrivals: jax.Array  # total arrivals (= next request index)
-    completions: jax.Array
-    swaps: jax.Array
-    # measurement window (steps ≥ warmup)
-    t_w0: jax.Array  # float32 instant the window opened (inf before)
-    arrivals_w: jax.Array
-    completions_w: jax.Array
-    gsum_w: jax.Array  # float32 Σ g_exact of completions in the window
-    mem_sum_w: jax.Array  # float32 Σ memory used over window steps
-    steps_w: jax.Array
-    busy_w: jax.Array  # float32 Σ b_n over window steps
-    mem_max: jax.Array
-    started_max: jax.Array
-    waiting_max: jax.Array
-    # capacity and invariant counters
-    starved: jax.Array
-    arr_trunc: jax.Array
-    lat_lost: jax.Array
-    violations: jax.Array
-    # latency histograms and sums over requests that arrived in the window and finished
-    hist: jax.Array  # int32 [N_LAT, n_bins]
-    lat_sum: jax.Array  # float32 [N_LAT]
-    lat_n: jax.Array  # int32
-    # per-block step log [cfg.log_len] (entry = step mod compact_every), read by compaction to stamp the arrival
-    # instants of the block's arrivals: the step itself writes three numbers per trial, nothing per slot
-    blk_t: jax.Array  # float32 instant the step started
-    blk_b: jax.Array  # float32 its duration b_n
-    blk_n: jax.Array  # int32 slots in use after it (n_used); INT32_MAX in entries no step writes
+    keys: Keys
+    clock: Clock
+    queue: Queue
+    counters: Counters
+    window: Window
+    limits: Limits
+    latency: Latency
+    log: StepLog
 
 
-def trial_keys(key) -> jax.Array:
-    """uint32[4] stream keys of one trial from a typed JAX PRNG key."""
+def get_path(tree, path: str):
+    """``tree.a.b`` for ``path = "a.b"``."""
+    for name in path.split("."):
+        tree = getattr(tree, name)
+    return tree
+
+
+def replace_paths(tree, values: dict):
+    """A copy of a tree of NamedTuples with the leaves named by dotted paths replaced."""
+    here, deeper = {}, {}
+    for path, v in values.items():
+        head, _, rest = path.partition(".")
+        if rest:
+            deeper.setdefault(head, {})[rest] = v
+        else:
+            here[head] = v
+    for head, sub in deeper.items():
+        here[head] = replace_paths(getattr(tree, head), sub)
+    return tree._replace(**here)
+
+
+def empty(cls):
+    """A NamedTuple (nested for State) with every leaf None: a skeleton to fill with :func:`replace_paths`."""
+    kids = {State: dict(slots=Slots, keys=Keys, clock=Clock, queue=Queue, counters=Counters, window=Window,
+                        limits=Limits, latency=Latency, log=StepLog)}.get(cls, {})
+    return cls(**{f: empty(kids[f]) if f in kids else None for f in cls._fields})
+
+
+def trial_keys(key) -> Keys:
+    """The stream keys of one trial from a typed JAX PRNG key."""
     kd = jax.random.key_data(key).astype(jnp.uint32).reshape(-1)
     k0, k1 = kd[0], kd[-1]
-    return jnp.stack([rng.stream_key(k0, k1, s) for s in rng.STREAMS])
+    return Keys(*(rng.stream_key(k0, k1, s) for s in rng.STREAMS))
 
 
 def length_uniforms(n_u, skey, index):

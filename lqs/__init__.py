@@ -66,19 +66,25 @@ from ._batch import (  # noqa: E402
     BatchTime,
     ConstantBatch,
     EmpiricalBatch,
-    LogNormalMixBatch,
+    LogNormalBatch,
     parse_batch_spec,
 )
 from ._server import MonteCarlo, Server  # noqa: E402
-from .traces import BenchResult, Trace, kv_tokens_from_log, load_b_samples, load_bench_result, load_trace  # noqa: E402
+from .traces import (  # noqa: E402
+    BenchmarkResult,
+    Trace,
+    kv_tokens_from_log,
+    load_b_samples,
+    load_benchmark_result,
+    load_trace,
+)
 from .engine import (  # noqa: E402
     CriticalResult,
     SimResult,
     auto_steps,
     backlog_grows,
     critical,
-    default_engine,
-    set_engine,
+    default_path,
     simulate,
     step_log,
 )
@@ -90,13 +96,32 @@ _LAZY = {
     "default_affine": "studies", "delta_study": "studies", "mixture_study": "studies", "cluster_study": "studies",
     "latency_study": "studies", "slo_servers": "studies", "slo_replicas": "studies", "reproduce_paper": "studies",
     "default_server": "studies", "default_mc": "studies",
-    # fitted models (optax) and the measured-run check (issue #11)
+    # fitted models (optax) and the measured-run check
     "fit_lengths": "fit", "fit_batch": "fit", "LengthFit": "fit", "BatchFit": "fit", "LengthModel": "fit",
     "load_length_model": "fit", "check": "measured", "CheckResult": "measured",
 }
 
 
+#: names renamed in 0.3: the old ones resolve for one release, with a DeprecationWarning
+_DEPRECATED = {"BenchResult": "BenchmarkResult", "load_bench_result": "load_benchmark_result",
+               "LogNormalMixBatch": "LogNormalBatch", "default_engine": "default_path"}
+
+
+def set_engine(engine=None):
+    """Removed in 0.3: the step-loop path is ``MonteCarlo(path=...)`` (``simulate(..., path=...)``), or
+    ``$LQS_PATH``; nothing switches it process-wide."""
+    from ._errors import LqsError
+
+    raise LqsError("set_engine", engine, "was removed: pass path= to MonteCarlo / simulate (or set $LQS_PATH)")
+
+
 def __getattr__(name):
+    if name in _DEPRECATED:
+        import warnings
+
+        new = _DEPRECATED[name]
+        warnings.warn(f"lqs.{name} is deprecated: use lqs.{new}", DeprecationWarning, stacklevel=2)
+        return globals()[new]
     sub = _LAZY.get(name)
     if sub is None:
         raise AttributeError(f"module 'lqs' has no attribute {name!r}")
@@ -114,9 +139,8 @@ def __dir__():
 # eager (11 ms): the package lqs.sweep shares the function's name, and a lazy lqs.sweep turned into the package
 # after any `from lqs.sweep import ...`
 from .sweep import SweepSpec, load_sweep, sweep  # noqa: E402
-from .engine.bench import bench  # noqa: E402  (issue #10: lqs bench; measured paths for engine="auto")
-
-__version__ = "0.2.0"
+from .engine.bench import bench  # noqa: E402  (lqs bench: the measured paths of path="auto")
+from ._version import __version__  # noqa: E402
 
 #: old name of :func:`servers_needed` (kept for scripts written against lqs 0.1)
 replicas_needed = servers_needed
@@ -130,13 +154,13 @@ __all__ = [
     # workloads and traces
     "Constant", "Empirical", "IntUniform", "LogNormal", "Marginal", "PAPER_B", "PRESETS", "GMoments", "Independent",
     "Mixture", "Pairs", "Phased", "Workload", "pd_ratio", "preset", "Trace", "load_b_samples", "load_trace",
-    "BenchResult", "load_bench_result", "kv_tokens_from_log", "bench",
+    "BenchmarkResult", "load_benchmark_result", "kv_tokens_from_log", "bench",
     # server
-    "AffineBatch", "BatchTime", "ConstantBatch", "EmpiricalBatch", "LogNormalMixBatch", "parse_batch_spec",
+    "AffineBatch", "BatchTime", "ConstantBatch", "EmpiricalBatch", "LogNormalBatch", "parse_batch_spec",
     "MonteCarlo", "Server",
     # engine and results
-    "CriticalResult", "SimResult", "auto_steps", "backlog_grows", "critical", "default_engine", "set_engine",
-    "simulate", "step_log",
+    "CriticalResult", "SimResult", "auto_steps", "backlog_grows", "critical", "default_path", "simulate",
+    "step_log",
     # sweeps, studies, fitted models and the measured-run check (loaded on first use: see _LAZY)
     "SweepSpec", "load_sweep", "sweep", *_LAZY,
 ]

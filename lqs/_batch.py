@@ -1,7 +1,9 @@
-"""Batch-time models: how long one engine step (one batch iteration) lasts, in seconds (SPEC.md "Batch time").
+"""Batch-time models: how long one engine step (one batch iteration) lasts, in seconds (docs/model.md, "Batch time").
 
 Each model is an equinox Module whose numbers are array leaves (sweepable without recompiling) and whose
 ``draw(u1, u2, prefill_tokens, decode_tokens, mem_used)`` maps two uniforms and the step's composition to b_n.
+Each model's ``kind`` is the name of its text form (:func:`parse_batch_spec`): ``constant``, ``empirical``,
+``lognormal`` (also what ``two-speed`` builds: a two-component mixture) and ``affine``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 
 from ._errors import LqsError, check_float
 from ._theory import estimate_b
-from .kernels.engine import affine_time
+from .kernels.state import affine_time
 
 
 class BatchTime(eqx.Module):
@@ -59,13 +61,13 @@ class EmpiricalBatch(BatchTime):
     """b_n resampled i.i.d. from observed batch times."""
 
     samples: np.ndarray
-    kind: str = eqx.field(static=True, default="iid-empirical")
+    kind: str = eqx.field(static=True, default="empirical")
 
     def __init__(self, samples):
         x = np.asarray(samples, np.float64).ravel()
         estimate_b(x, "mean")  # validates (non-empty, finite, > 0)
         self.samples = x.astype(np.float32)
-        self.kind = "iid-empirical"
+        self.kind = "empirical"
 
     def draw(self, u1, u2, prefill_tokens, decode_tokens, mem_used):
         n = self.samples.shape[-1]
@@ -80,7 +82,7 @@ class EmpiricalBatch(BatchTime):
         return float(np.max(self.samples))
 
 
-class LogNormalMixBatch(BatchTime):
+class LogNormalBatch(BatchTime):
     """b_n i.i.d. from a mixture of lognormals: component i with probability p_i, median m_i, log-sd σ_i.
 
     One component is a plain lognormal; two components with, say, 70 % near the median and 30 % much slower give
@@ -90,7 +92,7 @@ class LogNormalMixBatch(BatchTime):
     probs: np.ndarray
     log_median: np.ndarray
     sigma: np.ndarray
-    kind: str = eqx.field(static=True, default="iid-lognormal")
+    kind: str = eqx.field(static=True, default="lognormal")
 
     def __init__(self, probs, medians_s, sigmas):
         p = np.atleast_1d(np.asarray(probs, np.float64))
@@ -107,7 +109,7 @@ class LogNormalMixBatch(BatchTime):
         self.probs = (p / p.sum()).astype(np.float32)
         self.log_median = np.log(m).astype(np.float32)
         self.sigma = sg.astype(np.float32)
-        self.kind = "iid-lognormal"
+        self.kind = "lognormal"
 
     @classmethod
     def from_mean_cv(cls, mean_s, cv):
@@ -162,9 +164,20 @@ class AffineBatch(BatchTime):
         a = self.a.astype(np.float64)
         return float(a[0] + a[1] * min(M, K * chunk) + a[2] * K + a[3] * M)
 
+    def typical_s(self, M, chunk, n_service) -> float:
+        """b_n of a typical saturated step: one prefill chunk, ``n_service`` requests decoding, the cache full."""
+        a = self.a.astype(np.float64)
+        return float(a[0] + a[1] * chunk + a[2] * n_service + a[3] * M)
+
+
+#: the name before 0.3 (deprecated: lqs.LogNormalMixBatch still resolves, with a DeprecationWarning)
+LogNormalMixBatch = LogNormalBatch
 
 # ----------------------------------------------------------------------------------------------- text specs
 BATCH_KINDS = ("constant", "empirical", "lognormal", "two-speed", "affine")
+#: largest coefficient of variation of lognormal:CV: its far quantile (the arrival cap is sized from it) is then
+#: already ~100 × b̄ (σ = 2.15)
+MAX_CV = 10.0
 _SPEC_FORMS = "constant, empirical, lognormal:CV, two-speed:RATIO:FRAC or affine:A0,A1,A2,A3"
 
 
@@ -194,7 +207,11 @@ def parse_batch_spec(spec: str | None, b_s: float, samples=None, *, param: str =
             raise LqsError(param, spec, "empirical needs measured step times (--b-samples FILE)")
         return EmpiricalBatch(samples)
     if name == "lognormal":
-        return LogNormalMixBatch.from_mean_cv(b_s, num(arg or "0.5", 0.0))
+        try:
+            cv = check_float("CV", parse_number("CV", arg or "0.5"), 0.0, MAX_CV)
+        except LqsError:
+            raise LqsError(param, spec, f"lognormal:CV needs a coefficient of variation CV in [0, {MAX_CV:g}]") from None
+        return LogNormalBatch.from_mean_cv(b_s, cv)
     if name == "two-speed":
         try:
             r_s, f_s = arg.split(",") if "," in arg else arg.split(":")
@@ -202,8 +219,8 @@ def parse_batch_spec(spec: str | None, b_s: float, samples=None, *, param: str =
             raise LqsError(param, spec, "two-speed:RATIO:FRAC, e.g. two-speed:3:0.3") from None
         ratio, frac = num(r_s, 1.0), num(f_s, 0.0, 1.0)
         fast = b_s / (1 - frac + frac * ratio)  # mean b̄ (σ = 0.1 adds < 1 %, corrected below)
-        m = LogNormalMixBatch.two_speed(fast, fast * ratio, frac)
-        return LogNormalMixBatch.two_speed(fast * b_s / m.mean_s, fast * ratio * b_s / m.mean_s, frac)
+        m = LogNormalBatch.two_speed(fast, fast * ratio, frac)
+        return LogNormalBatch.two_speed(fast * b_s / m.mean_s, fast * ratio * b_s / m.mean_s, frac)
     if name == "affine":
         try:
             a = [float(x) for x in arg.split(",")]

@@ -16,7 +16,8 @@ Both are validated on construction: every bad field is an :class:`lqs.LqsError` 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import warnings
+from dataclasses import InitVar, dataclass
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,10 @@ from .kernels.state import ROUTINGS  # one list for the validation and the engin
 POLICIES = ("swap", "recompute", "reserve")
 POLICY_ALIASES = {"fcfs": "swap"}  # the name used before 0.2: all three policies admit first-come first-served
 _INT_MAX = 2**30
+MIN_K = 8  # fewest request slots per server the engine runs with
+PATHS = ("auto", "xla", "fused")
+#: MonteCarlo fields renamed in 0.3 (the old names still work for one release, with a DeprecationWarning)
+MC_RENAMED = {"engine": "path", "fused_rb": "fused_trials"}
 
 
 def normalise_policy(policy, param: str = "policy") -> str:
@@ -195,12 +200,17 @@ class MonteCarlo:
         Request slots per server (default: sized from M and the workload; a full buffer is counted and marks the
         result unreliable).
     compact_every, max_points
-        Steps between slot compactions; most time-series points kept.
+        Steps per record period (finished slots are compacted and their latencies binned once a period); most
+        time-series points kept.
     stop_when_settled
         End early once every configuration's backlog has clearly settled.
-    engine
-        Step-loop path: ``auto``, ``xla`` or ``fused`` (see :func:`lqs.set_engine`); ``fused_rb`` trials per
-        fused-kernel program.
+    path
+        Step-loop path: ``auto`` (the fastest path ``lqs bench`` measured bit-identical on this device, else XLA),
+        ``xla`` or ``fused`` (on a CPU the fused kernel runs in Pallas interpret mode: exact but slow, for
+        verification); None: ``$LQS_PATH`` if set, else ``auto``. ``fused_trials``: trials per fused-kernel program
+        (a power of two; default sized from K).
+    engine, fused_rb
+        Deprecated names of ``path`` and ``fused_trials``.
     """
 
     trials: int = 64
@@ -211,11 +221,20 @@ class MonteCarlo:
     compact_every: int = 64
     max_points: int = 1000
     stop_when_settled: bool = False
-    engine: str | None = None
-    fused_rb: int | None = None
+    path: str | None = None
+    fused_trials: int | None = None
+    engine: InitVar[str | None] = None
+    fused_rb: InitVar[int | None] = None
 
-    def __post_init__(self):
+    def __post_init__(self, engine=None, fused_rb=None):
         s = object.__setattr__
+        for old, value in (("engine", engine), ("fused_rb", fused_rb)):
+            if value is not None:
+                new = MC_RENAMED[old]
+                warnings.warn(f"MonteCarlo({old}=...) is deprecated: use {new}=", DeprecationWarning, stacklevel=3)
+                if getattr(self, new) is not None and getattr(self, new) != value:
+                    raise LqsError(old, value, f"is the old name of {new}, which is also given ({getattr(self, new)!r})")
+                s(self, new, value)
         s(self, "trials", check_int("trials", self.trials, 1, 2**24))
         s(self, "warmup", check_int("warmup", self.warmup, 0, 2**31 - 2**20))
         if self.steps is not None and not (isinstance(self.steps, str) and self.steps.strip().lower() == "auto"):
@@ -227,21 +246,26 @@ class MonteCarlo:
             s(self, "steps", None)
         s(self, "seed", check_int("seed", self.seed, 0, 2**63 - 1))
         if self.K is not None:
-            s(self, "K", check_int("K", self.K, 1, 2**20))
+            s(self, "K", check_int("K", self.K, MIN_K, 2**20))
         s(self, "compact_every", check_int("compact_every", self.compact_every, 1, 4096))
-        s(self, "max_points", check_int("max_points", self.max_points, 10))
+        s(self, "max_points", check_int("max_points", self.max_points, 10, 2**24))
         if not isinstance(self.stop_when_settled, (bool, np.bool_)):
             raise LqsError("stop_when_settled", self.stop_when_settled, "must be True or False")
         s(self, "stop_when_settled", bool(self.stop_when_settled))
-        if self.engine is not None:
-            s(self, "engine", check_choice("engine", self.engine, ("auto", "xla", "fused")))
-        if self.fused_rb is not None:
-            rb = check_int("fused_rb", self.fused_rb, 1, 1024)
+        if self.path is not None:
+            p = self.path.strip().lower() if isinstance(self.path, str) else self.path
+            s(self, "path", check_choice("path", p, PATHS))
+        if self.fused_trials is not None:
+            rb = check_int("fused_trials", self.fused_trials, 1, 1024)
             if rb & (rb - 1):
-                raise LqsError("fused_rb", rb, "must be a power of two in [1, 1024] (Triton block shapes)")
-            s(self, "fused_rb", rb)
+                raise LqsError("fused_trials", rb, "must be a power of two in [1, 1024] (Triton block shapes)")
+            s(self, "fused_trials", rb)
 
     def replace(self, **changes) -> "MonteCarlo":
+        for old, new in MC_RENAMED.items():
+            if old in changes:
+                warnings.warn(f"MonteCarlo field {old} is deprecated: use {new}", DeprecationWarning, stacklevel=2)
+                changes[new] = changes.pop(old)
         bad = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
         if bad:
             if bad[0] == "replicas":

@@ -298,3 +298,11 @@ class Phased(Workload):
 
     def _exact_moments(self, prefill_chunk):
         return self.parts[0]._exact_moments(prefill_chunk)
+
+
+def as_workload(workload, param: str = "workload") -> "Workload":
+    """``workload`` itself when it is an lqs Workload, else an LqsError naming ``param``."""
+    if not isinstance(workload, Workload):
+        raise LqsError(param, type(workload).__name__, "must be an lqs Workload (see lqs.preset; a name such as "
+                                                       "'pd-1:1' must go through lqs.preset first)")
+    return workload

@@ -1,4 +1,4 @@
-"""``lqs bench`` / ``lqs.bench()`` and the measured path choice of ``engine="auto"`` (lqs/engine/bench.py,
+"""``lqs bench`` / ``lqs.bench()`` and the measured path choice of ``path="auto"`` (lqs/engine/bench.py,
 lqs/engine/paths.py), on a CPU: Pallas interpret mode is the second path. Records go to a temporary
 LQS_CACHE_DIR; the auto tests write records directly (no timing), so they stay quick."""
 
@@ -13,7 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 import lqs
-from lqs.engine import bench as B
+from lqs.engine import bench as BM
+from lqs.engine import records as B
 from lqs.engine import paths as LP
 
 SMALL = lqs.Independent(lqs.IntUniform(8, 40, "s"), lqs.IntUniform(4, 30, "o"))
@@ -33,7 +34,7 @@ def _K():
     """The sized K of the SMALL runs (what their record's K bucket is looked up with)."""
     from lqs.engine import prepare
 
-    _, sz, _, _ = prepare(SMALL, SRV, [4.0], lqs.MonteCarlo(trials=2, warmup=64, K=KW["K"], engine="xla"), 256)
+    _, sz, _, _ = prepare(SMALL, SRV, [4.0], lqs.MonteCarlo(trials=2, warmup=64, K=KW["K"], path="xla"), 256)
     return sz.K
 
 
@@ -45,71 +46,71 @@ def _write(paths: dict, *, key=None):
 
 def test_bench_runs_both_paths_checks_identity_and_records(cache):
     rows = lqs.bench(quick=True, trials=4, steps=64)
-    assert [r["engine"] for r in rows] == ["xla", "fused-interpret"]
+    assert [r["path"] for r in rows] == ["xla", "fused-interpret"]
     for r in rows:
         assert r["identical"] is True and r["compiled"] and r["error"] is None
-        assert r["replica_steps_per_s"] > 0 and r["trial_steps_per_s"] == r["replica_steps_per_s"]
-        assert r["slot_steps_per_s"] == pytest.approx(r["replica_steps_per_s"] * r["K"])
+        assert r["trial_steps_per_s"] > 0
+        assert r["slot_steps_per_s"] == pytest.approx(r["trial_steps_per_s"] * r["K"])
         assert r["compile_s"] > 0 and r["device_kind"] == B.device_kind() and r["requests_per_s"] >= 0
     data = json.loads((cache / "bench.json").read_text())
     rec = data["records"][rows[0]["key"]]
     assert set(rec["paths"]) == {"xla", "fused-interpret"} and rec["jax"] == jax.__version__
     assert "| policy swap | batch constant | K<=512 |" in rows[0]["key"]  # pd-1:1: K = 288
-    assert "identical" in B.table(rows) and "fused-interpret" in B.table(rows)
+    assert "identical" in BM.table(rows) and "fused-interpret" in BM.table(rows)
 
 
 def test_cli_bench_json(cache):
     from lqs.cli import main
 
     res = CliRunner().invoke(main,
-                             ["bench", "--quick", "--trials", "4", "--steps", "64", "--engines", "xla", "--json"])
+                             ["bench", "--quick", "--trials", "4", "--steps", "64", "--paths", "xla", "--json"])
     assert res.exit_code == 0, res.output
     rows = json.loads(res.stdout)
-    assert len(rows) == 1 and {"engine", "device_kind", "replica_steps_per_s", "identical"} <= set(rows[0])
+    assert len(rows) == 1 and {"path", "device_kind", "trial_steps_per_s", "identical"} <= set(rows[0])
     assert (cache / "bench.json").exists()
 
 
 def test_auto_without_a_record_runs_xla_and_says_once(cache, caplog):
     with caplog.at_level(logging.INFO, logger="lqs"):
-        a = lqs.simulate(SMALL, SRV, 4.0, engine="auto", **KW)
-        lqs.simulate(SMALL, SRV, 4.0, engine="auto", **KW)
+        a = lqs.simulate(SMALL, SRV, 4.0, path="auto", **KW)
+        lqs.simulate(SMALL, SRV, 4.0, path="auto", **KW)
     sz = a.config["sizing"]
-    assert sz["engine"] == "xla" and "no lqs bench record" in sz["engine_reason"] and "lqs bench" in sz["engine_reason"]
+    assert sz["path"] == "xla" and "no lqs bench record" in sz["path_reason"] and "lqs bench" in sz["path_reason"]
     assert sum("lqs bench" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_auto_picks_the_fastest_identical_recorded_path(cache):
-    key = _write({"xla": dict(replica_steps_per_s=1e5, identical=True, compiled=True),
-                  "fused-interpret": dict(replica_steps_per_s=3e5, identical=True, compiled=True)})
-    a = lqs.simulate(SMALL, SRV, 6.0, engine="auto", **KW)
-    x = lqs.simulate(SMALL, SRV, 6.0, engine="xla", **KW)
+    key = _write({"xla": dict(trial_steps_per_s=1e5, identical=True, compiled=True),
+                  "fused-interpret": dict(trial_steps_per_s=3e5, identical=True, compiled=True)})
+    a = lqs.simulate(SMALL, SRV, 6.0, path="auto", **KW)
+    x = lqs.simulate(SMALL, SRV, 6.0, path="xla", **KW)
     sz = a.config["sizing"]
-    assert sz["engine"] == "fused-interpret" and key in sz["engine_reason"] and "3.00× xla" in sz["engine_reason"]
+    assert sz["path"] == "fused-interpret" and key in sz["path_reason"] and "3.00× xla" in sz["path_reason"]
     pd.testing.assert_frame_equal(a.trials, x.trials, check_exact=True)
     # slower than xla in the record: xla
-    _write({"xla": dict(replica_steps_per_s=1e5, identical=True), "fused-interpret": dict(replica_steps_per_s=5e4,
+    _write({"xla": dict(trial_steps_per_s=1e5, identical=True), "fused-interpret": dict(trial_steps_per_s=5e4,
                                                                                             identical=True)})
-    assert lqs.simulate(SMALL, SRV, 4.0, engine="auto", **KW).config["sizing"]["engine"] == "xla"
+    assert lqs.simulate(SMALL, SRV, 4.0, path="auto", **KW).config["sizing"]["path"] == "xla"
 
 
 @pytest.mark.parametrize("bad,msg", [(dict(identical=False, compiled=True), "did not end bit-identical"),
                                      (dict(identical=False, compiled=False, error="boom"), "failed to compile")])
 def test_auto_falls_back_to_xla_on_a_recorded_mismatch_or_failed_compile(cache, bad, msg):
-    key = _write({"xla": dict(replica_steps_per_s=1e5, identical=True, compiled=True),
-                  "fused-interpret": dict(replica_steps_per_s=9e5, **bad)})
+    key = _write({"xla": dict(trial_steps_per_s=1e5, identical=True, compiled=True),
+                  "fused-interpret": dict(trial_steps_per_s=9e5, **bad)})
     with pytest.warns(UserWarning, match=msg) as w:
-        a = lqs.simulate(SMALL, SRV, 4.0, engine="auto", **KW)
+        a = lqs.simulate(SMALL, SRV, 4.0, path="auto", **KW)
     assert any(key in str(x.message) for x in w)  # the warning names the record
     sz = a.config["sizing"]
-    assert sz["engine"] == "xla" and msg in sz["engine_reason"] and key in sz["engine_reason"]
+    assert sz["path"] == "xla" and msg in sz["path_reason"] and key in sz["path_reason"]
 
 
 def test_auto_ignores_a_stale_record(cache):
     stale = B.record_key("swap", "constant", _K()).replace(f"jax {jax.__version__}", "jax 0.0.1")
-    _write({"xla": dict(replica_steps_per_s=1e5, identical=True),
-            "fused-interpret": dict(replica_steps_per_s=9e5, identical=True)}, key=stale)
-    sz = lqs.simulate(SMALL, SRV, 4.0, engine="auto", **KW).config["sizing"]
-    assert sz["engine"] == "xla" and "stale record" in sz["engine_reason"]
+    _write({"xla": dict(trial_steps_per_s=1e5, identical=True),
+            "fused-interpret": dict(trial_steps_per_s=9e5, identical=True)}, key=stale)
+    sz = lqs.simulate(SMALL, SRV, 4.0, path="auto", **KW).config["sizing"]
+    assert sz["path"] == "xla" and "stale record" in sz["path_reason"]
 
 
 def test_cache_dir_follows_the_platform_and_the_override(monkeypatch, tmp_path):
@@ -135,4 +136,4 @@ def test_bench_times_xla_at_its_own_K_and_checks_the_fused_path_at_the_fused_K(c
 
     monkeypatch.setattr(sizing, "settle_path", settle)
     rows = lqs.bench(quick=True, trials=4, steps=64, record=False)
-    assert [(r["engine"], r["K"], r["identical"]) for r in rows] == [("xla", 288, True), ("fused-interpret", 320, True)]
+    assert [(r["path"], r["K"], r["identical"]) for r in rows] == [("xla", 288, True), ("fused-interpret", 320, True)]

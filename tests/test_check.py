@@ -188,5 +188,5 @@ def test_check_python_server_argument(files):
         lqs.check(files["stable"], server="a100")
     d = lqs.check(files["sglang"], SRV, run=1, **MC).to_dict()  # the server as given: constant b̄ = 0.02 s
     assert d["b_source"] == "server" and d["b_s"] == SMALL_B and d["verdict"] == "stable"
-    res = lqs.load_bench_result(files["stable"])
-    assert isinstance(res, lqs.BenchResult) and np.isclose(res.b, SMALL_B, rtol=0.02)
+    res = lqs.load_benchmark_result(files["stable"])
+    assert isinstance(res, lqs.BenchmarkResult) and np.isclose(res.b, SMALL_B, rtol=0.02)

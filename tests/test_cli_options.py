@@ -60,7 +60,7 @@ def test_build_server_and_mc_from_flags():
     srv, bb = build_server(opts)
     assert isinstance(srv, lqs.Server) and srv.M == 131000 and srv.prefill_chunk == 512
     assert srv.policy == "swap" and srv.token_budget == 2048 and srv.servers == 2 and srv.routing == "jsq"
-    assert isinstance(srv.b, lqs.LogNormalMixBatch) and srv.b_theory == 0.0372 and bb.b_s == 0.0372
+    assert isinstance(srv.b, lqs.LogNormalBatch) and srv.b_theory == 0.0372 and bb.b_s == 0.0372
     assert srv.b.mean_s == pytest.approx(0.0372, rel=1e-6)
     base = lqs.Server(M=16384, prefill_chunk=256, b=0.02)
     s2, _ = build_server(dict(M="65536", policy="recompute"), base=base)

@@ -172,8 +172,8 @@ def test_aliases_fcfs_and_chunk_give_the_same_run(pair):
 
 
 # ----------------------------------------------------------------------------------------------- batch models
-@pytest.mark.parametrize("model, kind", [("lognormal:0.5", "iid-lognormal"),
-                                         pytest.param("two-speed:3:0.3", "iid-lognormal", marks=pytest.mark.slow),
+@pytest.mark.parametrize("model, kind", [("lognormal:0.5", "lognormal"),
+                                         pytest.param("two-speed:3:0.3", "lognormal", marks=pytest.mark.slow),
                                          ("affine:0.01,1e-5,1e-5,0", "affine")])
 def test_batch_models(model, kind, cap):
     d = run_json(SIM + ["--lam", "0.2", "--b-model", model, "--no-verdict"])
@@ -192,7 +192,7 @@ def test_two_speed_spec_is_a_two_component_lognormal_with_mean_b():
     import lqs
 
     bt = lqs.parse_batch_spec("two-speed:3:0.3", 0.0372)
-    assert bt.kind == "iid-lognormal" and bt.mean_s == pytest.approx(0.0372, rel=1e-6)
+    assert bt.kind == "lognormal" and bt.mean_s == pytest.approx(0.0372, rel=1e-6)
     assert np.asarray(bt.probs) == pytest.approx([0.7, 0.3])  # 30 % of steps in the slow component
     med = np.exp(np.asarray(bt.log_median, np.float64))
     assert med[1] == pytest.approx(3 * med[0], rel=1e-5)  # 3× slower
@@ -340,22 +340,20 @@ def test_missing_lam():
     _assert_one_line_error(run(SIM), "lam")
 
 
-def test_engine_option_selects_the_path_with_identical_numbers(tmp_path):
-    """``lqs --engine fused simulate`` (interpret mode on a CPU) gives the XLA run's numbers and records the path."""
+def test_path_option_selects_the_path_with_identical_numbers(tmp_path):
+    """``lqs --path fused simulate`` (interpret mode on a CPU) gives the XLA run's numbers and records the path."""
     # 2 trials, K = 192, one rate: the XLA and fused programs of test_bench's runs (same workload structure)
     args = _with(SIM, ["--steps", "2000", "--trials", "2", "--K", "192"]) + ["--lam", "1.0", "--seed", "3",
                                                                               "--no-verdict"]
     outs = {}
     for eng in ("xla", "fused"):
         out = tmp_path / eng
-        r = run(["--engine", eng, *args, "--out", str(out)])
+        r = run(["--path", eng, *args, "--out", str(out)])
         assert r.exit_code == 0, r.output
         outs[eng] = (json.loads((out / "config.json").read_text()), pd.read_csv(out / "trials.csv"))
-    assert outs["xla"][0]["sizing"]["engine"] == "xla"
-    assert outs["fused"][0]["sizing"]["engine"] == "fused-interpret"
+    assert outs["xla"][0]["sizing"]["path"] == "xla"
+    assert outs["fused"][0]["sizing"]["path"] == "fused-interpret"
     pd.testing.assert_frame_equal(outs["xla"][1], outs["fused"][1])
-    r = run(["--engine", "cuda", *args])
-    assert r.exit_code == 2 and "engine" in r.output
-    import lqs
+    r = run(["--path", "cuda", *args])
+    assert r.exit_code == 2 and "--path" in r.output and len(r.output.strip().splitlines()) == 1
 
-    assert lqs.default_engine() == "auto"  # the option does not outlive its command

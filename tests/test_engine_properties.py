@@ -139,7 +139,7 @@ def test_changing_values_does_not_recompile():
     ({}, 5.0, dict(trials=0), "trials"), ({}, 5.0, dict(replicas=2), "replicas"),
     (dict(token_budget=100), 5.0, {}, "token_budget"), (dict(b=0.0), 5.0, {}, "b"), (dict(M=300), 5.0, {}, "lengths"),
     ({}, 5.0, dict(steps=100, warmup=100), "steps"), (dict(prefill_chunk=0), 5.0, {}, "prefill_chunk"),
-    ({}, 5.0, dict(K=2), "K"), ({}, None, {}, "lam"), ({}, 81 / B, {}, "lam"), ({}, 5.0, dict(engine="gpu"), "engine"),
+    ({}, 5.0, dict(K=4), "K"), ({}, None, {}, "lam"), ({}, 81 / B, {}, "lam"), ({}, 5.0, dict(path="gpu"), "path"),
 ])
 def test_bad_input_fails_before_compiling(server, lam, mc, param):
     n = E.TRACE_COUNT["run_call"]
@@ -175,7 +175,7 @@ def test_arrivals_per_step_limit_is_real():
     df, st, cfg = lqs.step_log(tiny, srv, 80.0, steps=256, key=jax.random.key(3))
     a = df.arrivals.to_numpy()
     assert abs(a.mean() - 80.0) < 4 * np.sqrt(80.0 / a.size), a.mean()
-    assert int(st.arr_trunc) == 0
+    assert int(st.limits.arr_trunc) == 0
     with pytest.raises(lqs.LqsError) as e:
         lqs.step_log(tiny, srv, 81.0, steps=64)
     assert e.value.param == "lam" and "80" in str(e.value)
@@ -189,7 +189,7 @@ def test_too_few_slots_is_reported_unreliable():
 
 def test_iid_batch_times_follow_renewal_reward():
     # with i.i.d. batch times the saturation rate is μ computed with the *mean* batch time
-    bt = lqs.LogNormalMixBatch.from_mean_cv(B, 1.0)
+    bt = lqs.LogNormalBatch.from_mean_cv(B, 1.0)
     # 16 trials at K = 160 and 1.3·μ_exact: the program of test_studies' b_error saturation runs
     res = lqs.simulate(FAST, SRV.replace(b=bt), saturating_rate(FAST, SRV.replace(b=bt)), trials=16, steps=12_000,
                        warmup=3_000, K=K_FAST, key=jax.random.key(21), verdict=False)
@@ -205,7 +205,7 @@ def test_affine_batch_time_depends_on_the_batch():
     expect = 0.01 + 2e-5 * df.prefill_tokens + 5e-4 * df.decode_tokens + 1e-6 * df.mem
     np.testing.assert_allclose(df.b, expect, rtol=1e-5)
     assert df.b.nunique() > 10
-    assert int(st.violations) == 0
+    assert int(st.limits.violations) == 0
 
 
 def test_latency_histograms_are_consistent():
@@ -275,7 +275,7 @@ def test_phased_schedule_switches_rate_and_lengths():
     # arrival rates follow the phases (10/s, 2/s, then 0/s)
     assert abs(a_[t < 16].sum() / 16 - 10) < 3 and abs(a_[(t >= 16) & (t < 32)].sum() / 16 - 2) < 1.5
     assert a_[t >= 33].sum() == 0
-    assert int(st.violations) == 0
+    assert int(st.limits.violations) == 0
     res = lqs.simulate(None, SRV, None, trials=2, steps=3_000, warmup=500,
                        phases=[(20.0, 8.0, small), (20.0, 2.0, big)], key=jax.random.key(4), verdict=False)
     assert res.reliable and abs(res.summary.lam_rps[0] - 5.0) < 1e-9
@@ -287,10 +287,10 @@ def test_cluster_round_robin_routes_evenly_and_keeps_invariants():
     # 3 servers, 1,024 steps, K = 128: the routing tests below share this program (the routing rule is traced)
     df, st, cfg = lqs.step_log(FAST, SRV.replace(servers=3, routing="round_robin"), 3 * 0.9 * CAP.mu_exact_rps,
                                steps=1024, K=128, key=jax.random.key(8))
-    arr = np.asarray(st.servers.arrivals)
+    arr = np.asarray(st.servers.counters.arrivals)
     assert arr.max() - arr.min() <= 1 and arr.sum() == df.arrivals.sum()
-    assert int(np.asarray(st.servers.violations).sum()) == 0
-    assert (np.asarray(st.servers.t) == np.asarray(st.servers.t)[0]).all()  # lock-step clock
+    assert int(np.asarray(st.servers.limits.violations).sum()) == 0
+    assert (np.asarray(st.servers.clock.t) == np.asarray(st.servers.clock.t)[0]).all()  # lock-step clock
     assert (df.mem <= 3 * M_FAST).all()
 
 
@@ -299,10 +299,10 @@ def test_cluster_routings_conserve_requests(routing):
     df, st, cfg = lqs.step_log(FAST, SRV.replace(servers=3, routing=routing), 3 * CAP.mu_exact_rps, steps=1024,
                                K=128, key=jax.random.key(9))
     sv = st.servers
-    arr = np.asarray(sv.arrivals)
+    arr = np.asarray(sv.counters.arrivals)
     assert arr.sum() == df.arrivals.sum() and (arr > 0).all()
-    in_sys = arr - np.asarray(sv.completions)
-    assert int(np.asarray(sv.violations).sum()) == 0 and (in_sys >= 0).all()
+    in_sys = arr - np.asarray(sv.counters.completions)
+    assert int(np.asarray(sv.limits.violations).sum()) == 0 and (in_sys >= 0).all()
 
 
 def test_cluster_saturation_in_band():

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import lqs
-from lqs._batch import AffineBatch, ConstantBatch, LogNormalMixBatch
+from lqs._batch import AffineBatch, ConstantBatch, LogNormalBatch
 from lqs import Server, step_log
-from lqs.kernels import engine as K_
+from lqs.kernels import state as K_
 from lqs.kernels import rng
 
 from reference_sim import reference_run
@@ -25,10 +25,10 @@ def _run_both(workload, *, M, chunk, lam, batch, policy, steps, token_budget=Non
     df, st, cfg = step_log(workload, srv, lam, steps=steps, key=key, K=K)
     n_steps = len(df)
     total = int(df["arrivals"].sum())
-    keys = jnp.asarray(st.keys)
+    keys = st.keys
     idx = jnp.arange(max(total, 1), dtype=jnp.int32)
-    s, o, _ = K_.draw_lengths(workload, keys[2], idx, jnp.int32(chunk))
-    off = rng.uniform(keys[3], idx, 0)
+    s, o, _ = K_.draw_lengths(workload, jnp.asarray(keys.lengths), idx, jnp.int32(chunk))
+    off = rng.uniform(jnp.asarray(keys.offsets), idx, 0)
     s, o, off = np.asarray(s).tolist(), np.asarray(o).tolist(), np.asarray(off, np.float64).tolist()
     arr = df["arrivals"].to_numpy().tolist()
     first_idx = np.concatenate([[0], np.cumsum(arr)[:-1]]).tolist()
@@ -57,17 +57,17 @@ def _assert_same(df, st, ref):
     np.testing.assert_allclose(df["b"].to_numpy(np.float64), ref["b"], rtol=2e-6)
     # waiting at the start of step n = reference's waiting after step n-1
     np.testing.assert_array_equal(df["waiting"].to_numpy()[1:], np.asarray(ref["waiting"])[:-1])
-    assert int(st.violations) == 0 and int(st.starved) == 0 and int(st.arr_trunc) == 0
+    assert int(st.limits.violations) == 0 and int(st.limits.starved) == 0 and int(st.limits.arr_trunc) == 0
     # latency sums over finished requests (warm-up 0, all finished requests binned at the final compaction)
     done = [r for r in ref["requests"] if r["done_step"] is not None]
-    assert int(st.lat_n) == len(done)
+    assert int(st.latency.n) == len(done)
     if done:
         ref_sums = np.array([sum(r["t_first"] - r["t_arr"] for r in done), sum(r["t_ttft"] - r["t_arr"] for r in done),
                              sum(r["t_done"] - r["t_arr"] for r in done)])
-        np.testing.assert_allclose(np.asarray(st.lat_sum, np.float64), ref_sums, rtol=2e-3, atol=1e-3)
-    assert int(st.arrivals) == ref["total_arrivals"]
-    assert int(st.completions) == ref["total_completions"]
-    assert int(st.swaps) == ref["total_swaps"]
+        np.testing.assert_allclose(np.asarray(st.latency.total, np.float64), ref_sums, rtol=2e-3, atol=1e-3)
+    assert int(st.counters.arrivals) == ref["total_arrivals"]
+    assert int(st.counters.completions) == ref["total_completions"]
+    assert int(st.counters.swaps) == ref["total_swaps"]
 
 
 @pytest.mark.parametrize("policy", ["swap", "recompute", "reserve"])
@@ -92,7 +92,7 @@ def test_small_token_budget_and_affine_identical(policy):
 
 @pytest.mark.parametrize("policy", ["swap", pytest.param("recompute", marks=pytest.mark.slow)])
 def test_light_load_iid_batch_identical(policy):
-    df, st, ref = _run_both(SMALL, M=64, chunk=8, lam=2.0, batch=LogNormalMixBatch.two_speed(0.03, 0.1, 0.3),
+    df, st, ref = _run_both(SMALL, M=64, chunk=8, lam=2.0, batch=LogNormalBatch.two_speed(0.03, 0.1, 0.3),
                             policy=policy, steps=384, seed=5)
     # light load: requests complete, and the system empties again between them (not a saturated run in disguise)
     assert sum(ref["completions"]) > 5
@@ -124,5 +124,5 @@ def test_small_slot_capacity_is_flagged_not_hidden():
     # K far too small for the load: the run must say so (starved steps), not silently change the model
     df, st, cfg = step_log(SMALL, Server(M=200, prefill_chunk=8, b=0.05), 50.0, steps=256, K=8,
                            key=jax.random.key(0))
-    assert int(st.starved) > 0
-    assert int(st.violations) == 0
+    assert int(st.limits.starved) > 0
+    assert int(st.limits.violations) == 0

@@ -12,8 +12,8 @@ import json, jax, lqs
 w = lqs.Independent(lqs.IntUniform(10, 200), lqs.IntUniform(10, 200))
 r = lqs.simulate(w, lqs.Server(M=4096, prefill_chunk=512, b=0.02), [5.0, 12.0, 20.0], trials=3, steps=2000,
                  warmup=500, key=jax.random.key(3), devices=None if DEVICES else jax.local_devices()[:1],
-                 engine="ENGINE", verdict=False)
-print(json.dumps(dict(n=jax.local_device_count(), devices=r.config["devices"], engine=r.config["sizing"]["engine"],
+                 path="ENGINE", verdict=False)
+print(json.dumps(dict(n=jax.local_device_count(), devices=r.config["devices"], engine=r.config["sizing"]["path"],
                       arrivals=r.trials.arrivals.tolist(), thr=r.trials.throughput_rps.tolist(),
                       wait=r.summary.wait_p99_s.tolist())))
 """

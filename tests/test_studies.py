@@ -94,7 +94,7 @@ def test_phase_diagram_boundary_curve_one_program_rows_equal_separate_runs(tmp_p
 
 
 def test_b_error_mean_predicts_lam_star_median_over_predicts(tmp_path):
-    models = {"lognormal cv=1": lqs.LogNormalMixBatch.from_mean_cv(B, 1.0)}
+    models = {"lognormal cv=1": lqs.LogNormalBatch.from_mean_cv(B, 1.0)}
     res = S.b_error(FAST, SERVER, MC, models=models, sections=("closed_form", "iid"), n_samples=1_000_000,
                     out=str(tmp_path))
     df = res.data

@@ -30,8 +30,7 @@ REAL = dict(workload=[W], lam=[0.5, 1.0, 1.5, 2.0], M=4096, prefill_chunk=256, b
 
 
 # ----------------------------------------------------------------------------------------------- a fake engine
-def fake_simulate(workload, server, lam, mc, *, key=None, progress=False, devices=None, verdict_cache=None,
-                  verdict_key=None):
+def fake_simulate(workload, server, lam, mc, *, key=None, progress=False, devices=None, verdict=None):
     """Same grid order and columns as lqs.simulate, numbers drawn from ``key`` (so key mix-ups show)."""
     grid = [(lm, m, bt) for bt in server.bs for m in server.Ms for lm in lam]
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).tolist())
@@ -124,7 +123,7 @@ def _parts(d):
     (dict(options={"nonsense": 1}), "options"),
     (dict(options={"trials": 4}), "options"),
     (dict(options={"devices": 2}), "options"),
-    (dict(options={"engine": "warp"}), "engine"),
+    (dict(options={"path": "warp"}), "path"),
     (dict(colour="blue"), "colour"),
 ])
 def test_bad_spec_names_the_field(change, param):
@@ -201,7 +200,7 @@ def test_base_server_fills_the_axes_the_spec_leaves_out(fake):
         lqs.sweep(lqs.SweepSpec.from_dict(REAL), server=srv, progress=False)
     assert e.value.param == "server"
     with pytest.raises(lqs.LqsError) as e:
-        lqs.sweep(server=srv.replace(b=lqs.LogNormalMixBatch.from_mean_cv(0.02, 0.5)), workload=[W], lam=[1.0],
+        lqs.sweep(server=srv.replace(b=lqs.LogNormalBatch.from_mean_cv(0.02, 0.5)), workload=[W], lam=[1.0],
                   progress=False)
     assert e.value.param == "server"
 

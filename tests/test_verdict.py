@@ -56,8 +56,8 @@ def verdicts():
     for i, pol in enumerate(POLICIES):
         cache: dict = {}
         parts = [lqs.simulate(PD, SRV.replace(policy=pol), lam, trials=10, steps=9_000, warmup=4_000, K=96,
-                              key=jax.random.fold_in(jax.random.key(20 + i), j), verdict_key=jax.random.key(20 + i),
-                              verdict_cache=cache).summary for j, lam in enumerate(LAMS)]
+                              key=jax.random.fold_in(jax.random.key(20 + i), j),
+                              verdict=E.Verdict(key=jax.random.key(20 + i), cache=cache)).summary for j, lam in enumerate(LAMS)]
         assert len(cache) == 1
         out[pol] = _Rows(pd.concat(parts, ignore_index=True))
     srvs = [SRV.replace(policy=p, b=SRV.bs[0]) for p in POLICIES]
@@ -96,12 +96,12 @@ def test_saturation_runs_are_cached_and_keyed_by_configuration():
     srv = lqs.Server(M=4096, prefill_chunk=512, b=[0.02, 0.03])
     mc = lqs.MonteCarlo(trials=4, steps=3_000, warmup=500, K=160)
     cache: dict = {}
-    a = lqs.simulate(fast, srv, [4.0, 9.0], mc, key=jax.random.key(1), verdict_cache=cache)
+    a = lqs.simulate(fast, srv, [4.0, 9.0], mc, key=jax.random.key(1), verdict=E.Verdict(cache=cache))
     assert len(cache) == 2  # two configurations (b̄), four rows
     assert a.summary.groupby("b_s").lam_star_rps.nunique().eq(1).all()
     n = E.TRACE_COUNT["run_call"]
-    b = lqs.simulate(fast, srv, [4.0, 9.0], mc, key=jax.random.key(2), verdict_cache=cache,
-                     verdict_key=jax.random.key(1))
+    b = lqs.simulate(fast, srv, [4.0, 9.0], mc, key=jax.random.key(2),
+                     verdict=E.Verdict(key=jax.random.key(1), cache=cache))
     assert len(cache) == 2 and E.TRACE_COUNT["run_call"] == n  # same shapes; the saturation runs came from the cache
     assert b.summary.lam_star_rps.tolist() == a.summary.lam_star_rps.tolist()
     assert not b.trials.arrivals.equals(a.trials.arrivals)  # other key, other trials

@@ -37,17 +37,31 @@ class LqsGroup(click.Group):
             report_error(e, ctx)
 
 
+def cli_path():
+    """The ``--path`` given to ``lqs`` (None when not given, or outside a command)."""
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_root().obj if ctx is not None else None
+    return obj.get("path") if isinstance(obj, dict) else None
+
+
 @click.group(cls=LqsGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="lqs")
-@click.option("--engine", "engine", type=click.Choice(["auto", "xla", "fused"]), default=None,
-              help="Monte Carlo step loop: auto (the fastest path `lqs bench` recorded bit-identical on this device, "
-                   "else XLA; default, or $LQS_ENGINE), xla, or fused (interpret mode on a CPU: exact but slow).")
-def main(engine=None):
+@click.option("--path", "path", default=None, metavar="auto|xla|fused",
+              help="Monte Carlo step-loop path: auto (the fastest path `lqs bench` recorded bit-identical on this "
+                   "device, else XLA; default, or $LQS_PATH), xla, or fused (interpret mode on a CPU: exact but "
+                   "slow).")
+@click.option("--engine", "engine", default=None, hidden=True, help="Deprecated name of --path.")
+def main(path=None, engine=None):
     """lqs — LLM queueing stability: is a KV-cache-limited LLM server stable at a given arrival rate?"""
-    from .. import set_engine
+    from .._errors import check_choice
 
-    set_engine(engine)  # None: $LQS_ENGINE or auto
-    click.get_current_context().call_on_close(lambda: set_engine(None))  # nothing leaks into a later call
+    if engine is not None:
+        click.echo("lqs: --engine is deprecated, use --path", err=True)
+        path = engine if path is None else path
+    if path is not None:
+        path = check_choice("--path", path.strip().lower(), ("auto", "xla", "fused"))
+    # the path travels on the MonteCarlo values the commands build (options.build_mc), never as a global
+    click.get_current_context().obj = {"path": path}
 
 
 def _register():

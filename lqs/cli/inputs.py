@@ -16,12 +16,12 @@ _BENCH_CACHE: dict = {}
 
 
 def bench_of(opts: dict):
-    """The :class:`lqs.BenchResult` named by ``--trace`` (with ``--run``, ``--b-estimator``), or None when the
+    """The :class:`lqs.BenchmarkResult` named by ``--trace`` (with ``--run``, ``--b-estimator``), or None when the
     trace is not a vLLM/SGLang benchmark result. Read once per command (cached by path, size and time)."""
-    from ..traces import load_bench_result, looks_like_bench_result
+    from ..traces import load_benchmark_result, looks_like_benchmark_result
 
     path = opts.get("trace")
-    if path is None or any(opts.get(k) is not None for k in ("s_col", "o_col")) or not looks_like_bench_result(path):
+    if path is None or any(opts.get(k) is not None for k in ("s_col", "o_col")) or not looks_like_benchmark_result(path):
         return None
     run = None if opts.get("run") is None else parse_int("run", opts["run"], 0)
     est = opts.get("b_estimator") or "median"
@@ -29,7 +29,7 @@ def bench_of(opts: dict):
     key = (os.path.abspath(path), st.st_size, st.st_mtime_ns, run, est)
     if key not in _BENCH_CACHE:
         _BENCH_CACHE.clear()
-        _BENCH_CACHE[key] = load_bench_result(path, run, b_estimator=est)
+        _BENCH_CACHE[key] = load_benchmark_result(path, run, b_estimator=est)
     return _BENCH_CACHE[key]
 
 

@@ -4,12 +4,10 @@ values: :func:`build_server` (one :class:`lqs.Server`) and :func:`build_mc` (one
 Option groups (decorators): :func:`workload_options` (``--workload`` | ``--trace`` …), :func:`server_options`
 (``--M --prefill-chunk/--chunk --b --b-samples --b-estimator --b-col --servers`` and, for the Monte Carlo
 commands, ``--b-model --policy --token-budget --routing``), :func:`mc_options` (``--trials --steps --warmup --seed
---K --progress``) and :func:`output_options` (``--json --out``). Words follow docs/model.md: *trials* are Monte
-Carlo repetitions, *servers* are serving instances, ŝ is the *prefill chunk*.
-
+--K --progress``) and :func:`output_options` (``--json --out``). Words follow README's Vocabulary table.
 Numbers arrive as text and are validated by the library values themselves (``Server``, ``MonteCarlo``), so every
-bad value is one :class:`lqs.LqsError` naming the parameter: the CLI prints it on one line and exits with status 2.
-An option that was renamed (``--replicas`` → ``--trials``) is a one-line error of the same kind.
+bad value is one :class:`lqs.LqsError` naming the parameter: the CLI prints it on one line and exits with status 2,
+as it does for an option that was renamed (``--replicas`` → ``--trials``).
 """
 
 from __future__ import annotations
@@ -231,7 +229,7 @@ class ResolvedWorkload:
     workload: object  # an lqs.Workload
     label: str  # e.g. 'pd-1:1' or 'azure-conv' or 'azure-conv[test]'
     trace: object | None = None  # the lqs.Trace (after the split) when --trace was given
-    bench: object | None = None  # the lqs.BenchResult when --trace is a benchmark result
+    bench: object | None = None  # the lqs.BenchmarkResult when --trace is a benchmark result
 
 
 @dataclass(frozen=True)
@@ -377,6 +375,9 @@ def build_mc(opts: dict, base=None):
               if opts.get(k) is not None and not (k == "steps" and auto)}
     if auto:
         fields["steps"] = None
+    from . import cli_path  # lqs --path, carried on the MonteCarlo value
+
+    fields.update({"path": cli_path()} if cli_path() is not None else {})
     return MonteCarlo(**fields) if base is None else base.replace(**fields)
 
 

@@ -22,6 +22,8 @@ def reproduce_group():
 def reproduce_paper_cmd(out_dir, quick, seed, progress):
     """Tables 1–4 and Figures 2, 4, 6 of Nie, Si & Zhou (arXiv 2605.04595): report.md, CSVs and PNGs in DIR."""
     from ..studies import reproduce_paper
+    from . import cli_path
 
-    res = reproduce_paper(out_dir, quick=quick, seed=parse_int("seed", seed, 0, 2**63 - 1), progress=progress)
+    res = reproduce_paper(out_dir, quick=quick, seed=parse_int("seed", seed, 0, 2**63 - 1), progress=progress,
+                          path=cli_path())
     click.echo(f"wrote {res['report']} ({res['wall_s']:.0f} s)")

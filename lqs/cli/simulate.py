@@ -45,8 +45,7 @@ def simulate_cmd(lam, progress, as_json, out, verdict, **opts):
     if as_json:
         echo_json(dict(workload=wl.label, b_source=bb.source, M_source=bb.M_source, reliable=res.reliable,
                        server=server.describe(),
-                       monte_carlo=mc.describe(), summary=res.summary.to_dict(orient="records"),
-                       wall_s=res.config["wall_s"]))
+                       monte_carlo=mc.describe(), summary=res.summary.to_dict(orient="records")))
         return
     _print_sim(res, wl.label, out)
     if bb.source != "given" or bb.M_source != "given":

@@ -81,15 +81,18 @@ def study():
     """
 
 
+PHASE_AXES = ("ratio", "M", "b", "prefill_chunk", "token_budget", "length_scale", "policy", "all")
+LATENCY_COLUMNS = ("ttft_p99_s", "wait_p99_s", "e2e_p99_s", "ttft_p50_s", "wait_p50_s")
+
+
 @study.command("phase")
 @_common
 @click.option("--axis", default="ratio", show_default=True,
-              type=click.Choice(["ratio", "M", "b", "prefill_chunk", "token_budget", "length_scale", "policy", "all"]),
+              metavar="ratio|M|b|prefill_chunk|token_budget|length_scale|policy|all",
               help="Design axis: P/D ratio, KV capacity M, batch time b̄, prefill chunk ŝ, token budget, length scale "
                    "of the workload, policy (all: ratio, M and b̄).")
 @click.option("--points", metavar="N", default=None, help="Values along the axis (default 32 quick, 128 full).")
-@click.option("--latency", default=None, type=click.Choice(["ttft_p99_s", "wait_p99_s", "e2e_p99_s", "ttft_p50_s",
-                                                           "wait_p50_s"]),
+@click.option("--latency", default=None, metavar="|".join(LATENCY_COLUMNS),
               help="Colour the stable region by this latency percentile (per-cell runs, one program).")
 @click.option("--lam-points", metavar="N", default=None, help="Rates per row of the latency layer (8 quick, 16 full).")
 def phase_cmd(axis, points, latency, lam_points, **opts):
@@ -99,6 +102,11 @@ def phase_cmd(axis, points, latency, lam_points, **opts):
 
     from ..studies import phase_diagram
 
+    from .._errors import check_choice
+
+    check_choice("--axis", axis, PHASE_AXES)
+    if latency is not None:
+        check_choice("--latency", latency, LATENCY_COLUMNS)
     n = None if points is None else parse_int("points", points, 1, 100_000)
     nl = None if lam_points is None else parse_int("lam_points", lam_points, 1, 1000)
     for ax in (("ratio", "M", "b") if axis == "all" else (axis,)):

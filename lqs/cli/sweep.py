@@ -44,7 +44,11 @@ def sweep_cmd(config, out, overwrite, progress, **opts):
     """
     from ..sweep import SweepSpec, run_sweep
 
+    from . import cli_path
+
     spec = spec_from_options(config, opts, SweepSpec)
+    if cli_path() is not None:  # where it runs: the cells' numbers are the same on every path
+        spec.options = {**spec.options, "path": cli_path()}
     df, info = run_sweep(spec, out, overwrite=overwrite, progress=show_progress(progress))
     _report(df, info, spec)
 

@@ -13,9 +13,9 @@ from .._errors import check_float, check_int
 from .._server import as_server, resolve_mc
 from .._theory import capacity
 from .results import SimResult
-from .run import simulate
+from .simulate import simulate
 from .sizing import auto_steps, check_workload
-from .verdict import saturation
+from .verdict import Verdict, saturation
 
 
 @dataclass
@@ -77,7 +77,7 @@ def critical(workload, server, mc=None, *, key=None, grid_points: int = 9, grid_
         hi = max(1.2 * cap.mu_exact_rps, 1.1 * lam_star)
         lams = np.linspace(lo, hi, grid_points)
         grid = simulate(workload, server, lams, mc.replace(trials=grid_trials), key=key_grid, progress=progress,
-                        verdict_cache=cache, verdict_key=key_sat, verdict_mc=mc)
+                        verdict=Verdict(key=key_sat, mc=mc, cache=cache))
         g = grid.summary
         summary["grid_lam_rps"] = [float(x) for x in g["lam_rps"]]
         summary["grid_verdict"] = [str(x) for x in g["verdict"]]

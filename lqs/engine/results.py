@@ -15,7 +15,7 @@ import pandas as pd
 
 from .. import _jsonio
 from .._theory import _capacity
-from ..kernels import engine as _k
+from ..kernels.state import LAT_NAMES, EngineConfig
 from .sizing import nominal_b
 from .stats import backlog_grows, hist_quantiles, wilson
 
@@ -25,7 +25,8 @@ LAT_Q = (0.5, 0.9, 0.99)
 @dataclass
 class SimResult:
     """What :func:`lqs.simulate` returns: per-trial rows, per-configuration summary, time series, histograms,
-    the resolved configuration (``config``: server, Monte Carlo settings, engine sizing, key, timing)."""
+    the resolved configuration (``config``: server, Monte Carlo settings, engine sizing, keys; and, apart,
+    ``config["timing"]``: wall time and speed, the only entries that differ between two runs of one seed)."""
 
     trials: pd.DataFrame
     summary: pd.DataFrame
@@ -34,15 +35,16 @@ class SimResult:
     series_started: np.ndarray
     hist: np.ndarray  # [n_cfg, trials, 3, n_bins]
     config: dict
-    engine_config: _k.EngineConfig = field(repr=False)
+    engine_config: EngineConfig = field(repr=False)
 
     @property
     def reliable(self) -> bool:
         return bool(self.summary["reliable"].all())
 
     def save(self, out_dir, plot: bool = True) -> list[str]:
-        """Write the trials and summary tables (CSV + parquet), the resolved configuration (config.json), the
-        series and histograms (series.npz) and, optionally, a PNG of the waiting count over time."""
+        """Write the trials and summary tables (CSV + parquet), the resolved configuration (config.json: the same
+        bytes for the same seed), the wall time (timing.json), the series and histograms (series.npz) and,
+        optionally, a PNG of the waiting count over time."""
         os.makedirs(out_dir, exist_ok=True)
         written = []
         for name, df in (("trials", self.trials), ("summary", self.summary)):
@@ -55,10 +57,13 @@ class SimResult:
                 written.append(pq)
             except Exception:  # pragma: no cover - pyarrow missing
                 pass
-        p = os.path.join(out_dir, "config.json")
-        with open(p, "w") as fh:
-            _jsonio.dump(self.config, fh, indent=2)
-        written.append(p)
+        config = dict(self.config)
+        for name, doc in (("config", {k: v for k, v in config.items() if k != "timing"}),
+                          ("timing", config.get("timing", {}))):
+            p = os.path.join(out_dir, f"{name}.json")
+            with open(p, "w") as fh:
+                _jsonio.dump(doc, fh, indent=2)
+            written.append(p)
         p = os.path.join(out_dir, "series.npz")
         np.savez_compressed(p, t_s=self.series_t, waiting=self.series_waiting, started=self.series_started,
                             hist=self.hist, bin_edges_s=self.engine_config.bin_edges)
@@ -97,7 +102,7 @@ def collect(configs, mc, cfg, sizing, st, recs, steps_run, steps_asked, wall, st
     t_ser = np.concatenate([np.asarray(r.t) for r in recs], axis=1).reshape(n_cfg, R, -1)
     w_ser = np.concatenate([np.asarray(r.waiting) for r in recs], axis=1).reshape(n_cfg, R, -1)
     s_ser = np.concatenate([np.asarray(r.started) for r in recs], axis=1).reshape(n_cfg, R, -1)
-    hist = a(st.hist)
+    hist = a(st.latency.hist)
     moments = {}
     rows, sums = [], []
     with warnings.catch_warnings():  # empty windows give NaN on purpose; this filter ends with the block
@@ -126,9 +131,10 @@ def collect(configs, mc, cfg, sizing, st, recs, steps_run, steps_asked, wall, st
                   M_tokens=[c.M for c in configs], lam_rps=[c.lam for c in configs],
                   batch=[_jsonio.describe(c.batch) for c in configs], trials=R, steps_requested=steps_asked,
                   steps_run=steps_run, warmup_steps=mc.warmup, stopped_early=stopped_early,
-                  keys=np.asarray(jax.random.key_data(keys)).tolist(), engine=asdict(cfg), sizing=asdict(sizing),
-                  devices=[str(d) for d in jax.local_devices()], wall_s=wall, backend=jax.default_backend(),
-                  jax_version=jax.__version__, trial_steps_per_s=N * steps_run / max(wall, 1e-9))
+                  keys=np.asarray(jax.random.key_data(keys)).tolist(), engine_config=asdict(cfg),
+                  sizing=asdict(sizing), devices=[str(d) for d in jax.local_devices()], backend=jax.default_backend(),
+                  jax_version=jax.__version__,
+                  timing=dict(wall_s=wall, trial_steps_per_s=N * steps_run / max(wall, 1e-9)))
     return SimResult(trials=trials, summary=summary, series_t=t_ser, series_waiting=w_ser, series_started=s_ser,
                      hist=hist, config=config, engine_config=cfg)
 
@@ -144,7 +150,7 @@ def _pad_points(arrays):
 
 def merge(results, n_cfg: int) -> SimResult:
     """One SimResult from the programs of one call: rows back in configuration order, ``config`` numbered 0..n−1;
-    ``config["programs"]`` lists each program's configurations, sizing, engine and wall time."""
+    ``config["programs"]`` lists each program's configurations, sizing and engine configuration."""
     if len(results) == 1 and list(results[0][0]) == list(range(n_cfg)):
         return results[0][1]
     order = np.argsort(np.concatenate([np.asarray(idx) for idx, _ in results]), kind="stable")
@@ -173,11 +179,13 @@ def merge(results, n_cfg: int) -> SimResult:
     for idx, r in results:
         for i, m, lm in zip(idx, r.config["M_tokens"], r.config["lam_rps"]):
             config["M_tokens"][i], config["lam_rps"][i] = m, lm
+    wall = sum(p["timing"]["wall_s"] for p in per)
     config.update(steps_run=max(p["steps_run"] for p in per), stopped_early=any(p["stopped_early"] for p in per),
-                  wall_s=sum(p["wall_s"] for p in per),
-                  programs=[dict(configs=[int(i) for i in idx], engine=r.config["engine"], sizing=r.config["sizing"],
-                                 wall_s=r.config["wall_s"], steps_run=r.config["steps_run"]) for idx, r in results])
-    config["trial_steps_per_s"] = n_cfg * first.config["trials"] * config["steps_run"] / max(config["wall_s"], 1e-9)
+                  programs=[dict(configs=[int(i) for i in idx], engine_config=r.config["engine_config"],
+                                 sizing=r.config["sizing"], steps_run=r.config["steps_run"]) for idx, r in results],
+                  timing=dict(wall_s=wall, program_wall_s=[r.config["timing"]["wall_s"] for _, r in results],
+                              trial_steps_per_s=n_cfg * first.config["trials"] * max(p["steps_run"] for p in per)
+                              / max(wall, 1e-9)))
     cat = [r for _, r in results]
     return SimResult(trials=trials, summary=summary,
                      series_t=_pad_points([r.series_t for r in cat])[order],
@@ -189,43 +197,43 @@ def merge(results, n_cfg: int) -> SimResult:
 
 def _one_config(ci, lam, M, bt, b_nom, cap, a, st, t_ser, w_ser, s_ser, hist, mom, cfg, R, G, steps_run, warmup,
                 workload):
-    arrivals = a(st.arrivals)[ci]
-    comp = a(st.completions)[ci]
-    arr_w = a(st.arrivals_w)[ci]
-    comp_w = a(st.completions_w)[ci]
-    busy = a(st.busy_w)[ci].astype(np.float64)
+    arrivals = a(st.counters.arrivals)[ci]
+    comp = a(st.counters.completions)[ci]
+    arr_w = a(st.window.arrivals)[ci]
+    comp_w = a(st.window.completions)[ci]
+    busy = a(st.window.busy)[ci].astype(np.float64)
     thr = comp_w / np.maximum(busy, 1e-12)
-    g_mean_done = a(st.gsum_w)[ci].astype(np.float64) / np.maximum(comp_w, 1)
+    g_mean_done = a(st.window.gsum)[ci].astype(np.float64) / np.maximum(comp_w, 1)
     # control variate: memory-work completed per second / E[g_exact] (docs/model.md, "What is measured")
     thr_cv = np.where(comp_w > 0, thr * g_mean_done / mom.g_exact, np.nan)
-    grew, tstat, drift, rise = backlog_grows(t_ser, w_ser, arr_w, a(st.t_w0)[ci].astype(np.float64))
+    grew, tstat, drift, rise = backlog_grows(t_ser, w_ser, arr_w, a(st.clock.t_w0)[ci].astype(np.float64))
     in_sys = arrivals - comp
     n_started_final = s_ser[:, -1]
-    lat_n = a(st.lat_n)[ci]
-    lat_sum = a(st.lat_sum)[ci]
+    lat_n = a(st.latency.n)[ci]
+    lat_sum = a(st.latency.total)[ci]
     qs = hist_quantiles(hist, LAT_Q, cfg)  # [R, 3, 3]
-    starved, trunc = a(st.starved)[ci], a(st.arr_trunc)[ci]
-    viol, lost = a(st.violations)[ci], a(st.lat_lost)[ci]
+    starved, trunc = a(st.limits.starved)[ci], a(st.limits.arr_trunc)[ci]
+    viol, lost = a(st.limits.violations)[ci], a(st.limits.lat_lost)[ci]
     reliable = (starved == 0) & (trunc == 0) & (viol == 0)
-    steps_w = np.maximum(a(st.steps_w)[ci], 1)
-    mem_mean = a(st.mem_sum_w)[ci] / steps_w
+    steps_w = np.maximum(a(st.window.steps)[ci], 1)
+    mem_mean = a(st.window.mem_sum)[ci] / steps_w
     per = dict(config=np.full(R, ci), trial=np.arange(R), lam_rps=np.full(R, lam), M_tokens=np.full(R, M),
                b_s=np.full(R, b_nom), batch_model=[bt.kind] * R, steps=np.full(R, steps_run),
                warmup_steps=np.full(R, warmup), window_s=busy, arrivals=arrivals.astype(np.int64),
                completions=comp.astype(np.int64), in_system_final=in_sys.astype(np.int64),
                waiting_final=(in_sys - n_started_final).astype(np.int64), throughput_rps=thr,
                throughput_cv_rps=thr_cv, mem_mean_tokens=mem_mean, mem_util=mem_mean / (M * G),
-               mem_max_tokens=a(st.mem_max)[ci].astype(np.int64), swaps=a(st.swaps)[ci].astype(np.int64),
-               started_max=a(st.started_max)[ci].astype(np.int64),
-               waiting_max=a(st.waiting_max)[ci].astype(np.int64), backlog_grew=grew, growth_tstat=tstat,
+               mem_max_tokens=a(st.counters.mem_max)[ci].astype(np.int64), swaps=a(st.counters.swaps)[ci].astype(np.int64),
+               started_max=a(st.counters.started_max)[ci].astype(np.int64),
+               waiting_max=a(st.counters.waiting_max)[ci].astype(np.int64), backlog_grew=grew, growth_tstat=tstat,
                drift_rps=drift, waiting_rise=rise, latency_n=lat_n.astype(np.int64))
     with np.errstate(divide="ignore", invalid="ignore"):
-        for mi, name in enumerate(_k.LAT_NAMES):
+        for mi, name in enumerate(LAT_NAMES):
             per[f"{name}_mean_s"] = np.where(lat_n > 0, lat_sum[:, mi] / np.maximum(lat_n, 1), np.nan)
             for qi, q in enumerate(LAT_Q):
                 per[f"{name}_p{int(q * 100)}_s"] = qs[:, mi, qi]
     per.update(starved_steps=starved.astype(np.int64), arrival_cap_hits=trunc.astype(np.int64),
-               overflow_final=a(st.overflow)[ci].astype(np.int64), latency_lost=lost.astype(np.int64),
+               overflow_final=a(st.queue.overflow)[ci].astype(np.int64), latency_lost=lost.astype(np.int64),
                violations=viol.astype(np.int64), reliable=reliable, latency_reliable=lost == 0)
     # pooled over trials
     pq = hist_quantiles(hist.sum(0), LAT_Q, cfg)
@@ -242,12 +250,12 @@ def _one_config(ci, lam, M, bt, b_nom, cap, a, st, t_ser, w_ser, s_ser, hist, mo
                 throughput_ci_lo_rps=float(thr.mean() - 1.96 * se), throughput_ci_hi_rps=float(thr.mean() + 1.96 * se),
                 throughput_cv_rps=float(np.nanmean(thr_cv)), throughput_cv_se_rps=se_cv,
                 p_backlog_grows=float(grew.mean()), p_backlog_grows_lo=lo, p_backlog_grows_hi=hi,
-                horizon_s=float(np.mean(a(st.t)[ci])), window_s=float(np.mean(busy)),
+                horizon_s=float(np.mean(a(st.clock.t)[ci])), window_s=float(np.mean(busy)),
                 mem_util=float(np.mean(mem_mean / (M * G))),
-                swaps_per_s=float(np.mean(a(st.swaps)[ci] / np.maximum(a(st.t)[ci], 1e-12))),
-                started_max=int(a(st.started_max)[ci].max()),
+                swaps_per_s=float(np.mean(a(st.counters.swaps)[ci] / np.maximum(a(st.clock.t)[ci], 1e-12))),
+                started_max=int(a(st.counters.started_max)[ci].max()),
                 waiting_final_mean=float(np.mean(in_sys - n_started_final)), latency_n=int(lat_n.sum()))
-    for mi, name in enumerate(_k.LAT_NAMES):
+    for mi, name in enumerate(LAT_NAMES):
         srow[f"{name}_mean_s"] = float(lat_sum[:, mi].sum() / lat_n.sum()) if lat_n.sum() > 0 else nan
         for qi, q in enumerate(LAT_Q):
             srow[f"{name}_p{int(q * 100)}_s"] = pq[mi, qi]

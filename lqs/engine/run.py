@@ -1,5 +1,6 @@
-"""Running the engine: :func:`simulate` (every configuration × trial as one jitted, vmapped program, a host round
-trip every few thousand steps) and :func:`step_log` (one trial, step by step)."""
+"""Running the engine: :func:`run_configs` (every configuration × trial of a shape as one jitted, vmapped program, a
+host round trip every few thousand steps) and :func:`step_log` (one trial, step by step). :func:`lqs.simulate`
+(lqs/engine/simulate.py) orchestrates these runs and the long-run verdict."""
 
 from __future__ import annotations
 
@@ -14,68 +15,15 @@ import numpy as np
 import pandas as pd
 
 from .._errors import LqsError, check_float, check_int
-from .._server import as_server, resolve_mc
+from .._server import as_server
 from .._workload import Mixture, Phased, Workload
-from ..kernels import engine as _k
+from ..kernels import cluster as _cluster
+from ..kernels import compact as _compact
+from ..kernels import loop as _loop
+from ..kernels.state import State
 from .paths import init_jit, run_call_jit
 from .results import SimResult, collect, merge
-from .sizing import auto_steps, call_plan, check_workload, prepare, product, rates
-
-
-def simulate(workload, server, lam=None, mc=None, *, key=None, phases=None, progress: bool = False, devices=None,
-             verdict: bool = True, verdict_cache: dict | None = None, verdict_key=None, verdict_mc=None,
-             **mc_fields) -> SimResult:
-    """Simulate ``mc.trials`` independent copies of ``server`` for every λ (and M, b̄) of a grid.
-
-    ``lam`` (requests/s) may be a number or a 1-D list; with ``server.M`` and ``server.b`` (each a number or a
-    sequence) it spans the grid. ``mc`` is an :class:`lqs.MonteCarlo` (default ``MonteCarlo()``); keyword
-    arguments that name MonteCarlo fields override it (``simulate(w, server, 3.0, trials=32, steps=8000)``).
-    Randomness flows from ``key`` (a typed JAX key; default ``jax.random.key(mc.seed)``). Every input is checked
-    before anything is compiled. The whole grid runs as one jitted, vmapped program.
-
-    ``verdict=True`` (default) adds the long-run verdict of every configuration (docs/model.md, "Two notions of
-    stability"): one saturation run per distinct (M, b̄) gives λ* with its confidence interval, and each λ is
-    ``stable`` below the interval, ``unstable`` above it, ``undecided`` inside (columns ``verdict``,
-    ``verdict_basis``, ``lam_star_rps``, ``lam_star_lo_rps``, ``lam_star_hi_rps``). Saturation runs draw from
-    ``verdict_key`` (default ``key``) and the configuration alone, with ``verdict_mc`` (default ``mc``) as their
-    trials and horizon; ``verdict_cache`` (a dict) reuses them across calls. What the finite run itself saw is ``p_backlog_grows``: the share of trials
-    whose backlog visibly grew within the horizon, never called a verdict.
-
-    ``phases=[(duration_s, lam, workload), ...]`` runs a non-stationary, piecewise-constant schedule instead of
-    ``lam`` (pass ``workload=None`` and ``lam=None``): requests arriving in a phase take that phase's lengths, the
-    last phase lasts until the end, and the theory columns use the request-weighted mixture (weights λ·duration).
-    The saturation rule needs a stationary configuration, so a phased run's verdict is ``n/a`` and its
-    ``verdict_basis`` says why.
-
-    ``devices`` (default: all local devices) shards the (configuration × trial) axis across devices; trials are
-    independent, so the partitioned program needs no communication.
-
-    A cluster (``server.servers = G > 1``) steps its G servers together (the step lasts as long as the slowest
-    server's batch); λ is the cluster's total rate, routed on arrival by ``server.routing``; the theory columns are
-    for the whole cluster (G·μ). The model is docs/model.md; the step-loop path is ``mc.engine`` (see
-    :func:`lqs.set_engine`) and the one that ran is ``result.config["sizing"]["engine"]``.
-    """
-    server = as_server(server)
-    mc = resolve_mc(mc, mc_fields)
-    phased = None
-    if phases is not None:
-        workload, lam, phased = _phases(phases, workload, lam)
-    check_workload(workload, server)
-    lams = rates(lam)
-    if mc.steps is None:
-        mc = mc.replace(steps=auto_steps(workload, server, mc.warmup))
-    configs = product(workload, server, lams)
-    if key is None:
-        key = jax.random.key(mc.seed)
-    res = run_configs(configs, mc, key=key, phased=phased, progress=progress, devices=devices)
-    res.config["server"] = server.describe()
-    if verdict:
-        from .verdict import attach_verdicts
-
-        vmc = mc if verdict_mc is None else resolve_mc(verdict_mc, {})
-        attach_verdicts(res, configs, vmc, key if verdict_key is None else verdict_key, phased=phased is not None,
-                        cache=verdict_cache, progress=progress, devices=devices)
-    return res
+from .sizing import call_plan, groups, prepare, prepare_configs, rates
 
 
 def config_keys(key, n: int):
@@ -87,26 +35,24 @@ def run_configs(configs, mc, *, key=None, keys=None, phased=None, progress: bool
     """Run a list of :class:`Config` (any mix: those that share a program shape run as one jitted, vmapped program
     each) and return one SimResult with a summary row per configuration, in order. Configuration i's trials draw
     from ``keys[i]`` (default ``config_keys(key, len(configs))``), whatever else runs beside it."""
-    from .sizing import groups, prepare_configs
-
     if not configs:
         raise LqsError("configs", [], "must not be empty")
     if mc.steps is None:
         raise LqsError("steps", None, "run_configs needs an explicit horizon (MonteCarlo(steps=...))")
     if keys is None:
         keys = config_keys(jax.random.key(mc.seed) if key is None else key, len(configs))
-    parts = []
+    programs = []
     for idx in groups(configs, phased):
         sub = [configs[i] for i in idx]
         cfg, sizing, params = prepare_configs(sub, mc, mc.steps, phased)  # every group validated before any runs
-        parts.append((idx, sub, cfg, sizing, params))
+        programs.append((idx, sub, cfg, sizing, params))
     results = []
-    for gi, (idx, sub, cfg, sizing, params) in enumerate(parts):
-        desc = f"simulating {len(sub)} config × {mc.trials} trials" + (f" (program {gi + 1}/{len(parts)})"
-                                                                          if len(parts) > 1 else "")
+    for gi, (idx, sub, cfg, sizing, params) in enumerate(programs):
+        desc = f"simulating {len(sub)} config × {mc.trials} trials" + (f" (program {gi + 1}/{len(programs)})"
+                                                                          if len(programs) > 1 else "")
         trial_keys = jax.vmap(lambda k: jax.random.split(k, mc.trials))(keys[np.asarray(idx)])
         run = _execute(cfg, sizing, params, trial_keys.reshape(-1), mc, devices, progress, desc)
-        results.append((idx, collect(sub, mc, cfg, run["sizing"], run["st"], run["recs"], run["steps_run"],
+        results.append((idx, collect(sub, mc, cfg, run["sizing"], run["st"], run["points"], run["steps_run"],
                                      mc.steps, run["wall"], run["stopped_early"], keys[np.asarray(idx)])))
     return merge(results, len(configs))
 
@@ -117,32 +63,31 @@ def _execute(cfg, sizing, params, keys, mc, devices, progress, desc) -> dict:
     spc = cfg.steps_per_call
     plan = call_plan(mc.steps, cfg)
     n_calls = len(plan)
-    steps_per_record = cfg.compact_every * cfg.blocks_per_record
-    keys, params, n_pad, mesh = _shard(keys, params, devices, block=sizing.fused_rb)
+    keys, params, n_pad, mesh = _shard(keys, params, devices, block=sizing.fused_trials)
     states = init_jit(keys, params, cfg)
-    recs = []
+    points = []
     t_start = time.perf_counter()
     bar = _progress(n_calls, progress, desc)
     stopped_early = False
     steps_run = 0
-    for c, n_rec in enumerate(plan):
-        n_arr = np.int32(n_rec)
+    for c, n_pts in enumerate(plan):
+        n_arr = np.int32(n_pts)
         try:
-            states, rec = run_call_jit(states, params, cfg, sizing.engine, sizing.fused_rb, mesh, n_arr)
+            states, pts = run_call_jit(states, params, cfg, sizing.path, sizing.fused_trials, mesh, n_arr)
         except Exception as e:  # noqa: BLE001 - only the first launch of an automatically chosen fused kernel
-            if c > 0 or sizing.engine != "fused" or not sizing.engine_reason.startswith("auto"):
+            if c > 0 or sizing.path != "fused" or not sizing.path_reason.startswith("auto"):
                 raise
             why = " ".join(f"{type(e).__name__}: {e}".split())[:300]
             warnings.warn(f"lqs: the fused kernel failed to compile, running the XLA path instead ({why}); it was "
-                          f"chosen because {sizing.engine_reason}")
-            sizing = replace(sizing, engine="xla", engine_reason=f"auto: fused kernel failed ({why})", fused_rb=0)
-            states, rec = run_call_jit(states, params, cfg, "xla", 0, mesh, n_arr)
-        recs.append(jax.tree_util.tree_map(lambda x: np.asarray(x)[:, :n_rec], jax.device_get(rec)))
-        steps_run += n_rec * steps_per_record
+                          f"chosen because {sizing.path_reason}")
+            sizing = replace(sizing, path="xla", path_reason=f"auto: fused kernel failed ({why})", fused_trials=0)
+            states, pts = run_call_jit(states, params, cfg, "xla", 0, mesh, n_arr)
+        points.append(jax.tree_util.tree_map(lambda x: np.asarray(x)[:, :n_pts], jax.device_get(pts)))
+        steps_run += n_pts * cfg.steps_per_point
         if bar is not None:
             bar.update(1)
         if mc.stop_when_settled and (c + 1) * spc >= mc.warmup + 8 * spc and c + 1 < n_calls:
-            if _all_settled(recs):
+            if _all_settled(points):
                 stopped_early = True
                 break
     if bar is not None:
@@ -152,10 +97,10 @@ def _execute(cfg, sizing, params, keys, mc, devices, progress, desc) -> dict:
     st = jax.device_get(states)
     if n_pad:
         st = jax.tree_util.tree_map(lambda x: np.asarray(x)[:N], st)
-        recs = [jax.tree_util.tree_map(lambda x: np.asarray(x)[:N], r) for r in recs]
+        points = [jax.tree_util.tree_map(lambda x: np.asarray(x)[:N], r) for r in points]
     if cfg.servers > 1:
         st = _reduce_cluster(st)
-    return dict(st=st, recs=recs, steps_run=steps_run, wall=wall, stopped_early=stopped_early, sizing=sizing)
+    return dict(st=st, points=points, steps_run=steps_run, wall=wall, stopped_early=stopped_early, sizing=sizing)
 
 
 def _phases(phases, workload, lam):
@@ -170,17 +115,17 @@ def _phases(phases, workload, lam):
         raise LqsError("phases", phases, "must be a non-empty list of (duration_s, lam, workload)")
     durs = [check_float("phase duration_s", p[0], 0.0, lo_open=True) for p in items]
     lams = [check_float("phase lam", p[1], 0.0) for p in items]
-    parts = [p[2] for p in items]
-    if not all(isinstance(w, Workload) for w in parts):
-        raise LqsError("phases", parts, "every phase needs an lqs Workload")
+    loads = [p[2] for p in items]
+    if not all(isinstance(w, Workload) for w in loads):
+        raise LqsError("phases", loads, "every phase needs an lqs Workload")
     weights = np.asarray(lams) * np.asarray(durs)
     if weights.sum() <= 0:
         weights = np.asarray(durs)
-    theory = parts[0] if len(parts) == 1 else Mixture(parts, weights)
+    theory = loads[0] if len(loads) == 1 else Mixture(loads, weights)
     ends = np.cumsum(durs).astype(np.float32)
     ends[-1] = np.inf
     mean_lam = float(np.sum(np.asarray(lams) * np.asarray(durs)) / np.sum(durs))
-    return theory, mean_lam, (Phased(parts), ends, np.asarray(lams, np.float32))
+    return theory, mean_lam, (Phased(loads), ends, np.asarray(lams, np.float32))
 
 
 def _shard(keys, params, devices, block: int = 1):
@@ -211,20 +156,22 @@ def _shard(keys, params, devices, block: int = 1):
 
 
 def _reduce_cluster(cl):
-    """A cluster's per-server counters folded into one trial's (sums; maxima for the maxima; clock of server 0)."""
+    """A cluster's per-server counters folded into one trial's: sums, maxima for the maxima, server 0's clock, keys
+    and slots (every leaf of ``cl.servers`` has axes [N, G, ...])."""
     st = cl.servers
-    first = ("slots", "keys", "step", "t", "t_w0", "steps_w", "busy_w")
-    maxed = ("mem_max", "started_max", "waiting_max")
-    out = {}
-    for name in _k.State._fields:
-        x = np.asarray(getattr(st, name)) if name != "slots" else None
-        if name in first:
-            out[name] = jax.tree_util.tree_map(lambda v: np.asarray(v)[:, 0], getattr(st, name))
-        elif name in maxed:
-            out[name] = x.max(axis=1)
-        else:
-            out[name] = x.sum(axis=1)
-    return _k.State(**out)
+    first = lambda x: np.asarray(x)[:, 0]
+    total = lambda x: np.asarray(x).sum(axis=1)
+    c = st.counters
+    counters = c._replace(arrivals=total(c.arrivals), completions=total(c.completions), swaps=total(c.swaps),
+                          mem_max=np.asarray(c.mem_max).max(axis=1), started_max=np.asarray(c.started_max).max(axis=1),
+                          waiting_max=np.asarray(c.waiting_max).max(axis=1))
+    w = st.window
+    window = w._replace(arrivals=total(w.arrivals), completions=total(w.completions), gsum=total(w.gsum),
+                        mem_sum=total(w.mem_sum), steps=first(w.steps), busy=first(w.busy))
+    tm = jax.tree_util.tree_map
+    return State(slots=tm(first, st.slots), keys=tm(first, st.keys), clock=tm(first, st.clock),
+                 queue=tm(total, st.queue), counters=counters, window=window, limits=tm(total, st.limits),
+                 latency=tm(total, st.latency), log=tm(first, st.log))
 
 
 def _progress(total, enabled, desc):
@@ -238,9 +185,9 @@ def _progress(total, enabled, desc):
         return None
 
 
-def _all_settled(recs) -> bool:
+def _all_settled(points) -> bool:
     """True when every trial's backlog is large and rising steadily in the last calls."""
-    w = np.concatenate([np.asarray(r.waiting) for r in recs[-8:]], axis=1)  # [N, P]
+    w = np.concatenate([np.asarray(r.waiting) for r in points[-8:]], axis=1)  # [N, P]
     if w.shape[1] < 8:
         return False
     q = w.shape[1] // 4
@@ -248,8 +195,8 @@ def _all_settled(recs) -> bool:
     return bool(np.all((last - first > 50) & (w.min(1) > 0)))
 
 
-def _trace_one(state, params, cfg, n_blocks):
-    return _k.trace_steps(state, params, cfg, n_blocks)
+def _trace_one(state, params, cfg, n_periods):
+    return _loop.trace_steps(state, params, cfg, n_periods)
 
 
 _trace_jit = jax.jit(_trace_one, static_argnums=(2, 3))
@@ -269,15 +216,15 @@ def step_log(workload, server, lam=None, *, steps: int = 256, key=None, seed: in
     if phases is not None:
         workload, lam, phased = _phases(phases, workload, lam)
     steps = check_int("steps", steps, 1, 2**31 - 2**20)
-    mc = MonteCarlo(trials=1, steps=None, warmup=0, seed=seed, K=K, compact_every=compact_every, engine="xla")
+    mc = MonteCarlo(trials=1, steps=None, warmup=0, seed=seed, K=K, compact_every=compact_every, path="xla")
     cfg, sizing, grid, params = prepare(workload, server, rates(lam), mc, steps, phased, max_points=10**9)
     if key is None:
         key = jax.random.key(mc.seed)
     p1 = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[0], params)
-    init = _k.init_cluster if cfg.servers > 1 else _k.init_state
+    init = _cluster.init_cluster if cfg.servers > 1 else _compact.init_state
     state = init(jax.random.split(key, 1)[0], p1, cfg)
-    n_blocks = math.ceil(steps / cfg.compact_every)
-    st, outs = _trace_jit(state, p1, cfg, n_blocks)
+    n_periods = math.ceil(steps / cfg.compact_every)
+    st, outs = _trace_jit(state, p1, cfg, n_periods)
     df = pd.DataFrame({f: np.asarray(getattr(outs, f)) for f in outs._fields})
     df.insert(0, "step", np.arange(len(df)))
     df["t_start_s"] = np.concatenate([[0.0], np.cumsum(df["b"].to_numpy(np.float64))[:-1]])

@@ -15,10 +15,10 @@ import numpy as np
 from .._batch import AffineBatch, BatchTime
 from .._errors import LqsError, check_float, check_int
 from .._server import MonteCarlo, Server
-from .._workload import Workload
-from ..kernels import engine as _k
+from .._workload import Workload, as_workload
 from ..kernels import fused as _fused
 from ..kernels import rng as _rng
+from ..kernels.state import ROUTINGS, EngineConfig, Params
 from .paths import select_path, settle as settle_path
 
 _INT32_MAX = 2**31 - 1
@@ -35,9 +35,9 @@ class Sizing:
     a_max: int
     n_service_est: float  # mean number of requests in service at saturation, estimated
     check_work: bool
-    engine: str = "xla"  # the path that ran: xla, fused (Pallas/Triton) or fused-interpret
-    engine_reason: str = ""
-    fused_rb: int = 0  # trials per fused-kernel program (0: XLA path)
+    path: str = "xla"  # the path that ran: xla, fused (Pallas/Triton) or fused-interpret
+    path_reason: str = ""
+    fused_trials: int = 0  # trials per fused-kernel program (0: XLA path)
 
 
 def nominal_b(batch: BatchTime, default=np.nan):
@@ -48,18 +48,22 @@ def nominal_b(batch: BatchTime, default=np.nan):
         return default
 
 
+def saturated_service(moments, M: int, prefill_chunk: int) -> tuple[float, float]:
+    """(scheduled steps per request, mean number of requests in service) of a saturated server: each request is
+    scheduled ⌈s/ŝ⌉ + o steps (≈ E[s]/ŝ + ½ + E[o]), and M/E[g_exact] token·steps of memory-work per step."""
+    life = moments.mean_prompt_tokens / prefill_chunk + 0.5 + moments.mean_output_tokens
+    return life, M * life / moments.g_exact
+
+
 def size_engine(workload: Workload, M_max: int, prefill_chunk: int, lam_max: float, batch: BatchTime,
                 compact_every: int, K: int | None = None, servers: int = 1, moments=None) -> Sizing:
     """Default capacities from the workload and M: K slots and the per-step arrival cap. ``moments``: the
     workload's ``expected_g(prefill_chunk)`` when already known."""
     m = workload.expected_g(prefill_chunk) if moments is None else moments
-    mean_k = m.mean_prompt_tokens / prefill_chunk + 0.5
-    life = mean_k + m.mean_output_tokens  # scheduled steps per request
-    n_serv = M_max * life / m.g_exact
+    life, n_serv = saturated_service(m, M_max, prefill_chunk)
     b_typ = nominal_b(batch, default=None)
-    if b_typ is None and isinstance(batch, AffineBatch):  # typical saturated step: one chunk, n_serv decodes, full M
-        a = np.asarray(batch.a, np.float64)
-        b_typ = float(a[0] + a[1] * prefill_chunk + a[2] * n_serv + a[3] * M_max)
+    if b_typ is None and isinstance(batch, AffineBatch):
+        b_typ = batch.typical_s(M_max, prefill_chunk, n_serv)
     b_max = batch.max_s(M_max, 4096, prefill_chunk)
     rate_steps = max(lam_max / servers * (b_typ or b_max), n_serv / life)  # arrivals or completions per step
     if K is None:
@@ -68,7 +72,7 @@ def size_engine(workload: Workload, M_max: int, prefill_chunk: int, lam_max: flo
         k_est = 2.0 * n_serv + 48 + 2.0 * compact_every * rate_steps
         K = int(max(64, 32 * math.ceil(k_est / 32)))
     else:
-        K = check_int("K", K, 8)
+        K = int(K)  # validated by MonteCarlo (≥ MIN_K)
     b_cap = b_max if b_typ is None or not isinstance(batch, AffineBatch) else min(b_max, 4.0 * b_typ)
     # a hit is counted and flags the run. Rounded up to a multiple of 8, at least 16, so that nearby λ share a
     # compilation: the cap costs a few scalar operations per term and trial-step, nothing per slot
@@ -78,17 +82,16 @@ def size_engine(workload: Workload, M_max: int, prefill_chunk: int, lam_max: flo
 
 
 def call_plan(steps: int, cfg) -> list[int]:
-    """Record periods run by each host call of a ``steps``-step run (every call but the last runs
-    cfg.records_per_call of them): the run covers ``steps`` rounded up to whole record periods."""
-    total_records = math.ceil(math.ceil(steps / cfg.compact_every) / cfg.blocks_per_record)
-    rpc = cfg.records_per_call
-    return [min(rpc, total_records - c * rpc) for c in range(math.ceil(total_records / rpc))]
+    """Time-series points run by each host call of a ``steps``-step run (every call but the last runs
+    cfg.points_per_call of them): the run covers ``steps`` rounded up to whole points (record periods when
+    cfg.periods_per_point is 1)."""
+    total = math.ceil(math.ceil(steps / cfg.compact_every) / cfg.periods_per_point)
+    ppc = cfg.points_per_call
+    return [min(ppc, total - c * ppc) for c in range(math.ceil(total / ppc))]
 
 
 def check_workload(workload, server: Server) -> None:
-    if not isinstance(workload, Workload):
-        raise LqsError("workload", type(workload).__name__, "must be an lqs Workload (see lqs.preset; a name such "
-                                                           "as 'pd-1:1' must go through lqs.preset first)")
+    as_workload(workload)
     for m in server.Ms:
         workload.validate(m)
 
@@ -167,21 +170,29 @@ def prepare(workload, server: Server, lams: list[float], mc: MonteCarlo, steps: 
 def prepare_configs(configs: list[Config], mc: MonteCarlo, steps: int, phased=None, max_points: int | None = None):
     """Validate, size the engine and build the static config and the flattened (configuration × trial) parameters
     of configurations that share one program (:func:`shape_key`). Returns (cfg, sizing, params)."""
+    steps = validate_group(configs, mc, steps, phased)
+    sizing = choose_path(group_sizing(configs, mc, phased), mc, configs, phased)
+    cfg = engine_config(configs[0].server, sizing, mc, steps, phased, max_points)
+    return cfg, sizing, build_params(configs, mc, phased)
+
+
+def validate_group(configs: list[Config], mc: MonteCarlo, steps: int, phased=None) -> int:
+    """Every check of a program's configurations that needs more than one field (each field was checked when its
+    Server or MonteCarlo was built). Returns the horizon in steps."""
     keys = {shape_key(c, phased) for c in configs}
     if len(keys) != 1:
         raise LqsError("configs", len(keys), "configurations of one program must agree in policy, servers, "
                        "token budget (set or not) and workload/batch-model structure")
     steps = check_int("steps", steps, 1, 2**31 - 2**20)
-    warmup = check_int("warmup", mc.warmup, 0, steps - 1)
-    compact_every = mc.compact_every
-    max_points = mc.max_points if max_points is None else max_points
-    trials = mc.trials
-    s0 = configs[0].server
+    if mc.warmup >= steps:
+        raise LqsError("warmup", mc.warmup, f"must be below the horizon of {steps} steps")
     for c in configs:
         check_workload(c.workload, c.server)
-        lam_b = c.lam * c.batch.max_s(c.M, 64, c.server.prefill_chunk)
-        if lam_b > MAX_ARRIVALS_PER_STEP:
-            raise LqsError("lam", c.lam, f"λ·b gives {lam_b:.3g} expected arrivals per step; at most "
+        b_max = c.batch.max_s(c.M, 64, c.server.prefill_chunk)
+        if c.lam * b_max > MAX_ARRIVALS_PER_STEP:
+            what = ("" if c.batch.kind == "constant" else f" (b = {b_max:.3g} s, the far quantile of the "
+                    f"{c.batch.kind} batch-time model: a heavy tail can cause this as well as the rate)")
+            raise LqsError("lam", c.lam, f"λ·b gives {c.lam * b_max:.3g} expected arrivals per step{what}; at most "
                            f"{MAX_ARRIVALS_PER_STEP:g} are supported (float32 Poisson draws); a rate this far above "
                            "any capacity is unstable anyway")
     if phased is not None:
@@ -189,38 +200,58 @@ def prepare_configs(configs: list[Config], mc: MonteCarlo, steps: int, phased=No
             phased[0].validate(c.M)
         if len({c.lam for c in configs}) != 1:
             raise LqsError("lam", [c.lam for c in configs], "a phased run has its rates in phases, not a grid")
-    # one sizing for the group: the largest buffers any configuration needs
+    return steps
+
+
+def group_sizing(configs: list[Config], mc: MonteCarlo, phased=None) -> Sizing:
+    """One sizing for a program: the largest buffers any of its configurations needs."""
     sizes, moments = [], {}
     for c in configs:
         lam_max = c.lam if phased is None else max(c.lam, float(np.max(phased[2])))
         mk = (id(c.workload), c.server.prefill_chunk)
         if mk not in moments:
             moments[mk] = c.workload.expected_g(c.server.prefill_chunk)
-        sizes.append(size_engine(c.workload, c.M, c.server.prefill_chunk, lam_max, c.batch, compact_every, mc.K,
+        sizes.append(size_engine(c.workload, c.M, c.server.prefill_chunk, lam_max, c.batch, mc.compact_every, mc.K,
                                  servers=c.server.servers, moments=moments[mk]))
     sizing = max(sizes, key=lambda z: (z.K, z.a_max))
     sizing = replace(sizing, K=max(z.K for z in sizes), a_max=max(z.a_max for z in sizes),
                      check_work=all(z.check_work for z in sizes))
-    Kc = sizing.K
-    path, reason = select_path(mc.engine, s0.servers, phased is not None)
-    path, reason, Kc = settle_path(path, reason, Kc, s0.policy, configs[0].batch.kind)  # auto: measured; fused K
-    rb = 0 if path == "xla" else (mc.fused_rb or _fused.default_block(Kc))
-    sizing = replace(sizing, K=Kc, engine=path, engine_reason=reason, fused_rb=rb)
+    return sizing
+
+
+def choose_path(sizing: Sizing, mc: MonteCarlo, configs: list[Config], phased=None) -> Sizing:
+    """The step-loop path of a program (lqs/engine/paths.py; ``auto`` consults the bench records) and the K and
+    trials per kernel program it runs with."""
+    c0 = configs[0]
+    path, reason = select_path(mc.path, c0.server.servers, phased is not None)
+    path, reason, K = settle_path(path, reason, sizing.K, c0.server.policy, c0.batch.kind)
+    rb = 0 if path == "xla" else (mc.fused_trials or _fused.default_trials_per_program(K))
     M_max = max(c.M for c in configs)
-    if Kc * (M_max + 1) >= _INT32_MAX:
-        raise LqsError("M", M_max, f"K·(M+1) must stay below 2^31 for int32 accounting (K={Kc}); "
+    if K * (M_max + 1) >= _INT32_MAX:
+        raise LqsError("M", M_max, f"K·(M+1) must stay below 2^31 for int32 accounting (K={K}); "
                        "use a smaller M or K")
-    # ≤ max_points records; calls of at most about 4096 steps between host round trips (progress, early stop).
-    # The records per call are fixed (the last call runs only the records it needs: run_call's n_records), so
-    # runs of different lengths share one program unless they differ in blocks per record (over max_points).
-    total_blocks = math.ceil(steps / compact_every)
-    bpr = max(1, math.ceil(total_blocks / max_points))
-    rpc = max(1, round(CALL_STEPS / (compact_every * bpr)))
-    cfg = _k.EngineConfig(K=Kc, policy=s0.policy, a_max=sizing.a_max, token_budget=s0.token_budget is not None,
-                          servers=s0.servers,
-                          phased=phased is not None, n_u=0 if phased is None else phased[0].n_uniforms,
-                          check_work=sizing.check_work, compact_every=compact_every, blocks_per_record=bpr,
-                          records_per_call=rpc)
+    return replace(sizing, K=K, path=path, path_reason=reason, fused_trials=rb)
+
+
+def engine_config(s0: Server, sizing: Sizing, mc: MonteCarlo, steps: int, phased=None,
+                  max_points: int | None = None) -> EngineConfig:
+    """The static configuration of a program. At most ``max_points`` time-series points; host calls of about
+    CALL_STEPS steps (progress, early stop). The points per call are fixed (the last call runs only the points it
+    needs: run_call's n_points), so runs of different lengths share one program unless they differ in record
+    periods per point (over max_points)."""
+    max_points = mc.max_points if max_points is None else max_points
+    total_periods = math.ceil(steps / mc.compact_every)
+    ppp = max(1, math.ceil(total_periods / max_points))
+    ppc = max(1, round(CALL_STEPS / (mc.compact_every * ppp)))
+    return EngineConfig(K=sizing.K, policy=s0.policy, a_max=sizing.a_max, token_budget=s0.token_budget is not None,
+                        servers=s0.servers, phased=phased is not None,
+                        n_u=0 if phased is None else phased[0].n_uniforms, check_work=sizing.check_work,
+                        compact_every=mc.compact_every, periods_per_point=ppp, points_per_call=ppc)
+
+
+def build_params(configs: list[Config], mc: MonteCarlo, phased=None) -> Params:
+    """The flattened (configuration × trial) parameters: configuration i's values repeated for its trials."""
+    trials = mc.trials
     N = len(configs) * trials
 
     def per_trial(values, dtype):
@@ -240,11 +271,11 @@ def prepare_configs(configs: list[Config], mc: MonteCarlo, steps: int, phased=No
     else:
         ends = np.broadcast_to(phased[1], (N, phased[1].size))
         plams = np.broadcast_to(phased[2], (N, phased[2].size))
-    params = _k.Params(lam=jnp.asarray(lam_arr), M=per_trial([c.M for c in configs], np.int32),
+    params = Params(lam=jnp.asarray(lam_arr), M=per_trial([c.M for c in configs], np.int32),
                        prefill_chunk=per_trial([c.server.prefill_chunk for c in configs], np.int32),
                        budget=per_trial([c.server.token_budget or _INT32_MAX for c in configs], np.int32),
-                       warmup=jnp.full((N,), warmup, jnp.int32), min_w=per_trial(min_w, np.int32),
+                       warmup=jnp.full((N,), mc.warmup, jnp.int32), min_w=per_trial(min_w, np.int32),
                        workload=stacked(sim_ws), batch=stacked([c.batch for c in configs]),
                        phase_end=jnp.asarray(ends), phase_lam=jnp.asarray(plams),
-                       routing=per_trial([_k.ROUTINGS.index(c.server.routing) for c in configs], np.int32))
-    return cfg, sizing, params
+                       routing=per_trial([ROUTINGS.index(c.server.routing) for c in configs], np.int32))
+    return params

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from ..kernels import engine as _k
+from ..kernels.state import EngineConfig
 
 
 def backlog_grows(t, waiting, arrivals_w, warm_t0, n_batches: int = 10):
@@ -53,7 +53,7 @@ def backlog_grows(t, waiting, arrivals_w, warm_t0, n_batches: int = 10):
     return grew, tstat, beta, rise
 
 
-def hist_quantiles(hist, qs, cfg: _k.EngineConfig):
+def hist_quantiles(hist, qs, cfg: EngineConfig):
     """Quantiles from log-spaced histograms (geometric interpolation inside a bin). hist [..., n_bins]."""
     hist = np.asarray(hist, np.float64)
     edges = cfg.bin_edges  # n_bins-1 upper edges

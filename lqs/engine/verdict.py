@@ -7,15 +7,45 @@ from __future__ import annotations
 
 import hashlib
 import math
+import warnings
+from dataclasses import dataclass
 
 import jax
 import numpy as np
 
 from .._batch import AffineBatch
-from .sizing import Config
+from .._errors import LqsError
+from .run import run_configs
+from .sizing import Config, saturated_service
 
 OVERLOAD = 1.3  # saturation runs at λ = 1.3·μ: far enough above λ* that the backlog never empties
 _SAT_TAG = 0x5A7
+
+
+@dataclass
+class Verdict:
+    """How :func:`lqs.simulate` decides the long-run verdicts: the saturation runs' key (None: the run's key), their
+    MonteCarlo (None: the run's) and a dict that caches them across calls (None: within the call)."""
+
+    key: object = None
+    mc: object = None
+    cache: dict | None = None
+
+    @classmethod
+    def of(cls, verdict, kwargs: dict):
+        """A Verdict or None from simulate's ``verdict`` argument; pops the deprecated ``verdict_key``,
+        ``verdict_mc`` and ``verdict_cache`` keywords from ``kwargs``."""
+        old = {k: kwargs.pop(f"verdict_{k}") for k in ("key", "mc", "cache") if f"verdict_{k}" in kwargs}
+        if old:
+            warnings.warn("simulate(verdict_key=, verdict_mc=, verdict_cache=) are deprecated: pass "
+                          "verdict=lqs.engine.Verdict(key=, mc=, cache=)", DeprecationWarning, stacklevel=3)
+        if isinstance(verdict, cls):
+            return cls(**{**verdict.__dict__, **old}) if old else verdict
+        if verdict is True or verdict is None:
+            return cls(**old)
+        if verdict is False:
+            return None
+        raise LqsError("verdict", verdict, "must be True, False or an lqs.engine.Verdict")
 
 
 def config_hash(workload, server) -> int:
@@ -42,10 +72,8 @@ def saturating_rate(workload, server) -> float:
     if server.b_theory is not None or not isinstance(server.b, AffineBatch):
         b = server.b_mean_s
     else:
-        life = m.mean_prompt_tokens / server.prefill_chunk + 0.5 + m.mean_output_tokens
-        n_serv = server.M * life / m.g_exact
-        a = np.asarray(server.b.a, np.float64)
-        b = float(a[0] + a[1] * server.prefill_chunk + a[2] * n_serv + a[3] * server.M)
+        _life, n_serv = saturated_service(m, server.M, server.prefill_chunk)
+        b = server.b.typical_s(server.M, server.prefill_chunk, n_serv)
     return OVERLOAD * server.servers * server.M / (b * m.g_exact)
 
 
@@ -58,8 +86,6 @@ def saturation(items, mc, key, *, cache: dict | None = None, progress: bool = Fa
     """λ* of each (workload, one-configuration server) in ``items``: the saturation throughput (control variate
     where available) over ``mc.trials`` trials, ±1.96 standard errors. Runs what ``cache`` lacks as one call of
     :func:`run_configs` (one program per shape). Returns (rows, SimResult of the runs made or None)."""
-    from .run import run_configs
-
     cache = {} if cache is None else cache
     hashes = [config_hash(w, s) for w, s in items]
     ckeys = [_cache_key(h, mc, key) for h in hashes]
@@ -143,5 +169,5 @@ def attach_verdicts(res, configs, mc, key, *, phased: bool = False, cache=None, 
     return res
 
 
-__all__ = ["OVERLOAD", "PHASED_BASIS", "attach_verdicts", "basis_of", "config_hash", "saturating_rate", "saturation",
+__all__ = ["OVERLOAD", "PHASED_BASIS", "Verdict", "attach_verdicts", "basis_of", "config_hash", "saturating_rate", "saturation",
            "verdict_of"]

@@ -21,14 +21,14 @@ _BLANK = dict(section="", case="", estimator="", b_hat_s=np.nan, b_rel_err=np.na
 def default_b_models(b_mean: float, slow_factor: float = 3.0, slow_frac: float = 0.3) -> dict:
     """i.i.d. batch-time models, all with mean ``b_mean``: lognormals (cv 0.5 and 1) and the paper's appendix
     shape (``slow_frac`` of the batches ``slow_factor``× slower than the rest)."""
-    from .._batch import LogNormalMixBatch
+    from .._batch import LogNormalBatch
 
     sigma = 0.1
     fast = b_mean / (math.exp(sigma**2 / 2) * ((1 - slow_frac) + slow_frac * slow_factor))
-    return {"lognormal cv=0.5": LogNormalMixBatch.from_mean_cv(b_mean, 0.5),
-            "lognormal cv=1": LogNormalMixBatch.from_mean_cv(b_mean, 1.0),
+    return {"lognormal cv=0.5": LogNormalBatch.from_mean_cv(b_mean, 0.5),
+            "lognormal cv=1": LogNormalBatch.from_mean_cv(b_mean, 1.0),
             f"two-speed: {slow_frac:.0%} of batches {slow_factor:g}× slower":
-                LogNormalMixBatch.two_speed(fast, slow_factor * fast, slow_frac, sigma)}
+                LogNormalBatch.two_speed(fast, slow_factor * fast, slow_frac, sigma)}
 
 
 def default_affine(ref_workload, M, prefill_chunk, b_mean, shares=(0.35, 0.2, 0.15, 0.3)) -> tuple:

@@ -23,7 +23,7 @@ def cluster_study(workload=None, server=None, mc=None, *, quick: bool = False, s
     cluster's saturation throughput λ* under that routing.
     """
     from .._theory import capacity
-    from ..engine import simulate
+    from ..engine import Verdict, simulate
 
     given = server is not None
     workload, server, mc, _ = setup(workload, server, mc, quick, total_hi)
@@ -37,7 +37,7 @@ def cluster_study(workload=None, server=None, mc=None, *, quick: bool = False, s
     for i, rt in enumerate(routings):
         srv = server.replace(routing=rt)
         res = simulate(workload, srv, rhos * cap.mu_rps, mc, key=key(seed, i), progress=progress,
-                       verdict=saturation, verdict_key=key(seed, 100 + i))
+                       verdict=Verdict(key=key(seed, 100 + i)) if saturation else False)
         if saturation:
             r0 = res.summary.iloc[0]
             sat[rt] = (float(r0.lam_star_rps), float(r0.lam_star_hi_rps - r0.lam_star_rps) / 1.96)

@@ -26,12 +26,18 @@ PAPER_CLUSTER = dict(theory=25.808, measured=26.710)
 PAPER_81 = dict(theory_trim5=4.977, theory_trim10=5.862, measured=5.470)
 
 
-def reproduce_paper(out_dir: str, *, quick: bool = False, seed: int = 0, progress: bool = False) -> dict:
+def reproduce_paper(out_dir: str, *, quick: bool = False, seed: int = 0, progress: bool = False,
+                    path: str | None = None) -> dict:
     """Regenerate the paper's tables and figures in simulation; write report.md, CSVs and PNGs to ``out_dir``.
+    ``path``: the step-loop path of every run (``MonteCarlo.path``; None: ``$LQS_PATH`` or auto).
 
     ``quick`` uses fewer Monte Carlo trials (fit for a 2-core CPU in a few minutes); the full mode is for a GPU.
     Utilisation is ρ = λ/μ with the closed-form μ (docs/model.md).
     """
+
+    def _mc(**kw):
+        return MonteCarlo(path=path, **kw)
+
     os.makedirs(out_dir, exist_ok=True)
     t0 = time.perf_counter()
     key = jax.random.key(seed)
@@ -51,7 +57,7 @@ def reproduce_paper(out_dir: str, *, quick: bool = False, seed: int = 0, progres
     rows = []
     for i, name in enumerate(("pd-1:1", "pd-2:1", "pd-1:2")):
         w, b = preset(name), PAPER_B[name]
-        c = critical(w, server(b), MonteCarlo(trials=R), grid_points=0, key=jax.random.fold_in(key, 100 + i))
+        c = critical(w, server(b), _mc(trials=R), grid_points=0, key=jax.random.fold_in(key, 100 + i))
         s = c.summary
         rows.append(dict(regime=name, b_s=b, mu_theory_paper_rps=PAPER_THEORY[name], mu_rps=s["mu_rps"],
                          mu_exact_rps=s["mu_exact_rps"], mu_stable_rps=s["mu_stable_rps"],
@@ -72,7 +78,7 @@ def reproduce_paper(out_dir: str, *, quick: bool = False, seed: int = 0, progres
     period = 600.0
     phases = [(period, lam_hi, w21), (period, lam_hi, w12)] * 4
     steps = int(1000 * math.ceil(sum(p[0] for p in phases) / b_mix / 1000))
-    mix = simulate(None, server(b_mix), None, MonteCarlo(trials=R, steps=steps, warmup=4000), phases=phases,
+    mix = simulate(None, server(b_mix), None, _mc(trials=R, steps=steps, warmup=4000), phases=phases,
                    key=jax.random.fold_in(key, 200))
     ms = mix.summary.iloc[0]
     c21b, c12b = capacity(w21, server(b_mix)), capacity(w12, server(b_mix))
@@ -86,7 +92,7 @@ def reproduce_paper(out_dir: str, *, quick: bool = False, seed: int = 0, progres
 
     # ---------------------------------------------------------------- Table 3: 8 servers, 1:1, round robin
     w11, b11 = preset("pd-1:1"), PAPER_B["pd-1:1"]
-    c8 = critical(w11, server(b11, servers=8, routing="round_robin"), MonteCarlo(trials=max(4, R // 4)),
+    c8 = critical(w11, server(b11, servers=8, routing="round_robin"), _mc(trials=max(4, R // 4)),
                   grid_points=0, key=jax.random.fold_in(key, 300))
     s8 = c8.summary
     t3 = pd.DataFrame([dict(case="8 servers, 1:1, round robin", mu_theory_rps=s8["mu_rps"],
@@ -101,7 +107,7 @@ def reproduce_paper(out_dir: str, *, quick: bool = False, seed: int = 0, progres
     rows4 = []
     for label, mu_p in (("5% trimmed mean", PAPER_81["theory_trim5"]), ("10% trimmed mean", PAPER_81["theory_trim10"])):
         b_imp = M_PAPER / (mu_p * g81.g)  # the b̄ the paper's μ implies
-        c = critical(w81, server(b_imp), MonteCarlo(trials=max(4, R // 2)), grid_points=0,
+        c = critical(w81, server(b_imp), _mc(trials=max(4, R // 2)), grid_points=0,
                      key=jax.random.fold_in(key, 400 + len(rows4)))
         rows4.append(dict(case=f"8:1, b̄ from the paper's {label}", b_implied_s=b_imp, mu_theory_paper_rps=mu_p,
                           mu_exact_rps=c.summary["mu_exact_rps"], lam_star_sim_rps=c.summary["lam_star_rps"],
@@ -111,21 +117,21 @@ def reproduce_paper(out_dir: str, *, quick: bool = False, seed: int = 0, progres
 
     # ---------------------------------------------------------------- Figures 2 and 4: waiting count over time
     mu11 = capacity(w11, server(b11))
-    f2 = simulate(w11, server(b11), [0.9 * mu11.mu_rps, 1.1 * mu11.mu_rps], MonteCarlo(trials=Rg, warmup=1),
+    f2 = simulate(w11, server(b11), [0.9 * mu11.mu_rps, 1.1 * mu11.mu_rps], _mc(trials=Rg, warmup=1),
                   key=jax.random.fold_in(key, 500))
     from .._plots import plot_waiting
 
     fig2 = os.path.join(out_dir, "fig2_waiting_one_server.png")
     plot_waiting(f2, fig2)
     f4 = simulate(w11, server(b11, servers=8), [0.9 * 8 * mu11.mu_rps, 1.1 * 8 * mu11.mu_rps],
-                  MonteCarlo(trials=Rg, warmup=1), key=jax.random.fold_in(key, 600))
+                  _mc(trials=Rg, warmup=1), key=jax.random.fold_in(key, 600))
     fig4 = os.path.join(out_dir, "fig4_waiting_eight_servers.png")
     plot_waiting(f4, fig4)
     note("figures 2 and 4 done")
 
     # ---------------------------------------------------------------- Figure 6: waiting-time CDFs
     rhos = [0.5, 0.7, 0.85, 0.95]  # ρ = λ/μ, closed-form μ
-    f6 = simulate(w11, server(b11), [r * mu11.mu_rps for r in rhos], MonteCarlo(trials=max(Rg, 8)),
+    f6 = simulate(w11, server(b11), [r * mu11.mu_rps for r in rhos], _mc(trials=max(Rg, 8)),
                   key=jax.random.fold_in(key, 700), verdict=False)
     fig6 = os.path.join(out_dir, "fig6_wait_cdf.png")
     _plot_cdf(f6, rhos, fig6)

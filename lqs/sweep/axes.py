@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 
 from .._batch import check_batch_spec, parse_batch_spec
 from .._errors import LqsError, check_choice, check_float, check_int, parse_number
-from .._server import MonteCarlo
+from .._server import MC_RENAMED, MonteCarlo
 
 # MonteCarlo fields the spec holds itself (the rest may go in ``options``)
 OWN_MC = ("trials", "steps", "warmup", "seed")
-OPTIONS = tuple(f for f in MonteCarlo.__dataclass_fields__ if f not in OWN_MC)
-SPEC_VERSION = 2  # 2: issue #12 vocabulary (trials, prefill_chunk, parts, swap) and ρ = λ/μ
+OPTIONS = tuple(f.name for f in dataclasses.fields(MonteCarlo) if f.name not in OWN_MC) + tuple(MC_RENAMED)
+SPEC_VERSION = 2  # 2: the 0.2 vocabulary (trials, prefill_chunk, parts, swap) and ρ = λ/μ
 
 
 # ----------------------------------------------------------------------------------------------- parsing helpers

@@ -64,7 +64,7 @@ def _write_json_atomic(obj, path):
 def prepare_out(out: str, spec: SweepSpec, overwrite: bool, n_cells: int, n_parts: int) -> str:
     """Create/check DIR: refuse a different spec unless ``overwrite``; clear leftovers of interrupted writes.
     Returns the parts folder."""
-    from .. import __version__
+    from .._version import __version__
 
     if os.path.exists(out) and not os.path.isdir(out):
         raise LqsError("out", out, "must be a directory (a file of that name exists)")

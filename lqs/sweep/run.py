@@ -45,10 +45,12 @@ def _run_part(spec: SweepSpec, wl, part: _Part, devices=None, verdict_cache: dic
     the same in every part (and computed once per run with ``verdict_cache``)."""
     import jax
 
+    from ..engine import Verdict
+
     g = part.group
     mc = spec.monte_carlo().replace(steps=g.steps)
-    kw = dict(key=_part_key(spec.seed, part), progress=False, verdict_cache=verdict_cache,
-              verdict_key=jax.random.fold_in(jax.random.key(spec.seed), 0x5A7))
+    kw = dict(key=_part_key(spec.seed, part), progress=False,
+              verdict=Verdict(key=jax.random.fold_in(jax.random.key(spec.seed), 0x5A7), cache=verdict_cache))
     if devices is not None:  # where it runs, not what it computes: not part of the spec
         kw["devices"] = devices
     res = _simulate(wl, part_server(spec, part), part.lams, mc, **kw)

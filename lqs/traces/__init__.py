@@ -22,12 +22,12 @@ The two traces shipped with the package are addressable by name: ``azure-conv`` 
 (see ``lqs/data/README.md`` for their attribution).
 """
 
-from .bench_results import BenchResult, load_bench_result, looks_like_bench_result
+from .benchmark_results import BenchmarkResult, load_benchmark_result, looks_like_benchmark_result
 from .bsamples import load_b_samples
 from .load import load_trace
 from .server_log import kv_tokens_from_log
 from .read import BUNDLED, CONVENTIONS, FORMATS
 from .trace import Trace
 
-__all__ = ["BUNDLED", "CONVENTIONS", "FORMATS", "BenchResult", "Trace", "kv_tokens_from_log", "load_b_samples",
-           "load_bench_result", "load_trace", "looks_like_bench_result"]
+__all__ = ["BUNDLED", "CONVENTIONS", "FORMATS", "BenchmarkResult", "Trace", "kv_tokens_from_log", "load_b_samples",
+           "load_benchmark_result", "load_trace", "looks_like_benchmark_result"]

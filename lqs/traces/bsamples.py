@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from .._errors import LqsError
-from .bench_results import load_bench_result, looks_like_bench_result
+from .benchmark_results import load_benchmark_result, looks_like_benchmark_result
 from .columns import _cols_text, _find_col, _unit_from_name
 from .read import _B_COLS, _detect_format, _read_table, _resolve_source
 
@@ -20,12 +20,12 @@ def load_b_samples(path, col: str | None = None, *, fmt: str | None = None, run:
     is converted to seconds. Every value must be a finite number > 0; failures raise LqsError.
 
     A vLLM/SGLang benchmark result file gives its inter-token gaps (``run`` picks a run; see
-    :func:`lqs.traces.load_bench_result`).
+    :func:`lqs.traces.load_benchmark_result`).
     """
     param = "b_samples"
     src, label, _, fmt_hint = _resolve_source(path, param)
-    if col is None and fmt is None and isinstance(src, str) and looks_like_bench_result(src):
-        br = load_bench_result(src, run)
+    if col is None and fmt is None and isinstance(src, str) and looks_like_benchmark_result(src):
+        br = load_benchmark_result(src, run)
         if br.b_samples is None:
             raise LqsError(param, label, "a benchmark result needs per-request inter-token gaps (itls) to give "
                            "batch times")

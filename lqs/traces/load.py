@@ -9,7 +9,7 @@ from .._errors import LqsError
 from .columns import _cols_text, _find_col, _lengths, _times, _unit_from_name
 from .read import _UNITS, CONVENTIONS, _detect_format, _read_table, _resolve_source
 from .trace import Trace
-from .bench_results import load_bench_result, looks_like_bench_result
+from .benchmark_results import load_benchmark_result, looks_like_benchmark_result
 
 
 def load_trace(path_or_name, s_col: str | None = None, o_col: str | None = None, t_col: str | None = None,
@@ -24,11 +24,11 @@ def load_trace(path_or_name, s_col: str | None = None, o_col: str | None = None,
 
     A vLLM or SGLang benchmark result (.json/.jsonl with per-request ``input_lens`` and ``output_lens``) is
     recognised by its keys: its successful requests are the trace (``run`` picks a run of a multi-run file;
-    see :func:`lqs.traces.load_bench_result`).
+    see :func:`lqs.traces.load_benchmark_result`).
     """
     src, label, default_name, fmt_hint = _resolve_source(path_or_name, "trace")
-    if fmt is None and s_col is None and o_col is None and isinstance(src, str) and looks_like_bench_result(src):
-        tr = load_bench_result(src, run).trace
+    if fmt is None and s_col is None and o_col is None and isinstance(src, str) and looks_like_benchmark_result(src):
+        tr = load_benchmark_result(src, run).trace
         return tr if name is None else Trace(tr.s, tr.o, tr.arrival_s, tr.source, name, tr.row, tr.failed)
     if run is not None:
         raise LqsError("run", run, "applies only to benchmark result files (JSON with input_lens/output_lens)",

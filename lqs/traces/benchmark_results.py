@@ -33,7 +33,7 @@ _E2E_KEYS = ("e2els", "latencies", "e2e_latencies")
 
 
 @dataclass(frozen=True, eq=False)
-class BenchResult:
+class BenchmarkResult:
     """One benchmark run: the successful requests as a Trace, their latencies (seconds) and the run's totals.
 
     ``b_samples`` are inter-token gaps (seconds, > 0) of the successful requests, or None without ``itls``;
@@ -107,7 +107,7 @@ def _runs(path: str) -> list[dict]:
     return runs
 
 
-def looks_like_bench_result(path) -> bool:
+def looks_like_benchmark_result(path) -> bool:
     """True if ``path`` is a .json/.jsonl file (optionally compressed) in the benchmark-result layout: its start
     holds ``input_lens``, or is an object with ``request_throughput`` and ``completed`` (a result saved without
     per-request details). Cheap: reads the first 64 kB."""
@@ -189,7 +189,7 @@ def _lengths(vals, key: str, label: str) -> np.ndarray:
     return a.astype(np.int64)
 
 
-def load_bench_result(path, run: int | None = None, *, b_estimator: str = "median") -> BenchResult:
+def load_benchmark_result(path, run: int | None = None, *, b_estimator: str = "median") -> BenchmarkResult:
     """Read one run of a vLLM or SGLang benchmark result file (see the module docstring).
 
     ``run`` (0-based) picks a run from a file of several; without it the file must hold exactly one. Every bad
@@ -283,7 +283,7 @@ def load_bench_result(path, run: int | None = None, *, b_estimator: str = "media
     completed = _number(r, "completed", where)
     fmt = "sglang" if any(k in r for k in _SGLANG_KEYS) or str(r.get("backend", "")).startswith("sglang") \
         else "vllm"
-    return BenchResult(trace=trace, b_samples=b_samples, b=b, b_source=b_src, ttfts=ttft_ok, e2e=e2e_ok,
+    return BenchmarkResult(trace=trace, b_samples=b_samples, b=b, b_source=b_src, ttfts=ttft_ok, e2e=e2e_ok,
                        itl_median=None if b_samples is None else float(np.median(b_samples)),
                        request_rate=_number(r, "request_rate", where, allow_inf=True),
                        duration=_number(r, "duration", where),

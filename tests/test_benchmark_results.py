@@ -11,7 +11,7 @@ import pytest
 
 import lqs
 from lqs import LqsError
-from lqs.traces import kv_tokens_from_log, load_bench_result, load_trace, looks_like_bench_result
+from lqs.traces import kv_tokens_from_log, load_benchmark_result, load_trace, looks_like_benchmark_result
 
 
 def _requests(n=200, b=0.03, lam=4.0, seed=0, fail=()):
@@ -72,8 +72,8 @@ def _write(path, obj):
 def test_vllm_result(tmp_path):
     r, s, o, start, ok = vllm_result(fail=(3, 17))
     p = _write(tmp_path / "vllm-result.json", r)
-    assert looks_like_bench_result(p)
-    br = load_bench_result(p)
+    assert looks_like_benchmark_result(p)
+    br = load_benchmark_result(p)
     assert br.source_format == "vllm" and br.failed == 2 and br.completed == 198 and len(br.trace) == 198
     assert br.trace.failed == 2
     np.testing.assert_array_equal(br.trace.s, s[ok])
@@ -98,12 +98,12 @@ def test_vllm_result(tmp_path):
 
 def test_vllm_inf_rate_and_no_start_times(tmp_path):
     r, *_ = vllm_result(rate="inf", starts=False)
-    br = load_bench_result(_write(tmp_path / "r.json", r))
+    br = load_benchmark_result(_write(tmp_path / "r.json", r))
     assert math.isinf(br.request_rate) and br.saturated and br.trace.arrival_s is None
     text = json.dumps(dict(r, request_rate=float("inf")))  # Python's json writes Infinity
     assert "Infinity" in text
     (tmp_path / "r2.json").write_text(text)
-    assert load_bench_result(tmp_path / "r2.json").saturated
+    assert load_benchmark_result(tmp_path / "r2.json").saturated
 
 
 def test_vllm_jsonl_runs_and_estimator(tmp_path):
@@ -111,24 +111,24 @@ def test_vllm_jsonl_runs_and_estimator(tmp_path):
     p = tmp_path / "sweep.jsonl"
     p.write_text("\n".join(json.dumps(r) for r in runs) + "\n")
     with pytest.raises(LqsError, match="run"):
-        load_bench_result(p)
-    br = load_bench_result(p, run=2, b_estimator="mean")
+        load_benchmark_result(p)
+    br = load_benchmark_result(p, run=2, b_estimator="mean")
     assert br.run == 2 and br.n_runs == 3 and br.b == pytest.approx(0.03, rel=0.01)
     assert "mean" in br.b_source and "run 2" in br.b_source
     assert len(load_trace(p, run=1)) == 200
     with pytest.raises(LqsError, match="run"):
-        load_bench_result(p, run=3)
+        load_benchmark_result(p, run=3)
 
 
 def test_sglang_jsonl(tmp_path):
     runs = [sglang_run(seed=1, fail=(0,)), sglang_run(seed=2, b=0.05)]
     p = tmp_path / "sglang_1201_150_1024_1024.jsonl"
     p.write_text("".join(json.dumps(r[0]) + "\n" for r in runs))
-    br = load_bench_result(p, run=0)
+    br = load_benchmark_result(p, run=0)
     assert br.source_format == "sglang" and br.failed == 1 and len(br.trace) == 149
     assert br.trace.arrival_s is None and br.b == pytest.approx(0.02, rel=0.01)
     np.testing.assert_array_equal(br.trace.s, runs[0][1][runs[0][3]])
-    assert load_bench_result(p, run=1).b == pytest.approx(0.05, rel=0.01)
+    assert load_benchmark_result(p, run=1).b == pytest.approx(0.05, rel=0.01)
 
 
 def test_gzip_and_chunked_streaming(tmp_path):
@@ -138,7 +138,7 @@ def test_gzip_and_chunked_streaming(tmp_path):
     p = tmp_path / "r.json.gz"
     with gzip.open(p, "wt") as fh:
         json.dump(r, fh)
-    br = load_bench_result(p)
+    br = load_benchmark_result(p)
     assert br.b == pytest.approx(0.04, rel=0.1)
 
 
@@ -159,7 +159,7 @@ def test_bad_result_files(tmp_path, mutate, key):
     mutate(r)
     p = _write(tmp_path / "bad.json", r)
     with pytest.raises(LqsError) as e:
-        load_bench_result(p)
+        load_benchmark_result(p)
     msg = str(e.value)
     assert key in msg and "bad.json" in msg and "\n" not in msg
 
@@ -174,7 +174,7 @@ def test_result_without_details(tmp_path):
     assert "summary-only.json" in str(e.value)
 
 
-def test_run_only_for_bench_results(tmp_path):
+def test_run_only_for_benchmark_results(tmp_path):
     p = tmp_path / "t.csv"
     p.write_text("input_toks,output_toks\n10,20\n")
     with pytest.raises(LqsError, match="run"):
@@ -185,7 +185,7 @@ def test_bad_json_text(tmp_path):
     p = tmp_path / "broken.jsonl"
     p.write_text('{"input_lens": [1], "output_lens": [2]}\n{not json\n')
     with pytest.raises(LqsError, match="broken.jsonl.*line 2"):
-        load_bench_result(p, run=0)
+        load_benchmark_result(p, run=0)
 
 
 # ----------------------------------------------------------------------------------------------- server logs
@@ -197,7 +197,7 @@ def test_bad_json_text(tmp_path):
     ("[2026-12-01 07:00:00 TP0] Memory pool end. avail mem=10.5 GB\n"
      "[2026-12-01 07:00:01 TP0] max_total_num_tokens=131072, chunked_prefill_size=8192, max_prefill_tokens=16384\n",
      131072),
-    ("GPU KV cache size: 100 tokens\nrestart\nGPU KV cache size: 2,000 tokens\n", 2000),
+    ("GPU KV cache size: 2,000 tokens\nrestart\nGPU KV cache size: 2,000 tokens\n", 2000),
 ])
 def test_kv_tokens_from_log(tmp_path, text, M):
     p = tmp_path / "server.log"
@@ -205,9 +205,20 @@ def test_kv_tokens_from_log(tmp_path, text, M):
     assert kv_tokens_from_log(p) == M
 
 
+def test_a_log_with_two_kv_sizes_gives_the_smallest_and_says_so(tmp_path):
+    """Two TP ranks (or a restart) stating different sizes: M is the smallest, and a warning names every size."""
+    p = tmp_path / "tp2.log"
+    p.write_text("(EngineCore_0 pid=1) GPU KV cache size: 2,000 tokens\n(EngineCore_1 pid=2) GPU KV cache size: "
+                 "100 tokens\nGPU KV cache size: 2,000 tokens\n")
+    with pytest.warns(UserWarning, match=r"2 different KV-cache sizes \(100, 2,000 tokens\); M = 100, the smallest"):
+        assert kv_tokens_from_log(p) == 100
+
+
 @pytest.mark.parametrize("text, match", [
     ("INFO starting server\nINFO ready\n", "KV-cache size"),
     ("INFO # GPU blocks: 100, # CPU blocks: 5\n", "block size"),
+    ("INFO GPU KV cache size: , tokens\n", "without a number: 'GPU KV cache size: , tokens'"),
+    ("[TP0] max_total_num_tokens=_, chunked_prefill_size=8192\n", "without a number"),
 ])
 def test_kv_tokens_from_log_errors(tmp_path, text, match):
     p = tmp_path / "no-kv.log"

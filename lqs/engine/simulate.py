@@ -1,0 +1,68 @@
+"""``lqs.simulate``: run a grid of configurations (lqs/engine/run.py) and give each its long-run verdict
+(lqs/engine/verdict.py). This module orchestrates; verdict decides; run runs."""
+
+from __future__ import annotations
+
+import jax
+
+from .._server import as_server, resolve_mc
+from .results import SimResult
+from .run import _phases, run_configs
+from .sizing import auto_steps, check_workload, product, rates
+from .verdict import Verdict, attach_verdicts
+
+
+def simulate(workload, server, lam=None, mc=None, *, key=None, phases=None, progress: bool = False, devices=None,
+             verdict: bool | Verdict = True, **mc_fields) -> SimResult:
+    """Simulate ``mc.trials`` independent copies of ``server`` for every λ (and M, b̄) of a grid.
+
+    ``lam`` (requests/s) may be a number or a 1-D list; with ``server.M`` and ``server.b`` (each a number or a
+    sequence) it spans the grid. ``mc`` is an :class:`lqs.MonteCarlo` (default ``MonteCarlo()``); keyword
+    arguments that name MonteCarlo fields override it (``simulate(w, server, 3.0, trials=32, steps=8000)``).
+    Randomness flows from ``key`` (a typed JAX key; default ``jax.random.key(mc.seed)``). Every input is checked
+    before anything is compiled. The whole grid runs as one jitted, vmapped program.
+
+    ``verdict`` (default True) adds the long-run verdict of every configuration (docs/model.md, "Two notions of
+    stability"): one saturation run per distinct (M, b̄) gives λ* with its confidence interval, and each λ is
+    ``stable`` below the interval, ``unstable`` above it, ``undecided`` inside (columns ``verdict``,
+    ``verdict_basis``, ``lam_star_rps``, ``lam_star_lo_rps``, ``lam_star_hi_rps``). Saturation runs draw from
+    the key of a :class:`lqs.engine.Verdict` (default ``key``) and the configuration alone, with its ``mc``
+    (default ``mc``) as their trials and horizon; its ``cache`` (a dict) reuses them across calls
+    (``verdict=Verdict(key=..., mc=..., cache=...)``); ``verdict=False`` skips them. What the finite run itself saw
+    is ``p_backlog_grows``: the share of trials whose backlog visibly grew within the horizon, never called a
+    verdict.
+
+    ``phases=[(duration_s, lam, workload), ...]`` runs a non-stationary, piecewise-constant schedule instead of
+    ``lam`` (pass ``workload=None`` and ``lam=None``): requests arriving in a phase take that phase's lengths, the
+    last phase lasts until the end, and the theory columns use the request-weighted mixture (weights λ·duration).
+    The saturation rule needs a stationary configuration, so a phased run's verdict is ``n/a`` and its
+    ``verdict_basis`` says why.
+
+    ``devices`` (default: all local devices) shards the (configuration × trial) axis across devices; trials are
+    independent, so the partitioned program needs no communication.
+
+    A cluster (``server.servers = G > 1``) steps its G servers together (the step lasts as long as the slowest
+    server's batch); λ is the cluster's total rate, routed on arrival by ``server.routing``; the theory columns are
+    for the whole cluster (G·μ). The model is docs/model.md; the step-loop path is ``mc.path`` and the one that
+    ran is ``result.config["sizing"]["path"]``.
+    """
+    server = as_server(server)
+    verdict = Verdict.of(verdict, mc_fields)
+    mc = resolve_mc(mc, mc_fields)
+    phased = None
+    if phases is not None:
+        workload, lam, phased = _phases(phases, workload, lam)
+    check_workload(workload, server)
+    lams = rates(lam)
+    if mc.steps is None:
+        mc = mc.replace(steps=auto_steps(workload, server, mc.warmup))
+    configs = product(workload, server, lams)
+    if key is None:
+        key = jax.random.key(mc.seed)
+    res = run_configs(configs, mc, key=key, phased=phased, progress=progress, devices=devices)
+    res.config["server"] = server.describe()
+    if verdict is not None:
+        vmc = mc if verdict.mc is None else resolve_mc(verdict.mc, {})
+        attach_verdicts(res, configs, vmc, key if verdict.key is None else verdict.key, phased=phased is not None,
+                        cache=verdict.cache, progress=progress, devices=devices)
+    return res
