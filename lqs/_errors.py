@@ -68,9 +68,14 @@ def check_int(param: str, value, lo: int | None = None, hi: int | None = None) -
 def check_float(param: str, value, lo: float | None = None, hi: float | None = None, *,
                 lo_open: bool = False, hi_open: bool = False) -> float:
     """Validate a finite real parameter in a (half-)open or closed interval."""
-    lb = "(" if lo_open else "["
-    rb = ")" if hi_open else "]"
-    rng = f"a finite number in {lb}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{rb}"
+    if hi is None and lo is not None:
+        rng = f"a finite number {'>' if lo_open else '≥'} {lo:g}"
+    elif lo is None and hi is not None:
+        rng = f"a finite number {'<' if hi_open else '≤'} {hi:g}"
+    elif lo is None:
+        rng = "a finite number"
+    else:
+        rng = f"a finite number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
     try:
         v = float(value)
     except (TypeError, ValueError):

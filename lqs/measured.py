@@ -1,6 +1,6 @@
 """check: a measured benchmark run beside the closed form and a simulation of the same server (issue #11).
 
-From one run of ``vllm bench serve`` / ``sglang.bench_serving`` (:func:`lqs.traces.load_bench_result`) and the
+From one run of ``vllm bench serve`` / ``sglang.bench_serving`` (:func:`lqs.traces.load_benchmark_result`) and the
 server's KV capacity M (given, or read from its start-up log), :func:`check` puts side by side
 
 - the closed form of docs/model.md for the measured request lengths and b̄: μ, μ_exact, δ, ρ = λ/μ;
@@ -40,7 +40,7 @@ class CheckResult:
     """What :func:`check` returns: the flat report (``to_dict``), the measured run, the simulation and λ*."""
 
     report: dict
-    measured: object  # lqs.BenchResult
+    measured: object  # lqs.BenchmarkResult
     sim: object  # lqs.SimResult: at the measured λ, or the saturation run of a saturated benchmark
     critical: object  # lqs.CriticalResult
 
@@ -61,7 +61,15 @@ class CheckResult:
 
 
 def _q(x, p):
-    return None if x is None or np.size(x) == 0 else float(np.nanquantile(x, p))
+    """The p-quantile of the finite values of x (None when there are none: no NaN warning, no NaN)."""
+    x = None if x is None else np.asarray(x, np.float64)
+    x = None if x is None else x[np.isfinite(x)]
+    return None if x is None or x.size == 0 else float(np.quantile(x, p))
+
+
+def _missing(x) -> int:
+    """Successful requests whose latency the file does not state (null / NaN): left out of the percentiles."""
+    return 0 if x is None else int(np.count_nonzero(~np.isfinite(np.asarray(x, np.float64))))
 
 
 def _build_server(bench, server, M, server_log, prefill_chunk, b, batch, policy, token_budget):
@@ -122,7 +130,7 @@ def check(result, server=None, mc=None, *, run: int | None = None, M=None, serve
     """A measured benchmark run beside the closed form and a simulation of the same server (module docstring).
 
     ``result``: a benchmark result file (vLLM or SGLang, ``run`` picks one of several) or an
-    :class:`lqs.BenchResult`. The server is ``server`` (an :class:`lqs.Server`, used as given) or built from
+    :class:`lqs.BenchmarkResult`. The server is ``server`` (an :class:`lqs.Server`, used as given) or built from
     ``M`` (tokens) or ``server_log``, ``prefill_chunk`` (default 512), b̄ (``b``, default: the ``b_estimator`` of
     the inter-token gaps), ``batch`` ('empirical': the simulated steps draw the gaps i.i.d., the default when
     the run has them; 'constant': b̄ every step), ``policy`` and ``token_budget``. ``mc``/``**mc_fields`` as in
@@ -133,9 +141,9 @@ def check(result, server=None, mc=None, *, run: int | None = None, M=None, serve
     from ._server import resolve_mc
     from ._theory import capacity
     from .engine import critical, simulate
-    from .traces import BenchResult, load_bench_result
+    from .traces import BenchmarkResult, load_benchmark_result
 
-    bench = result if isinstance(result, BenchResult) else load_bench_result(result, run, b_estimator=b_estimator)
+    bench = result if isinstance(result, BenchmarkResult) else load_benchmark_result(result, run, b_estimator=b_estimator)
     mc = resolve_mc(mc, mc_fields)
     server, b_source, M_source, batch_desc = _build_server(bench, server, M, server_log, prefill_chunk, b, batch,
                                                            policy, token_budget)
@@ -149,6 +157,10 @@ def check(result, server=None, mc=None, *, run: int | None = None, M=None, serve
     lam, lam_source = tr.mean_rate_rps, "start_times"
     if lam is None and bench.request_rate is not None and math.isfinite(bench.request_rate):
         lam, lam_source = bench.request_rate, "request_rate"
+        if lam <= 0:
+            raise LqsError("request_rate", lam, f"must be > 0 (or inf): {tr.source} completed {n} requests, so they "
+                                                "were offered at a positive rate; the file states no start_times "
+                                                "to measure it from")
     if lam is None and not bench.saturated:
         raise LqsError("start_times", None, f"{tr.source} states neither start_times nor a finite request_rate: "
                                             "the arrival rate is unknown")
@@ -204,6 +216,7 @@ def check(result, server=None, mc=None, *, run: int | None = None, M=None, serve
            "measured_ttft_p99_s": _q(bench.ttfts, 0.99), "sim_ttft_p99_s": float(s["ttft_p99_s"]),
            "measured_e2e_p50_s": _q(bench.e2e, 0.5), "sim_e2e_p50_s": float(s["e2e_p50_s"]),
            "measured_e2e_p99_s": _q(bench.e2e, 0.99), "sim_e2e_p99_s": float(s["e2e_p99_s"]),
+           "measured_ttft_missing": _missing(bench.ttfts), "measured_e2e_missing": _missing(bench.e2e),
            "measured_itl_median_s": bench.itl_median, "sim_itl_median_s": sim_itl,
            "sim_p_backlog_grows": float(s["p_backlog_grows"])}
     if sat_reason is not None and thr is not None:  # the paper's Table 1: measured saturation throughput vs theory

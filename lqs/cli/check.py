@@ -115,5 +115,9 @@ def _print(r: dict, paths):
                       f"{r['throughput_over_lam_star']:.4f} λ*  (the paper's Table 1 comparison)")
     con.print(f"simulated: {escape(r['simulated'])}, {r['trials']} trials × {r['steps']} steps"
               + ("" if r["sim_reliable"] else " — [bold red]UNRELIABLE[/] (a capacity limit was hit; raise --K)"))
+    for k, what in (("measured_ttft_missing", "TTFT"), ("measured_e2e_missing", "E2E latency")):
+        if r.get(k):
+            con.print(f"note: {r[k]} successful request(s) state no {what} (null / NaN); the measured {what} "
+                      "percentiles leave them out")
     if paths:
         con.print(f"wrote {os.path.abspath(paths['report'])}, {os.path.abspath(paths['plot'])}")

@@ -136,6 +136,7 @@ def _grouped_cov(F, Z, target, scale, groups):
     Z_a = 1_a − t_a there (scale 1), so every product with a bin column reduces to per-bin sums of q (and of q·Z_j
     for the other columns) and, between two groups, to their joint bin masses."""
     d = F.shape[1]
+    groups = [(c0, m) for c0, m in groups if m > 0]  # no bins (quantiles=0: the moments only)
     in_group = np.zeros(d, bool)
     idx = []  # per group: each row's bin (n_cols: none)
     for c0, m in groups:
@@ -305,6 +306,6 @@ def is_length_model(path) -> bool:
     try:
         with open(os.fspath(path), encoding="utf-8") as fh:
             head = fh.read(4096)
-    except OSError:
+    except (OSError, UnicodeDecodeError):  # not a text file: not a length model
         return False
     return f'"kind": "{KIND}"' in head or f'"kind":"{KIND}"' in head

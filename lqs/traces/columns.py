@@ -32,9 +32,11 @@ def _lengths(df, col, role: str, label: str) -> np.ndarray:
     """Validate one length column: every entry a finite integer ≥ 1; errors name the row."""
     what = "prompt length s" if role == "s" else "output length o"
     ser = df[col]
-    if pd.api.types.is_bool_dtype(ser.dtype):
-        raise LqsError(role, f"column {col!r} of booleans", f"every {what} must be an integer ≥ 1",
-                       f"in {label}")
+    for kind, test in (("booleans", pd.api.types.is_bool_dtype), ("datetimes", pd.api.types.is_datetime64_any_dtype),
+                       ("time spans", pd.api.types.is_timedelta64_dtype)):
+        if test(ser.dtype):
+            raise LqsError(role, f"column {col!r} of {kind}", f"every {what} must be an integer ≥ 1 (tokens)",
+                           f"in {label}; name the token-count column with --s-col / --o-col")
     num = pd.to_numeric(ser, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     bad = ~np.isfinite(num) | (num != np.round(num)) | (num < 1) | (num > _MAX_LEN)
     if bad.any():
