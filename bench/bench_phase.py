@@ -1,7 +1,7 @@
 """Phase diagram speed: `lqs study phase --quick --axis ratio` of this tree against another checkout, in one run.
 
 The other checkout (``--base DIR``, e.g. ``git worktree add /tmp/lqs-base <commit>``) runs its own quick diagram
-(before issue #9: 3 rows × 8 rates, one simulate call per row); this tree runs the boundary-curve diagram
+(before lqs 0.2: 3 rows × 8 rates, one simulate call per row); this tree runs the boundary-curve diagram
 (32 rows, every row's saturation run in one program). Each is a fresh process (compile included), run
 alternately ``--repeats`` times; the figure of merit is rows per wall second, and the ratio of the medians.
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device session's GPU measurements (issue #10), under 10 minutes on an H100/H200; JSON and logs under $OUT
+# One device session's GPU measurements, under 10 minutes on an H100/H200; JSON and logs under $OUT
 # (default bench/results/gpu-<date>). Run from the repository root, before anything else on the device:
 #     OUT=/some/dir bash bench/gpu_session.sh
 # 1. `lqs bench` at 4,096, 16,384 and 32,768 trials: XLA and the fused Triton kernel from the same keys, on-device

@@ -267,19 +267,19 @@ def count_slots(mask):
     return jnp.sum(mask.astype(jnp.int32), axis=0)
 
 
-PREFIX_BLOCK = 16  # slots per block of the slot-major prefix sum
+PREFIX_GROUP = 16  # slots summed row by row in each group of the slot-major prefix sum
 
 
 def prefix_sum(x):
     """Inclusive prefix sum over the slot axis (axis 0), exact in int32.
 
-    One trial ([K]): ``jnp.cumsum`` (what every backend, Triton included, lowers). Slot-major [K, N]: blocks of
-    PREFIX_BLOCK slots summed row by row (whole-vector adds over the trials), then the block totals by
-    log-step shifts; on a CPU this is ~10× faster than XLA's cumsum (a reduce-window per element). Integer adds
-    in any order give the same bits."""
+    One trial ([K]): ``jnp.cumsum`` (what every backend, Triton included, lowers). Slot-major [K, N]: groups of
+    PREFIX_GROUP slots summed row by row (whole-vector adds over the trials), then the group totals by log-step
+    shifts, which on a CPU is much faster than XLA's cumsum (a reduce-window per element; bench/results/README.md).
+    Integer adds in any order give the same bits."""
     if x.ndim == 1:
         return jnp.cumsum(x)
-    n, b = x.shape[0], PREFIX_BLOCK
+    n, b = x.shape[0], PREFIX_GROUP
     m = -(-n // b) * b
     tail = ((0, 0),) * (x.ndim - 1)
     xp = jnp.pad(x, ((0, m - n),) + tail).reshape((m // b, b) + x.shape[1:])

@@ -1,4 +1,4 @@
-"""check: a measured benchmark run beside the closed form and a simulation of the same server (issue #11).
+"""check: a measured benchmark run beside the closed form and a simulation of the same server.
 
 From one run of ``vllm bench serve`` / ``sglang.bench_serving`` (:func:`lqs.traces.load_benchmark_result`) and the
 server's KV capacity M (given, or read from its start-up log), :func:`check` puts side by side

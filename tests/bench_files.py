@@ -1,4 +1,4 @@
-"""Benchmark result and server log files written by the tests, in the layouts of the real tools (issue #11).
+"""Benchmark result and server log files written by the tests, in the layouts of the real tools.
 
 ``bench_run`` makes one run of a known server: Poisson arrivals at rate λ (``start_times``), lengths drawn from a
 workload (``input_lens``/``output_lens``), inter-token gaps from the known batch time b̄ (constant, or uniform on

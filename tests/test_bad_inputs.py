@@ -15,8 +15,10 @@ import lqs
 from bench_files import SMALL_WL, bench_run, write_json
 from cli_run import one_line_error, run
 
-SERVER = ["--M", "16384", "--prefill-chunk", "512", "--b", "0.0372"]
-SIM = ["simulate", "--workload", "pd-1:1", *SERVER, "--lam", "0.3"]
+from shapes import PD16K_FLAGS
+
+SERVER = PD16K_FLAGS[2:]
+SIM = ["simulate", *PD16K_FLAGS, "--lam", "0.3"]
 
 
 def test_capacity_of_none_is_an_lqs_error():

@@ -17,10 +17,11 @@ from lqs.engine import bench as BM
 from lqs.engine import records as B
 from lqs.engine import paths as LP
 
-SMALL = lqs.Independent(lqs.IntUniform(8, 40, "s"), lqs.IntUniform(4, 30, "o"))
-SRV = lqs.Server(M=400, prefill_chunk=16, b=0.05)
+from shapes import B_SMALL, CHUNK_SMALL, K_SMALL_RUN, M_SMALL, SMALL
+
+SRV = lqs.Server(M=M_SMALL, prefill_chunk=CHUNK_SMALL, b=B_SMALL)
 # K pinned (sizing gives 160–192 by λ) and two trials of one rate: every SMALL run on a path is one program
-KW = dict(trials=2, steps=256, warmup=64, K=192, key=jax.random.key(3))
+KW = dict(trials=2, steps=256, warmup=64, K=K_SMALL_RUN, key=jax.random.key(3))
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""lqs check / lqs.check (issue #11) on benchmark result files written here from a known server (tests/bench_files.py):
+"""lqs check / lqs.check on benchmark result files written here from a known server (tests/bench_files.py):
 b̄ within 2 %, the arrival rate within sampling error, the long-run verdict below and above λ*, saturated runs
 against μ and λ*; every command's benchmark-result path (--trace, --server-log, --run); one-line errors.
 
@@ -16,8 +16,9 @@ import lqs
 from bench_files import SMALL_B, SMALL_CHUNK, SMALL_M, SMALL_WL, VLLM_LOG, bench_run, write_json, write_jsonl
 from cli_run import one_line_error, run, run_json
 
-MC = dict(trials=4, steps=3000, warmup=1000, K=256)  # one K for every λ: the checks share 4 compiled programs
-MC_FLAGS = ["--trials", "4", "--steps", "3000", "--warmup", "1000", "--K", "256"]
+from shapes import CHECK_MC as MC  # one K for every λ: the checks share 4 compiled programs
+
+MC_FLAGS = [x for k, v in MC.items() for x in (f"--{k}", str(v))]
 SRV = lqs.Server(M=SMALL_M, prefill_chunk=SMALL_CHUNK, b=SMALL_B)
 N = 800  # successful requests in every file: the trace workload's shape, so one compiled program serves all
 MU_EXACT = lqs.capacity(SMALL_WL, SRV).mu_exact_rps  # ≈ λ* of the known server (tests: 0.5× and 1.3× it)

@@ -1,4 +1,4 @@
-"""lqs fit lengths / lqs fit batch (issue #11) from the command line, on files written here in every format: the
+"""lqs fit lengths / lqs fit batch from the command line, on files written here in every format: the
 report table, --json, --out; the fitted length model as a workload (--workload FILE, scaled, and a sweep's
 workload entry); one-line errors for bad files."""
 

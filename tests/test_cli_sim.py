@@ -18,9 +18,11 @@ import pytest
 
 from cli_run import run, run_json
 
-BASE = ["--workload", "pd-1:1", "--M", "16384", "--prefill-chunk", "512", "--b", "0.0372"]
-SIM = ["simulate", *BASE, "--trials", "10", "--steps", "6000", "--warmup", "1000", "--K", "96"]
-CRIT = ["critical", *BASE, "--trials", "10", "--steps", "6000", "--warmup", "1000", "--K", "96", "--grid-points", "4",
+from shapes import K_PD16K_CLI, PD16K_FLAGS
+
+BASE = PD16K_FLAGS
+SIM = ["simulate", *BASE, "--trials", "10", "--steps", "6000", "--warmup", "1000", "--K", str(K_PD16K_CLI)]
+CRIT = ["critical", *BASE, "--trials", "10", "--steps", "6000", "--warmup", "1000", "--K", str(K_PD16K_CLI), "--grid-points", "4",
         "--grid-trials", "5"]
 THEORY = ("mu_rps", "mu_exact_rps", "mu_stable_rps", "mu_exact_stable_rps", "delta")
 SUMMARY_KEYS = {"lam_rps", "mu_rps", "mu_exact_rps", "mu_stable_rps", "p_backlog_grows", "throughput_rps", "wait_p99_s",

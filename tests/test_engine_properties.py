@@ -13,16 +13,13 @@ import lqs
 from lqs import engine as E
 from lqs.engine.verdict import saturating_rate
 
-# a fast workload: short requests (k = 1) on a small cache, δ ≈ 0.098, ≈ 0.22 completions per step
-FAST = lqs.Independent(lqs.IntUniform(10, 200, "s"), lqs.IntUniform(10, 200, "o"))
-M_FAST, CHUNK, B = 4096, 512, 0.02
+from shapes import B_FAST as B
+from shapes import CHUNK_FAST as CHUNK
+from shapes import FAST, K_FAST, M_FAST
+
 SRV = lqs.Server(M=M_FAST, prefill_chunk=CHUNK, b=B)
 CAP = lqs.capacity(FAST, SRV)
 
-
-# Every FAST run pins K = 160 slots (sizing gives 128–192 by λ) and the arrival cap comes out at 16 for every rate
-# used here, so runs with the same trials × configurations share one compiled program across this file
-K_FAST = 160
 POLICIES = ("swap", "recompute", "reserve")
 
 

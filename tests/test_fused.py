@@ -22,7 +22,8 @@ from lqs.kernels import loop as KL
 from lqs.kernels.state import POLICIES
 from lqs.kernels import fused as F
 
-SMALL = lqs.Independent(lqs.IntUniform(8, 40, "s"), lqs.IntUniform(4, 30, "o"))
+from shapes import K_FAST, K_SMALL_RUN, SMALL
+
 BATCHES = {
     "constant": ConstantBatch(0.05),
     "affine": AffineBatch(0.01, 2e-4, 1e-3, 2e-5),
@@ -144,7 +145,7 @@ def test_identical_on_a_pairs_trace_mixture():
 def test_simulate_path_option_identical_results_and_reports_the_path():
     """Also: trials not a multiple of the block (2 trials in a program of 4: padded with copies of the last trial,
     dropped after). K = 192 and 2 trials: the programs of test_bench's runs."""
-    kw = dict(trials=2, steps=512, warmup=64, K=192, key=jax.random.key(9))
+    kw = dict(trials=2, steps=512, warmup=64, K=K_SMALL_RUN, key=jax.random.key(9))
     srv, lams = lqs.Server(M=400, prefill_chunk=16, b=0.05), [6.0]
     x = lqs.simulate(SMALL, srv, lams, path="xla", **kw, verdict=False)
     f = lqs.simulate(SMALL, srv, lams, path="fused", fused_trials=4, **kw, verdict=False)
@@ -201,7 +202,7 @@ def test_default_path_from_the_environment_and_deprecated_names(monkeypatch):
 def test_clusters_and_phases_fall_back_to_xla_under_auto():
     # 4 servers, random routing, 8 trials, K = 160: the program of the cluster tests in test_engine_properties
     r = lqs.simulate(SMALL, lqs.Server(M=400, prefill_chunk=16, b=0.05, servers=4, routing="random"), 4.0, trials=8,
-                     steps=256, warmup=0, K=160, path="auto", verdict=False)
+                     steps=256, warmup=0, K=K_FAST, path="auto", verdict=False)
     assert r.config["sizing"]["path"] == "xla" and "servers" in r.config["sizing"]["path_reason"]
 
 
@@ -266,11 +267,11 @@ def test_auto_falls_back_to_xla_when_the_kernel_cannot_compile(monkeypatch, tmp_
     Simulated by pretending to be on a GPU: the Triton kernel cannot be compiled for the CPU backend."""
     from lqs.engine import records as B
 
-    kw = dict(trials=2, steps=256, warmup=64, K=192, key=jax.random.key(4))  # test_bench's XLA program
+    kw = dict(trials=2, steps=256, warmup=64, K=K_SMALL_RUN, key=jax.random.key(4))  # test_bench's XLA program
     srv = lqs.Server(M=400, prefill_chunk=16, b=0.05)
     monkeypatch.setenv("LQS_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(LP, "on_gpu", lambda: True)
-    _, sz, _, _ = L.prepare(SMALL, srv, [6.0], lqs.MonteCarlo(trials=2, warmup=64, K=192, path="xla"), 256)
+    _, sz, _, _ = L.prepare(SMALL, srv, [6.0], lqs.MonteCarlo(trials=2, warmup=64, K=K_SMALL_RUN, path="xla"), 256)
     B.save_record(B.record_key("swap", "constant", sz.K), dict(paths={
         "xla": dict(trial_steps_per_s=1e5, identical=True), "fused": dict(trial_steps_per_s=4e5, identical=True)}))
     with pytest.warns(UserWarning, match="fused kernel failed"):

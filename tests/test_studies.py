@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 import lqs
 from lqs import studies as S
+from shapes import K_FAST
 from lqs.studies.mixture import mixture_theory
 
 FAST = lqs.pd_ratio(1.0, total_hi=400)  # s, o ~ U{10..200}
@@ -23,7 +24,7 @@ M, B = 4096, 0.02
 SERVER = lqs.Server(M=M, prefill_chunk=512, b=B)
 # one slot count K and one horizon: runs with the same number of configurations × trials (128 for the λ grids of
 # phase, latency and slo; 16 for the constant-b̄ saturation runs of b_error and mixture) share compiled programs
-MC = lqs.MonteCarlo(trials=16, steps=8000, warmup=2000, K=160)
+MC = lqs.MonteCarlo(trials=16, steps=8000, warmup=2000, K=K_FAST)
 CAP = lqs.capacity(FAST, SERVER)
 
 
@@ -197,7 +198,7 @@ def test_latency_grows_with_rho_and_slo_needs_at_least_stability_count(tmp_path)
 
 
 def test_cluster_jsq_waits_less_than_random(tmp_path):
-    res = S.cluster_study(FAST, SERVER, lqs.MonteCarlo(trials=8, steps=6000, warmup=1500, K=160), servers=4,
+    res = S.cluster_study(FAST, SERVER, lqs.MonteCarlo(trials=8, steps=6000, warmup=1500, K=K_FAST), servers=4,
                           routings=("random", "jsq"), rhos=(0.9,), saturation=False, out=str(tmp_path))
     d = res.data.set_index("routing")
     assert d.reliable.all()

@@ -1,4 +1,4 @@
-"""lqs.sweep: spec validation (issue #12 names, aliases and renamed keys), grouping into simulate calls (one Server
+"""lqs.sweep: spec validation (names, aliases and renamed keys), grouping into simulate calls (one Server
 per part), tidy table, ρ = λ/μ, deterministic keys, resume after a kill, refusing a different spec, and the
 ``lqs sweep`` command (YAML config and quick-grid flags)."""
 

@@ -56,7 +56,7 @@ def test_service_rate_formula():
 
 # ----------------------------------------------------------------------------------------------- g
 def footprint_sum(s: int, o: int, chunk: int) -> int:
-    """Σ of SPEC step-1 footprints over a request's life, advancing it one unit per scheduled step."""
+    """Σ of the step-1 footprints (docs/model.md) over a request's life, advancing it one unit per scheduled step."""
     k = prefill_steps(s, chunk)
     c = d = 0
     total = 0

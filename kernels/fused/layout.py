@@ -48,9 +48,8 @@ def interleaved(K: int, rb: int, warps: int) -> bool:
     """Whether the kernel holds a trial's K = 32·P slots interleaved (one warp per trial, K a multiple of 32): part e
     of P holds slots e, P + e, 2P + e, … (lane j: slot j·P + e), so each thread holds P consecutive slots. The
     prefix sum is then a running sum over the thread's own slots plus one warp scan of the threads' totals, and
-    every sum over slots one warp reduction, whatever P. Against contiguous pieces (128 + 128 + 32 for K = 288: three
-    warp scans, and two reductions per sum) that is 546 → 489 SASS instructions per thread and step (sm_90, two
-    trials on two warps; bench/fused_resources.py)."""
+    every sum over slots one warp reduction, whatever P, where contiguous pieces (128 + 128 + 32 for K = 288) need
+    three warp scans and two reductions per sum (instruction counts: bench/results/README.md)."""
     return warps <= rb and K > LANES and K % LANES == 0
 
 
@@ -71,11 +70,11 @@ def triton_K(K: int) -> int:
 
 
 def default_trials_per_program(K: int) -> int:
-    """Trials per kernel program. 32 < K ≤ ONE_WARP_MAX_K: one (a program is one warp: its slots interleaved, 8–10
-    of each field per thread, 206–233 registers on sm_90, no spills; a program of two or four such trials costs ~35
-    more instructions per thread and step). Otherwise about 1024 slots per field (a power of two, 1..64): K = 512 runs
-    two trials on 8 warps, 4 slots per thread. bench/results/README.md, "the fused step's instruction count", has the
-    measured grid (bench/fused_resources.py: Triton → PTX → ptxas, no GPU)."""
+    """Trials per kernel program. 32 < K ≤ ONE_WARP_MAX_K: one (a program is one warp, its slots interleaved, 8–10
+    of each field per thread; programs of two or four such trials cost more instructions per thread and step).
+    Otherwise about 1024 slots per field (a power of two, 1..64): K = 512 runs two trials on 8 warps, 4 slots per
+    thread. The measured grid behind these choices (bench/fused_resources.py: Triton → PTX → ptxas, no GPU) is in
+    bench/results/README.md, "the fused step's instruction count"."""
     if LANES < K <= ONE_WARP_MAX_K:
         return 1
     return int(min(64, 1 << (max(1, 1024 // K).bit_length() - 1)))

@@ -1,6 +1,6 @@
 """Measured inputs of the commands that take a workload: a vLLM/SGLang benchmark result given as ``--trace``
 (its requests are the workload, its inter-token gaps b̄), ``--server-log`` (M), a fitted length model given as
-``--workload FILE`` and ``--prompt-scale``/``--output-scale`` (issue #11; docs/model.md, "Workload" and "Batch
+``--workload FILE`` and ``--prompt-scale``/``--output-scale`` (docs/model.md, "Workload" and "Batch
 time")."""
 
 from __future__ import annotations

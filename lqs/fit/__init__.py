@@ -1,4 +1,4 @@
-"""Fitted models from measurements (issue #11), both fitted with optax: length models (:func:`fit_lengths`, a
+"""Fitted models from measurements, both fitted with optax: length models (:func:`fit_lengths`, a
 constrained log-normal mixture that is an lqs Workload) and the affine batch-time model (:func:`fit_batch`).
 See docs/model.md for the quantities they match."""
 

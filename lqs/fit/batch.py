@@ -205,7 +205,8 @@ def fit_batch(steplog, *, time_col: str | None = None, prefill_col: str | None =
         (th, _), _ = jax.lax.scan(body, (theta, opt.init(theta)), None, length=steps)
         return th
 
-    c = np.asarray(coef(run(theta0)), np.float64)
+    with jax.numpy_dtype_promotion("standard"):  # optax's schedules mix its int32 step count with Python floats
+        c = np.asarray(coef(run(theta0)), np.float64)
     a = c * ys / xs
     a[0] = max(a[0], 1e-12)
     pred = X @ a

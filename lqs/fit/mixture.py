@@ -105,7 +105,8 @@ def fit_logmix(s: np.ndarray, o: np.ndarray, components: int, *, seed: int = 0, 
         (m, st), _ = jax.lax.scan(body, (m, st), None, length=steps)
         return m, loss(m)
 
-    model, final = run(model, state)
+    with jax.numpy_dtype_promotion("standard"):  # optax's schedules mix its int32 step count with Python floats
+        model, final = run(model, state)
     # log-likelihood of the dequantised lengths (not log space): subtract the Jacobian Σ log s + log o
     ll = -float(final) - float(np.mean(y.sum(1)))
     return model, ll

@@ -64,5 +64,5 @@ def slo_servers(workload=None, server=None, mc=None, *, quick: bool = False, see
     return write("slo", df, meta, plot_slo, out)
 
 
-#: the name before issue #12 (serving instances are "servers"; "replicas" were ambiguous with Monte Carlo trials)
+#: the name before lqs 0.2 (serving instances are "servers"; "replicas" were ambiguous with Monte Carlo trials)
 slo_replicas = slo_servers

@@ -27,7 +27,7 @@ Spec fields (YAML or a dict; every axis may be a list or a single value)::
     cells_per_part: 64       # cells per part file (parts/part-NNNNN.parquet)
     options: {}              # further MonteCarlo fields (K, compact_every, max_points, path, ...)
 
-Renamed keys (issue #12): ``replicas`` → ``trials``, ``per_replica`` → ``per_trial``, ``cells_per_chunk`` →
+Renamed keys: ``replicas`` → ``trials``, ``per_replica`` → ``per_trial``, ``cells_per_chunk`` →
 ``cells_per_part`` (each a clear error); ``chunk`` → ``prefill_chunk`` (still accepted).
 """
 
