@@ -18,6 +18,8 @@ from cli_run import one_line_error, run, run_json
 
 from shapes import CHECK_MC as MC  # one K for every λ: the checks share 4 compiled programs
 
+pytestmark = pytest.mark.xdist_group("check")  # one worker: its module fixtures run once
+
 MC_FLAGS = [x for k, v in MC.items() for x in (f"--{k}", str(v))]
 SRV = lqs.Server(M=SMALL_M, prefill_chunk=SMALL_CHUNK, b=SMALL_B)
 N = 800  # successful requests in every file: the trace workload's shape, so one compiled program serves all

@@ -12,6 +12,8 @@ import lqs
 from bench_files import SMALL_WL, bench_run, write_json, write_jsonl
 from cli_run import one_line_error, run, run_json
 
+pytestmark = pytest.mark.xdist_group("cli_fit")  # one worker: its module fixtures run once
+
 FIT = ["--prefill-chunk", "128", "--components", "3", "--steps", "300"]
 
 

@@ -20,6 +20,8 @@ from cli_run import run, run_json
 
 from shapes import K_PD16K_CLI, PD16K_FLAGS
 
+pytestmark = pytest.mark.xdist_group("cli_sim")  # one worker: its module fixtures run once
+
 BASE = PD16K_FLAGS
 SIM = ["simulate", *BASE, "--trials", "10", "--steps", "6000", "--warmup", "1000", "--K", str(K_PD16K_CLI)]
 CRIT = ["critical", *BASE, "--trials", "10", "--steps", "6000", "--warmup", "1000", "--K", str(K_PD16K_CLI), "--grid-points", "4",

@@ -17,6 +17,8 @@ from shapes import B_FAST as B
 from shapes import CHUNK_FAST as CHUNK
 from shapes import FAST, K_FAST, M_FAST
 
+pytestmark = pytest.mark.xdist_group("engine_properties")  # one worker: its module fixtures run once
+
 SRV = lqs.Server(M=M_FAST, prefill_chunk=CHUNK, b=B)
 CAP = lqs.capacity(FAST, SRV)
 

@@ -81,7 +81,8 @@ def test_small_overloaded_identical(policy):
     _assert_same(df, st, ref)
 
 
-@pytest.mark.parametrize("policy", ["swap", "recompute", "reserve"])
+@pytest.mark.parametrize("policy", [pytest.param("swap", marks=pytest.mark.slow), "recompute",
+                                    pytest.param("reserve", marks=pytest.mark.slow)])
 def test_small_token_budget_and_affine_identical(policy):
     batch = AffineBatch(0.01, 2e-4, 1e-3, 1e-5)
     df, st, ref = _run_both(SMALL, M=80, chunk=8, lam=20.0, batch=batch, policy=policy, steps=512,

@@ -13,6 +13,8 @@ import lqs
 from lqs import LqsError
 from lqs.fit import LengthModel, fit_lengths, is_length_model, load_length_model
 
+pytestmark = pytest.mark.xdist_group("fit")  # one worker: its module fixtures run once
+
 
 @pytest.mark.parametrize("name", ["azure-conv", "azure-code"])
 def test_fit_lengths_targets(name, tmp_path):

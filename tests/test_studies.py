@@ -152,6 +152,7 @@ def test_mixture_weights_theory():
     assert un["mu_mix_count_rps"] == pytest.approx(lqs.mu_mix(un["mu_phases_rps"], [2, 1]))
 
 
+@pytest.mark.slow  # phased runs: test_engine_properties' phased schedule; μ_mix: the mixture study's theory test
 def test_mixture_phased_critical_rate_follows_count_weights(tmp_path):
     phases = [lqs.pd_ratio(2.0, total_hi=400), lqs.pd_ratio(0.5, total_hi=400)]
     res = S.mixture_study(phases, SERVER, MC, lam_ratio=(2, 1), n_load=5, load=(0.85, 1.15), cycles=16,
@@ -223,6 +224,7 @@ def test_cli_study_closed_form_and_errors(tmp_path):
         assert name in r.output
 
 
+@pytest.mark.slow  # the affine engine: test_engine_properties' affine test; b̄'s estimators: the i.i.d. b_error test
 def test_b_error_affine_mean_at_saturation_predicts_lam_star():
     mc = lqs.MonteCarlo(trials=16, steps=8000, warmup=2000)  # K sized by the study for the affine model
     res = S.b_error(FAST, SERVER, mc, sections=("affine",), affine_ratios=(4.0,), total_hi=400)

@@ -21,6 +21,8 @@ from lqs.cli import main
 from lqs.sweep import plan as SP
 from lqs.sweep import run as S
 
+pytestmark = pytest.mark.xdist_group("sweep")  # one worker: its module fixtures run once
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 W = "pd_ratio:1:400"  # s, o ~ U{10..200}: short requests, fast to simulate
 # one real-engine configuration (every part has the same shapes: compiled once for the whole module; K pinned as in

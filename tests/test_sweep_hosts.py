@@ -18,6 +18,8 @@ import pytest
 import lqs
 from lqs.sweep import run_sweep
 
+pytestmark = pytest.mark.xdist_group("sweep_hosts")  # one worker: its module fixtures run once
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 2 parts of 1 cell × 2 trials; with K pinned, the cells and the configuration's saturation run (2 trials) have one
 # shape: one compilation per worker process (and, in this process, test_bench's 2-trial program)

@@ -16,6 +16,8 @@ import lqs
 from lqs import engine as E
 from lqs.engine.sizing import Config
 
+pytestmark = pytest.mark.xdist_group("verdict")  # one worker: its module fixtures run once
+
 PD = lqs.preset("pd-1:1")
 SRV = lqs.Server(M=16384, prefill_chunk=512, b=0.0372)  # the paper's regime at a reduced cache: δ = 0.195
 CAP = lqs.capacity(PD, SRV)

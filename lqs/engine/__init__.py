@@ -19,3 +19,14 @@ __all__ = ["Config", "CriticalResult", "MAX_ARRIVALS_PER_STEP", "PATHS", "SimRes
            "Verdict", "attach_verdicts", "auto_steps", "backlog_grows", "config_keys", "critical", "crossing",
            "default_path", "groups", "hist_quantiles", "prepare", "prepare_configs", "product", "run_configs",
            "saturation", "simulate", "size_engine", "step_log", "verdict_at", "verdict_of", "wilson"]
+
+
+def __getattr__(name):
+    """The 0.2 names of this package (deprecated): ENGINES, default_engine."""
+    old = {"ENGINES": "PATHS", "default_engine": "default_path"}
+    if name in old:
+        import warnings
+
+        warnings.warn(f"lqs.engine.{name} is deprecated: use lqs.engine.{old[name]}", DeprecationWarning, stacklevel=2)
+        return globals()[old[name]]
+    raise AttributeError(f"module 'lqs.engine' has no attribute {name!r}")
