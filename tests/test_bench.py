@@ -124,6 +124,7 @@ def test_cache_dir_follows_the_platform_and_the_override(monkeypatch, tmp_path):
     assert B.k_bucket(288) == 512 and B.k_bucket(256) == 256
 
 
+@pytest.mark.slow  # K rounding for Triton: test_fused's test_slots_are_not_padded_to_a_power_of_two
 def test_bench_times_xla_at_its_own_K_and_checks_the_fused_path_at_the_fused_K(cache, monkeypatch):
     """Under Triton the fused path runs a rounded-up K: XLA is still timed at its sized K, and the fused final states
     are compared with an XLA run at the fused K (simulated here by rounding interpret mode's K up to 320)."""

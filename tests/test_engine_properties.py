@@ -304,6 +304,7 @@ def test_cluster_routings_conserve_requests(routing):
     assert int(np.asarray(sv.limits.violations).sum()) == 0 and (in_sys >= 0).all()
 
 
+@pytest.mark.slow  # clusters: the round-robin and routing tests here, test_studies' cluster study
 def test_cluster_saturation_in_band():
     G = 4
     # random routing, 8 trials, K = 160: the program of test_studies' cluster study (round robin is checked above)

@@ -16,7 +16,7 @@ from lqs.fit import LengthModel, fit_lengths, is_length_model, load_length_model
 pytestmark = pytest.mark.xdist_group("fit")  # one worker: its module fixtures run once
 
 
-@pytest.mark.parametrize("name", ["azure-conv", "azure-code"])
+@pytest.mark.parametrize("name", [pytest.param("azure-conv", marks=pytest.mark.slow), "azure-code"])
 def test_fit_lengths_targets(name, tmp_path):
     t0 = time.perf_counter()
     fit = fit_lengths(name, 512, M=131_000)

@@ -67,6 +67,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # the host split itself: the in-process hosts=(i, n) test here
 def test_two_jax_distributed_processes_share_one_sweep(single, tmp_path):
     """Two real JAX processes (jax.distributed on one machine, CPU) run one sweep into one directory."""
     out = tmp_path / "shared"
