@@ -34,6 +34,8 @@ class EngineConfig:
     phased: bool = False  # piecewise-constant (duration, λ, workload) schedule: lengths drawn on arrival
     n_u: int = 0  # uniforms stored per slot when phased
     check_work: bool = False  # accumulate per-request memory-work and compare with g_exact (int32-safe sizes)
+    running_cap: bool = False  # at most Params.max_running requests scheduled per step (vLLM max_num_seqs)
+    blocks: bool = False  # KV held in whole blocks of Params.block tokens (vLLM block_size)
     compact_every: int = 64  # steps per record period: compaction, latency binning and the step log once a period
     periods_per_point: int = 1  # one time-series point every this many record periods
     points_per_call: int = 16  # one host round trip every this many time-series points
@@ -78,6 +80,8 @@ class Params(NamedTuple):
     phase_end: jax.Array  # float32[P] end instants of the phases (last = inf); used when cfg.phased
     phase_lam: jax.Array  # float32[P] arrival rate of each phase
     routing: jax.Array = None  # int32[] index into ROUTINGS: a cluster's routing rule (traced: one program)
+    max_running: jax.Array = None  # int32[] running-request cap (used when cfg.running_cap)
+    block: jax.Array = None  # int32[] KV block size β in tokens (used when cfg.blocks)
 
 
 class Keys(NamedTuple):

@@ -85,10 +85,17 @@ def serve(state: State, params: Params, cfg: EngineConfig) -> Served:
     pre = u < k
     live_i = live.astype(jnp.int32)  # masks enter sums and products as 0/1: a multiply where a select would be
     f = jnp.where(pre, jnp.minimum((u + 1) * chunk, s), s + (u - k) + 1) * live_i  # 0 unless live
-    # 2. longest FCFS prefix under M (and the token budget)
-    w = (s + o) * live_i if cfg.policy == "reserve" else f
+    peak = s + o
+    if cfg.blocks:  # memory is held in whole blocks of β tokens
+        blk = params.block
+        f = ((f + blk - 1) // blk) * blk
+        peak = ((peak + blk - 1) // blk) * blk
+    # 2. longest FCFS prefix under M (and the token budget, and the running-request cap)
+    w = peak * live_i if cfg.policy == "reserve" else f
     cw = prefix_sum(w)
     sched = live & (cw <= M)
+    if cfg.running_cap:
+        sched = sched & (prefix_sum(live_i) <= params.max_running)
     tok = jnp.where(pre, jnp.minimum(chunk, s - u * chunk), 1)
     if cfg.token_budget:
         tok = tok * live_i
@@ -116,6 +123,8 @@ def serve(state: State, params: Params, cfg: EngineConfig) -> Served:
     # slot's prefix sum is the total) and, with a token budget, all their tokens fit (implied by the test below)
     room = M - sum_slots(w)  # = cw[-1] (exact integers; a reduction lowers to every backend, a slice does not)
     starved = (state.queue.overflow > 0) & (room >= jnp.maximum(params.min_w, 0))
+    if cfg.running_cap:
+        starved = starved & (count_slots(live) + 1 <= params.max_running)
     if cfg.token_budget:
         starved = starved & (sum_slots(tok) + 1 <= params.budget)
     n_live = count_slots(live)

@@ -91,6 +91,11 @@ class Server:
     b_theory
         The b̄ used by the closed form when ``b`` is an affine model (whose mean depends on the load); default:
         the mean of a constant or i.i.d. model.
+    max_running
+        At most this many requests scheduled per step (vLLM ``max_num_seqs``, SGLang ``max_running_requests``);
+        None: no cap.
+    block_size
+        KV memory is held in whole blocks of this many tokens (vLLM ``block_size``, SGLang ``page_size``); 1: tokens.
     """
 
     M: Any
@@ -101,6 +106,8 @@ class Server:
     servers: int = 1
     routing: str = "round_robin"
     b_theory: float | None = None
+    max_running: int | None = None
+    block_size: int = 1
 
     def __post_init__(self):
         s = object.__setattr__
@@ -124,6 +131,9 @@ class Server:
         s(self, "routing", check_choice("routing", self.routing, ROUTINGS))
         if self.b_theory is not None:
             s(self, "b_theory", check_float("b_theory", self.b_theory, 0.0, lo_open=True))
+        if self.max_running is not None:
+            s(self, "max_running", check_int("max_running", self.max_running, 1, _INT_MAX))
+        s(self, "block_size", check_int("block_size", self.block_size, 1, 2**16))
 
     # ------------------------------------------------------------------------------------------------ views
     def replace(self, **changes) -> "Server":
@@ -131,7 +141,8 @@ class Server:
         bad = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
         if bad:
             raise LqsError(bad[0], changes[bad[0]], "is not a Server field (M, prefill_chunk, b, policy, "
-                                                    "token_budget, servers, routing, b_theory)")
+                                                    "token_budget, servers, routing, b_theory, max_running, "
+                                                    "block_size)")
         return dataclasses.replace(self, **changes)
 
     @property
@@ -180,7 +191,8 @@ class Server:
                     b=list(self.b) if isinstance(self.b, tuple) else
                     (self.b if not isinstance(self.b, BatchTime) else describe(self.b)),
                     b_theory_s=self.b_theory, policy=self.policy, token_budget=self.token_budget,
-                    servers=self.servers, routing=self.routing)
+                    servers=self.servers, routing=self.routing, max_running=self.max_running,
+                    block_size_tokens=self.block_size)
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,30 @@ def g_exact(s, o, prefill_chunk):
     return prefill_chunk * k * (k - 1) // 2 + s + o * s + o * (o + 1) // 2
 
 
+def _ceil_sum(n, block):
+    """Σ_{x=1..n} ⌈x/β⌉ (n ≥ 0 integers, vectorised)."""
+    q, r = n // block, n % block
+    return block * q * (q + 1) // 2 + r * (q + 1)
+
+
+def g_block(s, o, prefill_chunk, block):
+    """Lifetime memory-work with KV blocks of β tokens: every footprint rounded up to whole blocks,
+    Σ_{c=1..k} β⌈min(cŝ, s)/β⌉ + Σ_{d=1..o} β⌈(s+d)/β⌉ (= g_exact for β = 1). Integers in, int64 out."""
+    s = np.asarray(s, np.int64)
+    o = np.asarray(o, np.int64)
+    k = prefill_steps(s, prefill_chunk)
+    b = int(block)
+    dec = b * (_ceil_sum(s + o, b) - _ceil_sum(s, b))
+    last = b * ((s + b - 1) // b)  # the final chunk's footprint is s
+    if prefill_chunk % b == 0:  # every full chunk c·ŝ is whole blocks
+        pre = prefill_chunk * k * (k - 1) // 2 + last
+    else:
+        pre = last.copy()
+        for c in range(1, int(np.max(k, initial=1))):
+            pre = pre + np.where(c < k, b * ((c * prefill_chunk + b - 1) // b), 0)
+    return pre + dec
+
+
 def g_s_term(s, prefill_chunk, exact: bool):
     """A(s): the part of g that depends on s alone."""
     s = np.asarray(s, dtype=np.float64)
@@ -150,6 +174,9 @@ class Capacity:
     mu_exact_rps: float  # servers · M / (b̄ · E[g_exact])
     mu_stable_rps: float  # μ(1−δ)
     mu_exact_stable_rps: float  # μ_exact(1−δ)
+    block_size_tokens: int = 1
+    mean_g_block_tokens2: float | None = None  # E[g_β] (KV blocks of β tokens; None for β = 1)
+    mu_block_rps: float | None = None  # servers · M / (b̄ · E[g_β]): the rate of a server holding whole blocks
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -166,8 +193,27 @@ def capacity(workload, server, *, key=None, n_mc: int = 1_000_000) -> Capacity:
     from ._workload import as_workload
 
     server = as_server(server).require_scalar("capacity")
-    return _capacity(as_workload(workload), server.M, server.prefill_chunk, server.b_mean_s, servers=server.servers, key=key,
-                     n_mc=n_mc)
+    cap = _capacity(as_workload(workload), server.M, server.prefill_chunk, server.b_mean_s, servers=server.servers,
+                    key=key, n_mc=n_mc)
+    if server.block_size > 1:
+        import dataclasses
+
+        gb = expected_g_block(as_workload(workload), server.prefill_chunk, server.block_size, key=key, n_mc=n_mc)
+        cap = dataclasses.replace(cap, block_size_tokens=server.block_size, mean_g_block_tokens2=gb,
+                                  mu_block_rps=server.servers * service_rate(server.M, server.b_mean_s, gb))
+    return cap
+
+
+def expected_g_block(workload, prefill_chunk, block, *, key=None, n_mc: int = 1_000_000) -> float:
+    """E[g_β]: the exact mean over a trace's pairs (or a finite support), else a Monte Carlo mean of n_mc draws."""
+    import jax
+
+    s = getattr(workload, "s", None)
+    if isinstance(s, np.ndarray) and isinstance(getattr(workload, "o", None), np.ndarray):  # Pairs: exact
+        return float(np.mean(g_block(workload.s, workload.o, prefill_chunk, block)))
+    key = jax.random.key(0) if key is None else key
+    s, o = workload.sample(key, (int(n_mc),))
+    return float(np.mean(g_block(np.asarray(s, np.int64), np.asarray(o, np.int64), prefill_chunk, block)))
 
 
 def _capacity(workload, M, prefill_chunk, b, *, servers: int = 1, key=None, n_mc: int = 1_000_000) -> Capacity:

@@ -133,7 +133,8 @@ def test_simulate_out_dir(tmp_path, pair):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["seed"] == 0 and cfg["server"]["policy"] == "swap"
     assert cfg["server"] == {"M_tokens": 16384, "prefill_chunk_tokens": 512, "b": 0.0372, "b_theory_s": None,
-                             "policy": "swap", "token_budget": None, "servers": 1, "routing": "round_robin"}
+                             "policy": "swap", "token_budget": None, "servers": 1, "routing": "round_robin",
+                             "max_running": None, "block_size_tokens": 1}
     mc = cfg["monte_carlo"]
     assert mc["trials"] == 10 and mc["steps"] == 6000 and mc["warmup"] == 1000 and mc["seed"] == 0
     assert cfg["M_tokens"] == [16384, 16384]
@@ -266,7 +267,7 @@ BAD = [
     (["--steps", "500"], "steps"),
     (["--b-model", "nonsense"], "b_model"),
     (["--b-model", "empirical"], "b_model"),
-    (["--b-model", "constant:5"], "b_model"),
+    (["--b-model", "constant:x"], "b_model"),
     (["--b-model", "lognormal:-1"], "b_model"),
     (["--b-model", "two-speed:3"], "b_model"),
     (["--b-model", "affine:1,2"], "b_model"),

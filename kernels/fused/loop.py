@@ -12,8 +12,11 @@ from ..state import EngineConfig, Params, State
 from .kernel import fused_period
 
 
-def unsupported(servers: int, phased: bool) -> str | None:
-    """Why a configuration with these servers per trial and phasing cannot run fused (None when it can)."""
+def unsupported(servers: int, phased: bool, limits: bool = False) -> str | None:
+    """Why a configuration with these servers per trial and phasing cannot run fused (None when it can).
+    ``limits``: a running-request cap or KV blocks."""
+    if limits:
+        return "a running-request cap or KV blocks run on the XLA path"
     if servers > 1:
         return "clusters (servers > 1) run on the XLA path"
     if phased:
@@ -26,7 +29,7 @@ def run_call_batched(states: State, params: Params, cfg: EngineConfig, *, rb: in
                      triton_layout: bool | None = None):
     """Same contract and results as ``batched.run_call_batched`` (``n_points``: see ``loop.points_scan``). N need
     not be a multiple of rb (padded here)."""
-    why = unsupported(cfg.servers, cfg.phased)
+    why = unsupported(cfg.servers, cfg.phased, cfg.running_cap or cfg.blocks)
     if why:
         raise ValueError(why)
     N = states.slots.s.shape[0]

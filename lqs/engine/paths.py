@@ -69,10 +69,11 @@ def on_gpu() -> bool:
     return jax.default_backend() in ("gpu", "cuda", "rocm")
 
 
-def select_path(path, servers: int, phased: bool) -> tuple[str, str]:
-    """(path, reason): path is "xla", "fused" (Triton on a GPU) or "fused-interpret" (Pallas interpret mode)."""
+def select_path(path, servers: int, phased: bool, limits: bool = False) -> tuple[str, str]:
+    """(path, reason): path is "xla", "fused" (Triton on a GPU) or "fused-interpret" (Pallas interpret mode).
+    ``limits``: the server has a running-request cap or KV blocks."""
     path = default_path() if path is None else check_choice("path", path, PATHS)
-    why = _fused.unsupported(servers, phased)
+    why = _fused.unsupported(servers, phased, limits)
     if path == "xla":
         return "xla", "asked for"
     if path == "fused":

@@ -146,7 +146,8 @@ def shape_key(c: Config, phased=None) -> tuple:
     w_shapes = tuple(np.shape(x) for x in jax.tree_util.tree_leaves(c.workload))
     b_def = jax.tree_util.tree_structure(s.b)
     b_shapes = tuple(np.shape(x) for x in jax.tree_util.tree_leaves(s.b))
-    return (s.policy, s.servers, s.token_budget is not None, phased is not None, w_def, w_shapes, b_def, b_shapes)
+    return (s.policy, s.servers, s.token_budget is not None, phased is not None, w_def, w_shapes, b_def, b_shapes,
+            s.max_running is not None, s.block_size > 1)
 
 
 def groups(configs: list[Config], phased=None) -> list[list[int]]:
@@ -182,12 +183,16 @@ def validate_group(configs: list[Config], mc: MonteCarlo, steps: int, phased=Non
     keys = {shape_key(c, phased) for c in configs}
     if len(keys) != 1:
         raise LqsError("configs", len(keys), "configurations of one program must agree in policy, servers, "
-                       "token budget (set or not) and workload/batch-model structure")
+                       "token budget, running cap and KV blocks (set or not) and workload/batch-model structure")
     steps = check_int("steps", steps, 1, 2**31 - 2**20)
     if mc.warmup >= steps:
         raise LqsError("warmup", mc.warmup, f"must be below the horizon of {steps} steps")
     for c in configs:
         check_workload(c.workload, c.server)
+        blk = c.server.block_size
+        if blk > 1 and blk * -(-c.workload.max_total // blk) > c.M:
+            raise LqsError("block_size", blk, f"the largest request (s+o = {c.workload.max_total}) rounded up to "
+                           f"whole blocks of {blk} tokens must fit in M = {c.M}")
         b_max = c.batch.max_s(c.M, 64, c.server.prefill_chunk)
         if c.lam * b_max > MAX_ARRIVALS_PER_STEP:
             what = ("" if c.batch.kind == "constant" else f" (b = {b_max:.3g} s, the far quantile of the "
@@ -219,11 +224,15 @@ def group_sizing(configs: list[Config], mc: MonteCarlo, phased=None) -> Sizing:
     return sizing
 
 
+def _limits(server: Server) -> bool:
+    return server.max_running is not None or server.block_size > 1
+
+
 def choose_path(sizing: Sizing, mc: MonteCarlo, configs: list[Config], phased=None) -> Sizing:
     """The step-loop path of a program (lqs/engine/paths.py; ``auto`` consults the bench records) and the K and
     trials per kernel program it runs with."""
     c0 = configs[0]
-    path, reason = select_path(mc.path, c0.server.servers, phased is not None)
+    path, reason = select_path(mc.path, c0.server.servers, phased is not None, _limits(c0.server))
     path, reason, K = settle_path(path, reason, sizing.K, c0.server.policy, c0.batch.kind)
     rb = 0 if path == "xla" else (mc.fused_trials or _fused.default_trials_per_program(K))
     M_max = max(c.M for c in configs)
@@ -245,7 +254,9 @@ def engine_config(s0: Server, sizing: Sizing, mc: MonteCarlo, steps: int, phased
     ppc = max(1, round(CALL_STEPS / (mc.compact_every * ppp)))
     return EngineConfig(K=sizing.K, policy=s0.policy, a_max=sizing.a_max, token_budget=s0.token_budget is not None,
                         servers=s0.servers, phased=phased is not None,
-                        n_u=0 if phased is None else phased[0].n_uniforms, check_work=sizing.check_work,
+                        n_u=0 if phased is None else phased[0].n_uniforms,
+                        check_work=sizing.check_work and s0.block_size == 1,
+                        running_cap=s0.max_running is not None, blocks=s0.block_size > 1,
                         compact_every=mc.compact_every, periods_per_point=ppp, points_per_call=ppc)
 
 
@@ -277,5 +288,7 @@ def build_params(configs: list[Config], mc: MonteCarlo, phased=None) -> Params:
                        warmup=jnp.full((N,), mc.warmup, jnp.int32), min_w=per_trial(min_w, np.int32),
                        workload=stacked(sim_ws), batch=stacked([c.batch for c in configs]),
                        phase_end=jnp.asarray(ends), phase_lam=jnp.asarray(plams),
-                       routing=per_trial([ROUTINGS.index(c.server.routing) for c in configs], np.int32))
+                       routing=per_trial([ROUTINGS.index(c.server.routing) for c in configs], np.int32),
+                       max_running=per_trial([c.server.max_running or _INT32_MAX for c in configs], np.int32),
+                       block=per_trial([c.server.block_size for c in configs], np.int32))
     return params

@@ -60,6 +60,11 @@ def config_hash(workload, server) -> int:
         h.update(np.ascontiguousarray(np.asarray(x, np.float64)).tobytes())
     d = server.describe()
     d.pop("b", None)
+    # the real-engine limits enter only when set, so a server without them keeps the hash (and the draws) it had
+    if d.get("max_running") is None:
+        d.pop("max_running", None)
+    if d.get("block_size_tokens") == 1:
+        d.pop("block_size_tokens", None)
     h.update(repr(sorted(d.items())).encode())
     return int.from_bytes(h.digest()[:4], "little") & 0x7FFFFFFF
 
