@@ -25,10 +25,10 @@ import numpy as np
 
 from .._errors import LqsError
 from .._theory import estimate_b
+from .benchmark_meta import _format, _meta, _number, _rate, _summary
 from .trace import Trace
 
 REQUIRED = ("input_lens", "output_lens")
-_SGLANG_KEYS = ("total_output_tokens_retokenized", "mean_e2e_latency_ms", "accept_length", "generated_texts_ids")
 _E2E_KEYS = ("e2els", "latencies", "e2e_latencies")
 
 
@@ -56,11 +56,45 @@ class BenchmarkResult:
     source_format: str
     run: int
     n_runs: int
+    max_concurrency: int | None = None  # the client's cap on requests in flight (None: no cap)
+    burstiness: float | None = None  # gamma shape of the client's inter-arrival times (1: Poisson)
+    tpots: np.ndarray | None = None  # per-request (E2E − TTFT)/(o − 1), seconds (o ≥ 2; NaN otherwise)
+    itl_gaps: np.ndarray | None = None  # every stated inter-token gap of the successful requests (seconds)
+    server: dict | None = None  # server fields the file states: {field: (value, source)}
+    summary: dict | None = None  # the run's own summary statistics (seconds), e.g. {"ttft_p50_s": ...}
+    summary_only: bool = False  # no per-request arrays: the lengths come from the totals (fixed-length run)
+    notes: tuple = ()  # what the reader assumed or left out, one sentence each
 
     @property
     def saturated(self) -> bool:
         """True when the run offered requests as fast as possible (request_rate = inf)."""
         return self.request_rate is not None and math.isinf(self.request_rate)
+
+    @property
+    def run_kind(self) -> str:
+        """``open`` (requests issued at a rate, no client cap), ``closed`` (at most ``max_concurrency`` in flight,
+        with or without a rate) or ``burst`` (rate inf and no cap: every request at t = 0)."""
+        n = len(self.trace)
+        capped = self.max_concurrency is not None and self.max_concurrency < n
+        if capped:
+            return "closed"
+        if self.saturated:
+            return "burst"
+        return "open"
+
+    def describe_kind(self) -> str:
+        kind = self.run_kind
+        if kind == "closed":
+            rate = "no rate limit" if self.request_rate is None or self.saturated else \
+                f"issued at {self.request_rate:g} req/s"
+            return f"closed loop: at most {self.max_concurrency} requests in flight, {rate}"
+        if kind == "burst":
+            return "burst: every request sent at t = 0 (request_rate inf, no concurrency cap)"
+        if self.request_rate is not None:
+            k = self.burstiness if self.burstiness is not None else 1.0
+            proc = "Poisson" if k == 1.0 else f"gamma, burstiness {k:g}"
+            return f"open loop: {self.request_rate:g} req/s ({proc})"
+        return "open loop: arrivals at the recorded start times"
 
     def to_dict(self) -> dict:
         def q(x, p):
@@ -104,7 +138,10 @@ def _runs(path: str) -> list[dict]:
                 raise LqsError("trace", path, "must be JSON or JSON lines", f"line {lineno}: {e.msg}") from None
     if not runs or not all(isinstance(r, dict) for r in runs):
         raise LqsError("trace", path, "must hold JSON objects, one per benchmark run")
-    return runs
+    real = [r for r in runs if str(r.get("type", "")).strip().lower() != "warmup"]
+    if not real:
+        raise LqsError("trace", path, "must hold a benchmark run besides warm-up lines", f"{len(runs)} warm-up line(s)")
+    return real
 
 
 def looks_like_benchmark_result(path) -> bool:
@@ -129,24 +166,6 @@ def looks_like_benchmark_result(path) -> bool:
         return True
     # a result saved without per-request details: recognised so that loading it says what is missing
     return head.lstrip().startswith("{") and '"request_throughput"' in head and '"completed"' in head
-
-
-def _number(run: dict, key: str, label: str, *, allow_inf: bool = False, lo: float = 0.0):
-    """A run-level number (None if absent); "inf"/Infinity allowed where ``allow_inf``; negative → LqsError."""
-    if key not in run or run[key] is None:
-        return None
-    v = run[key]
-    if isinstance(v, str):
-        try:
-            v = float(v.strip())
-        except ValueError:
-            raise LqsError(key, run[key], "must be a number", f"in {label}") from None
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise LqsError(key, v, "must be a number", f"in {label}")
-    v = float(v)
-    if math.isnan(v) or v < lo or (math.isinf(v) and not allow_inf):
-        raise LqsError(key, v, f"must be a {'' if allow_inf else 'finite '}number ≥ {lo:g}", f"in {label}")
-    return v
 
 
 def _per_request(run: dict, key: str, n: int, label: str, *, required: bool = False):
@@ -208,6 +227,8 @@ def load_benchmark_result(path, run: int | None = None, *, b_estimator: str = "m
     run = int(run)
     r = runs[run]
     where = label if len(runs) == 1 else f"run {run} of {label}"
+    if r.get("input_lens") is None and r.get("output_lens") is None:
+        return _summary_only(r, label, where, run, len(runs))
     s_all = _lengths(_per_request(r, "input_lens", -1, where, required=True), "input_lens", where)
     n = s_all.size
     if n == 0:
@@ -239,7 +260,7 @@ def load_benchmark_result(path, run: int | None = None, *, b_estimator: str = "m
             break
 
     idx = np.flatnonzero(ok)
-    gaps, itl_sum = [], np.full(n, np.nan)
+    gaps, raw_gaps, itl_sum = [], [], np.full(n, np.nan)
     if itls is not None:
         for i in idx:
             g = itls[i]
@@ -248,6 +269,7 @@ def load_benchmark_result(path, run: int | None = None, *, b_estimator: str = "m
                                f"entry {int(i)} in {where}")
             a = _float_array(g, "itls", where)
             itl_sum[i] = float(np.nansum(a))
+            raw_gaps.append(a[np.isfinite(a)])
             if a.size == o_all[i] - 1:
                 gaps.append(a[a > 0])
             elif a.size > 0 and o_all[i] > 1:  # streamed in chunks: spread each request's total over its tokens
@@ -259,8 +281,13 @@ def load_benchmark_result(path, run: int | None = None, *, b_estimator: str = "m
             b_samples = None
     if e2e is None and ttft is not None and itls is not None:
         e2e = ttft + np.nan_to_num(itl_sum)
+    tpot_all = None
+    if e2e is not None and ttft is not None:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            tpot_all = np.where(o_all >= 2, (e2e - ttft) / np.maximum(o_all - 1, 1), np.nan)
     ttft_ok = None if ttft is None else ttft[idx]
     e2e_ok = None if e2e is None else e2e[idx]
+    tpot_ok = None if tpot_all is None else tpot_all[idx]
 
     arrival = None
     if t is not None:
@@ -275,18 +302,56 @@ def load_benchmark_result(path, run: int | None = None, *, b_estimator: str = "m
         s_ok, o_ok, arrival, rows = s_ok[order], o_ok[order], arrival[order], rows[order]
         ttft_ok = None if ttft_ok is None else ttft_ok[order]
         e2e_ok = None if e2e_ok is None else e2e_ok[order]
+        tpot_ok = None if tpot_ok is None else tpot_ok[order]
     trace = Trace(s=s_ok, o=o_ok, arrival_s=arrival, source=label, name=name, row=rows, failed=int(n - idx.size))
-    b = b_src = None
-    if b_samples is not None:
-        b = estimate_b(b_samples, b_estimator)
-        b_src = f"{b_estimator} of {b_samples.size} inter-token gaps in {where}"
+    b, b_src = _b_bar(b_samples, tpot_ok, b_estimator, where)
     completed = _number(r, "completed", where)
-    fmt = "sglang" if any(k in r for k in _SGLANG_KEYS) or str(r.get("backend", "")).startswith("sglang") \
-        else "vllm"
+    raw = np.concatenate(raw_gaps) if raw_gaps else None
     return BenchmarkResult(trace=trace, b_samples=b_samples, b=b, b_source=b_src, ttfts=ttft_ok, e2e=e2e_ok,
-                       itl_median=None if b_samples is None else float(np.median(b_samples)),
-                       request_rate=_number(r, "request_rate", where, allow_inf=True),
-                       duration=_number(r, "duration", where),
-                       completed=int(completed) if completed is not None else int(idx.size),
-                       failed=int(n - idx.size), request_throughput=_number(r, "request_throughput", where),
-                       source_format=fmt, run=run, n_runs=len(runs))
+                           itl_median=None if raw is None or raw.size == 0 else float(np.median(raw)),
+                           request_rate=_rate(r, where), duration=_number(r, "duration", where),
+                           completed=int(completed) if completed is not None else int(idx.size),
+                           failed=int(n - idx.size), request_throughput=_number(r, "request_throughput", where),
+                           source_format=_format(r), run=run, n_runs=len(runs), **_meta(r, where),
+                           tpots=tpot_ok, itl_gaps=raw)
+
+
+#: b̄ estimators on per-request TPOT (default) or on the inter-token gaps (docs/model.md, "b̄ from a benchmark")
+def _b_bar(b_samples, tpots, estimator: str, where: str):
+    """(b̄, its source): the estimator over the per-request TPOTs when the file has them (robust to stream chunks
+    that carry several tokens), else over the inter-token gaps."""
+    tp = None if tpots is None else tpots[np.isfinite(tpots) & (tpots > 0)]
+    if tp is not None and tp.size:
+        return estimate_b(tp, estimator), f"{estimator} of {tp.size} per-request TPOTs in {where}"
+    if b_samples is not None:
+        return estimate_b(b_samples, estimator), f"{estimator} of {b_samples.size} inter-token gaps in {where}"
+    return None, None
+
+
+def _summary_only(r: dict, label: str, where: str, run: int, n_runs: int) -> BenchmarkResult:
+    """A result saved without per-request arrays: usable only when every request had the same lengths (vLLM's
+    random dataset with random_range_ratio 0: total tokens / completed); rejected otherwise."""
+    completed = _number(r, "completed", where)
+    tin, tout = _number(r, "total_input_tokens", where), _number(r, "total_output_tokens", where)
+    fixed = (str(r.get("dataset_name", "")).lower() == "random" and _format(r) == "vllm"
+             and r.get("random_range_ratio") is not None and float(r.get("random_range_ratio")) == 0.0)
+    if not (completed and tin and tout and fixed):
+        raise LqsError("input_lens", None, "is missing: without per-request input_lens and output_lens a result is "
+                       "usable only for fixed lengths (vLLM random dataset, random_range_ratio 0, with completed "
+                       "and total_input/output_tokens)", f"in {where}; save it with --save-detailed")
+    n = int(completed)
+    s, o = int(round(tin / n)), int(round(tout / n))
+    if s < 1 or o < 1:
+        raise LqsError("total_input_tokens", tin, "must give ≥ 1 token per completed request", f"in {where}")
+    name = os.path.splitext(os.path.basename(label))[0] + ("" if n_runs == 1 else f"[run {run}]")
+    trace = Trace(s=np.full(n, s), o=np.full(n, o), arrival_s=None, source=label, name=name)
+    summ = _summary(r, where)
+    b = summ.get("tpot_p50_s")
+    return BenchmarkResult(trace=trace, b_samples=None, b=b, b_source=None if b is None else
+                           f"median TPOT of the summary in {where}", ttfts=None, e2e=None,
+                           itl_median=summ.get("itl_p50_s"), request_rate=_rate(r, where),
+                           duration=_number(r, "duration", where), completed=n, failed=0,
+                           request_throughput=_number(r, "request_throughput", where), source_format=_format(r),
+                           run=run, n_runs=n_runs, **_meta(r, where), summary_only=True,
+                           notes=(f"summary-only result: every request taken as s = {s}, o = {o} tokens "
+                                  "(total tokens / completed, a fixed-length random dataset)",))

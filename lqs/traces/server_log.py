@@ -42,12 +42,18 @@ def kv_tokens_from_log(path) -> int:
     if not isinstance(label, str) or not os.path.isfile(label):
         raise LqsError("server_log", path, "must be an existing server log file", "no such file")
     from .read import _open_text
+    from .server_config import unwrap
 
     try:
         with _open_text(label) as fh:
             text = fh.read()
     except (OSError, UnicodeDecodeError, EOFError) as e:
         raise LqsError("server_log", label, "must be a readable text log", type(e).__name__) from None
+    return kv_tokens_from_text("\n".join(unwrap(text)), label)
+
+
+def kv_tokens_from_text(text: str, label: str) -> int:
+    """M in tokens from a log's text (hard-wrapped lines already joined)."""
     found = []  # (position in the log, tokens)
     for rx in (_KV_TOKENS, _SGLANG):
         found += [(m.start(), _int(m, label)) for m in rx.finditer(text)]
@@ -65,7 +71,7 @@ def kv_tokens_from_log(path) -> int:
     tokens = stated[0]
     if len(stated) > 1:
         warnings.warn(f"lqs: {label} states {len(stated)} different KV-cache sizes ({', '.join(f'{t:,}' for t in stated)}"
-                      f" tokens); M = {tokens:,}, the smallest", stacklevel=2)
+                      f" tokens); M = {tokens:,}, the smallest", stacklevel=3)
     if tokens < 1:
         raise LqsError("server_log", label, "states a KV-cache size of 0 tokens")
     return tokens
