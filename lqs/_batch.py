@@ -184,7 +184,7 @@ _SPEC_FORMS = "constant, empirical, lognormal:CV, two-speed:RATIO:FRAC or affine
 def parse_batch_spec(spec: str | None, b_s: float, samples=None, *, param: str = "batch") -> BatchTime:
     """A BatchTime from its text form, with mean b̄ = ``b_s`` seconds where the form needs one:
 
-    - ``constant``: b̄ every step (the paper);
+    - ``constant``: b̄ every step (the paper); ``constant:B``: b̄ = B seconds;
     - ``empirical``: i.i.d. draws from ``samples`` (measured step times, seconds);
     - ``lognormal:CV``: i.i.d. log-normal with mean b̄ and coefficient of variation CV (default 0.5);
     - ``two-speed:RATIO:FRAC``: a fraction FRAC of steps RATIO times slower than the rest, mean b̄;
@@ -198,9 +198,14 @@ def parse_batch_spec(spec: str | None, b_s: float, samples=None, *, param: str =
 
     spec = (spec or "constant").strip()
     name, _, arg = spec.partition(":")
-    if name in ("constant", "empirical") and arg:
-        raise LqsError(param, spec, f"{name} takes no argument (b̄ comes from b / the samples)")
+    if name == "empirical" and arg:
+        raise LqsError(param, spec, f"{name} takes no argument (b̄ comes from the samples)")
     if name == "constant":
+        if arg:
+            try:
+                return ConstantBatch(parse_number(param, arg))
+            except LqsError:
+                raise LqsError(param, spec, "constant:B needs B, b̄ in seconds (> 0)") from None
         return ConstantBatch(b_s)
     if name == "empirical":
         if samples is None:

@@ -17,6 +17,7 @@ RANKS = [
     ("lqs._workload", 1), ("lqs._batch", 1), ("lqs._server", 1), ("lqs._plots", 1),
     ("lqs.engine", 2),
     ("lqs.traces", 3), ("lqs.fit", 3), ("lqs.sweep", 3), ("lqs.studies", 3), ("lqs.measured", 3),
+    ("lqs.replay", 3),
     ("lqs", 4),  # the package's own __init__ (the public namespace)
     ("lqs.cli", 5), ("lqs.__main__", 5),
 ]

@@ -1,7 +1,7 @@
 """The ``lqs`` command line (console script ``lqs``, also ``python -m lqs``).
 
 One module per command (``capacity``, ``simulate``, ``critical``, ``sweep``, ``study``, ``reproduce``, ``fit``,
-``check``); the options they share (workload, server, Monte Carlo, output) are defined once in
+``check``, ``replay``, ``calibrate``); the options they share (workload, server, Monte Carlo, output) are defined once in
 :mod:`lqs.cli.options`, the measured inputs (benchmark results, server logs, length models) in :mod:`lqs.cli.inputs`.
 
 Every :class:`lqs.LqsError` raised by any command is printed as one line ``error: <message>`` on stderr and the
@@ -70,13 +70,14 @@ def _register():
     from .check import check_cmd
     from .critical import critical_cmd
     from .fit import fit_group
+    from .replay import calibrate_cmd, replay_cmd
     from .reproduce import reproduce_group
     from .simulate import simulate_cmd
     from .study import study
     from .sweep import sweep_cmd
 
-    for cmd in (capacity_cmd, simulate_cmd, critical_cmd, check_cmd, fit_group, sweep_cmd, study, reproduce_group,
-                bench_cmd):
+    for cmd in (capacity_cmd, simulate_cmd, critical_cmd, check_cmd, replay_cmd, calibrate_cmd, fit_group, sweep_cmd,
+                study, reproduce_group, bench_cmd):
         main.add_command(cmd)
 
 

@@ -1,0 +1,244 @@
+"""calibrate: the batch-time model (and the front-end delay) that makes replays of measured runs reproduce their
+measured timings (docs/model.md, "Calibrating the batch time").
+
+Model: ``constant`` b̄, or ``affine`` b = a0 + a1·prefill tokens + a2·decode tokens + a3·memory in use, each
+coefficient ≥ 0; with ``frontend`` also (f0, f1): a request can be scheduled f0 + f1·n seconds after it enters
+the server, n the requests then in it. Targets: per-request TPOT and TTFT quantiles (p10, p50, p90) and the
+request throughput of every fitted run, or the summary medians where that is all a file has; the loss is the sum
+of squared log ratios replayed / measured.
+
+Search: the cross-entropy method in log-parameter space. The replay's metrics are piecewise constant in the
+parameters (step counts are integers), so there is no gradient to follow; every candidate of one iteration, on
+every trial, is replayed in one vmapped program per run (kernels/replay.py), which is what the engine is for.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._batch import AffineBatch, ConstantBatch
+from .._errors import LqsError, check_choice, check_int
+from . import _core
+from ._replay import measured_metrics, replay, resolve_chunking, run_arrivals
+from ._sources import resolve_server
+
+MODELS = ("affine", "constant")
+TARGETS = (("ttft", 0.1), ("ttft", 0.5), ("ttft", 0.9), ("tpot", 0.1), ("tpot", 0.5), ("tpot", 0.9))
+#: typical magnitude of each parameter (the search runs on log(θ / scale))
+SCALES = {"a0": 2e-3, "a1": 1e-5, "a2": 2e-5, "a3": 1e-8, "f0": 2e-2, "f1": 2e-3, "b": 1e-2}
+FIT_FRACTION = 1 / 3  # default: the lowest-load third (at least one) of each ladder's runs is fitted
+
+
+def _load(run) -> float:
+    """How hard a run pushes its server: the client cap of a closed loop, the rate of an open one (inf: burst)."""
+    if run.run_kind == "closed":
+        return float(run.max_concurrency)
+    return math.inf if run.request_rate is None else float(run.request_rate)
+
+
+def default_fit(runs) -> list[int]:
+    """Indices of the runs to fit: runs of one ladder share engine, lengths (mean s and o) and run kind; the
+    lowest-load ⌈n/3⌉ of each ladder are fitted, the rest predicted."""
+    ladders: dict = {}
+    for i, r in enumerate(runs):
+        key = (r.source_format, r.run_kind, round(float(r.trace.s.mean())), round(float(r.trace.o.mean())))
+        ladders.setdefault(key, []).append(i)
+    fit = []
+    for idx in ladders.values():
+        idx = sorted(idx, key=lambda i: _load(runs[i]))
+        fit += idx[:max(1, math.ceil(len(idx) * FIT_FRACTION))]
+    return sorted(fit)
+
+
+def _targets(run) -> dict:
+    """{name: measured value} of one run: TTFT / TPOT quantiles and throughput (summary medians as fallback)."""
+    out = {}
+    arrays = {"ttft": run.ttfts, "tpot": run.tpots}
+    for name, q in TARGETS:
+        x = arrays[name]
+        x = None if x is None else np.asarray(x, np.float64)[np.isfinite(x)]
+        if x is not None and x.size >= 8:
+            out[f"{name}_q{round(q * 100)}"] = float(np.quantile(x, q))
+        elif q == 0.5 and (run.summary or {}).get(f"{name}_p50_s"):
+            out[f"{name}_q50"] = run.summary[f"{name}_p50_s"]
+    thr = measured_metrics(run)["throughput_rps"]
+    if thr:
+        out["throughput"] = float(thr)
+    if not out:
+        raise LqsError("result", run.trace.source, "states no TTFT, TPOT or throughput to calibrate on")
+    return out
+
+
+def _replayed(raw, o, P, trials) -> list[dict]:
+    """Per-candidate (mean over trials) replayed values of the targets."""
+    T = raw.t_enter.shape[0]
+    ttft = (raw.t_ttft - raw.t_enter).reshape(P, trials, -1)
+    e2e = (raw.t_done - raw.t_enter).reshape(P, trials, -1)
+    o = np.asarray(o, np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpot = np.where(o >= 2, (e2e - ttft) / np.maximum(o - 1, 1), np.nan)
+    dur = (np.nanmax(np.where(np.isfinite(raw.t_done), raw.t_done, np.nan), axis=1)
+           - raw.t_enter.min(axis=1)).reshape(P, trials)
+    out = []
+    for p in range(P):
+        d = {}
+        for name, q in TARGETS:
+            x = (ttft if name == "ttft" else tpot)[p]
+            d[f"{name}_q{round(q * 100)}"] = float(np.nanmean(np.nanquantile(x, q, axis=1)))
+        d["throughput"] = float(np.nanmean(o.size / dur[p]))
+        out.append(d)
+    assert len(out) * trials == T
+    return out
+
+
+def _loss(rep: dict, meas: dict) -> float:
+    tot = 0.0
+    for k, m in meas.items():
+        r = rep.get(k)
+        if r is None or not np.isfinite(r) or r <= 0 or m <= 0:
+            return math.inf
+        tot += math.log(r / m) ** 2
+    return tot
+
+
+@dataclass(frozen=True, eq=False)
+class CalibrationResult:
+    """The fitted model (``b_model``, ``frontend``: the replay / CLI text forms), the search, and every run's
+    measured against replayed figures, marked ``fitted`` or ``predicted``."""
+
+    b_model: str
+    frontend: str
+    params: dict
+    loss: float
+    history: list
+    runs: object  # pandas DataFrame, one row per run
+    report: dict
+
+    def to_dict(self) -> dict:
+        return dict(self.report)
+
+    def save(self, out_dir) -> dict:
+        from .. import _jsonio
+
+        out_dir = os.fspath(out_dir)
+        os.makedirs(out_dir, exist_ok=True)
+        paths = {"report": os.path.join(out_dir, "calibration.json"), "runs": os.path.join(out_dir, "runs.csv")}
+        with open(paths["report"], "w", encoding="utf-8") as fh:
+            _jsonio.dump(self.report, fh, indent=1, ensure_ascii=False)
+        self.runs.to_csv(paths["runs"], index=False)
+        return paths
+
+
+def _candidates(model, frontend, z, names):
+    th = {n: SCALES[n] * np.exp(z[:, j]) for j, n in enumerate(names)}
+    P = z.shape[0]
+    if model == "affine":
+        batch = [AffineBatch(th["a0"][p], th["a1"][p], th["a2"][p], th["a3"][p]) for p in range(P)]
+    else:
+        batch = [ConstantBatch(th["b"][p]) for p in range(P)]
+    fe = np.stack([th.get("f0", np.zeros(P)), th.get("f1", np.zeros(P))], axis=1) if frontend else np.zeros((P, 2))
+    return th, batch, fe
+
+
+def calibrate(results, *, fit=None, model: str = "affine", frontend: bool = True, iterations: int = 14,
+              population: int = 48, trials: int = 2, seed: int = 0, key=None, progress: bool = False,
+              b_estimator: str = "median", chunking: str = "auto", **server_fields) -> CalibrationResult:
+    """Fit the batch-time model to measured runs (module docstring). ``results``: result files or
+    :class:`lqs.BenchmarkResult` s of one server; ``fit``: indices of the runs to fit (default
+    :func:`default_fit`), the rest are predicted; ``server_fields`` as in :func:`lqs.replay.replay`."""
+    import jax
+    import pandas as pd
+
+    from ..traces import BenchmarkResult, load_benchmark_result
+
+    model = check_choice("model", model, MODELS)
+    iterations = check_int("iterations", iterations, 1, 200)
+    population = check_int("population", population, 8, 4096)
+    trials = check_int("trials", trials, 1, 256)
+    if isinstance(results, (str, os.PathLike, BenchmarkResult)):
+        results = [results]
+    runs = [r if isinstance(r, BenchmarkResult) else load_benchmark_result(r, b_estimator=b_estimator) for r in results]
+    if not runs:
+        raise LqsError("results", [], "must list at least one benchmark result")
+    fit = default_fit(runs) if fit is None else sorted({check_int("fit", i, 0, len(runs) - 1) for i in fit})
+    servers = [resolve_server(r, None, **server_fields) for r in runs]
+    chunking = resolve_chunking(chunking, None)
+    for r, (srv, _) in zip(runs, servers):
+        r.trace.validate(srv.M)
+    names = ["a0", "a1", "a2", "a3"] if model == "affine" else ["b"]
+    names += ["f0", "f1"] if frontend else []
+    key = jax.random.key(seed) if key is None else key
+    key_search, key_arr, key_batch = jax.random.split(key, 3)
+
+    # fixed per run: arrival instants (trials per candidate), measured targets
+    prepared = []
+    for i in fit:
+        r, (srv, _) = runs[i], servers[i]
+        arr = run_arrivals(r, "auto")
+        tr_n = trials if arr.random else 1
+        t_arr = arr.instants(len(r.trace), tr_n, jax.random.fold_in(key_arr, i))
+        prepared.append((r, srv, np.tile(t_arr, (population, 1)), tr_n, _targets(r)))
+
+    b0 = float(np.median([r.b for r in runs if r.b is not None] or [SCALES["b"]]))
+    mean = np.zeros(len(names))
+    if model == "affine":
+        mean[names.index("a0")] = math.log(max(0.5 * b0, 1e-5) / SCALES["a0"])
+    else:
+        mean[names.index("b")] = math.log(b0 / SCALES["b"])
+    std = np.full(len(names), 1.5)
+    best, best_loss, history = None, math.inf, []
+    n_elite = max(2, population // 4)
+    for it in range(iterations):
+        k_it = jax.random.fold_in(key_search, it)
+        z = mean + std * np.asarray(jax.random.normal(k_it, (population, len(names))), np.float64)
+        if best is not None:
+            z[0] = best  # keep the best so far
+        th, batch, fe = _candidates(model, frontend, z, names)
+        losses = np.zeros(population)
+        for r, srv, t_arr, tr_n, meas in prepared:
+            bt = [m for m in batch for _ in range(tr_n)]
+            fe_t = np.repeat(fe, tr_n, axis=0)
+            raw = _core.run(r.trace.s, r.trace.o, t_arr, M=srv.M, chunk=srv.prefill_chunk, budget=srv.token_budget,
+                            max_running=srv.max_running, block=srv.block_size, concurrency=r.max_concurrency,
+                            frontend=fe_t, batch=bt, policy=srv.policy, key=jax.random.fold_in(key_batch, it),
+                            chunking=chunking)
+            for p, rep in enumerate(_replayed(raw, r.trace.o, population, tr_n)):
+                losses[p] += _loss(rep, meas)
+        order = np.argsort(losses)
+        if losses[order[0]] < best_loss:
+            best_loss, best = float(losses[order[0]]), z[order[0]].copy()
+        elite = z[order[:n_elite]]
+        mean = 0.3 * mean + 0.7 * elite.mean(axis=0)
+        std = np.maximum(0.3 * std + 0.7 * elite.std(axis=0), 0.02)
+        history.append({"iteration": it, "best_loss": best_loss, "median_loss": float(np.median(losses))})
+        if progress:
+            print(f"calibrate: iteration {it + 1}/{iterations}, loss {best_loss:.4g}", flush=True)
+    th, batch, fe = _candidates(model, frontend, best[None, :], names)
+    params = {n: float(v[0]) for n, v in th.items()}
+    b_model = ("affine:" + ",".join(f"{params[n]:.6g}" for n in ("a0", "a1", "a2", "a3"))) if model == "affine" \
+        else f"constant:{params['b']:.6g}"
+    fe_text = f"{fe[0, 0]:.6g},{fe[0, 1]:.6g}"
+
+    rows = []
+    for i, (r, (srv, _)) in enumerate(zip(runs, servers)):
+        res = replay(r, None, trials=max(trials, 4), b_model=b_model, frontend=(fe[0, 0], fe[0, 1]), chunking=chunking,
+                     **server_fields, key=jax.random.fold_in(key, 10_000 + i))
+        d = res.report
+        row = {"run": i, "source": r.trace.source, "role": "fitted" if i in fit else "predicted",
+               "fitted": i in fit, "predicted": i not in fit, "run_kind": r.run_kind,
+               "concurrency": r.max_concurrency, "request_rate_rps": r.request_rate}
+        for m in ("throughput_rps", "ttft_p50_s", "tpot_p50_s", "e2e_p50_s"):
+            row["measured_" + m], row["replay_" + m] = d["measured_" + m], d["replay_" + m]
+            row["error_" + m] = (d["replay_" + m] / d["measured_" + m] - 1) if d["measured_" + m] else None
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    report = {"b_model": b_model, "frontend": fe_text, "chunking": chunking, "model": model, "params": params, "loss": best_loss,
+              "iterations": iterations, "population": population, "fitted": [int(i) for i in fit],
+              "predicted": [i for i in range(len(runs)) if i not in fit], "history": history,
+              "runs": df.to_dict(orient="records")}
+    return CalibrationResult(b_model=b_model, frontend=fe_text, params=params, loss=best_loss, history=history,
+                             runs=df, report=report)

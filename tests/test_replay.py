@@ -1,0 +1,137 @@
+"""Replay of a finite experiment (kernels/replay.py, lqs.replay): against an independent plain-Python reference
+of docs/model.md on small cases (every policy, the running-request cap, KV blocks, the token budget in both chunking
+rules, client concurrency, front-end delay, idle gaps), against closed forms of simple runs, and its invariants.
+
+Times are dyadic (b̄ = 0.25 s, affine coefficients powers of two), so the float32 engine and the float64 reference
+agree exactly."""
+
+import math
+
+import jax
+import numpy as np
+import pytest
+
+import lqs
+from lqs._batch import AffineBatch, ConstantBatch
+from lqs.replay import Arrivals, _core
+from replay_reference import replay_reference
+
+pytestmark = pytest.mark.xdist_group("replay")
+
+RNG = np.random.default_rng(7)
+N = 24
+S = RNG.integers(1, 40, N).tolist()
+O = RNG.integers(1, 12, N).tolist()
+T_ARR = np.sort(RNG.choice(np.arange(0, 64) / 8, N)).tolist()  # dyadic instants, some equal
+
+
+def _affine(pre, dec, mem):
+    return 0.25 + pre / 256 + dec / 128 + mem / 4096
+
+
+CASES = {
+    "swap": dict(policy="swap", M=120, chunk=16),
+    "recompute-tight": dict(policy="recompute", M=70, chunk=8),
+    "reserve": dict(policy="reserve", M=120, chunk=16),
+    "cap": dict(policy="recompute", M=400, chunk=16, max_running=3),
+    "blocks": dict(policy="recompute", M=160, chunk=16, block=16),
+    "budget-fixed": dict(policy="recompute", M=400, chunk=16, budget=24),
+    "budget-fill": dict(policy="recompute", M=400, chunk=32, budget=24, chunking="budget"),
+    "closed-loop": dict(policy="recompute", M=200, chunk=16, concurrency=3),
+    "frontend": dict(policy="swap", M=200, chunk=16, concurrency=5, frontend=(0.125, 0.0625)),
+    "affine": dict(policy="recompute", M=90, chunk=8, concurrency=6, batch="affine"),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_replay_matches_the_reference(name):
+    kw = dict(CASES[name])
+    chunking = kw.pop("chunking", "fixed")
+    aff = kw.pop("batch", None) == "affine"
+    block = kw.pop("block", 1)
+    ref_kw = {k: v for k, v in kw.items() if k not in ("chunk",)}
+    enter, ttft, done, steps, mem_max = replay_reference(
+        S, O, T_ARR, chunk=kw["chunk"], block=block, chunking=chunking, batch=_affine if aff else
+        (lambda p, d, m: 0.25), **ref_kw)
+    batch = AffineBatch(0.25, 1 / 256, 1 / 128, 1 / 4096) if aff else ConstantBatch(0.25)
+    raw = _core.run(S, O, np.asarray([T_ARR], np.float32), block=block, chunking=chunking, batch=batch,
+                    key=jax.random.key(0), steps_per_call=64, **kw)
+    assert raw.finished.all() and raw.violations[0] == 0
+    np.testing.assert_array_equal(raw.t_enter[0], enter)
+    np.testing.assert_array_equal(raw.t_ttft[0], ttft)
+    np.testing.assert_array_equal(raw.t_done[0], done)
+    assert raw.steps[0] == steps and raw.mem_max[0] == mem_max <= kw["M"]
+    if "concurrency" in kw:
+        assert raw.peak[0] <= kw["concurrency"]
+    if kw["policy"] == "reserve":
+        assert raw.preempted[0] == 0
+
+
+def test_tight_memory_preempts_and_blocks_cost_memory():
+    base = dict(M=70, chunk=8, key=jax.random.key(0), batch=ConstantBatch(0.25))
+    t = np.zeros((1, N), np.float32)
+    rec = _core.run(S, O, t, policy="recompute", **base)
+    assert rec.preempted[0] > 0  # the reference case above is not vacuous: the prefix rule preempts
+    swap = _core.run(S, O, t, policy="swap", **base)
+    assert swap.t_done.max() <= rec.t_done.max()  # recompute redoes work
+    big = dict(base, M=400)
+    b1 = _core.run(S, O, t, policy="recompute", block=1, **{k: v for k, v in big.items()})
+    b16 = _core.run(S, O, t, policy="recompute", block=16, **{k: v for k, v in big.items()})
+    assert b16.mem_max[0] > b1.mem_max[0] and b16.mem_max[0] % 16 == 0
+
+
+def test_burst_closed_forms():
+    """Everything fits and every prompt prefills in one step: TTFT = b̄, E2E = (o+1)·b̄ for all; one at a time
+    (C = 1): request i completes at (i+1)·(k+o)·b̄."""
+    n, s, o, b = 10, 8, 5, 0.25
+    raw = _core.run([s] * n, [o] * n, np.zeros((1, n), np.float32), M=10_000, chunk=16, batch=ConstantBatch(b),
+                    policy="recompute", key=jax.random.key(0))
+    np.testing.assert_array_equal(raw.t_ttft[0], b)
+    np.testing.assert_array_equal(raw.t_done[0], (o + 1) * b)
+    m = _core.metrics(raw, [o] * n)[0]
+    assert m["tpot_p50_s"] == pytest.approx(o * b / (o - 1)) and m["itl_p50_s"] == pytest.approx(b)
+    assert m["throughput_rps"] == pytest.approx(n / ((o + 1) * b)) and m["peak_concurrency"] == n
+    one = _core.run([s] * n, [o] * n, np.zeros((1, n), np.float32), M=10_000, chunk=4, batch=ConstantBatch(b),
+                    policy="recompute", key=jax.random.key(0), concurrency=1)
+    k = 2
+    np.testing.assert_array_equal(one.t_done[0], (np.arange(n) + 1) * (k + o) * b)
+    np.testing.assert_array_equal(one.t_enter[0], np.arange(n) * (k + o) * b)  # entry when the previous completes
+
+
+def test_open_loop_idle_gaps_and_latencies_from_entry():
+    """Requests far apart: each finds the server idle, so the clock jumps to its arrival and every request gets
+    the same latencies as if it ran alone."""
+    n, s, o, b = 6, 8, 3, 0.25
+    t = (np.arange(n) * 100.0).astype(np.float32)[None]
+    raw = _core.run([s] * n, [o] * n, t, M=10_000, chunk=16, batch=ConstantBatch(b), policy="swap",
+                    key=jax.random.key(0))
+    np.testing.assert_array_equal(raw.t_ttft[0] - raw.t_enter[0], b)
+    np.testing.assert_array_equal(raw.t_done[0] - raw.t_enter[0], (o + 1) * b)
+    assert raw.steps[0] == n * (o + 1)  # idle jumps are not steps
+
+
+def test_gamma_and_poisson_arrivals():
+    key = jax.random.key(3)
+    for k in (1.0, 0.25, 4.0):
+        t = Arrivals("gamma", rate_rps=5.0, burstiness=k).instants(4001, 4, key)
+        gaps = np.diff(t.astype(np.float64), axis=1).ravel()
+        assert t[:, 0].tolist() == [0.0] * 4 and np.all(gaps >= 0)
+        assert gaps.mean() == pytest.approx(1 / 5.0, rel=0.03)
+        assert gaps.std() / gaps.mean() == pytest.approx(1 / math.sqrt(k), rel=0.06)
+    assert np.all(Arrivals("burst").instants(5, 2, key) == 0)
+    rep = Arrivals("replayed", instants_s=[3.0, 3.5, 7.0]).instants(3, 2, key)
+    np.testing.assert_array_equal(rep, [[0.0, 0.5, 4.0]] * 2)
+    with pytest.raises(lqs.LqsError, match="burstiness"):
+        Arrivals("gamma", rate_rps=1.0, burstiness=0.0)
+    with pytest.raises(lqs.LqsError, match="sorted"):
+        Arrivals("replayed", instants_s=[2.0, 1.0])
+
+
+def test_trials_differ_only_where_random_and_same_seed_same_result():
+    s, o = [12] * 40, [6] * 40
+    arr = Arrivals("poisson", rate_rps=2.0)
+    t = arr.instants(40, 3, jax.random.key(1))
+    a = _core.run(s, o, t, M=2000, chunk=16, batch=ConstantBatch(0.25), policy="swap", key=jax.random.key(2))
+    b = _core.run(s, o, t, M=2000, chunk=16, batch=ConstantBatch(0.25), policy="swap", key=jax.random.key(2))
+    np.testing.assert_array_equal(a.t_done, b.t_done)
+    assert not np.array_equal(a.t_done[0], a.t_done[1])  # different arrival draws
