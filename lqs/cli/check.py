@@ -75,19 +75,22 @@ def _print(r: dict, paths):
     from rich.table import Table
 
     con = console()
-    lam = "∞ (saturated)" if r["lam_rps"] is None else f"{r['lam_rps']:.4f}" + (
+    lam = "—" if r["lam_rps"] is None else f"{r['lam_rps']:.4f}" + (
         f" ± {1.96 * r['lam_se_rps']:.4f}" if r["lam_se_rps"] else "")
     con.print(f"lqs check — {escape(r['source'])}" + (f" (run {r['run']} of {r['n_runs']})" if r["n_runs"] > 1 else "")
               + f": {r['source_format']}, {r['n_requests']:,} requests"
               + (f" ({r['failed_requests']:,} failed, left out)" if r["failed_requests"] else ""))
-    con.print(f"server: M = {r['M_tokens']:,} tokens ({escape(r['M_source'])}), ŝ = {r['prefill_chunk_tokens']}, "
-              f"b̄ = {r['b_s']:.6g} s ({escape(r['b_source'])}), {r['policy']}")
-    con.print(f"simulated step times: {escape(r['batch'])}")
-    t = Table(title="measured vs simulated", title_justify="left")
-    for c in ("quantity", "measured", "simulated"):
+    con.print(f"run kind: {escape(r['run_kind_text'])}")
+    con.print(f"server: M = {r['M_tokens']:,} tokens ({escape(str(r['M_source']))}), ŝ = {r['prefill_chunk_tokens']}, "
+              f"budget = {r['token_budget']}, running cap = {r['max_running']}, block = {r['block_size_tokens']}, "
+              f"b̄ = {r['b_s']:.6g} s ({escape(str(r['b_source']))}), {r['policy']}")
+    con.print(f"replayed step times: {escape(r['batch'])}")
+    t = Table(title="measured vs replayed", title_justify="left")
+    for c in ("quantity", "measured", "replayed"):
         t.add_column(c, justify="left" if c == "quantity" else "right")
-    sim_lam = "" if r["lam_rps"] is None else f"{r['lam_rps']:.4f}"
-    t.add_row("arrival rate λ (req/s)", lam, sim_lam)
+    if r["run_kind"] == "open":
+        t.add_row("arrival rate λ (req/s)", lam, lam)
+    t.add_row("duration (s)", _f(r["measured_duration_s"]), _f(r["sim_duration_s"]))
     t.add_row("throughput (req/s)", _f(r["measured_throughput_rps"]), _f(r["sim_throughput_rps"]))
     grows = r["sim_p_backlog_grows"] > 0.5
     for k, name in (("ttft_p50_s", "TTFT p50 (s)"), ("ttft_p99_s", "TTFT p99 (s)"), ("e2e_p50_s", "E2E p50 (s)"),
@@ -113,8 +116,10 @@ def _print(r: dict, paths):
             con.print(f"  measured throughput {r['measured_throughput_rps']:.4f} req/s = "
                       f"{r['throughput_over_mu']:.4f} μ = {r['throughput_over_mu_exact']:.4f} μ_exact = "
                       f"{r['throughput_over_lam_star']:.4f} λ*  (the paper's Table 1 comparison)")
-    con.print(f"simulated: {escape(r['simulated'])}, {r['trials']} trials × {r['steps']} steps"
-              + ("" if r["sim_reliable"] else " — [bold red]UNRELIABLE[/] (a capacity limit was hit; raise --K)"))
+    con.print(f"replayed: {escape(r['simulated'])}"
+              + ("" if r["sim_reliable"] else " — [bold red]UNRELIABLE[/] (a trial did not finish)"))
+    if not r.get("critical_reliable", True):
+        con.print("[bold red]λ* UNRELIABLE[/]: a capacity limit was hit in the λ* run (raise --K)")
     for k, what in (("measured_ttft_missing", "TTFT"), ("measured_e2e_missing", "E2E latency")):
         if r.get(k):
             con.print(f"note: {r[k]} successful request(s) state no {what} (null / NaN); the measured {what} "
