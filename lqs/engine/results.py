@@ -116,11 +116,12 @@ def collect(configs, mc, cfg, sizing, st, recs, steps_run, steps_asked, wall, st
             per, srow = _one_config(ci, c.lam, c.M, c.batch, b_nom, cap, a, st, t_ser[ci], w_ser[ci], s_ser[ci],
                                     hist[ci], moments[mk], cfg, R, server.servers, steps_run, mc.warmup, workload)
             common = dict(prefill_chunk_tokens=server.prefill_chunk, policy=server.policy,
-                          token_budget=server.token_budget or 0, servers=server.servers, routing=server.routing)
+                          token_budget=server.token_budget or 0, max_running=server.max_running or 0,
+                          block_size_tokens=server.block_size, servers=server.servers, routing=server.routing)
             rows.append(pd.DataFrame({**per, **{k: [v] * R for k, v in common.items()}}))
             sums.append({**srow, **common})
     order = ["config", "trial", "lam_rps", "M_tokens", "prefill_chunk_tokens", "b_s", "batch_model", "policy",
-             "token_budget", "servers", "routing"]
+             "token_budget", "max_running", "block_size_tokens", "servers", "routing"]
     trials = pd.concat(rows, ignore_index=True)
     trials = trials[order + [c for c in trials.columns if c not in order]]
     summary = pd.DataFrame(sums)
