@@ -3,6 +3,7 @@ b̄, a vLLM-like server), against an open-loop lqs.simulate of the same trials a
 in the same process. Prints the numbers and saves them (bench/results/replay-<label>.json).
 
     PYTHONPATH=. python bench/bench_replay.py [--label cpu-vm] [--requests 1000] [--trials 64]
+    PYTHONPATH=. python bench/bench_replay.py --chunk 2048 --budget 2048 --tag=-saturated
 """
 
 from __future__ import annotations
@@ -24,25 +25,30 @@ from lqs.replay import Arrivals, _core
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--label", default="cpu-vm")
+    ap.add_argument("--tag", default="", help="suffix of the results file name (e.g. -saturated)")
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--trials", type=int, default=64)
     ap.add_argument("--load", type=float, default=0.7, help="offered load as a fraction of μ_exact")
+    ap.add_argument("--chunk", type=int, default=512, help="prefill chunk ŝ (tokens)")
+    ap.add_argument("--budget", type=int, default=8192,
+                    help="token budget per step; --chunk 2048 --budget 2048 is a server that runs a prompt's chunk "
+                         "only alone (whole chunks that fit: docs/model.md), saturated at this load")
     a = ap.parse_args()
 
     tr = lqs.load_trace("azure-conv")
     n = a.requests
     s = np.minimum(tr.s[:n], 4096).astype(np.int32)
     o = np.minimum(tr.o[:n], 1024).astype(np.int32)
-    b, M, chunk = 0.03, 262_144, 2048
-    srv = lqs.Server(M=M, prefill_chunk=chunk, b=b, policy="recompute", token_budget=2048)
+    b, M, chunk, budget = 0.03, 262_144, a.chunk, a.budget
+    srv = lqs.Server(M=M, prefill_chunk=chunk, b=b, policy="recompute", token_budget=budget)
     wl = lqs.Pairs(s, o)
     lam = a.load * lqs.capacity(wl, srv).mu_exact_rps
     key = jax.random.key(0)
     t_arr = Arrivals("poisson", rate_rps=lam).instants(n, a.trials, key)
-    kw = dict(M=M, chunk=chunk, budget=2048, batch=ConstantBatch(b), policy="recompute", key=key)
+    kw = dict(M=M, chunk=chunk, budget=budget, batch=ConstantBatch(b), policy="recompute", key=key)
 
     t0 = time.perf_counter()
-    _core.run(s, o, t_arr[:, :64], **kw)  # compile a small shape first (not timed)
+    _core.run(s[:64], o[:64], t_arr[:2, :64], **kw)  # a small shape first (not timed)
     t_compile_small = time.perf_counter() - t0
     t0 = time.perf_counter()
     raw = _core.run(s, o, t_arr, **kw)
@@ -63,7 +69,9 @@ def main():
 
     out = {"label": a.label, "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
            "jax": jax.__version__, "backend": jax.default_backend(), "requests": n, "trials": a.trials,
-           "lam_rps": lam, "replay_steps_max": steps, "replay_steps_run": calls, "all_finished": bool(raw.finished.all()),
+           "lam_rps": lam, "chunk_tokens": chunk, "budget_tokens": budget,
+           "replay_throughput_rps": float(np.mean([r["throughput_rps"] for r in _core.metrics(raw, o)])),
+           "replay_peak_in_server": int(raw.peak.max()), "replay_steps_max": steps, "replay_steps_run": calls, "all_finished": bool(raw.finished.all()),
            "replay_wall_s": t_replay, "replay_first_call_wall_s": t_first, "simulate_steps": int(sim.summary.iloc[0]["steps"]),
            "simulate_wall_s": t_sim, "simulate_first_call_wall_s": t_sim_first,
            "replay_over_simulate": t_replay / t_sim,
@@ -71,7 +79,7 @@ def main():
            "compile_small_s": t_compile_small}
     print(json.dumps(out, indent=1))
     os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
-    with open(os.path.join(os.path.dirname(__file__), "results", f"replay-{a.label}.json"), "w") as fh:
+    with open(os.path.join(os.path.dirname(__file__), "results", f"replay-{a.label}{a.tag}.json"), "w") as fh:
         json.dump(out, fh, indent=1)
 
 

@@ -5,8 +5,9 @@ Unlike the long-run engine (kernels/step.py: K slots recycled by compaction, an 
 window), a replay holds every request of the run in its own slot, in file order, for the whole run: N is a few
 hundred to a few thousand, and each request's instants (entry, first token, completion) are the output.
 
-One trial is a pure ``replay_step(state, inputs, params, cfg)``; trials (arrival draws, batch-time draws, and the
-candidate parameter sets of a calibration) are vmapped over a leading axis of ``inputs`` and ``params``.
+One step of T trials is a pure ``replay_step(state, inputs, params, cfg)``: the trials (arrival draws, batch-time
+draws, and the candidate parameter sets of a calibration) are the last axis of every request array ([N, T],
+slot-major as on the long-run engine's XLA path) and the axis of every per-trial value ([T]).
 
 Per step, at instant t:
 
@@ -32,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import rng
-from .state import F_SCHED, F_STARTED, F_TTFT
+from .state import F_SCHED, F_STARTED, F_TTFT, count_slots, prefix_sum, slot_iota, sum_slots
 
 INT_BIG = 2**30  # "no limit" for the integer limits
 F_TOKEN = 8  # the request has produced a token (a later token's gap is an ITL sample)
@@ -46,6 +47,8 @@ class ReplayConfig:
     policy: str = "recompute"
     chunking: str = "fixed"  # "fixed": chunks of ŝ that fit whole (docs/model.md); "budget": vLLM V1 / SGLang, a
     #                          prompt takes min(ŝ, what is left of it, what the token budget leaves) tokens
+    running_cap: bool = True  # some trial caps the running requests (False: the cap is not computed)
+    budget_cap: bool = True  # some trial has a token budget (chunking "fixed"; "budget" always has one)
     steps_per_call: int = 256  # steps per jitted call between host checks
     n_bins: int = 240  # log-spaced ITL histogram bins
     itl_lo_s: float = 1e-5
@@ -102,25 +105,49 @@ class ReplayState(NamedTuple):
 
 
 def init_state(N: int, cfg: ReplayConfig, concurrency) -> ReplayState:
-    i = jnp.arange(N, dtype=jnp.int32)
+    """The empty server of T trials (``concurrency``: int32[T]), slot-major: request arrays [N, T]."""
+    T = concurrency.shape[0]
+    i = jnp.arange(N, dtype=jnp.int32)[:, None]
     inf = jnp.float32(jnp.inf)
-    z = jnp.int32(0)
-    return ReplayState(u=jnp.zeros(N, jnp.int32), flags=jnp.zeros(N, jnp.int32),
-                       t_free=jnp.where(i < concurrency, jnp.float32(0), inf), t_avail=jnp.full(N, inf),
-                       t_ttft=jnp.full(N, inf),
-                       t_done=jnp.full(N, inf), t_last=jnp.full(N, inf),
-                       itl_hist=jnp.zeros(cfg.n_bins, jnp.int32), itl_lo=jnp.full(cfg.n_bins, inf),
-                       itl_hi=jnp.full(cfg.n_bins, -inf),
-                       t=jnp.float32(0), step=z, n_done=z, peak=z,
-                       preempted=z, mem_max=z, violations=z)
+    z = jnp.zeros(T, jnp.int32)
+    full = lambda v: jnp.full((N, T), v, jnp.float32)  # noqa: E731
+    return ReplayState(u=jnp.zeros((N, T), jnp.int32), flags=jnp.zeros((N, T), jnp.int32),
+                       t_free=jnp.where(i < concurrency[None, :], jnp.float32(0), inf), t_avail=full(inf),
+                       t_ttft=full(inf), t_done=full(inf), t_last=full(inf),
+                       itl_hist=jnp.zeros((T, cfg.n_bins), jnp.int32), itl_lo=jnp.full((T, cfg.n_bins), inf),
+                       itl_hi=jnp.full((T, cfg.n_bins), -inf), t=jnp.zeros(T, jnp.float32), step=z, n_done=z,
+                       peak=z, preempted=z, mem_max=z, violations=z)
 
 
 def _blocks(x, block):
     return ((x + block - 1) // block) * block
 
 
+def _prefix_sums(*xs):
+    """Inclusive prefix sums over requests of the given [N, T] arrays (None: skipped, returned as None), stacked
+    into one state.prefix_sum."""
+    live = [x for x in xs if x is not None]
+    cum = prefix_sum(jnp.stack(live, 1)) if len(live) > 1 else prefix_sum(live[0])[:, None]
+    out, j = [], 0
+    for x in xs:
+        out.append(None if x is None else cum[:, j])
+        j += x is not None
+    return tuple(out)
+
+
+def _bin(gap, cfg: ReplayConfig):
+    """The histogram bin of an inter-token gap: 0 below ``itl_lo_s``, then log-spaced, the last one open."""
+    lo, dlog = cfg.log_edges
+    return jnp.where(gap < cfg.itl_lo_s, 0,
+                     jnp.clip(1 + jnp.floor((jnp.log(jnp.maximum(gap, 1e-30)) - lo) / dlog).astype(jnp.int32),
+                              1, cfg.n_bins - 1))
+
+
 def replay_step(state: ReplayState, inp: ReplayInputs, p: ReplayParams, cfg: ReplayConfig) -> ReplayState:
-    s, o = inp.s, inp.o
+    """One step of T trials. Slot-major like the long-run engine's XLA path (kernels/batched.py): request arrays
+    are [N, T] and every prefix sum over requests is a run of whole-vector adds over the trials (state.prefix_sum);
+    per-trial values are [T] and broadcast over the requests."""
+    s, o = inp.s, inp.o  # int32[N, 1]
     u, fl = state.u, state.flags
     i32 = jnp.int32
     k = s if cfg.chunking == "budget" else (s + p.chunk - 1) // p.chunk
@@ -128,43 +155,52 @@ def replay_step(state: ReplayState, inp: ReplayInputs, p: ReplayParams, cfg: Rep
     t = state.t
     t_enter = jnp.maximum(inp.t_arr, state.t_free)
     entered = pending & (t_enter <= t)
-    in_server = count(entered)
+    in_server = count_slots(entered)
     t_avail = jnp.where(entered & jnp.isinf(state.t_avail),
-                        t_enter + p.frontend[0] + p.frontend[1] * in_server.astype(jnp.float32), state.t_avail)
+                        t_enter + p.frontend[:, 0] + p.frontend[:, 1] * in_server.astype(jnp.float32), state.t_avail)
     live = pending & (t_avail <= t)
-    any_live = jnp.any(live)
-    all_done = ~jnp.any(pending)
+    any_live = jnp.any(live, axis=0)
+    all_done = ~jnp.any(pending, axis=0)
     # idle: the next instant something happens (a request can be scheduled, or one enters)
-    t_next = jnp.min(jnp.where(pending, jnp.where(jnp.isinf(t_avail), t_enter, t_avail), jnp.inf))
+    t_next = jnp.min(jnp.where(pending, jnp.where(jnp.isinf(t_avail), t_enter, t_avail), jnp.inf), axis=0)
 
     live_i = live.astype(i32)
-    if cfg.chunking == "budget":  # u counts tokens: prompt tokens prefilled, then tokens decoded
-        k = s  # the prefill ends when u reaches s
+    # the prefix sums over requests (the costliest part of a step) run stacked, one program for several sums;
+    # a limit that no trial sets is left out at compile time
+    if cfg.chunking == "budget":  # u counts tokens: prompt tokens prefilled, then tokens decoded (k = s)
         pre = u < s
         want = jnp.where(pre, jnp.minimum(p.chunk, s - u), 1) * live_i
-        left = p.budget - (jnp.cumsum(want) - want)  # budget left for request i after the older ones
+        cum_want, cum_live = _prefix_sums(want, live_i if cfg.running_cap else None)
+        left = p.budget - (cum_want - want)  # budget left for request i after the older ones
         tok = jnp.where(pre, jnp.minimum(want, jnp.maximum(left, 0)), want) * live_i
-        fit_budget = left >= 1
+        fit = left >= 1
         f = _blocks(u + tok, p.block)  # KV after the step: prompt so far, or s + d + 1
+        w = _blocks(s + o, p.block) if cfg.policy == "reserve" else f
+        (cum_w,) = _prefix_sums(w * live_i)
     else:
         pre = u < k
         tok = jnp.where(pre, jnp.minimum(p.chunk, s - u * p.chunk), 1) * live_i
-        fit_budget = jnp.cumsum(tok) <= p.budget
         f = _blocks(jnp.where(pre, jnp.minimum((u + 1) * p.chunk, s), s + (u - k) + 1), p.block)
-    w = _blocks(s + o, p.block) if cfg.policy == "reserve" else f
-    sched = live & (jnp.cumsum(w * live_i) <= p.M) & (jnp.cumsum(live_i) <= p.max_running) & fit_budget
+        w = _blocks(s + o, p.block) if cfg.policy == "reserve" else f
+        cum_w, cum_live, cum_tok = _prefix_sums(w * live_i, live_i if cfg.running_cap else None,
+                                                tok if cfg.budget_cap else None)
+        fit = True if cum_tok is None else cum_tok <= p.budget
+    sched = live & (cum_w <= p.M) & fit
+    if cum_live is not None:
+        sched = sched & (cum_live <= p.max_running)
     sched_i = sched.astype(i32)
-    mem = jnp.sum(f * sched_i)
-    n_pre_tok = jnp.sum(jnp.where(sched & pre, tok, 0))
-    n_dec_tok = count(sched & ~pre)
+    mem = sum_slots(f * sched_i)
+    n_pre_tok = sum_slots(jnp.where(sched & pre, tok, 0))
+    n_dec_tok = count_slots(sched & ~pre)
 
     started = (fl & F_STARTED) != 0 if cfg.policy == "recompute" else u > 0
     was_sched = (fl & F_SCHED) != 0
     left_out = live & started & ~sched
-    n_preempt = count(left_out & was_sched)
+    n_preempt = count_slots(left_out & was_sched)
 
     key = inp.key_batch
-    b = p.batch.draw(rng.uniform(key, state.step, 0), rng.uniform(key, state.step, 1), n_pre_tok, n_dec_tok, mem)
+    b = jax.vmap(lambda bt, u1, u2, a, d, m: bt.draw(u1, u2, a, d, m))(
+        p.batch, rng.uniform(key, state.step, 0), rng.uniform(key, state.step, 1), n_pre_tok, n_dec_tok, mem)
     b = jnp.where(any_live, jnp.asarray(b, jnp.float32), 0.0)
     t_end = jnp.where(any_live | all_done, t + b, jnp.maximum(t, t_next))
 
@@ -178,20 +214,34 @@ def replay_step(state: ReplayState, inp: ReplayInputs, p: ReplayParams, cfg: Rep
         u_new = jnp.where(left_out, 0, u_new)
     had_tok = (fl & F_TOKEN) != 0
     gap_mask = dec_tok & had_tok
-    lo, dlog = cfg.log_edges
-    gap = t_end - state.t_last
-    idx = jnp.where(gap < cfg.itl_lo_s, 0,
-                    jnp.clip(1 + jnp.floor((jnp.log(jnp.maximum(gap, 1e-30)) - lo) / dlog).astype(i32),
-                             1, cfg.n_bins - 1))
-    hist = state.itl_hist.at[idx].add(gap_mask.astype(i32))
-    h_lo = state.itl_lo.at[idx].min(jnp.where(gap_mask, gap, jnp.inf))
-    h_hi = state.itl_hi.at[idx].max(jnp.where(gap_mask, gap, -jnp.inf))
+    # A gap from the previous step's end (the request decoded then: t_last = t) is this step's duration, one value
+    # per trial: its samples are counted per trial. The others (a request left out of some steps) are rare and
+    # go through a scatter only in the steps that have one.
+    regular = gap_mask & (state.t_last == t)
+    gap_reg = t_end - t
+    idx_reg = _bin(gap_reg, cfg)
+    trial = jnp.arange(t.shape[0], dtype=i32)
+    n_reg = count_slots(regular)
+    hist = state.itl_hist.at[trial, idx_reg].add(n_reg)
+    h_lo = state.itl_lo.at[trial, idx_reg].min(jnp.where(n_reg > 0, gap_reg, jnp.inf))
+    h_hi = state.itl_hi.at[trial, idx_reg].max(jnp.where(n_reg > 0, gap_reg, -jnp.inf))
+    irregular = gap_mask & ~regular
+
+    def scatter_irregular(h):
+        hist, h_lo, h_hi = h
+        gap = t_end - state.t_last
+        idx = _bin(gap, cfg)
+        tr = jnp.broadcast_to(trial[None, :], idx.shape)
+        return (hist.at[tr, idx].add(irregular.astype(i32)), h_lo.at[tr, idx].min(jnp.where(irregular, gap, jnp.inf)),
+                h_hi.at[tr, idx].max(jnp.where(irregular, gap, -jnp.inf)))
+
+    hist, h_lo, h_hi = jax.lax.cond(jnp.any(irregular), scatter_irregular, lambda h: h, (hist, h_lo, h_hi))
     tok_now = first_tok | dec_tok
     fl_new = ((started | sched).astype(i32) * F_STARTED + sched_i * F_SCHED
               + (first_tok | ttft_seen).astype(i32) * F_TTFT + (tok_now | had_tok).astype(i32) * F_TOKEN)
-    n_done = state.n_done + count(done)
+    n_done = state.n_done + count_slots(done)
     # the (i−C+1)-th completion frees request i's place: i in [n_done_old + C, n_done_new + C)
-    iota = jnp.arange(s.shape[0], dtype=i32)
+    iota = slot_iota(u)
     freed = (iota >= state.n_done + p.concurrency) & (iota < n_done + p.concurrency)
     return ReplayState(
         u=u_new, flags=fl_new, t_free=jnp.where(freed, t_end, state.t_free), t_avail=t_avail,
@@ -202,20 +252,13 @@ def replay_step(state: ReplayState, inp: ReplayInputs, p: ReplayParams, cfg: Rep
         violations=state.violations + (mem > p.M).astype(i32))
 
 
-def count(mask):
-    return jnp.sum(mask.astype(jnp.int32))
-
-
 def replay_call(state, inputs, params, cfg: ReplayConfig):
-    """``cfg.steps_per_call`` steps of every trial (leading axis of state, inputs and params)."""
+    """``cfg.steps_per_call`` steps of every trial (slot-major state; trials on the last axis)."""
 
-    def one(st, inp, p):
-        def body(c, _):
-            return replay_step(c, inp, p, cfg), None
+    def body(c, _):
+        return replay_step(c, inputs, params, cfg), None
 
-        return jax.lax.scan(body, st, None, length=cfg.steps_per_call)[0]
-
-    return jax.vmap(one)(state, inputs, params)
+    return jax.lax.scan(body, state, None, length=cfg.steps_per_call)[0]
 
 
 replay_call_jit = jax.jit(replay_call, static_argnames=("cfg",))

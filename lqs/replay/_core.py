@@ -71,8 +71,10 @@ def run(s, o, t_arr, *, M, chunk, budget=None, max_running=None, block=1, concur
     T, N = t_arr.shape
     if s.shape != (N,) or o.shape != (N,):
         raise LqsError("requests", f"{s.size} lengths", f"must give one (s, o) per arrival ({N})")
-    cfg = ReplayConfig(N=N, policy=policy, chunking=chunking, steps_per_call=steps_per_call)
     big = lambda v: INT_BIG if v is None else v  # noqa: E731
+    capped = lambda v: bool(np.any(np.asarray(big(v)) < INT_BIG))  # noqa: E731
+    cfg = ReplayConfig(N=N, policy=policy, chunking=chunking, running_cap=capped(max_running),
+                       budget_cap=capped(budget), steps_per_call=steps_per_call)
     params = ReplayParams(M=_per_trial(M, T, np.int32), chunk=_per_trial(chunk, T, np.int32),
                           budget=_per_trial(big(budget), T, np.int32),
                           max_running=_per_trial(big(max_running), T, np.int32),
@@ -81,9 +83,9 @@ def run(s, o, t_arr, *, M, chunk, budget=None, max_running=None, block=1, concur
                                                  else concurrency, T, np.int32),
                           frontend=_frontend(frontend, T), batch=_stack(batch, T))
     keys = jax.vmap(trial_keys)(jax.random.split(key, T))
-    inputs = ReplayInputs(s=np.broadcast_to(s, (T, N)), o=np.broadcast_to(o, (T, N)), t_arr=t_arr,
+    inputs = ReplayInputs(s=jnp.asarray(s)[:, None], o=jnp.asarray(o)[:, None], t_arr=jnp.asarray(t_arr.T),
                           key_batch=keys.batch)
-    state = jax.vmap(lambda c: init_state(N, cfg, c))(jnp.asarray(params.concurrency))
+    state = init_state(N, cfg, jnp.asarray(params.concurrency))
     k = s if chunking == "budget" else -(-s // np.maximum(np.asarray(chunk).max(initial=1), 1))
     if max_steps is None:  # every non-idle step advances a request (recompute may redo work: 8× room)
         max_steps = int(8 * (np.sum(k.astype(np.int64) + o) + N) + 4 * steps_per_call)
@@ -98,8 +100,8 @@ def run(s, o, t_arr, *, M, chunk, budget=None, max_running=None, block=1, concur
             break
     st = jax.device_get(state)
     t_arr64 = t_arr.astype(np.float64)
-    return RawReplay(t_enter=np.maximum(t_arr64, np.asarray(st.t_free, np.float64)),
-                     t_ttft=np.asarray(st.t_ttft, np.float64), t_done=np.asarray(st.t_done, np.float64),
+    return RawReplay(t_enter=np.maximum(t_arr64, np.asarray(st.t_free, np.float64).T),
+                     t_ttft=np.asarray(st.t_ttft, np.float64).T, t_done=np.asarray(st.t_done, np.float64).T,
                      itl_hist=np.asarray(st.itl_hist, np.int64), itl_lo=np.asarray(st.itl_lo, np.float64),
                      itl_hi=np.asarray(st.itl_hi, np.float64),
                      steps=np.asarray(st.step, np.int64),
