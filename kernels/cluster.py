@@ -46,7 +46,8 @@ def cluster_step(cl: Cluster, params: Params, cfg: EngineConfig) -> tuple[Cluste
     def slowest(ub1, ub2, pre, dec, mem):
         return jnp.max(jax.vmap(lambda a, b_, c: params.batch.draw(ub1, ub2, a, b_, c))(pre, dec, mem))
 
-    b_n, n_arr, trunc, phase = draw_step(cl.keys, step_n, t, svs, slowest, params, cfg)
+    b_n, n_arr, trunc, phase = draw_step(cl.keys, step_n, t, svs, slowest, params, cfg,
+                                         jnp.sum(srv.counters.arrivals))
     # route the arrivals one by one
     gi = jnp.arange(G, dtype=jnp.int32)
     in_sys = svs.n_live - svs.n_done + srv.queue.overflow

@@ -49,7 +49,7 @@ def compact(state: State, params: Params, cfg: EngineConfig) -> State:
 
     Slot fields have the slot axis first: [K] for one trial, or [K, N] slot-major (kernels/batched.py; keys and
     per-trial scalars [N], hist [N, N_LAT, n_bins]): the same operations either way."""
-    sl = _stamp_arrivals(state)
+    sl = _stamp_arrivals(state, cfg)
     iota = slot_iota(sl.s)
     occupied = iota < state.queue.n_used
     live = occupied & (sl.u < sl.k + sl.o)
@@ -88,11 +88,14 @@ def compact(state: State, params: Params, cfg: EngineConfig) -> State:
     return _fill_free(state, n_live, params, cfg)
 
 
-def _stamp_arrivals(state: State) -> Slots:
+def _stamp_arrivals(state: State, cfg: EngineConfig) -> Slots:
     """Arrival instants of the requests that arrived during the block (t_arr still NaN, below n_used): request in
     slot i arrived in the first step whose n_used after it exceeds i (the step log), at t + b_n·u_off of that step
-    (the same float operations the step would have made)."""
+    (the same float operations the step would have made). Given instants: u_off is the instant."""
     sl = state.slots
+    if cfg.arrivals == "instants":
+        pending = jnp.isnan(sl.t_arr) & (slot_iota(sl.s) < state.queue.n_used)
+        return sl._replace(t_arr=jnp.where(pending, sl.u_off, sl.t_arr))
     log = state.log
     iota = slot_iota(sl.s)
     n_used = state.queue.n_used
@@ -174,7 +177,15 @@ def _fill_free(state: State, n_live, params: Params, cfg: EngineConfig) -> State
     n_fill = jnp.minimum(q.overflow, K - n_live)
     from_ovf = free & (r < q.overflow)
     idx = jnp.where(from_ovf, q.next_ovf + r, state.counters.arrivals + (r - q.overflow))
-    off = rng.uniform(keys.offsets, idx, 0)
+    if cfg.arrivals == "instants":  # the request's own instant (u_off: see Slots)
+        L = params.arr_t.shape[-1]
+        j = jnp.minimum(idx, L - 1)
+        if j.ndim == 1:
+            off = params.arr_t[j]
+        else:  # slot-major: arr_t is [N, L]
+            off = params.arr_t[jnp.arange(j.shape[1], dtype=jnp.int32)[None, :], j]
+    else:
+        off = rng.uniform(keys.offsets, idx, 0)
     if cfg.phased:
         # lengths are drawn when a request arrives (its phase); overflow requests already arrived: their arrival
         # instant is lost, so they take the phase of this instant (counted in lat_lost like every overflow request)

@@ -36,6 +36,7 @@ class EngineConfig:
     check_work: bool = False  # accumulate per-request memory-work and compare with g_exact (int32-safe sizes)
     running_cap: bool = False  # at most Params.max_running requests scheduled per step (vLLM max_num_seqs)
     blocks: bool = False  # KV held in whole blocks of Params.block tokens (vLLM block_size)
+    arrivals: str = "poisson"  # "poisson": Poisson(λ·b_n) per step; "instants": given instants (Params.arr_t)
     compact_every: int = 64  # steps per record period: compaction, latency binning and the step log once a period
     periods_per_point: int = 1  # one time-series point every this many record periods
     points_per_call: int = 16  # one host round trip every this many time-series points
@@ -82,6 +83,7 @@ class Params(NamedTuple):
     routing: jax.Array = None  # int32[] index into ROUTINGS: a cluster's routing rule (traced: one program)
     max_running: jax.Array = None  # int32[] running-request cap (used when cfg.running_cap)
     block: jax.Array = None  # int32[] KV block size β in tokens (used when cfg.blocks)
+    arr_t: jax.Array = None  # float32[L] sorted arrival instants, +inf behind the last (cfg.arrivals == "instants")
 
 
 class Keys(NamedTuple):
@@ -112,7 +114,8 @@ class Slots(NamedTuple):
     t_done: jax.Array  # float32[K] end of the last decode step
     # bookkeeping
     work: jax.Array  # int32[K] memory-work so far (token·steps; maintained only when cfg.check_work)
-    u_off: jax.Array  # float32[K] arrival instant inside its step, as a fraction of the step (pre-drawn)
+    u_off: jax.Array  # float32[K] arrival instant inside its step, as a fraction of the step (pre-drawn); with
+    #                   given instants (cfg.arrivals == "instants") the arrival instant itself
     uu: jax.Array  # float32[K, n_u] the request's length uniforms (phased runs draw lengths on arrival)
 
 
@@ -156,7 +159,8 @@ class Limits(NamedTuple):
     """Capacity and invariant counters: zero in a run that followed the model exactly."""
 
     starved: jax.Array  # int32[] steps whose schedule could have reached past the K slots
-    arr_trunc: jax.Array  # int32[] steps whose Poisson draw exceeded the static arrival cap
+    arr_trunc: jax.Array  # int32[] steps whose Poisson draw exceeded the static arrival cap (given instants: more
+    #                       than a_max in one step, or the instants ran out)
     lat_lost: jax.Array  # int32[] requests that waited in the overflow queue (arrival instant unknown)
     violations: jax.Array  # int32[] broken invariants (memory > M, conservation, memory-work ≠ g_exact)
 

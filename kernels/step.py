@@ -218,15 +218,33 @@ def step(state: State, params: Params, cfg: EngineConfig) -> tuple[State, StepOu
     return step_with(state, params, cfg, params.batch.draw, serve_fn=serve, finish_fn=finish)
 
 
-def draw_step(keys, step_n, t, sv, draw_b, params: Params, cfg: EngineConfig):
+def draw_step(keys, step_n, t, sv, draw_b, params: Params, cfg: EngineConfig, n_arrived=None):
     """(b_n, n_arr, trunc, phase) of step ``step_n`` at instant t: the batch time (from the served batch ``sv``)
-    and the Poisson arrival count, from the trial's (or cluster's) batch and arrival streams."""
+    and the arrival count, from the trial's (or cluster's) batch and arrival streams. With given instants
+    (``cfg.arrivals == "instants"``) the count is that of the instants in [t, t + b_n), ``n_arrived`` the arrivals
+    so far."""
     ub1 = rng.uniform(keys.batch, step_n, 0)
     ub2 = rng.uniform(keys.batch, step_n, 1)
     b_n = draw_b(ub1, ub2, sv.n_pre_tok, sv.n_dec_tok, sv.mem).astype(jnp.float32)
     lam, phase = phase_rate(t, params, cfg)
-    n_arr, trunc = rng.poisson_inverse(rng.uniform(keys.arrivals, step_n, 0), lam * b_n, cfg.a_max)
+    if cfg.arrivals == "instants":
+        n_arr, trunc = count_instants(params.arr_t, n_arrived, t + b_n, cfg.a_max)
+    else:
+        n_arr, trunc = rng.poisson_inverse(rng.uniform(keys.arrivals, step_n, 0), lam * b_n, cfg.a_max)
     return b_n, n_arr, trunc, phase
+
+
+def count_instants(arr_t, n_arrived, t_end, a_max: int):
+    """(n_arr, truncated): how many of the given instants after the first ``n_arrived`` lie before ``t_end``,
+    looking at most a_max ahead (``arr_t``: [L] or [N, L] slot-major, ``n_arrived`` [] or [N]). ``truncated``:
+    more than a_max fell in the step, or the instants ran out (the last one, +inf padding aside, was reached)."""
+    L = arr_t.shape[-1]
+    idx = n_arrived[..., None] + jnp.arange(a_max + 1, dtype=jnp.int32)
+    ahead = jnp.take_along_axis(arr_t, jnp.minimum(idx, L - 1), axis=-1)
+    before = (ahead < t_end[..., None]) & (idx < L)
+    n_arr = jnp.sum(before[..., :a_max].astype(jnp.int32), axis=-1)
+    ran_out = n_arrived + n_arr >= L - 1
+    return n_arr, before[..., a_max] | ran_out
 
 
 def step_with(state, params, cfg: EngineConfig, draw_b, serve_fn, finish_fn, pre_drawn=None):
@@ -241,7 +259,8 @@ def step_with(state, params, cfg: EngineConfig, draw_b, serve_fn, finish_fn, pre
         b_n, n_arr, trunc = pre_drawn
         phase = jnp.int32(0)
     else:
-        b_n, n_arr, trunc, phase = draw_step(state.keys, state.clock.step, state.clock.t, sv, draw_b, params, cfg)
+        b_n, n_arr, trunc, phase = draw_step(state.keys, state.clock.step, state.clock.t, sv, draw_b, params, cfg,
+                                             state.counters.arrivals)
     return finish_fn(state, sv, b_n, n_arr, trunc, phase, params, cfg)
 
 

@@ -1,5 +1,9 @@
-"""Arrival processes of a finite experiment (docs/model.md, "Arrival processes"): the instants at which the
-benchmark client issues its requests, one row per trial."""
+"""Arrival processes (docs/model.md, "Arrival processes"): Poisson, gamma renewal (a benchmark client's
+``--burstiness``), replayed instants (a trace's or an open-loop benchmark's) and a burst at t = 0.
+
+Two uses: a replay issues a finite run's N requests at :meth:`Arrivals.instants`; the long-run engine (simulate,
+critical, sweep) runs Poisson as per-step counts and the others as given instants (:meth:`Arrivals.engine_instants`:
+the process at each configuration's rate λ)."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._errors import LqsError, check_float
+from ._errors import LqsError, check_float
 
 KINDS = ("poisson", "gamma", "replayed", "burst")
 
@@ -21,7 +25,11 @@ class Arrivals:
 
     ``poisson`` at ``rate_rps``; ``gamma`` renewal with shape ``burstiness`` (inter-arrival CV 1/√k, the
     ``--burstiness`` of vLLM and SGLang's benchmark clients; 1 is Poisson); ``replayed``: the given sorted
-    ``instants_s`` (shifted to start at 0); ``burst``: every request at t = 0 (request_rate inf)."""
+    ``instants_s`` (shifted to start at 0); ``burst``: every request at t = 0 (request_rate inf).
+
+    ``rate_rps`` may be left out where the caller gives the rate: ``lqs.simulate(w, server, lam,
+    arrivals=Arrivals("gamma", burstiness=4))`` runs gamma arrivals at each λ of the grid, and replayed instants
+    at each λ are the pattern time-scaled to mean rate λ and repeated (:meth:`engine_instants`)."""
 
     kind: str
     rate_rps: float | None = None
@@ -32,9 +40,10 @@ class Arrivals:
         if self.kind not in KINDS:
             raise LqsError("arrivals", self.kind, "must be one of " + ", ".join(KINDS))
         if self.kind in ("poisson", "gamma"):
-            if self.rate_rps is None or not math.isfinite(float(self.rate_rps)):
-                raise LqsError("request_rate", self.rate_rps, f"{self.kind} arrivals need a finite rate > 0 req/s")
-            object.__setattr__(self, "rate_rps", check_float("request_rate", self.rate_rps, 0.0, lo_open=True))
+            if self.rate_rps is not None:
+                if not math.isfinite(float(self.rate_rps)):
+                    raise LqsError("request_rate", self.rate_rps, f"{self.kind} arrivals need a finite rate > 0 req/s")
+                object.__setattr__(self, "rate_rps", check_float("request_rate", self.rate_rps, 0.0, lo_open=True))
             object.__setattr__(self, "burstiness", check_float("burstiness", self.burstiness, 0.0, 1e6,
                                                                lo_open=True))
         if self.kind == "replayed":
@@ -51,10 +60,11 @@ class Arrivals:
         return self.kind in ("poisson", "gamma")
 
     def describe(self) -> str:
+        at = "" if self.rate_rps is None else f" at {self.rate_rps:g} req/s"
         if self.kind == "poisson":
-            return f"Poisson at {self.rate_rps:g} req/s"
+            return "Poisson" + at
         if self.kind == "gamma":
-            return f"gamma at {self.rate_rps:g} req/s, burstiness {self.burstiness:g} (CV {1 / math.sqrt(self.burstiness):.3g})"
+            return f"gamma{at}, burstiness {self.burstiness:g} (CV {1 / math.sqrt(self.burstiness):.3g})"
         if self.kind == "replayed":
             return f"replayed instants ({self.instants_s.size}, over {self.instants_s[-1]:.4g} s)"
         return "burst: every request at t = 0"
@@ -67,8 +77,95 @@ class Arrivals:
             if self.instants_s.size != n:
                 raise LqsError("arrival_times", f"{self.instants_s.size} instants", f"must give one per request ({n})")
             return np.broadcast_to(self.instants_s.astype(np.float32), (trials, n)).copy()
+        if self.rate_rps is None:
+            raise LqsError("request_rate", None, f"{self.kind} arrivals of a finite run need a rate > 0 req/s")
         shape = 1.0 if self.kind == "poisson" else self.burstiness
         gaps = jax.random.gamma(key, jnp.float32(shape), (trials, max(n - 1, 0)), dtype=jnp.float32)
         gaps = np.asarray(gaps, np.float64) / (shape * self.rate_rps)  # Gamma(k, λk): mean 1/λ
         t = np.concatenate([np.zeros((trials, 1)), np.cumsum(gaps, axis=1)], axis=1)
         return t.astype(np.float32)
+
+    # ------------------------------------------------------------------ the long-run engine
+    @property
+    def engine_kind(self) -> str:
+        """EngineConfig.arrivals: "poisson" (per-step counts) or "instants" (given instants)."""
+        return "poisson" if self.kind == "poisson" or (self.kind == "gamma" and self.burstiness == 1.0) \
+            else "instants"
+
+    def check_engine(self) -> None:
+        """The long-run engine runs a stationary process at a rate λ: a burst has none."""
+        if self.kind == "burst":
+            raise LqsError("arrivals", "burst", "a burst (every request at t = 0) has no long-run rate; replay it "
+                           "(lqs replay) or give poisson, gamma or replayed arrivals")
+        if self.kind == "replayed" and self.instants_s.size < 2:
+            raise LqsError("arrival_times", f"{self.instants_s.size} instant",
+                           "a replayed pattern needs at least 2 instants to have a rate")
+
+    @property
+    def pattern_rate_rps(self) -> float:
+        """A replayed pattern's own mean rate: n instants per period (span plus one mean gap)."""
+        return self.instants_s.size / self.pattern_period_s
+
+    def peak_rate_rps(self, lam: float, width_s: float) -> float:
+        """A rate whose Poisson count over ``width_s`` bounds this process's count in one step of that length at
+        mean rate λ (for the engine's static per-step cap): gamma with k < 1 has variance λ·w/k; a replayed
+        pattern's densest window, time-scaled, counted exactly."""
+        if self.kind == "gamma":
+            return lam / min(1.0, self.burstiness)
+        if self.kind == "replayed" and lam > 0 and width_s > 0:
+            t = self.instants_s * (self.pattern_rate_rps / lam)
+            t = np.concatenate([t, t + self.pattern_period_s * self.pattern_rate_rps / lam])
+            most = int(np.max(np.searchsorted(t, t[: self.instants_s.size] + width_s) - np.arange(self.instants_s.size)))
+            return max(lam, most / width_s)
+        return lam
+
+    @property
+    def pattern_period_s(self) -> float:
+        t = self.instants_s
+        span = float(t[-1] - t[0])
+        if span <= 0:
+            raise LqsError("arrival_times", None, "replayed instants must span a positive time")
+        return span * t.size / (t.size - 1)
+
+    def engine_instants(self, lam: float, length: int, keys) -> np.ndarray:
+        """float32[trials, length] arrival instants at mean rate ``lam`` for the trials of ``keys`` (typed keys,
+        one per trial), +inf in the last entry (the engine counts reaching it as running out). Gamma: renewal
+        from t = 0 (the first arrival one gap later), drawn from each trial's key; replayed: the pattern
+        time-scaled by (its own rate / λ) and repeated period after period, identical in every trial."""
+        self.check_engine()
+        trials = int(np.shape(keys)[0])
+        n = max(int(length) - 1, 1)
+        if lam <= 0:
+            t = np.full((trials, n), np.inf)
+        elif self.kind == "replayed":
+            reps = -(-n // self.instants_s.size)
+            base = (np.arange(reps)[:, None] * self.pattern_period_s + self.instants_s[None, :]).ravel()[:n]
+            t = np.broadcast_to(base * (self.pattern_rate_rps / lam), (trials, n))
+        else:
+            shape = 1.0 if self.kind == "poisson" else self.burstiness
+            gaps = jax.vmap(lambda k: jax.random.gamma(jax.random.fold_in(k, ARRIVALS_TAG), jnp.float32(shape), (n,),
+                                                       dtype=jnp.float32))(keys)
+            t = np.cumsum(np.asarray(gaps, np.float64), axis=1) / (shape * lam)
+        out = np.full((trials, n + 1), np.inf, np.float32)
+        out[:, :n] = t
+        return out
+
+
+#: folded into a trial's key for its gamma inter-arrival draws (the engine's other streams are kernels/rng.py's)
+ARRIVALS_TAG = 0x61727276
+
+
+def as_arrivals(arrivals, servers: int = 1, phased: bool = False) -> Arrivals | None:
+    """None (Poisson), a kind name ("poisson"), or an Arrivals; checked for the long-run engine (which runs
+    given instants on one server without phases) before anything compiles."""
+    if arrivals is None:
+        return None
+    if isinstance(arrivals, str):
+        arrivals = Arrivals(arrivals)
+    if not isinstance(arrivals, Arrivals):
+        raise LqsError("arrivals", arrivals, "must be None, 'poisson' or an lqs.Arrivals")
+    arrivals.check_engine()
+    if arrivals.engine_kind == "instants" and (servers > 1 or phased):
+        raise LqsError("arrivals", arrivals.describe(), "gamma and replayed arrivals run on one server without "
+                       "phases (servers = 1); clusters and phased schedules take Poisson arrivals")
+    return arrivals

@@ -12,9 +12,11 @@ from ..state import EngineConfig, Params, State
 from .kernel import fused_period
 
 
-def unsupported(servers: int, phased: bool, limits: bool = False) -> str | None:
+def unsupported(servers: int, phased: bool, limits: bool = False, arrivals: str = "poisson") -> str | None:
     """Why a configuration with these servers per trial and phasing cannot run fused (None when it can).
-    ``limits``: a running-request cap or KV blocks."""
+    ``limits``: a running-request cap or KV blocks; ``arrivals``: EngineConfig.arrivals."""
+    if arrivals != "poisson":
+        return "gamma and replayed arrival instants run on the XLA path"
     if limits:
         return "a running-request cap or KV blocks run on the XLA path"
     if servers > 1:

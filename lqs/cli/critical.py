@@ -7,6 +7,7 @@ import os
 import click
 
 from .. import _jsonio
+from .arrivals import arrival_options, build_arrivals
 from .options import (build_mc, build_server, console, echo_json, mc_options, output_options, parse_int,
                       renamed_options, resolve_workload, server_options, show_progress, workload_options)
 
@@ -14,6 +15,7 @@ from .options import (build_mc, build_server, console, echo_json, mc_options, ou
 @click.command("critical")
 @workload_options
 @server_options()
+@arrival_options()
 @mc_options()
 @click.option("--grid-points", default="9", show_default=True, metavar="N",
               help="λ values of the verdict grid around λ* (0 to skip).")
@@ -33,8 +35,10 @@ def critical_cmd(grid_points, grid_trials, progress, as_json, out, **opts):
     server, bb = build_server(opts)
     mc = build_mc(opts)
     wl = resolve_workload(**{**opts, "M": server.M})
+    arrivals = build_arrivals(opts)
     res = critical(wl.workload, server, mc, grid_points=parse_int("grid_points", grid_points, 0, 1000),
-                   grid_trials=parse_int("grid_trials", grid_trials, 1, 2**24), progress=show_progress(progress))
+                   grid_trials=parse_int("grid_trials", grid_trials, 1, 2**24), progress=show_progress(progress),
+                   arrivals=arrivals)
     out_d = dict(workload=wl.label, b_source=bb.source, M_source=bb.M_source, **res.summary)
     doc = dict(out_d, server=server.describe(), monte_carlo=mc.describe())
     if out:

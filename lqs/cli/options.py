@@ -25,23 +25,7 @@ SPLITS = ("all", "train", "test")
 TRAIN_FRAC = 0.8
 SPLIT_SEED = 0
 
-# old flag → the one-line error that replaces it
-RENAMED = {
-    "replicas": "--replicas was renamed --trials (Monte Carlo repetitions); serving instances are --servers",
-    "grid_replicas": "--grid-replicas was renamed --grid-trials (Monte Carlo repetitions per grid λ)",
-    "per_replica": "--per-replica was renamed --per-trial (one row per cell × trial)",
-    "cells_per_chunk": "--cells-per-chunk was renamed --cells-per-part (cells per part file)",
-    "parts": "--parts was renamed --sections (closed_form, iid, affine)",
-}
-
-
-class RenamedOption(LqsError):
-    """A flag that no longer exists under its old name: the message says what it is called now."""
-
-    def __init__(self, name: str, value):
-        super().__init__(name, value, RENAMED[name])
-        self.args = (RENAMED[name],)
-
+from .renamed import RENAMED, RenamedOption, _compose, renamed_options  # noqa: E402,F401 - re-exported
 
 # ----------------------------------------------------------------------------------------------- numbers
 def parse_int(param: str, text, lo: int | None = None, hi: int | None = None) -> int:
@@ -78,30 +62,6 @@ def split_list(text) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------- option groups
-def _compose(*decorators):
-    def apply(f):
-        for d in reversed(decorators):
-            f = d(f)
-        return f
-
-    return apply
-
-
-def _renamed_cb(ctx, param, value):
-    if value is not None and not ctx.resilient_parsing:
-        raise RenamedOption(param.name, value)
-    return value
-
-
-def renamed_options(*names):
-    """Hidden options under old names that fail with a one-line 'was renamed' error (see :data:`RENAMED`)."""
-    flags = {"replicas": "--replicas", "grid_replicas": "--grid-replicas",
-             "per_replica": "--per-replica/--no-per-replica", "cells_per_chunk": "--cells-per-chunk",
-             "parts": "--parts"}
-    return _compose(*(click.option(flags[n], n, hidden=True, default=None, expose_value=False, is_eager=True,
-                                   callback=_renamed_cb) for n in names))
-
-
 def workload_options(f):
     """--workload PRESET | --trace PATH_OR_NAME [--s-col --o-col --t-col] [--split all|train|test]."""
     return _compose(
@@ -177,6 +137,15 @@ def server_options(*, simulation: bool = True, required: bool = True, grid: bool
                               + (" (none = no budget)." if grid else ".")),
             click.option("--routing", "routing", metavar="round_robin|random|jsq|least_kv", default=None,
                          help=f"How the router sends each arrival to a server{many} (default round_robin)."),
+        ]
+    if not grid:
+        opts += [
+            click.option("--max-running", "max_running", metavar="N", default=None,
+                         help="At most N requests scheduled per step (vLLM max_num_seqs, SGLang "
+                              "max_running_requests; default none)."),
+            click.option("--block-size", "block_size", metavar="TOKENS", default=None,
+                         help="KV memory held in whole blocks of this many tokens (vLLM block_size, SGLang "
+                              "page_size; default 1: tokens)."),
         ]
     return _compose(*opts)
 
@@ -345,8 +314,8 @@ def build_server(opts: dict, base=None):
                        else "median", bench=bench)
     if bb is not None:
         bb = replace(bb, M_source=M_source)
-    fields = {k: parse_number(k, opts[k]) for k in ("prefill_chunk", "token_budget", "servers")
-              if opts.get(k) is not None}
+    fields = {k: parse_number(k, opts[k]) for k in ("prefill_chunk", "token_budget", "servers", "max_running",
+                                                    "block_size") if opts.get(k) is not None}
     if M is not None:
         fields["M"] = parse_number("M", M)
     fields.update({k: opts[k] for k in ("policy", "routing") if opts.get(k) is not None})

@@ -7,6 +7,7 @@ import os
 import click
 import numpy as np
 
+from .arrivals import arrival_options, build_arrivals
 from .options import (build_mc, build_server, console, echo_json, mc_options, output_options, parse_lams,
                       resolve_workload, server_options, show_progress, workload_options)
 
@@ -14,6 +15,7 @@ from .options import (build_mc, build_server, console, echo_json, mc_options, ou
 @click.command("simulate")
 @workload_options
 @server_options()
+@arrival_options()
 @click.option("--lam", "lam", metavar="RATE|R1,R2,..|LO:HI:N", default=None,
               help="Arrival rate(s) of the whole deployment, requests per second.")
 @mc_options()
@@ -37,14 +39,16 @@ def simulate_cmd(lam, progress, as_json, out, verdict, **opts):
     mc = build_mc(opts)
     wl = resolve_workload(**{**opts, "M": server.M})
     lams = parse_lams(lam)
-    res = simulate(wl.workload, server, lams, mc, progress=show_progress(progress), verdict=verdict)
+    arrivals = build_arrivals(opts)
+    res = simulate(wl.workload, server, lams, mc, progress=show_progress(progress), verdict=verdict,
+                   arrivals=arrivals)
     res.config["workload_label"] = wl.label
     res.config["seed"] = mc.seed
     if out:
         res.save(out)
     if as_json:
         echo_json(dict(workload=wl.label, b_source=bb.source, M_source=bb.M_source, reliable=res.reliable,
-                       server=server.describe(),
+                       server=server.describe(), arrivals=res.config["arrivals"],
                        monte_carlo=mc.describe(), summary=res.summary.to_dict(orient="records")))
         return
     _print_sim(res, wl.label, out)
@@ -64,7 +68,9 @@ def _print_sim(res, label, out_dir):
     has_verdict = "verdict" in s.columns
     t = Table(title=f"lqs simulate — {label}, M={r0.M_tokens}, ŝ={r0.prefill_chunk_tokens}, b̄={r0.b_s:.4g} s, "
                     f"{r0.policy}, {r0.trials} trials × {r0.steps} steps"
-                    + (f", {r0.servers} servers ({r0.routing})" if r0.get("servers", 1) > 1 else ""))
+                    + (f", {r0.servers} servers ({r0.routing})" if r0.get("servers", 1) > 1 else "")
+                    + (f", {res.config['arrivals']} arrivals" if res.config.get("arrivals", "Poisson") != "Poisson"
+                       else ""))
     cols = ["λ (req/s)", "ρ = λ/μ"] + (["verdict", "λ* (req/s)"] if has_verdict else []) + [
         "backlog grew", "throughput (req/s)", "KV util", "wait p50 (s)", "wait p99 (s)", "TTFT p99 (s)",
         "E2E p99 (s)", "reliable"]

@@ -30,6 +30,8 @@ _LIST_AXES = ("workload", "rho", "M", "prefill_chunk", "b", "policy", "token_bud
 @click.option("--per-trial/--no-per-trial", "per_trial", default=None,
               help="Also keep one row per cell × trial (trials.parquet / trials.csv).")
 @renamed_options("per_replica", "cells_per_chunk")
+@click.option("--burstiness", "burstiness", default=None, metavar="K",
+              help="Gamma arrivals with shape K in every cell (inter-arrival CV 1/√K; 1 = Poisson; one server).")
 @click.option("--overwrite", is_flag=True, help="Replace a different sweep already in DIR.")
 def sweep_cmd(config, out, overwrite, progress, **opts):
     """Run (or resume) a sweep over λ or ρ, workload, M, ŝ, b̄ / batch-time model, policy, token budget, servers
@@ -58,7 +60,8 @@ def spec_from_options(config, opts: dict, SweepSpec):
     grid = {k: opts.get(k) for k in (*_LIST_AXES, "lam")}
     grid["batch"] = list(opts.get("b_model") or ()) or None
     given = {k: v for k, v in grid.items() if v is not None}
-    overrides = {k: parse_number(k, opts[k]) for k in ("trials", "steps", "warmup", "seed", "cells_per_part")
+    overrides = {k: parse_number(k, opts[k]) for k in ("trials", "steps", "warmup", "seed", "cells_per_part",
+                                                       "burstiness")
                  if opts.get(k) is not None and not (k == "steps" and str(opts[k]).strip().lower() == "auto")}
     if str(opts.get("steps")).strip().lower() == "auto":
         overrides["steps"] = None

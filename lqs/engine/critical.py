@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import jax
 import numpy as np
 
+from .._arrivals import as_arrivals
 from .._errors import check_float, check_int
 from .._server import as_server, resolve_mc
 from .._theory import capacity
@@ -31,7 +32,7 @@ class CriticalResult:
 
 
 def critical(workload, server, mc=None, *, key=None, grid_points: int = 9, grid_trials: int | None = None,
-             progress: bool = False, **mc_fields) -> CriticalResult:
+             progress: bool = False, arrivals=None, **mc_fields) -> CriticalResult:
     """Estimate the critical arrival rate λ* of ``server`` (one configuration; a cluster counts as one).
 
     λ* is the saturation throughput: the rate at which the server completes requests with an unbounded backlog
@@ -41,12 +42,17 @@ def critical(workload, server, mc=None, *, key=None, grid_points: int = 9, grid_
     every λ (stable below the interval, unstable above it). A grid of ``grid_points`` arrival rates around it
     (0.8·μ_exact(1−δ) to 1.2·μ_exact, widened to include λ*), ``grid_trials`` trials each, shows those verdicts
     next to what the finite runs observed (``p_backlog_grows``). ``mc``/``**mc_fields`` as in :func:`lqs.simulate`.
+
+    ``arrivals`` (an :class:`lqs.Arrivals` without a rate, default Poisson) is the grid's arrival process: λ* is
+    a saturation throughput (a permanent backlog, whatever the arrivals), so it does not change; the grid's
+    finite runs, and where their backlogs visibly grow, do.
     """
     server = as_server(server).require_scalar("critical")
     mc = resolve_mc(mc, mc_fields)
     grid_points = check_int("grid_points", grid_points, 0, 1000)
     grid_trials = mc.trials if grid_trials is None else check_int("grid_trials", grid_trials, 1, 2**24)
     check_workload(workload, server)
+    arrivals = as_arrivals(arrivals, server.servers)
     cap = capacity(workload, server)
     if mc.steps is None:
         mc = mc.replace(steps=auto_steps(workload, server, mc.warmup))
@@ -67,6 +73,7 @@ def critical(workload, server, mc=None, *, key=None, grid_points: int = 9, grid_
                    token_budget=server.token_budget, max_running=server.max_running,
                    block_size_tokens=server.block_size, mu_block_rps=cap.mu_block_rps,
                    servers=server.servers, routing=server.routing,
+                   arrivals="Poisson" if arrivals is None else arrivals.describe(),
                    trials=mc.trials, steps=row["steps"], warmup_steps=mc.warmup,
                    lam_saturation_rps=row["lam_saturation_rps"], saturation_min_waiting=row["saturation_min_waiting"],
                    lam_star_over_mu_exact=lam_star / cap.mu_exact_rps,
@@ -79,7 +86,7 @@ def critical(workload, server, mc=None, *, key=None, grid_points: int = 9, grid_
         hi = max(1.2 * cap.mu_exact_rps, 1.1 * lam_star)
         lams = np.linspace(lo, hi, grid_points)
         grid = simulate(workload, server, lams, mc.replace(trials=grid_trials), key=key_grid, progress=progress,
-                        verdict=Verdict(key=key_sat, mc=mc, cache=cache))
+                        verdict=Verdict(key=key_sat, mc=mc, cache=cache), arrivals=arrivals)
         g = grid.summary
         summary["grid_lam_rps"] = [float(x) for x in g["lam_rps"]]
         summary["grid_verdict"] = [str(x) for x in g["verdict"]]

@@ -69,11 +69,11 @@ def on_gpu() -> bool:
     return jax.default_backend() in ("gpu", "cuda", "rocm")
 
 
-def select_path(path, servers: int, phased: bool, limits: bool = False) -> tuple[str, str]:
+def select_path(path, servers: int, phased: bool, limits: bool = False, arrivals: str = "poisson") -> tuple[str, str]:
     """(path, reason): path is "xla", "fused" (Triton on a GPU) or "fused-interpret" (Pallas interpret mode).
-    ``limits``: the server has a running-request cap or KV blocks."""
+    ``limits``: the server has a running-request cap or KV blocks; ``arrivals``: EngineConfig.arrivals."""
     path = default_path() if path is None else check_choice("path", path, PATHS)
-    why = _fused.unsupported(servers, phased, limits)
+    why = _fused.unsupported(servers, phased, limits, arrivals)
     if path == "xla":
         return "xla", "asked for"
     if path == "fused":

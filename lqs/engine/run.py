@@ -23,7 +23,8 @@ from ..kernels import loop as _loop
 from ..kernels.state import State
 from .paths import init_jit, run_call_jit
 from .results import SimResult, collect, merge
-from .sizing import call_plan, groups, prepare, prepare_configs, rates
+from .._arrivals import as_arrivals
+from .sizing import Config, attach_instants, call_plan, groups, prepare, prepare_configs, rates
 
 
 def config_keys(key, n: int):
@@ -51,6 +52,8 @@ def run_configs(configs, mc, *, key=None, keys=None, phased=None, progress: bool
         desc = f"simulating {len(sub)} config × {mc.trials} trials" + (f" (program {gi + 1}/{len(programs)})"
                                                                           if len(programs) > 1 else "")
         trial_keys = jax.vmap(lambda k: jax.random.split(k, mc.trials))(keys[np.asarray(idx)])
+        if cfg.arrivals == "instants":
+            params = attach_instants(params, sub, mc, mc.steps, trial_keys)
         run = _execute(cfg, sizing, params, trial_keys.reshape(-1), mc, devices, progress, desc)
         results.append((idx, collect(sub, mc, cfg, run["sizing"], run["st"], run["points"], run["steps_run"],
                                      mc.steps, run["wall"], run["stopped_early"], keys[np.asarray(idx)])))
@@ -203,7 +206,7 @@ _trace_jit = jax.jit(_trace_one, static_argnums=(2, 3))
 
 
 def step_log(workload, server, lam=None, *, steps: int = 256, key=None, seed: int = 0, K: int | None = None,
-             compact_every: int = 64, phases=None) -> tuple[pd.DataFrame, object, object]:
+             compact_every: int = 64, phases=None, arrivals=None) -> tuple[pd.DataFrame, object, object]:
     """Step-by-step log of one trial: (DataFrame with one row per step, final engine state, EngineConfig).
 
     For debugging and for the tests that compare the engine with the plain-Python reference of docs/model.md.
@@ -217,12 +220,18 @@ def step_log(workload, server, lam=None, *, steps: int = 256, key=None, seed: in
         workload, lam, phased = _phases(phases, workload, lam)
     steps = check_int("steps", steps, 1, 2**31 - 2**20)
     mc = MonteCarlo(trials=1, steps=None, warmup=0, seed=seed, K=K, compact_every=compact_every, path="xla")
-    cfg, sizing, grid, params = prepare(workload, server, rates(lam), mc, steps, phased, max_points=10**9)
+    arrivals = as_arrivals(arrivals)
+    cfg, sizing, grid, params = prepare(workload, server, rates(lam), mc, steps, phased, max_points=10**9,
+                                        arrivals=arrivals)
     if key is None:
         key = jax.random.key(mc.seed)
+    key_trial = jax.random.split(key, 1)
+    if cfg.arrivals == "instants":
+        configs = [Config(workload, server.replace(M=m, b=bt), lm, arrivals) for (lm, m, bt) in grid]
+        params = attach_instants(params, configs, mc, steps, key_trial[None])
     p1 = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[0], params)
     init = _cluster.init_cluster if cfg.servers > 1 else _compact.init_state
-    state = init(jax.random.split(key, 1)[0], p1, cfg)
+    state = init(key_trial[0], p1, cfg)
     n_periods = math.ceil(steps / cfg.compact_every)
     st, outs = _trace_jit(state, p1, cfg, n_periods)
     df = pd.DataFrame({f: np.asarray(getattr(outs, f)) for f in outs._fields})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import jax
 
+from .._arrivals import as_arrivals
 from .._server import as_server, resolve_mc
 from .results import SimResult
 from .run import _phases, run_configs
@@ -13,7 +14,7 @@ from .verdict import Verdict, attach_verdicts
 
 
 def simulate(workload, server, lam=None, mc=None, *, key=None, phases=None, progress: bool = False, devices=None,
-             verdict: bool | Verdict = True, **mc_fields) -> SimResult:
+             verdict: bool | Verdict = True, arrivals=None, **mc_fields) -> SimResult:
     """Simulate ``mc.trials`` independent copies of ``server`` for every λ (and M, b̄) of a grid.
 
     ``lam`` (requests/s) may be a number or a 1-D list; with ``server.M`` and ``server.b`` (each a number or a
@@ -38,6 +39,13 @@ def simulate(workload, server, lam=None, mc=None, *, key=None, phases=None, prog
     The saturation rule needs a stationary configuration, so a phased run's verdict is ``n/a`` and its
     ``verdict_basis`` says why.
 
+    ``arrivals`` (default Poisson) is an :class:`lqs.Arrivals` without a rate: ``Arrivals("gamma", burstiness=k)``
+    (a benchmark client's ``--burstiness``; inter-arrival CV 1/√k) or ``Arrivals("replayed", instants_s=...)`` (a
+    trace's arrival pattern, time-scaled to each λ and repeated), run as given instants on one server without
+    phases (docs/model.md, "Arrival processes"). The long-run verdict does not depend on them: the saturation
+    run that gives λ* has a permanent backlog, and any stationary process of rate λ drifts by λ − λ*. What a
+    finite run sees (latencies, ``p_backlog_grows``) does.
+
     ``devices`` (default: all local devices) shards the (configuration × trial) axis across devices; trials are
     independent, so the partitioned program needs no communication.
 
@@ -56,11 +64,14 @@ def simulate(workload, server, lam=None, mc=None, *, key=None, phases=None, prog
     lams = rates(lam)
     if mc.steps is None:
         mc = mc.replace(steps=auto_steps(workload, server, mc.warmup))
-    configs = product(workload, server, lams)
+    arrivals = as_arrivals(arrivals, server.servers, phased is not None)
+    configs = product(workload, server, lams, arrivals)
     if key is None:
         key = jax.random.key(mc.seed)
     res = run_configs(configs, mc, key=key, phased=phased, progress=progress, devices=devices)
     res.config["server"] = server.describe()
+    res.config["arrivals"] = "Poisson" if arrivals is None else arrivals.describe()
+    res.summary["arrivals"] = res.config["arrivals"]
     if verdict is not None:
         vmc = mc if verdict.mc is None else resolve_mc(verdict.mc, {})
         attach_verdicts(res, configs, vmc, key if verdict.key is None else verdict.key, phased=phased is not None,

@@ -123,6 +123,12 @@ class Config(NamedTuple):
     workload: Workload
     server: Server
     lam: float
+    arrivals: object = None  # lqs.Arrivals (None: Poisson)
+
+    @property
+    def arrival_kind(self) -> str:
+        """EngineConfig.arrivals of this configuration."""
+        return "poisson" if self.arrivals is None else self.arrivals.engine_kind
 
     @property
     def batch(self) -> BatchTime:
@@ -133,9 +139,10 @@ class Config(NamedTuple):
         return self.server.M
 
 
-def product(workload, server: Server, lams) -> list[Config]:
+def product(workload, server: Server, lams, arrivals=None) -> list[Config]:
     """The configurations of ``server``'s grid (b̄ slowest, then M, λ fastest) at each rate of ``lams``."""
-    return [Config(workload, server.replace(M=m, b=bt), lm) for bt in server.bs for m in server.Ms for lm in lams]
+    return [Config(workload, server.replace(M=m, b=bt), lm, arrivals)
+            for bt in server.bs for m in server.Ms for lm in lams]
 
 
 def shape_key(c: Config, phased=None) -> tuple:
@@ -147,7 +154,7 @@ def shape_key(c: Config, phased=None) -> tuple:
     b_def = jax.tree_util.tree_structure(s.b)
     b_shapes = tuple(np.shape(x) for x in jax.tree_util.tree_leaves(s.b))
     return (s.policy, s.servers, s.token_budget is not None, phased is not None, w_def, w_shapes, b_def, b_shapes,
-            s.max_running is not None, s.block_size > 1)
+            s.max_running is not None, s.block_size > 1, c.arrival_kind)
 
 
 def groups(configs: list[Config], phased=None) -> list[list[int]]:
@@ -159,11 +166,12 @@ def groups(configs: list[Config], phased=None) -> list[list[int]]:
 
 
 def prepare(workload, server: Server, lams: list[float], mc: MonteCarlo, steps: int, phased=None,
-            max_points: int | None = None):
+            max_points: int | None = None, arrivals=None):
     """:func:`prepare_configs` for one workload and one Server grid. Returns (cfg, sizing, grid, params) with
-    ``grid`` listing (λ, M, BatchTime) per configuration, λ fastest."""
+    ``grid`` listing (λ, M, BatchTime) per configuration, λ fastest (``params.arr_t`` still unset: see
+    :func:`attach_instants`)."""
     check_workload(workload, server)
-    configs = product(workload, server, lams)
+    configs = product(workload, server, lams, arrivals)
     cfg, sizing, params = prepare_configs(configs, mc, steps, phased, max_points)
     return cfg, sizing, [(c.lam, c.M, c.batch) for c in configs], params
 
@@ -173,8 +181,44 @@ def prepare_configs(configs: list[Config], mc: MonteCarlo, steps: int, phased=No
     of configurations that share one program (:func:`shape_key`). Returns (cfg, sizing, params)."""
     steps = validate_group(configs, mc, steps, phased)
     sizing = choose_path(group_sizing(configs, mc, phased), mc, configs, phased)
-    cfg = engine_config(configs[0].server, sizing, mc, steps, phased, max_points)
+    cfg = engine_config(configs[0].server, sizing, mc, steps, phased, max_points, configs[0].arrival_kind)
     return cfg, sizing, build_params(configs, mc, phased)
+
+
+#: most bytes of given arrival instants one program may hold (configurations × trials × instants × 4)
+MAX_INSTANT_BYTES = 2 << 30
+
+
+def instants_length(configs: list[Config], steps: int) -> int:
+    """Instants per trial that a program of ``steps`` steps needs, with room: λ·steps·b (b the sizing's cap on a
+    step: the constant, a far quantile, or 4× an affine model's typical step at saturation) plus 8 standard
+    deviations and one +inf sentinel. Running out anyway is counted (limits.arr_trunc) and flags the run."""
+    n = 0.0
+    for c in configs:
+        b = c.batch.max_s(c.M, 4096, c.server.prefill_chunk)
+        b_typ = nominal_b(c.batch, default=None)
+        if b_typ is None and isinstance(c.batch, AffineBatch):
+            m = c.workload.expected_g(c.server.prefill_chunk)
+            b_typ = c.batch.typical_s(c.M, c.server.prefill_chunk, saturated_service(m, c.M, c.server.prefill_chunk)[1])
+            b = min(b, 4.0 * b_typ)
+        mean = c.lam * steps * b
+        n = max(n, mean + 8.0 * math.sqrt(mean) * (1.0 if c.arrivals.kind == "replayed" else
+                                                    1.0 / math.sqrt(max(c.arrivals.burstiness, 1e-3))))
+    return int(math.ceil(n)) + 2
+
+
+def attach_instants(params: Params, configs: list[Config], mc: MonteCarlo, steps: int, trial_keys) -> Params:
+    """``params`` with the arrival instants of every (configuration × trial): configuration i's process at its λ,
+    drawn from its trials' keys (``trial_keys``: [configurations, trials] typed keys)."""
+    L = instants_length(configs, steps)
+    nbytes = 4 * L * len(configs) * mc.trials
+    if nbytes > MAX_INSTANT_BYTES:
+        raise LqsError("arrivals", configs[0].arrivals.describe(),
+                       f"{len(configs)} configurations × {mc.trials} trials × {L} instants need {nbytes / 2**30:.1f} "
+                       f"GiB of arrival instants; at most {MAX_INSTANT_BYTES / 2**30:.0f} GiB: fewer steps, trials or "
+                       "configurations per call")
+    rows = [c.arrivals.engine_instants(c.lam, L, trial_keys[i]) for i, c in enumerate(configs)]
+    return params._replace(arr_t=jnp.asarray(np.concatenate(rows, axis=0)))
 
 
 def validate_group(configs: list[Config], mc: MonteCarlo, steps: int, phased=None) -> int:
@@ -183,12 +227,16 @@ def validate_group(configs: list[Config], mc: MonteCarlo, steps: int, phased=Non
     keys = {shape_key(c, phased) for c in configs}
     if len(keys) != 1:
         raise LqsError("configs", len(keys), "configurations of one program must agree in policy, servers, "
-                       "token budget, running cap and KV blocks (set or not) and workload/batch-model structure")
+                       "token budget, running cap and KV blocks (set or not), arrival kind and workload/batch-model "
+                       "structure")
     steps = check_int("steps", steps, 1, 2**31 - 2**20)
     if mc.warmup >= steps:
         raise LqsError("warmup", mc.warmup, f"must be below the horizon of {steps} steps")
     for c in configs:
         check_workload(c.workload, c.server)
+        if c.arrival_kind == "instants" and (c.server.servers > 1 or phased is not None):
+            raise LqsError("arrivals", c.arrivals.describe(), "gamma and replayed arrivals run on one server "
+                           "without phases (servers = 1); clusters and phased schedules take Poisson arrivals")
         blk = c.server.block_size
         if blk > 1 and blk * -(-c.workload.max_total // blk) > c.M:
             raise LqsError("block_size", blk, f"the largest request (s+o = {c.workload.max_total}) rounded up to "
@@ -213,6 +261,8 @@ def group_sizing(configs: list[Config], mc: MonteCarlo, phased=None) -> Sizing:
     sizes, moments = [], {}
     for c in configs:
         lam_max = c.lam if phased is None else max(c.lam, float(np.max(phased[2])))
+        if c.arrival_kind == "instants":  # burstier arrivals: more per step at the same mean rate
+            lam_max = c.arrivals.peak_rate_rps(c.lam, c.batch.max_s(c.M, 4096, c.server.prefill_chunk))
         mk = (id(c.workload), c.server.prefill_chunk)
         if mk not in moments:
             moments[mk] = c.workload.expected_g(c.server.prefill_chunk)
@@ -232,7 +282,7 @@ def choose_path(sizing: Sizing, mc: MonteCarlo, configs: list[Config], phased=No
     """The step-loop path of a program (lqs/engine/paths.py; ``auto`` consults the bench records) and the K and
     trials per kernel program it runs with."""
     c0 = configs[0]
-    path, reason = select_path(mc.path, c0.server.servers, phased is not None, _limits(c0.server))
+    path, reason = select_path(mc.path, c0.server.servers, phased is not None, _limits(c0.server), c0.arrival_kind)
     path, reason, K = settle_path(path, reason, sizing.K, c0.server.policy, c0.batch.kind)
     rb = 0 if path == "xla" else (mc.fused_trials or _fused.default_trials_per_program(K))
     M_max = max(c.M for c in configs)
@@ -243,7 +293,7 @@ def choose_path(sizing: Sizing, mc: MonteCarlo, configs: list[Config], phased=No
 
 
 def engine_config(s0: Server, sizing: Sizing, mc: MonteCarlo, steps: int, phased=None,
-                  max_points: int | None = None) -> EngineConfig:
+                  max_points: int | None = None, arrivals: str = "poisson") -> EngineConfig:
     """The static configuration of a program. At most ``max_points`` time-series points; host calls of about
     CALL_STEPS steps (progress, early stop). The points per call are fixed (the last call runs only the points it
     needs: run_call's n_points), so runs of different lengths share one program unless they differ in record
@@ -257,6 +307,7 @@ def engine_config(s0: Server, sizing: Sizing, mc: MonteCarlo, steps: int, phased
                         n_u=0 if phased is None else phased[0].n_uniforms,
                         check_work=sizing.check_work and s0.block_size == 1,
                         running_cap=s0.max_running is not None, blocks=s0.block_size > 1,
+                        arrivals=arrivals,
                         compact_every=mc.compact_every, periods_per_point=ppp, points_per_call=ppc)
 
 

@@ -19,6 +19,7 @@ Spec fields (YAML or a dict; every axis may be a list or a single value)::
     token_budget: [null]     # null = no budget, else tokens per step ≥ prefill_chunk
     servers: [1]             # serving instances behind one router; λ is their total rate
     routing: [round_robin]   # round_robin | random | jsq | least_kv (matters when servers > 1)
+    burstiness: 1.0          # gamma arrivals with this shape k (CV 1/√k; 1 = Poisson), every cell, servers = 1
     trials: 64               # Monte Carlo repetitions per cell                   (MonteCarlo.trials)
     steps: null              # null = auto (warm-up + max(16000 steps, 2000 completions)), per group
     warmup: 4000
@@ -41,7 +42,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from .._batch import BatchTime
-from .._errors import LqsError, check_int, parse_number
+from .._errors import LqsError, check_float, check_int, parse_number
 from .._server import ROUTINGS, MonteCarlo, Server, normalise_policy
 from .axes import (OPTIONS, OWN_MC, SPEC_VERSION, _as_list, _check_batch_spec, _check_workload_name,
                    _floats, _ints, _no_dups, _parse_lam, _strs)
@@ -72,6 +73,7 @@ class SweepSpec:
     token_budget: list = field(default_factory=lambda: [None])
     servers: list = field(default_factory=lambda: [1])
     routing: list = field(default_factory=lambda: ["round_robin"])
+    burstiness: float = 1.0
     trials: int = 64
     steps: int | None = None
     warmup: int = 4000
@@ -105,6 +107,11 @@ class SweepSpec:
         self.token_budget = _no_dups("token_budget", tb)
         self.servers = _ints("servers", self.servers, 1, 4096)
         self.routing = _strs("routing", self.routing, ROUTINGS)
+        self.burstiness = check_float("burstiness", parse_number("burstiness", self.burstiness), 0.0, 1e6,
+                                      lo_open=True)
+        if self.burstiness != 1.0 and any(g > 1 for g in self.servers):
+            raise LqsError("burstiness", self.burstiness, "gamma arrivals run on one server (servers = 1); "
+                                                          "clusters take Poisson arrivals")
         if not isinstance(self.per_trial, (bool, np.bool_)):
             raise LqsError("per_trial", self.per_trial, "must be true or false")
         self.per_trial = bool(self.per_trial)
