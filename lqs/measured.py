@@ -94,8 +94,9 @@ def _build_server(bench, server, M, server_log, prefill_chunk, b, batch, policy,
     if M is None and server_log is None and not (bench.server or {}).get("M"):
         raise LqsError("M", None, "give M (tokens, --M) or server_log (a vLLM/SGLang log stating it, --server-log)")
     batch = ("empirical" if b is None and bench.b_samples is not None else "constant") if batch is None else batch
-    if batch not in BATCH_MODELS:
-        raise LqsError("batch", batch, "must be one of " + ", ".join(BATCH_MODELS))
+    if not isinstance(batch, str) or not batch.strip():
+        raise LqsError("batch", batch, "must be " + ", ".join(BATCH_MODELS) + " or a batch-time spec such as "
+                       "affine:A0,A1,A2,A3 (lqs calibrate prints one)")
     if batch == "empirical" and bench.b_samples is None:
         raise LqsError("batch", batch, f"needs inter-token gaps (itls) in {bench.trace.source}; use constant")
     srv, sources = resolve_server(bench, None, M=M, server_log=server_log, prefill_chunk=prefill_chunk,
@@ -105,14 +106,16 @@ def _build_server(bench, server, M, server_log, prefill_chunk, b, batch, policy,
         srv = srv.replace(b_theory=float(b if b is not None else bench.b))
         desc = (f"empirical: i.i.d. draws from the distribution of the {bench.b_samples.size} inter-token gaps "
                 f"(mean {x.mean():.6g} s)")
-    else:
+    elif batch.partition(":")[0] == "constant":
         desc = f"constant: b̄ = {srv.b_mean_s:.6g} s every step"
+    else:
+        desc = f"{batch} (b̄ = {srv.b_mean_s:.6g} s for the closed form)"
     return srv, sources, desc, "budget"
 
 
 def check(result, server=None, mc=None, *, run: int | None = None, M=None, server_log=None, prefill_chunk=None,
           b=None, b_estimator: str = "median", batch: str | None = None, policy: str | None = None,
-          token_budget=None, key=None, progress: bool = False, **mc_fields) -> CheckResult:
+          token_budget=None, frontend=None, key=None, progress: bool = False, **mc_fields) -> CheckResult:
     """A measured benchmark run beside the closed form, its replay and the long-run verdict (module docstring).
 
     ``result``: a benchmark result file (vLLM or SGLang, ``run`` picks one of several) or an
@@ -120,7 +123,8 @@ def check(result, server=None, mc=None, *, run: int | None = None, M=None, serve
     from ``M`` (tokens), ``server_log`` or the file, ``prefill_chunk``, ``token_budget`` and ``policy`` (defaults:
     the engine's, recompute), b̄ (``b``, default: the ``b_estimator`` of the per-request TPOTs), ``batch``
     ('empirical': i.i.d. draws of the inter-token gaps, the default when the run has them; 'constant': b̄ every
-    step). ``mc``/``**mc_fields`` as in :func:`lqs.simulate`: they serve the λ* run; the replay runs
+    step; or a spec such as the ``affine:…`` that :func:`lqs.calibrate` prints), ``frontend`` the replay's
+    front-end delay (f0, f1) (default none; calibrate prints it too). ``mc``/``**mc_fields`` as in :func:`lqs.simulate`: they serve the λ* run; the replay runs
     ``min(trials, 16)`` trials.
     """
     import jax
@@ -164,7 +168,8 @@ def check(result, server=None, mc=None, *, run: int | None = None, M=None, serve
     k_crit, k_sim = jax.random.split(key)
     cr = critical(wl, server, mc, key=k_crit, grid_points=0, progress=progress)
     lo, hi, lam_star = cr.summary["lam_star_lo_rps"], cr.summary["lam_star_hi_rps"], cr.summary["lam_star_rps"]
-    rp = replay(bench, server, trials=min(mc.trials, 16), key=k_sim, chunking=chunking, progress=progress)
+    rp = replay(bench, server, trials=min(mc.trials, 16), key=k_sim, chunking=chunking, progress=progress,
+                frontend=(0.0, 0.0) if frontend is None else frontend)
     r = rp.report
     grew = queue_grew(bench.ttfts)
     sat_reason = None
@@ -196,6 +201,7 @@ def check(result, server=None, mc=None, *, run: int | None = None, M=None, serve
            "token_budget": server.token_budget, "max_running": server.max_running,
            "block_size_tokens": server.block_size, "policy": server.policy, "sources": sources,
            "b_s": server.b_mean_s, "b_source": sources.get("b"), "batch": batch_desc,
+           "frontend": rp.report.get("frontend"),
            "lam_rps": lam, "lam_se_rps": lam_se, "lam_source": lam_source,
            "request_rate_rps": bench.request_rate, "mu_rps": cap.mu_rps, "mu_exact_rps": cap.mu_exact_rps,
            "mu_block_rps": cap.mu_block_rps, "mu_stable_rps": cap.mu_stable_rps, "delta": cap.delta,

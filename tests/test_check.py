@@ -182,7 +182,7 @@ def test_check_and_server_log_errors(tmp_path, files):
     one_line_error(run(["check", f, "--server-log", str(log)]), "server_log", "empty.log")
     one_line_error(run(["check", files["sglang"], "--M", "4096"]), "run", "sglang.jsonl")  # two runs: pick one
     one_line_error(run(["check", files["sglang"], "--M", "4096", "--run", "2"]), "run")
-    one_line_error(run(["check", f, "--M", "4096", "--batch", "lognormal"]), "batch")
+    one_line_error(run(["check", f, "--M", "4096", "--batch", "bogus:1"]), "b_model", "affine")
     one_line_error(run(["check", f, "--M", "100"]), "lengths")  # requests longer than M
     one_line_error(run(["capacity", "--workload", "pd-1:1", "--M", "131000", "--prefill-chunk", "512", "--b", "0.03",
                          "--prompt-scale", "2"]), "prompt_scale")

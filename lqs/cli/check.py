@@ -13,28 +13,34 @@ from .options import build_mc, console, echo_json, mc_options, output_options, p
 
 @click.command("check")
 @click.argument("result", metavar="RESULT")
-@click.option("--M", "M", metavar="TOKENS", default=None, help="KV-cache capacity M in tokens (or --server-log).")
+@click.option("--M", "M", metavar="TOKENS", default=None,
+              help="KV-cache capacity M in tokens (default: the file's server_info, or --server-log).")
 @click.option("--server-log", "server_log", metavar="FILE", default=None,
               help="vLLM or SGLang server log: M is the KV-cache size it states.")
-@click.option("--prefill-chunk", "--chunk", "prefill_chunk", metavar="TOKENS", default="512", show_default=True,
-              help="Prefill chunk ŝ in tokens (vLLM's long_prefill_token_threshold / chunk size); --chunk is an alias.")
+@click.option("--prefill-chunk", "--chunk", "prefill_chunk", metavar="TOKENS", default=None,
+              help="Prefill chunk ŝ in tokens (default: as the file or log states, else the engine's default: "
+                   "vLLM V1's is its token budget); --chunk is an alias.")
 @click.option("--run", "run", metavar="N", default=None, help="Run (0-based) of a result file holding several.")
 @click.option("--b", "b", metavar="SECONDS", default=None,
-              help="Batch time b̄ (default: the --b-estimator of the run's inter-token gaps).")
+              help="Batch time b̄ (default: the --b-estimator of the run's per-request TPOTs).")
 @click.option("--b-estimator", "b_estimator", metavar="mean|median|trimmed:ALPHA", default="median",
-              show_default=True, help="How b̄ is estimated from the inter-token gaps.")
-@click.option("--batch", "batch", metavar="empirical|constant", default=None,
+              show_default=True, help="How b̄ is estimated from the per-request TPOTs.")
+@click.option("--batch", "--b-model", "batch", metavar="empirical|constant|SPEC", default=None,
               help="Simulated step times: i.i.d. draws of the inter-token gaps (empirical, the default when the "
-                   "run has them) or b̄ every step (constant).")
+                   "run has them), b̄ every step (constant), or a model spec such as the affine:A0,A1,A2,A3 that "
+                   "lqs calibrate prints.")
+@click.option("--frontend", "frontend", metavar="F0[,F1]", default=None,
+              help="The replay's front-end delay: a request can be scheduled F0 + F1·n s after entering (n in the "
+                   "server); lqs calibrate prints it. Default none.")
 @click.option("--policy", "policy", metavar="swap|recompute|reserve", default=None,
-              help="Preemption policy of the simulated server (default swap; vLLM preempts by recompute).")
+              help="Preemption policy (default recompute, what vLLM V1 and SGLang do).")
 @click.option("--token-budget", "token_budget", metavar="TOKENS", default=None,
               help="At most this many tokens per step (vLLM max_num_batched_tokens).")
 @mc_options(K=True)
 @output_options(out_help="Write check.json (the report) and latency_cdf.png (measured vs simulated TTFT and E2E "
                          "CDFs) here.")
-def check_cmd(result, M, server_log, prefill_chunk, run, b, b_estimator, batch, policy, token_budget, progress,
-              as_json, out, **opts):
+def check_cmd(result, M, server_log, prefill_chunk, run, b, b_estimator, batch, frontend, policy, token_budget,
+              progress, as_json, out, **opts):
     """A measured benchmark run (vllm bench serve --save-result --save-detailed, or sglang.bench_serving
     --output-details) beside the closed form (μ, μ_exact, δ, ρ) and a simulation of the same server at the
     measured arrival rate with the measured lengths and batch times; the long-run verdict at that rate from λ*;
@@ -49,12 +55,13 @@ def check_cmd(result, M, server_log, prefill_chunk, run, b, b_estimator, batch, 
     from ..measured import check
 
     mc = build_mc(opts)
+    from ..replay._replay import parse_frontend
+
     kw = dict(M=None if M is None else parse_number("M", M), server_log=server_log,
-              prefill_chunk=parse_number("prefill_chunk", prefill_chunk),
+              prefill_chunk=None if prefill_chunk is None else parse_number("prefill_chunk", prefill_chunk),
+              frontend=None if frontend is None else parse_frontend(frontend),
               b=None if b is None else parse_number("b", b), b_estimator=b_estimator, batch=batch, policy=policy,
               token_budget=None if token_budget is None else parse_number("token_budget", token_budget))
-    if M is None and server_log is None:
-        raise LqsError("M", None, "give --M TOKENS or --server-log FILE")
     res = check(result, mc=mc, run=None if run is None else parse_int("run", run, 0), progress=show_progress(progress),
                 **kw)
     paths = res.save(out) if out else None
@@ -84,7 +91,7 @@ def _print(r: dict, paths):
     con.print(f"server: M = {r['M_tokens']:,} tokens ({escape(str(r['M_source']))}), ŝ = {r['prefill_chunk_tokens']}, "
               f"budget = {r['token_budget']}, running cap = {r['max_running']}, block = {r['block_size_tokens']}, "
               f"b̄ = {r['b_s']:.6g} s ({escape(str(r['b_source']))}), {r['policy']}")
-    con.print(f"replayed step times: {escape(r['batch'])}")
+    con.print(f"replayed step times: {escape(r['batch'])}; front-end delay f0,f1 = {r.get('frontend') or '0,0'} s")
     t = Table(title="measured vs replayed", title_justify="left")
     for c in ("quantity", "measured", "replayed"):
         t.add_column(c, justify="left" if c == "quantity" else "right")
@@ -108,7 +115,7 @@ def _print(r: dict, paths):
                f"{r['lam_star_rps']:.4f}  [{r['lam_star_lo_rps']:.4f}, {r['lam_star_hi_rps']:.4f}]")
     th.add_row("ρ = λ/μ", _f(r["rho"]))
     con.print(th)
-    style = {"stable": "green", "undecided": "yellow", "unstable": "bold red"}[r["verdict"]]
+    style = {"stable": "green", "undecided": "yellow", "unstable": "bold red"}.get(r["verdict"], "cyan")
     con.print(f"verdict at the measured rate: [{style}]{escape(r['verdict_text'])}[/]")
     if r["saturated"]:
         con.print(f"saturated run: {escape(r['saturated_reason'])}")
