@@ -74,14 +74,14 @@ def test_count_instants_counts_truncation_and_running_out():
 def test_burstier_arrivals_wait_longer_at_the_same_rate_and_keep_the_invariants():
     lam = 0.8 * lqs.capacity(FAST, SRV).mu_exact_stable_rps
     rows = {}
-    for k in (0.25, 1.0, 4.0):
+    for k in (0.25, 4.0):
         res = lqs.simulate(FAST, SRV, lam, MC, arrivals=lqs.Arrivals("gamma", burstiness=k), verdict=False)
         r = res.summary.iloc[0]
         assert r["violations"] == 0 and r["arrival_cap_hits"] == 0 and bool(r["reliable"])
         assert abs(r["throughput_rps"] - lam) < 0.05 * lam  # stable: completions keep up with the arrivals
         rows[k] = r
     assert rows[0.25]["arrivals"].startswith("gamma, burstiness 0.25")
-    assert rows[0.25]["wait_p99_s"] > rows[1.0]["wait_p99_s"] > rows[4.0]["wait_p99_s"]
+    assert rows[0.25]["wait_p99_s"] > 2 * rows[4.0]["wait_p99_s"]
     assert rows[0.25]["wait_mean_s"] > 1.5 * rows[4.0]["wait_mean_s"]
 
 
@@ -97,6 +97,7 @@ def test_gamma_near_one_agrees_with_poisson_and_repeats_with_its_seed():
     assert again["throughput_rps"] == a["throughput_rps"] and again["wait_p99_s"] == a["wait_p99_s"]
 
 
+@pytest.mark.slow
 def test_the_long_run_verdict_does_not_depend_on_the_arrivals():
     lam = 1.05 * lqs.capacity(FAST, SRV).mu_exact_rps
     vmc = lqs.MonteCarlo(trials=4, steps=6144, warmup=1024, K=K_FAST, seed=2)
