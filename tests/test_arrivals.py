@@ -138,12 +138,8 @@ def test_cli_arrival_flags(tmp_path):
 
 
 def test_cli_replays_a_trace_pattern_with_the_engine_limits(tmp_path):
-    f = tmp_path / "mooncake.csv"  # Mooncake convention: timestamp in milliseconds
-    rng = np.random.default_rng(0)
-    t = np.cumsum(rng.exponential(400.0, 200))
-    f.write_text("timestamp,input_length,output_length\n"
-                 + "".join(f"{x:.1f},{rng.integers(50, 400)},{rng.integers(5, 60)}\n" for x in t))
-    r = run(["simulate", *PD16K_FLAGS, "--lam", "0.3", "--arrival-times", str(f), "--max-running", "64",
+    f = _mooncake(tmp_path / "mooncake.csv")
+    r = run(["simulate", *PD16K_FLAGS, "--lam", "0.3", "--arrival-times", f, "--max-running", "64",
              "--block-size", "16", "--trials", "2", "--steps", "3000", "--warmup", "500", "--K", "96",
              "--no-verdict", "--json"])
     assert r.exit_code == 0, r.output
@@ -154,3 +150,26 @@ def test_cli_replays_a_trace_pattern_with_the_engine_limits(tmp_path):
     assert doc["arrivals"].startswith("replayed instants (200")
     assert row["max_running"] == 64 and row["block_size_tokens"] == 16 and row["violations"] == 0
     assert row["lam_rps"] == pytest.approx(0.3) and row["arrival_cap_hits"] == 0 and row["reliable"]
+
+
+def _mooncake(path, n=200, seed=0):
+    rng = np.random.default_rng(seed)
+    t = np.cumsum(rng.exponential(400.0, n))  # Mooncake convention: timestamp in milliseconds
+    path.write_text("timestamp,input_length,output_length\n"
+                    + "".join(f"{x:.1f},{rng.integers(50, 400)},{rng.integers(5, 60)}\n" for x in t))
+    return str(path)
+
+
+def test_sweep_replays_an_arrival_pattern(tmp_path):
+    f = _mooncake(tmp_path / "arr.csv")
+    kw = dict(workload=["pd-1:1"], lam=[0.3], M=16384, prefill_chunk=512, b=0.0372, trials=2, steps=3000,
+              warmup=500, options={"K": 96})
+    df = lqs.sweep(**kw, arrival_times=f, progress=False)
+    row = df.iloc[0]
+    assert row["arrivals"].startswith("replayed instants (200") and row["violations"] == 0 and row["reliable"]
+    lines = tmp_path / "none.csv"
+    lines.write_text("input_length,output_length\n100,20\n200,30\n")
+    with pytest.raises(lqs.LqsError, match="arrival_times"):
+        lqs.sweep(**kw, arrival_times=str(lines))
+    with pytest.raises(lqs.LqsError, match="arrival_times.*not both"):
+        lqs.sweep(**kw, arrival_times=f, burstiness=2)

@@ -32,6 +32,8 @@ _LIST_AXES = ("workload", "rho", "M", "prefill_chunk", "b", "policy", "token_bud
 @renamed_options("per_replica", "cells_per_chunk")
 @click.option("--burstiness", "burstiness", default=None, metavar="K",
               help="Gamma arrivals with shape K in every cell (inter-arrival CV 1/√K; 1 = Poisson; one server).")
+@click.option("--arrival-times", "arrival_times", default=None, metavar="FILE",
+              help="Every cell replays this trace's arrival pattern, time-scaled to its λ (one server).")
 @click.option("--overwrite", is_flag=True, help="Replace a different sweep already in DIR.")
 def sweep_cmd(config, out, overwrite, progress, **opts):
     """Run (or resume) a sweep over λ or ρ, workload, M, ŝ, b̄ / batch-time model, policy, token budget, servers
@@ -67,6 +69,8 @@ def spec_from_options(config, opts: dict, SweepSpec):
         overrides["steps"] = None
     if opts.get("per_trial") is not None:
         overrides["per_trial"] = opts["per_trial"]
+    if opts.get("arrival_times") is not None:
+        overrides["arrival_times"] = opts["arrival_times"]
     if opts.get("K") is not None:
         overrides["options"] = {"K": parse_number("K", opts["K"])}
     if config is not None:

@@ -53,10 +53,8 @@ def _run_part(spec: SweepSpec, wl, part: _Part, devices=None, verdict_cache: dic
               verdict=Verdict(key=jax.random.fold_in(jax.random.key(spec.seed), 0x5A7), cache=verdict_cache))
     if devices is not None:  # where it runs, not what it computes: not part of the spec
         kw["devices"] = devices
-    if spec.burstiness != 1.0:
-        from .._arrivals import Arrivals
-
-        kw["arrivals"] = Arrivals("gamma", burstiness=spec.burstiness)
+    if spec.arrivals() is not None:
+        kw["arrivals"] = spec.arrivals()
     res = _simulate(wl, part_server(spec, part), part.lams, mc, **kw)
     summ = res.summary.reset_index(drop=True)
     n = len(part.cells)

@@ -20,6 +20,7 @@ Spec fields (YAML or a dict; every axis may be a list or a single value)::
     servers: [1]             # serving instances behind one router; λ is their total rate
     routing: [round_robin]   # round_robin | random | jsq | least_kv (matters when servers > 1)
     burstiness: 1.0          # gamma arrivals with this shape k (CV 1/√k; 1 = Poisson), every cell, servers = 1
+    arrival_times: null      # or a trace / open-loop benchmark file: its arrival pattern, time-scaled to each λ
     trials: 64               # Monte Carlo repetitions per cell                   (MonteCarlo.trials)
     steps: null              # null = auto (warm-up + max(16000 steps, 2000 completions)), per group
     warmup: 4000
@@ -74,6 +75,7 @@ class SweepSpec:
     servers: list = field(default_factory=lambda: [1])
     routing: list = field(default_factory=lambda: ["round_robin"])
     burstiness: float = 1.0
+    arrival_times: str | None = None
     trials: int = 64
     steps: int | None = None
     warmup: int = 4000
@@ -112,6 +114,14 @@ class SweepSpec:
         if self.burstiness != 1.0 and any(g > 1 for g in self.servers):
             raise LqsError("burstiness", self.burstiness, "gamma arrivals run on one server (servers = 1); "
                                                           "clusters take Poisson arrivals")
+        if self.arrival_times is not None:
+            if self.burstiness != 1.0:
+                raise LqsError("arrival_times", self.arrival_times, "give burstiness or arrival_times, not both")
+            if any(g > 1 for g in self.servers):
+                raise LqsError("arrival_times", self.arrival_times, "replayed arrivals run on one server "
+                                                                    "(servers = 1); clusters take Poisson arrivals")
+            self.arrival_times = os.fspath(self.arrival_times)
+            self.arrivals()  # read and checked now, before anything runs
         if not isinstance(self.per_trial, (bool, np.bool_)):
             raise LqsError("per_trial", self.per_trial, "must be true or false")
         self.per_trial = bool(self.per_trial)
@@ -188,6 +198,26 @@ class SweepSpec:
     @classmethod
     def from_yaml(cls, path, server: Server | None = None) -> "SweepSpec":
         return cls.from_dict(read_yaml(path), server)
+
+    def arrivals(self):
+        """The arrival process of every cell: None (Poisson), gamma with ``burstiness``, or the pattern of the
+        ``arrival_times`` file (read once)."""
+        from .._arrivals import Arrivals
+
+        if self.arrival_times is not None:
+            cached = getattr(self, "_arrivals_cache", None)
+            if cached is None:
+                from ..traces import load_trace
+
+                tr = load_trace(self.arrival_times)
+                if tr.arrival_s is None:
+                    raise LqsError("arrival_times", self.arrival_times, "has no arrival times (a timestamp column, "
+                                   "or a benchmark result's start_times)")
+                cached = Arrivals("replayed", instants_s=tr.arrival_s)
+                cached.check_engine()
+                object.__setattr__(self, "_arrivals_cache", cached)
+            return cached
+        return None if self.burstiness == 1.0 else Arrivals("gamma", burstiness=self.burstiness)
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
