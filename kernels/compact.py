@@ -102,13 +102,16 @@ def _stamp_arrivals(state: State, cfg: EngineConfig) -> Slots:
     pending = jnp.isnan(sl.t_arr) & (iota < n_used)
     j = jnp.sum((log.n_used[None] <= iota[..., None]).astype(jnp.int32), axis=-1)  # [K] or [K, N]
     j = jnp.minimum(j, log.n_used.shape[-1] - 1)
-    if j.ndim == 1:
-        t, b = log.t[j], log.b[j]
-    else:  # slot-major: the logs are [N, L]
-        trial = jnp.arange(j.shape[1], dtype=jnp.int32)[None, :]
-        t, b = log.t[trial, j], log.b[trial, j]
+    t, b = _take_per_trial(log.t, j), _take_per_trial(log.b, j)
     t_arr = t + rng.unfused_mul(b, sl.u_off, n_used)
     return sl._replace(t_arr=jnp.where(pending, t_arr, sl.t_arr))
+
+
+def _take_per_trial(table, j):
+    """``table[j]`` of each trial: table [L] and j [K] for one trial, or table [N, L] and j [K, N] slot-major."""
+    if j.ndim == 1:
+        return table[j]
+    return table[jnp.arange(j.shape[1], dtype=jnp.int32)[None, :], j]
 
 
 def _fixed_order_sum(x):
@@ -178,12 +181,7 @@ def _fill_free(state: State, n_live, params: Params, cfg: EngineConfig) -> State
     from_ovf = free & (r < q.overflow)
     idx = jnp.where(from_ovf, q.next_ovf + r, state.counters.arrivals + (r - q.overflow))
     if cfg.arrivals == "instants":  # the request's own instant (u_off: see Slots)
-        L = params.arr_t.shape[-1]
-        j = jnp.minimum(idx, L - 1)
-        if j.ndim == 1:
-            off = params.arr_t[j]
-        else:  # slot-major: arr_t is [N, L]
-            off = params.arr_t[jnp.arange(j.shape[1], dtype=jnp.int32)[None, :], j]
+        off = _take_per_trial(params.arr_t, jnp.minimum(idx, params.arr_t.shape[-1] - 1))
     else:
         off = rng.uniform(keys.offsets, idx, 0)
     if cfg.phased:

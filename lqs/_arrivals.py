@@ -79,11 +79,17 @@ class Arrivals:
             return np.broadcast_to(self.instants_s.astype(np.float32), (trials, n)).copy()
         if self.rate_rps is None:
             raise LqsError("request_rate", None, f"{self.kind} arrivals of a finite run need a rate > 0 req/s")
-        shape = 1.0 if self.kind == "poisson" else self.burstiness
-        gaps = jax.random.gamma(key, jnp.float32(shape), (trials, max(n - 1, 0)), dtype=jnp.float32)
-        gaps = np.asarray(gaps, np.float64) / (shape * self.rate_rps)  # Gamma(k, λk): mean 1/λ
+        gaps = np.asarray(self._gamma(key, (trials, max(n - 1, 0))), np.float64) / (self._k * self.rate_rps)
         t = np.concatenate([np.zeros((trials, 1)), np.cumsum(gaps, axis=1)], axis=1)
         return t.astype(np.float32)
+
+    @property
+    def _k(self) -> float:
+        return 1.0 if self.kind == "poisson" else self.burstiness
+
+    def _gamma(self, key, shape):
+        """Gamma(k, 1) draws (k = 1 for Poisson): inter-arrival times × kλ (so that they have mean 1/λ)."""
+        return jax.random.gamma(key, jnp.float32(self._k), shape, dtype=jnp.float32)
 
     # ------------------------------------------------------------------ the long-run engine
     @property
@@ -142,10 +148,8 @@ class Arrivals:
             base = (np.arange(reps)[:, None] * self.pattern_period_s + self.instants_s[None, :]).ravel()[:n]
             t = np.broadcast_to(base * (self.pattern_rate_rps / lam), (trials, n))
         else:
-            shape = 1.0 if self.kind == "poisson" else self.burstiness
-            gaps = jax.vmap(lambda k: jax.random.gamma(jax.random.fold_in(k, ARRIVALS_TAG), jnp.float32(shape), (n,),
-                                                       dtype=jnp.float32))(keys)
-            t = np.cumsum(np.asarray(gaps, np.float64), axis=1) / (shape * lam)
+            g = jax.vmap(lambda kk: self._gamma(jax.random.fold_in(kk, ARRIVALS_TAG), (n,)))(keys)
+            t = np.cumsum(np.asarray(g, np.float64), axis=1) / (self._k * lam)
         out = np.full((trials, n + 1), np.inf, np.float32)
         out[:, :n] = t
         return out

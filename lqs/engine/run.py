@@ -24,7 +24,7 @@ from ..kernels.state import State
 from .paths import init_jit, run_call_jit
 from .results import SimResult, collect, merge
 from .._arrivals import as_arrivals
-from .sizing import Config, attach_instants, call_plan, groups, prepare, prepare_configs, rates
+from .sizing import attach_instants, call_plan, groups, prepare, prepare_configs, product, rates
 
 
 def config_keys(key, n: int):
@@ -227,8 +227,7 @@ def step_log(workload, server, lam=None, *, steps: int = 256, key=None, seed: in
         key = jax.random.key(mc.seed)
     key_trial = jax.random.split(key, 1)
     if cfg.arrivals == "instants":
-        configs = [Config(workload, server.replace(M=m, b=bt), lm, arrivals) for (lm, m, bt) in grid]
-        params = attach_instants(params, configs, mc, steps, key_trial[None])
+        params = attach_instants(params, product(workload, server, rates(lam), arrivals), mc, steps, key_trial[None])
     p1 = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[0], params)
     init = _cluster.init_cluster if cfg.servers > 1 else _compact.init_state
     state = init(key_trial[0], p1, cfg)

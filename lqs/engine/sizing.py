@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._arrivals import as_arrivals
 from .._batch import AffineBatch, BatchTime
 from .._errors import LqsError, check_float, check_int
 from .._server import MonteCarlo, Server
@@ -55,16 +56,25 @@ def saturated_service(moments, M: int, prefill_chunk: int) -> tuple[float, float
     return life, M * life / moments.g_exact
 
 
+def step_times(batch: BatchTime, M: int, prefill_chunk: int, n_serv: float) -> tuple:
+    """(typical, far, cap) step time in seconds for sizing the static buffers: the model's mean (an affine model's
+    typical step with ``n_serv`` requests in service; None when it has neither), its far quantile, and the cap the
+    buffers are sized for (the far quantile, or at most 4× an affine model's typical step)."""
+    b_typ = nominal_b(batch, default=None)
+    if b_typ is None and isinstance(batch, AffineBatch):
+        b_typ = batch.typical_s(M, prefill_chunk, n_serv)
+    b_max = batch.max_s(M, 4096, prefill_chunk)
+    b_cap = b_max if b_typ is None or not isinstance(batch, AffineBatch) else min(b_max, 4.0 * b_typ)
+    return b_typ, b_max, b_cap
+
+
 def size_engine(workload: Workload, M_max: int, prefill_chunk: int, lam_max: float, batch: BatchTime,
                 compact_every: int, K: int | None = None, servers: int = 1, moments=None) -> Sizing:
     """Default capacities from the workload and M: K slots and the per-step arrival cap. ``moments``: the
     workload's ``expected_g(prefill_chunk)`` when already known."""
     m = workload.expected_g(prefill_chunk) if moments is None else moments
     life, n_serv = saturated_service(m, M_max, prefill_chunk)
-    b_typ = nominal_b(batch, default=None)
-    if b_typ is None and isinstance(batch, AffineBatch):
-        b_typ = batch.typical_s(M_max, prefill_chunk, n_serv)
-    b_max = batch.max_s(M_max, 4096, prefill_chunk)
+    b_typ, b_max, b_cap = step_times(batch, M_max, prefill_chunk, n_serv)
     rate_steps = max(lam_max / servers * (b_typ or b_max), n_serv / life)  # arrivals or completions per step
     if K is None:
         # started requests peak near 2× the mean number in service (docs/model.md: ≈ 230 for pd-1:2, n ≈ 105),
@@ -73,7 +83,6 @@ def size_engine(workload: Workload, M_max: int, prefill_chunk: int, lam_max: flo
         K = int(max(64, 32 * math.ceil(k_est / 32)))
     else:
         K = int(K)  # validated by MonteCarlo (≥ MIN_K)
-    b_cap = b_max if b_typ is None or not isinstance(batch, AffineBatch) else min(b_max, 4.0 * b_typ)
     # a hit is counted and flags the run. Rounded up to a multiple of 8, at least 16, so that nearby λ share a
     # compilation: the cap costs a few scalar operations per term and trial-step, nothing per slot
     a_max = max(16, 8 * math.ceil(_rng.poisson_cap(lam_max * b_cap) / 8))
@@ -195,13 +204,9 @@ def instants_length(configs: list[Config], steps: int) -> int:
     deviations and one +inf sentinel. Running out anyway is counted (limits.arr_trunc) and flags the run."""
     n = 0.0
     for c in configs:
-        b = c.batch.max_s(c.M, 4096, c.server.prefill_chunk)
-        b_typ = nominal_b(c.batch, default=None)
-        if b_typ is None and isinstance(c.batch, AffineBatch):
-            m = c.workload.expected_g(c.server.prefill_chunk)
-            b_typ = c.batch.typical_s(c.M, c.server.prefill_chunk, saturated_service(m, c.M, c.server.prefill_chunk)[1])
-            b = min(b, 4.0 * b_typ)
-        mean = c.lam * steps * b
+        chunk = c.server.prefill_chunk
+        n_serv = saturated_service(c.workload.expected_g(chunk), c.M, chunk)[1]
+        mean = c.lam * steps * step_times(c.batch, c.M, chunk, n_serv)[2]
         n = max(n, mean + 8.0 * math.sqrt(mean) * (1.0 if c.arrivals.kind == "replayed" else
                                                     1.0 / math.sqrt(max(c.arrivals.burstiness, 1e-3))))
     return int(math.ceil(n)) + 2
@@ -234,9 +239,8 @@ def validate_group(configs: list[Config], mc: MonteCarlo, steps: int, phased=Non
         raise LqsError("warmup", mc.warmup, f"must be below the horizon of {steps} steps")
     for c in configs:
         check_workload(c.workload, c.server)
-        if c.arrival_kind == "instants" and (c.server.servers > 1 or phased is not None):
-            raise LqsError("arrivals", c.arrivals.describe(), "gamma and replayed arrivals run on one server "
-                           "without phases (servers = 1); clusters and phased schedules take Poisson arrivals")
+        if c.arrivals is not None:
+            as_arrivals(c.arrivals, c.server.servers, phased is not None)
         blk = c.server.block_size
         if blk > 1 and blk * -(-c.workload.max_total // blk) > c.M:
             raise LqsError("block_size", blk, f"the largest request (s+o = {c.workload.max_total}) rounded up to "
