@@ -28,7 +28,7 @@ def init_state(key, params: Params, cfg: EngineConfig) -> State:
                                     waiting_max=i0),
                   window=Window(arrivals=i0, completions=i0, gsum=f0, mem_sum=f0, steps=i0, busy=f0),
                   limits=Limits(starved=i0, arr_trunc=i0, lat_lost=i0, violations=i0),
-                  latency=Latency(hist=jnp.zeros((N_LAT, cfg.n_bins), jnp.int32),
+                  latency=Latency(hist=jnp.zeros((N_LAT * (1 + cfg.phase_hist), cfg.n_bins), jnp.int32),
                                   total=jnp.zeros((N_LAT,), jnp.float32), n=i0),
                   log=StepLog(t=jnp.zeros((L,), jnp.float32), b=jnp.zeros((L,), jnp.float32),
                               n_used=jnp.full((L,), np.iinfo(np.int32).max, jnp.int32)))
@@ -41,6 +41,13 @@ def _bin_index(x, cfg: EngineConfig):
     per = (nb - 2) / np.log(hi / lo)
     i = 1 + jnp.floor(jnp.log(jnp.maximum(x, lo) / lo) * per).astype(jnp.int32)
     return jnp.where(x < lo, 0, jnp.clip(i, 1, nb - 1))
+
+
+def _window_of(t_arr, ends, cfg: EngineConfig):
+    """Index of the latency window (``ends``: increasing end instants along the last axis, the last inf) that
+    holds each arrival instant; ``t_arr`` has a trailing axis of 1."""
+    w = jnp.sum((t_arr >= ends[..., :-1]).astype(jnp.int32), axis=-1)
+    return jnp.clip(w, 0, cfg.phase_hist - 1)
 
 
 def compact(state: State, params: Params, cfg: EngineConfig) -> State:
@@ -73,10 +80,18 @@ def compact(state: State, params: Params, cfg: EngineConfig) -> State:
     if add.ndim == 1:
         for m in range(N_LAT):
             hist = hist.at[m, bins[:, m]].add(add)
-    else:  # slot-major: hist is [N, N_LAT, n_bins]
+        if cfg.phase_hist:  # by latency window of arrival
+            row = N_LAT * (1 + _window_of(sl.t_arr[:, None], params.phase_end[None, :], cfg))
+            for m in range(N_LAT):
+                hist = hist.at[row + m, bins[:, m]].add(add)
+    else:  # slot-major: hist is [N, N_LAT·(1 + phase_hist), n_bins]
         trial = jnp.arange(add.shape[1], dtype=jnp.int32)[None, :]
         for m in range(N_LAT):
             hist = hist.at[trial, m, bins[..., m]].add(add)
+        if cfg.phase_hist:
+            row = N_LAT * (1 + _window_of(sl.t_arr[..., None], params.phase_end[None, :, :], cfg))
+            for m in range(N_LAT):
+                hist = hist.at[trial, row + m, bins[..., m]].add(add)
     latency = Latency(hist=hist, total=lat.total + _fixed_order_sum_slots(jnp.where(counted[..., None], lats, 0.0)),
                       n=lat.n + count_slots(add))
 

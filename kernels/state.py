@@ -33,6 +33,7 @@ class EngineConfig:
     servers: int = 1  # G servers per trial in lock-step (a cluster); 1: a single server (routing: Params.routing)
     phased: bool = False  # piecewise-constant (duration, λ, workload) schedule: lengths drawn on arrival
     n_u: int = 0  # uniforms stored per slot when phased
+    phase_hist: int = 0  # also one latency histogram per window of arrival (Params.phase_end; unphased runs)
     check_work: bool = False  # accumulate per-request memory-work and compare with g_exact (int32-safe sizes)
     running_cap: bool = False  # at most Params.max_running requests scheduled per step (vLLM max_num_seqs)
     blocks: bool = False  # KV held in whole blocks of Params.block tokens (vLLM block_size)
@@ -78,7 +79,8 @@ class Params(NamedTuple):
     min_w: jax.Array  # int32[] lower bound of any waiting request's weight (starvation check)
     workload: object  # lqs.Workload pytree (lqs.Phased when cfg.phased)
     batch: object  # lqs BatchTime pytree
-    phase_end: jax.Array  # float32[P] end instants of the phases (last = inf); used when cfg.phased
+    phase_end: jax.Array  # float32[P] end instants of the phases (last = inf); used when cfg.phased, and as the
+    #                       latency windows when cfg.phase_hist
     phase_lam: jax.Array  # float32[P] arrival rate of each phase
     routing: jax.Array = None  # int32[] index into ROUTINGS: a cluster's routing rule (traced: one program)
     max_running: jax.Array = None  # int32[] running-request cap (used when cfg.running_cap)
@@ -168,7 +170,8 @@ class Limits(NamedTuple):
 class Latency(NamedTuple):
     """Latencies of the requests that arrived in the window and finished (wait, ttft, e2e)."""
 
-    hist: jax.Array  # int32[N_LAT, n_bins] log-spaced histogram
+    hist: jax.Array  # int32[N_LAT·(1 + cfg.phase_hist), n_bins] log-spaced histograms: the measurement window's,
+    #                  then one per latency window of arrival (rows N_LAT·(1 + p) + m) when cfg.phase_hist
     total: jax.Array  # float32[N_LAT] sums (seconds)
     n: jax.Array  # int32[] requests counted
 

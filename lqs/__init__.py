@@ -142,6 +142,7 @@ from .sweep import SweepSpec, load_sweep, sweep  # noqa: E402
 from .engine.bench import bench  # noqa: E402  (lqs bench: the measured paths of path="auto")
 # eager for the same reason as sweep: lqs.replay is the function, lqs.replay.* (the package) holds calibrate
 from .replay import Arrivals, CalibrationResult, ReplayResult, calibrate, replay  # noqa: E402
+from .planning import LoadCurve, PlanResult, Slo, load_curve, plan  # noqa: E402
 from ._version import __version__  # noqa: E402
 
 #: old name of :func:`servers_needed` (kept for scripts written against lqs 0.1)
@@ -167,4 +168,6 @@ __all__ = [
     "SweepSpec", "load_sweep", "sweep", *_LAZY,
     # replay and calibration of measured runs
     "Arrivals", "CalibrationResult", "ReplayResult", "calibrate", "replay",
+    # capacity plans over a load curve
+    "LoadCurve", "PlanResult", "Slo", "load_curve", "plan",
 ]

@@ -155,6 +155,53 @@ class Arrivals:
         return out
 
 
+@dataclass(frozen=True, eq=False)
+class GivenInstants:
+    """Absolute arrival instants for the long-run engine, used as given: not shifted, scaled or repeated (the
+    requests that a capacity plan's verification routes to one server over a day: lqs/planning). After the last
+    instant no request arrives; the run is expected to end before ``end_s``."""
+
+    instants_s: np.ndarray
+    end_s: float
+    kind: str = "given"
+    burstiness: float = 1.0
+    random = False
+    engine_kind = "instants"
+
+    def __post_init__(self):
+        t = np.asarray(self.instants_s, np.float64)
+        if t.ndim != 1 or not np.all(np.isfinite(t)) or np.any(np.diff(t) < 0) or (t.size and t[0] < 0):
+            raise LqsError("arrival_times", None, "given instants must be finite, sorted and ≥ 0")
+        object.__setattr__(self, "instants_s", t)
+
+    def describe(self) -> str:
+        return f"given instants ({self.instants_s.size} over {self.end_s:.4g} s)"
+
+    def check_engine(self) -> None:
+        pass
+
+    @property
+    def length(self) -> int:
+        """Instants per trial the engine holds: the list, a far sentinel (so that reaching the end of the list
+        is not counted as running out) and +inf."""
+        return self.instants_s.size + 2
+
+    def peak_rate_rps(self, lam: float, width_s: float) -> float:
+        t = self.instants_s
+        if t.size == 0 or width_s <= 0:
+            return lam
+        most = int(np.max(np.searchsorted(t, t + width_s) - np.arange(t.size)))
+        return max(lam, most / width_s)
+
+    def engine_instants(self, lam: float, length: int, keys) -> np.ndarray:
+        trials = int(np.shape(keys)[0])
+        out = np.full((trials, int(length)), np.inf, np.float32)
+        n = self.instants_s.size
+        out[:, :n] = self.instants_s
+        out[:, n:-1] = np.float32(max(1e30, 4.0 * self.end_s))  # never reached: the list does not "run out"
+        return out
+
+
 #: folded into a trial's key for its gamma inter-arrival draws (the engine's other streams are kernels/rng.py's)
 ARRIVALS_TAG = 0x61727276
 
@@ -166,6 +213,10 @@ def as_arrivals(arrivals, servers: int = 1, phased: bool = False) -> Arrivals | 
         return None
     if isinstance(arrivals, str):
         arrivals = Arrivals(arrivals)
+    if isinstance(arrivals, GivenInstants):  # lengths may come from phases: the instants are the rate
+        if servers > 1:
+            raise LqsError("arrivals", arrivals.describe(), "given instants run on one server (servers = 1)")
+        return arrivals
     if not isinstance(arrivals, Arrivals):
         raise LqsError("arrivals", arrivals, "must be None, 'poisson' or an lqs.Arrivals")
     arrivals.check_engine()

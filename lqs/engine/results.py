@@ -15,7 +15,7 @@ import pandas as pd
 
 from .. import _jsonio
 from .._theory import _capacity
-from ..kernels.state import LAT_NAMES, EngineConfig
+from ..kernels.state import LAT_NAMES, N_LAT, EngineConfig
 from .sizing import nominal_b
 from .stats import backlog_grows, hist_quantiles, wilson
 
@@ -36,6 +36,7 @@ class SimResult:
     hist: np.ndarray  # [n_cfg, trials, 3, n_bins]
     config: dict
     engine_config: EngineConfig = field(repr=False)
+    phase_hist: np.ndarray | None = None  # [n_cfg, trials, phases, 3, n_bins] by arrival phase (phase_hist runs)
 
     @property
     def reliable(self) -> bool:
@@ -102,7 +103,10 @@ def collect(configs, mc, cfg, sizing, st, recs, steps_run, steps_asked, wall, st
     t_ser = np.concatenate([np.asarray(r.t) for r in recs], axis=1).reshape(n_cfg, R, -1)
     w_ser = np.concatenate([np.asarray(r.waiting) for r in recs], axis=1).reshape(n_cfg, R, -1)
     s_ser = np.concatenate([np.asarray(r.started) for r in recs], axis=1).reshape(n_cfg, R, -1)
-    hist = a(st.latency.hist)
+    hist_all = a(st.latency.hist)
+    hist = hist_all[:, :, :N_LAT]
+    phase_hist = (hist_all[:, :, N_LAT:].reshape((n_cfg, R, cfg.phase_hist, N_LAT, -1)) if cfg.phase_hist
+                  else None)
     moments = {}
     rows, sums = [], []
     with warnings.catch_warnings():  # empty windows give NaN on purpose; this filter ends with the block
@@ -137,7 +141,7 @@ def collect(configs, mc, cfg, sizing, st, recs, steps_run, steps_asked, wall, st
                   jax_version=jax.__version__,
                   timing=dict(wall_s=wall, trial_steps_per_s=N * steps_run / max(wall, 1e-9)))
     return SimResult(trials=trials, summary=summary, series_t=t_ser, series_waiting=w_ser, series_started=s_ser,
-                     hist=hist, config=config, engine_config=cfg)
+                     hist=hist, config=config, engine_config=cfg, phase_hist=phase_hist)
 
 
 def _pad_points(arrays):
@@ -193,7 +197,9 @@ def merge(results, n_cfg: int) -> SimResult:
                      series_waiting=_pad_points([r.series_waiting for r in cat])[order],
                      series_started=_pad_points([r.series_started for r in cat])[order],
                      hist=np.concatenate([r.hist for r in cat])[order], config=config,
-                     engine_config=first.engine_config)
+                     engine_config=first.engine_config,
+                     phase_hist=(np.concatenate([r.phase_hist for r in cat])[order]
+                                 if all(r.phase_hist is not None for r in cat) else None))
 
 
 def _one_config(ci, lam, M, bt, b_nom, cap, a, st, t_ser, w_ser, s_ser, hist, mom, cfg, R, G, steps_run, warmup,

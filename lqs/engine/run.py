@@ -32,10 +32,13 @@ def config_keys(key, n: int):
     return jax.random.split(key, n)
 
 
-def run_configs(configs, mc, *, key=None, keys=None, phased=None, progress: bool = False, devices=None) -> SimResult:
+def run_configs(configs, mc, *, key=None, keys=None, phased=None, progress: bool = False, devices=None,
+                latency_windows=None) -> SimResult:
     """Run a list of :class:`Config` (any mix: those that share a program shape run as one jitted, vmapped program
     each) and return one SimResult with a summary row per configuration, in order. Configuration i's trials draw
-    from ``keys[i]`` (default ``config_keys(key, len(configs))``), whatever else runs beside it."""
+    from ``keys[i]`` (default ``config_keys(key, len(configs))``), whatever else runs beside it. With
+    ``latency_windows`` (increasing end instants, the last inf; unphased runs on the XLA path) the latency histograms
+    are also kept per window of arrival (``SimResult.phase_hist``)."""
     if not configs:
         raise LqsError("configs", [], "must not be empty")
     if mc.steps is None:
@@ -45,7 +48,8 @@ def run_configs(configs, mc, *, key=None, keys=None, phased=None, progress: bool
     programs = []
     for idx in groups(configs, phased):
         sub = [configs[i] for i in idx]
-        cfg, sizing, params = prepare_configs(sub, mc, mc.steps, phased)  # every group validated before any runs
+        cfg, sizing, params = prepare_configs(sub, mc, mc.steps, phased,  # every group validated before any runs
+                                              latency_windows=latency_windows)
         programs.append((idx, sub, cfg, sizing, params))
     results = []
     for gi, (idx, sub, cfg, sizing, params) in enumerate(programs):

@@ -185,13 +185,24 @@ def prepare(workload, server: Server, lams: list[float], mc: MonteCarlo, steps: 
     return cfg, sizing, [(c.lam, c.M, c.batch) for c in configs], params
 
 
-def prepare_configs(configs: list[Config], mc: MonteCarlo, steps: int, phased=None, max_points: int | None = None):
+def prepare_configs(configs: list[Config], mc: MonteCarlo, steps: int, phased=None, max_points: int | None = None,
+                    latency_windows=None):
     """Validate, size the engine and build the static config and the flattened (configuration × trial) parameters
     of configurations that share one program (:func:`shape_key`). Returns (cfg, sizing, params)."""
     steps = validate_group(configs, mc, steps, phased)
     sizing = choose_path(group_sizing(configs, mc, phased), mc, configs, phased)
     cfg = engine_config(configs[0].server, sizing, mc, steps, phased, max_points, configs[0].arrival_kind)
-    return cfg, sizing, build_params(configs, mc, phased)
+    params = build_params(configs, mc, phased)
+    if latency_windows is not None:  # latency histograms per window of arrival (an unphased run's phase_end)
+        ends = np.asarray(latency_windows, np.float32)
+        if phased is not None or ends.ndim != 1 or ends.size < 1 or not np.isinf(ends[-1]) \
+                or np.any(np.diff(ends) <= 0):
+            raise LqsError("latency_windows", None, "must be increasing window ends ending in inf, on an unphased run")
+        if sizing.path != "xla":
+            raise LqsError("path", sizing.path, "latency per window runs on the XLA path (MonteCarlo(path='xla'))")
+        cfg = replace(cfg, phase_hist=int(ends.size))
+        params = params._replace(phase_end=jnp.asarray(np.broadcast_to(ends, (params.lam.shape[0], ends.size))))
+    return cfg, sizing, params
 
 
 #: most bytes of given arrival instants one program may hold (configurations × trials × instants × 4)
@@ -204,6 +215,9 @@ def instants_length(configs: list[Config], steps: int) -> int:
     deviations and one +inf sentinel. Running out anyway is counted (limits.arr_trunc) and flags the run."""
     n = 0.0
     for c in configs:
+        if c.arrivals.kind == "given":
+            n = max(n, c.arrivals.length - 2)
+            continue
         chunk = c.server.prefill_chunk
         n_serv = saturated_service(c.workload.expected_g(chunk), c.M, chunk)[1]
         mean = c.lam * steps * step_times(c.batch, c.M, chunk, n_serv)[2]

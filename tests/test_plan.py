@@ -1,0 +1,90 @@
+"""lqs.plan: the per-window count agrees with study slo, the verification run conserves requests across scale-downs
+and reports the backlog a scale-up lag lets build, and bad load curves get one-line errors."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import lqs
+from lqs.planning._verify import day_instants, route, schedule
+
+SRV = lqs.Server(M=16_384, prefill_chunk=512, b=0.0372)
+WL = lqs.preset("pd-1:1")
+MC = lqs.MonteCarlo(trials=4, steps=3000, warmup=500, seed=0)
+
+
+def curve(rates, width=20.0):
+    return pd.DataFrame(dict(time_s=np.arange(len(rates)) * width, rate_rps=rates))
+
+
+def test_plan_count_equals_study_slo():
+    mu = lqs.capacity(WL, SRV).mu_rps
+    lam = 3.3 * mu
+    res = lqs.plan(curve([lam, 0.8 * lam]), SRV, "ttft_p99_s<=1.5", workload=WL, mc=MC, verify=False)
+    slo = lqs.studies.slo_servers(WL, SRV, MC, lam=lam, target_s=1.5, metric="ttft_p99_s")
+    assert slo.meta["servers_slo"] is not None
+    assert int(res.windows.servers_sim[0]) == slo.meta["servers_slo"]
+    # the closed-form column is the paper's rule at ρ = 0.9
+    assert int(res.windows.servers_closed_form[0]) == lqs.servers_needed(lam, mu, 0.9)
+
+
+def test_verification_conserves_across_scale_downs():
+    mu = lqs.capacity(WL, SRV).mu_rps
+    res = lqs.plan(curve([3.0 * mu, 0.7 * mu, 2.5 * mu]), SRV, "rho<=0.85", workload=WL, mc=MC, verify_trials=2)
+    w, t = res.windows, res.totals
+    assert w.servers[1] < w.servers[0] and w.servers[2] > w.servers[1]  # a scale-down, then up again
+    assert t["verify_conserved"] and t["verify_violations"] == 0 and t["verify_reliable"]
+    assert t["verify_arrivals"] == int(w.verify_arrivals.sum())
+    # the per-window latency histograms hold every counted request once
+    sim = res.verification.results[0]
+    assert np.array_equal(sim.phase_hist.sum(axis=2), sim.hist)
+
+
+def test_scale_up_delay_longer_than_ramp_reports_backlog():
+    mu = lqs.capacity(WL, SRV).mu_rps
+    rates = [0.6 * mu, 0.6 * mu, 4.0 * mu, 4.0 * mu]
+    res = lqs.plan(curve(rates), SRV, "rho<=0.85", workload=WL, mc=MC, scale_up_delay_s=30.0, verify_trials=1)
+    t = res.totals
+    assert 2 in t["verify_lag_windows"]  # the ramp's servers arrive 30 s into a 20 s window
+    assert res.windows.verify_backlog_end[2] > res.windows.verify_backlog_end[1]
+    assert t["provision_ahead_windows"] == 2 and t["provision_ahead_removes_lag"]
+    # without the delay no window lags
+    res0 = lqs.plan(curve(rates), SRV, "rho<=0.85", workload=WL, mc=MC, verify_trials=1)
+    assert res0.totals["verify_lag_windows"] == []
+
+
+def test_schedule_and_routing():
+    req, iv = schedule([1, 3, 3, 1], 0, 5.0, 10.0)
+    assert list(req) == [1, 3, 3, 1]
+    assert iv[0] == [(0.0, 40.0)] and iv[1] == [(15.0, 30.0)] and iv[2] == [(15.0, 30.0)]
+    t = np.array([1.0, 12.0, 16.0, 17.0, 18.0, 35.0])
+    k, A = route(t, iv)
+    assert list(A) == [1, 1, 3, 3, 3, 1] and list(k) == [0, 0, 2, 0, 1, 0]
+
+
+def test_day_instants_follow_the_curve():
+    import jax
+
+    c = lqs.load_curve(curve([50.0, 5.0, 0.0, 20.0], 100.0))
+    t = day_instants(c, c.rate_rps, "gamma", 0.5, 1.0, jax.random.key(3))
+    n = np.bincount((t // 100).astype(int), minlength=4)
+    assert n[2] == 0 and abs(n[0] - 5000) < 600 and abs(n[3] - 2000) < 400 and np.all(np.diff(t) >= 0)
+
+
+@pytest.mark.parametrize("df, param, what", [
+    (pd.DataFrame(dict(time_s=[], rate_rps=[])), "load", "at least one window"),
+    (curve([1.0, -2.0]), "load", "≥ 0"),
+    (pd.DataFrame(dict(time_s=[0.0, 20.0, 10.0], rate_rps=[1.0, 1.0, 1.0])), "load", "increasing"),
+    (curve([1.0, 1.0], 0.01), "window", "one step"),
+])
+def test_bad_curves(df, param, what):
+    with pytest.raises(lqs.LqsError) as e:
+        lqs.plan(df, SRV, "rho<=0.8", workload=WL, mc=MC, verify=False)
+    assert e.value.param == param and what in str(e.value) and "\n" not in str(e.value)
+
+
+def test_slo_parse():
+    assert lqs.Slo.parse("ttft_p99<=2s") == lqs.Slo("ttft_p99_s", 2.0)
+    assert lqs.Slo.parse("rho<=0.8").metric == "rho"
+    with pytest.raises(lqs.LqsError):
+        lqs.Slo.parse("tpot_p99_s<=0.1")
