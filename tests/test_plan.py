@@ -88,3 +88,26 @@ def test_slo_parse():
     assert lqs.Slo.parse("rho<=0.8").metric == "rho"
     with pytest.raises(lqs.LqsError):
         lqs.Slo.parse("tpot_p99_s<=0.1")
+
+
+def test_cli_plan_json_and_bad_curve(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from lqs.cli import main
+
+    mu = lqs.capacity(WL, SRV).mu_rps
+    p = tmp_path / "load.csv"
+    curve([2.0 * mu, 1.0 * mu]).to_csv(p, index=False)
+    args = ["plan", str(p), "--M", "16384", "--chunk", "512", "--b", "0.0372", "--workload", "pd-1:1",
+            "--slo", "rho<=0.85", "--trials", "4", "--steps", "3000", "--warmup", "500", "--verify-trials", "1"]
+    r = CliRunner().invoke(main, args + ["--json", "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert len(doc["windows"]) == 2 and doc["totals"]["verify_conserved"]
+    assert (tmp_path / "out" / "plan.png").exists() and (tmp_path / "out" / "windows.parquet").exists()
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame(dict(time_s=[0.0, 20.0], rate_rps=[1.0, -1.0])).to_csv(bad, index=False)
+    r = CliRunner().invoke(main, ["plan", str(bad)] + args[2:])
+    assert r.exit_code == 2 and r.output.count("\n") == 1 and "load" in r.output

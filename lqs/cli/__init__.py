@@ -70,6 +70,7 @@ def _register():
     from .check import check_cmd
     from .critical import critical_cmd
     from .fit import fit_group
+    from .plan import plan_cmd
     from .replay import calibrate_cmd, replay_cmd
     from .reproduce import reproduce_group
     from .simulate import simulate_cmd
@@ -77,7 +78,7 @@ def _register():
     from .sweep import sweep_cmd
 
     for cmd in (capacity_cmd, simulate_cmd, critical_cmd, check_cmd, replay_cmd, calibrate_cmd, fit_group, sweep_cmd,
-                study, reproduce_group, bench_cmd):
+                study, reproduce_group, bench_cmd, plan_cmd):
         main.add_command(cmd)
 
 
