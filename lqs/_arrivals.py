@@ -121,8 +121,7 @@ class Arrivals:
         if self.kind == "replayed" and lam > 0 and width_s > 0:
             t = self.instants_s * (self.pattern_rate_rps / lam)
             t = np.concatenate([t, t + self.pattern_period_s * self.pattern_rate_rps / lam])
-            most = int(np.max(np.searchsorted(t, t[: self.instants_s.size] + width_s) - np.arange(self.instants_s.size)))
-            return max(lam, most / width_s)
+            return max(lam, _most_within(t, self.instants_s.size, width_s) / width_s)
         return lam
 
     @property
@@ -153,6 +152,11 @@ class Arrivals:
         out = np.full((trials, n + 1), np.inf, np.float32)
         out[:, :n] = t
         return out
+
+
+def _most_within(t, n: int, width_s: float) -> int:
+    """The most instants of sorted ``t`` in any window [t_i, t_i + width) starting at one of the first n."""
+    return int(np.max(np.searchsorted(t, t[:n] + width_s) - np.arange(n)))
 
 
 @dataclass(frozen=True, eq=False)
@@ -190,8 +194,7 @@ class GivenInstants:
         t = self.instants_s
         if t.size == 0 or width_s <= 0:
             return lam
-        most = int(np.max(np.searchsorted(t, t + width_s) - np.arange(t.size)))
-        return max(lam, most / width_s)
+        return max(lam, _most_within(t, t.size, width_s) / width_s)
 
     def engine_instants(self, lam: float, length: int, keys) -> np.ndarray:
         trials = int(np.shape(keys)[0])

@@ -94,6 +94,15 @@ class PlanResult:
         return paths
 
 
+def step_s(workload, server) -> float:
+    """A step's typical duration: the batch-time model's mean, or an affine model's typical step at saturation."""
+    from ..engine.sizing import saturated_service, step_times
+
+    n_serv = saturated_service(workload.expected_g(server.prefill_chunk), server.M, server.prefill_chunk)[1]
+    b_typ, b_max, _ = step_times(server.bs[0], server.M, server.prefill_chunk, n_serv)
+    return b_typ if b_typ is not None else b_max
+
+
 def _arrivals_for(kind: str, burstiness: float, curve: LoadCurve, w: int):
     from .._arrivals import Arrivals
 
@@ -193,7 +202,7 @@ def plan(load, server, slo="ttft_p99_s<=2", *, workload=None, window_s=None, arr
     """
     from .._theory import capacity, servers_needed
     from .._workload import Pairs
-    from ..engine.sizing import check_workload, step_times, saturated_service
+    from ..engine.sizing import check_workload
     from ..engine.verdict import saturation, verdict_of
     from ..studies.common import key as study_key
 
@@ -222,10 +231,7 @@ def plan(load, server, slo="ttft_p99_s<=2", *, workload=None, window_s=None, arr
     verify_trials = check_int("verify_trials", verify_trials, 1, 1024)
     if static_servers is not None:
         static_servers = check_int("static_servers", static_servers, 1, 100_000)
-    m = workload.expected_g(server.prefill_chunk)
-    n_serv = saturated_service(m, server.M, server.prefill_chunk)[1]
-    b_typ, b_max, _ = step_times(server.bs[0], server.M, server.prefill_chunk, n_serv)
-    b_step = b_typ if b_typ is not None else b_max
+    b_step = step_s(workload, server)
     if curve.window_s < b_step:
         raise LqsError("window", curve.window_s, f"must be at least one step ({b_step:.4g} s)")
     mc = MonteCarlo(trials=8, steps=4000, warmup=1000, seed=seed) if mc is None else mc

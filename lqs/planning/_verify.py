@@ -95,20 +95,17 @@ def verify_plan(curve, lam, planned, workload, server, slo, sat, kind, burstines
                 seed, progress) -> Verification:
     from .._arrivals import GivenInstants
     from ..engine.run import run_configs
-    from ..engine.sizing import product, saturated_service, step_times
+    from ..engine.sizing import product
     from ..engine.stats import hist_quantiles
     from ..engine.verdict import verdict_of
     from ..studies.common import key as study_key
-    from ._plan import _LAT_INDEX, _Q
+    from ._plan import _LAT_INDEX, _Q, step_s
 
     Wd, W = curve.window_s, curve.n_windows
     T = W * Wd
     t = day_instants(curve, lam, kind, burstiness, rate_scale, study_key(seed, 7))
     aheads = [0] + ([int(math.ceil(delay / Wd))] if delay > 0 else [])
-    m = workload.expected_g(server.prefill_chunk)
-    n_serv = saturated_service(m, server.M, server.prefill_chunk)[1]
-    b_typ, b_max, _ = step_times(server.bs[0], server.M, server.prefill_chunk, n_serv)
-    steps = int(math.ceil(T / (b_typ if b_typ is not None else b_max) * (1.01 if server.bs[0].kind == "constant"
+    steps = int(math.ceil(T / step_s(workload, server) * (1.01 if server.bs[0].kind == "constant"
                                                                         else 1.05))) + 1
     configs, owners, reqs = [], [], []
     for ai, a in enumerate(aheads):
