@@ -85,6 +85,7 @@ def test_burstier_arrivals_wait_longer_at_the_same_rate_and_keep_the_invariants(
     assert rows[0.25]["wait_mean_s"] > 1.5 * rows[4.0]["wait_mean_s"]
 
 
+@pytest.mark.slow
 def test_gamma_near_one_agrees_with_poisson_and_repeats_with_its_seed():
     lam = 0.7 * lqs.capacity(FAST, SRV).mu_exact_stable_rps
     near = lqs.Arrivals("gamma", burstiness=1.0001)  # given instants, statistically Poisson

@@ -45,6 +45,7 @@ def _write(paths: dict, *, key=None):
     return key
 
 
+@pytest.mark.slow
 def test_bench_runs_both_paths_checks_identity_and_records(cache):
     rows = lqs.bench(quick=True, trials=4, steps=64)
     assert [r["path"] for r in rows] == ["xla", "fused-interpret"]

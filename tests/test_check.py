@@ -83,6 +83,7 @@ def test_check_unstable_above_lam_star(files):
     assert d["sim_p_backlog_grows"] > 0.5
 
 
+@pytest.mark.slow
 def test_check_saturated_run_constant_batch(files):
     d = lqs.check(files["saturated"], M=SMALL_M, prefill_chunk=SMALL_CHUNK, batch="constant", **MC).to_dict()
     assert d["request_rate_rps"] == math.inf and d["lam_rps"] is None and d["rho"] == math.inf

@@ -293,7 +293,7 @@ def test_cluster_round_robin_routes_evenly_and_keeps_invariants():
     assert (df.mem <= 3 * M_FAST).all()
 
 
-@pytest.mark.parametrize("routing", ["random", "jsq", "least_kv"])
+@pytest.mark.parametrize("routing", [pytest.param("random", marks=pytest.mark.slow), "jsq", "least_kv"])
 def test_cluster_routings_conserve_requests(routing):
     df, st, cfg = lqs.step_log(FAST, SRV.replace(servers=3, routing=routing), 3 * CAP.mu_exact_rps, steps=1024,
                                K=128, key=jax.random.key(9))

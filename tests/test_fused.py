@@ -104,8 +104,7 @@ def test_identical_with_token_budget_and_capacity_limits(policy):
         assert int(np.sum(st_a.limits.starved)) > 0
 
 
-@pytest.mark.parametrize("policy", [p if p == "swap" else pytest.param(p, marks=pytest.mark.slow)
-                                    for p in POLICIES])
+@pytest.mark.parametrize("policy", [pytest.param(p, marks=pytest.mark.slow) for p in POLICIES])
 def test_identical_on_the_paper_workload(policy):
     """pd-1:1 at the paper's M = 131,000 tokens, ŝ = 512, b̄ = 0.0372 s, below and above μ (K = 288), the kernel as
     Triton runs it: one warp per trial, each lane holding 9 consecutive slots (interleaved: 9 parts of 32 lanes),
