@@ -7,6 +7,7 @@ import pytest
 
 import lqs
 from lqs.planning._verify import day_instants, route, schedule
+from lqs.studies import slo_servers
 
 SRV = lqs.Server(M=16_384, prefill_chunk=512, b=0.0372)
 WL = lqs.preset("pd-1:1")
@@ -20,10 +21,20 @@ def curve(rates, width=20.0):
 def test_plan_count_equals_study_slo():
     mu = lqs.capacity(WL, SRV).mu_rps
     lam = 3.3 * mu
-    res = lqs.plan(curve([lam, 0.8 * lam]), SRV, "ttft_p99_s<=1.5", workload=WL, mc=MC, verify=False)
-    slo = lqs.studies.slo_servers(WL, SRV, MC, lam=lam, target_s=1.5, metric="ttft_p99_s")
+    slo = slo_servers(WL, SRV, MC, lam=lam, target_s=1.5, metric="ttft_p99_s")
     assert slo.meta["servers_slo"] is not None
-    assert int(res.windows.servers_sim[0]) == slo.meta["servers_slo"]
+    # candidates covering study slo's whole range: the same rule on the same keys gives the same count
+    full = lqs.plan(curve([lam, 0.8 * lam]), SRV, "ttft_p99_s<=1.5", workload=WL, mc=MC, verify=False,
+                    candidates=64)
+    assert int(full.windows.servers_sim[0]) == slo.meta["servers_slo"]
+    # the default examines fewer counts above the first that qualifies: never more servers than study slo's,
+    # and the count it gives is one study slo found stable and within the SLO (same keys, same figure)
+    res = lqs.plan(curve([lam, 0.8 * lam]), SRV, "ttft_p99_s<=1.5", workload=WL, mc=MC, verify=False)
+    g = int(res.windows.servers_sim[0])
+    assert 0 < g <= slo.meta["servers_slo"]
+    row = slo.data[slo.data.servers == g].iloc[0]
+    assert row.ttft_p99_s <= 1.5 and row.verdict == "stable"
+    assert row.ttft_p99_s == pytest.approx(float(res.windows.ttft_p99_s_at_servers[0]), rel=1e-6)
     # the closed-form column is the paper's rule at ρ = 0.9
     assert int(res.windows.servers_closed_form[0]) == lqs.servers_needed(lam, mu, 0.9)
 

@@ -69,13 +69,17 @@ def step_times(batch: BatchTime, M: int, prefill_chunk: int, n_serv: float) -> t
 
 
 def size_engine(workload: Workload, M_max: int, prefill_chunk: int, lam_max: float, batch: BatchTime,
-                compact_every: int, K: int | None = None, servers: int = 1, moments=None) -> Sizing:
+                compact_every: int, K: int | None = None, servers: int = 1, moments=None,
+                lam_slots: float | None = None) -> Sizing:
     """Default capacities from the workload and M: K slots and the per-step arrival cap. ``moments``: the
-    workload's ``expected_g(prefill_chunk)`` when already known."""
+    workload's ``expected_g(prefill_chunk)`` when already known. ``lam_max`` bounds the arrivals in one step (the
+    arrival cap), ``lam_slots`` (default ``lam_max``) those over a compaction period (the slots): a replayed
+    pattern's densest step is far denser than its densest period."""
     m = workload.expected_g(prefill_chunk) if moments is None else moments
     life, n_serv = saturated_service(m, M_max, prefill_chunk)
     b_typ, b_max, b_cap = step_times(batch, M_max, prefill_chunk, n_serv)
-    rate_steps = max(lam_max / servers * (b_typ or b_max), n_serv / life)  # arrivals or completions per step
+    lam_k = lam_max if lam_slots is None else lam_slots
+    rate_steps = max(lam_k / servers * (b_typ or b_max), n_serv / life)  # arrivals or completions per step
     if K is None:
         # started requests peak near 2× the mean number in service (docs/model.md: ≈ 230 for pd-1:2, n ≈ 105),
         # plus room for waiting requests and for the finished ones that wait for the next compaction
@@ -279,13 +283,16 @@ def group_sizing(configs: list[Config], mc: MonteCarlo, phased=None) -> Sizing:
     sizes, moments = [], {}
     for c in configs:
         lam_max = c.lam if phased is None else max(c.lam, float(np.max(phased[2])))
+        lam_slots = None
         if c.arrival_kind == "instants":  # burstier arrivals: more per step at the same mean rate
-            lam_max = c.arrivals.peak_rate_rps(c.lam, c.batch.max_s(c.M, 4096, c.server.prefill_chunk))
+            b_far = c.batch.max_s(c.M, 4096, c.server.prefill_chunk)
+            lam_max = c.arrivals.peak_rate_rps(c.lam, b_far)
+            lam_slots = c.arrivals.peak_rate_rps(c.lam, b_far * mc.compact_every)  # densest compaction period
         mk = (id(c.workload), c.server.prefill_chunk)
         if mk not in moments:
             moments[mk] = c.workload.expected_g(c.server.prefill_chunk)
         sizes.append(size_engine(c.workload, c.M, c.server.prefill_chunk, lam_max, c.batch, mc.compact_every, mc.K,
-                                 servers=c.server.servers, moments=moments[mk]))
+                                 servers=c.server.servers, moments=moments[mk], lam_slots=lam_slots))
     sizing = max(sizes, key=lambda z: (z.K, z.a_max))
     sizing = replace(sizing, K=max(z.K for z in sizes), a_max=max(z.a_max for z in sizes),
                      check_work=all(z.check_work for z in sizes))

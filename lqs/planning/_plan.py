@@ -147,6 +147,11 @@ def _window_counts(lams, cap, sat, slo, kind, burstiness, curve, workload, serve
     base = jax.random.split(study_key(seed), max(hi.values()) + 1)
     todo = list(range(W))
     rounds = 0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=W, desc="plan: windows decided" + (" (Poisson)" if poisson_only else ""), unit="window")
     while todo:
         rounds += 1
         configs, keys, where = [], [], []
@@ -167,7 +172,11 @@ def _window_counts(lams, cap, sat, slo, kind, burstiness, curve, workload, serve
                 continue
             nxt[w] = top + 1
             new.append(w)
+        if bar is not None:
+            bar.update(len(todo) - len(new))
         todo = new
+    if bar is not None:
+        bar.close()
     for w in range(W):
         gs = sorted(meets[w])
         ok = [meets[w][g][0] for g in gs]
@@ -181,7 +190,7 @@ def _window_counts(lams, cap, sat, slo, kind, burstiness, curve, workload, serve
 def plan(load, server, slo="ttft_p99_s<=2", *, workload=None, window_s=None, arrivals: str = "poisson",
          burstiness: float = 1.0, headroom: float = 1.0, rate_scale: float = 1.0, rho: float = 0.9,
          scale_up_delay_s: float = 0.0, static_servers: int | None = None, mc: MonteCarlo | None = None,
-         verify: bool = True, verify_trials: int = 2, candidates: int = 3, max_servers: int | None = None,
+         verify: bool = True, verify_trials: int = 2, candidates: int = 2, max_servers: int | None = None,
          compare_poisson: bool = True, seed: int = 0, progress: bool = False, out=None) -> PlanResult:
     """Servers per window of a load curve (``load``: a LoadCurve, a (time, rate) table or a trace binned into
     windows of ``window_s``) for ``server`` (one serving instance) and ``slo`` (an :class:`Slo` or a string such
@@ -193,6 +202,9 @@ def plan(load, server, slo="ttft_p99_s<=2", *, workload=None, window_s=None, arr
     (one program per shape). ``arrivals`` inside a window: ``poisson``, ``gamma`` (``burstiness``) or
     ``replayed`` (the trace's own instants of that window, time-scaled to each server's rate); with
     ``compare_poisson`` the Poisson count is computed beside it (how many more servers burstiness costs).
+    ``candidates`` counts per window are simulated in each round, from the first one stable in the long run; a
+    window none of them met gets the next ones in another round (until ``max_servers`` or 2λ/μ + 1).
+    ``totals`` holds the wall time of each stage (``time_saturation_s``, ``time_candidates_s``, …).
 
     ``verify`` simulates the whole day (docs/model.md, "Capacity plans"): the day's arrivals are routed round
     robin to the servers that accept requests; a server taken out drains; a server added accepts requests
@@ -238,14 +250,21 @@ def plan(load, server, slo="ttft_p99_s<=2", *, workload=None, window_s=None, arr
     cap = capacity(workload, server)
     lam = curve.scaled(rate_scale)
     lam_plan = lam * headroom
+    timing = {}
+    t0 = time.perf_counter()
     sat = saturation([(workload, server)], mc, study_key(seed), progress=progress)[0][0]
+    timing["saturation_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     G_cf = np.asarray([servers_needed(x, cap.mu_rps, rho) for x in lam_plan], np.int64)
     G, val, rounds = _window_counts(lam_plan, cap, sat, slo, arrivals, burstiness, curve, workload, server, mc, seed,
                                     candidates, max_servers, progress)
+    timing["candidates_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     G_poisson = None
     if compare_poisson and arrivals != "poisson" and slo.metric != "rho":
         G_poisson = _window_counts(lam_plan, cap, sat, slo, arrivals, burstiness, curve, workload, server, mc, seed,
                                    candidates, max_servers, progress, poisson_only=True)[0]
+        timing["candidates_poisson_s"] = time.perf_counter() - t0
     planned = np.where(G > 0, G, G_cf)  # a window no candidate met falls back to the closed form (and says so)
     W, Wd = curve.n_windows, curve.window_s
     df = pd.DataFrame(dict(window=np.arange(W), start_s=curve.start_s, end_s=curve.start_s + Wd, lam_rps=lam,
@@ -284,12 +303,15 @@ def plan(load, server, slo="ttft_p99_s<=2", *, workload=None, window_s=None, arr
     if verify:
         from ._verify import verify_plan
 
+        t0 = time.perf_counter()
         ver = verify_plan(curve, lam, planned, workload, server, slo, sat, arrivals, burstiness, rate_scale, delay,
                           verify_trials, seed, progress)
+        timing["verify_s"] = time.perf_counter() - t0
         for c in ver.windows.columns:
             df[c] = ver.windows[c].to_numpy()
         totals.update(ver.totals)
     totals["wall_s"] = time.perf_counter() - t_wall
+    totals.update({f"time_{k}": v for k, v in timing.items()})
     config = dict(load=curve.source, window_s=Wd, server=server.describe(), workload=str(type(workload).__name__),
                   slo=slo.describe(), arrivals=arrivals, burstiness=burstiness, headroom=headroom,
                   rate_scale=rate_scale, rho=rho, scale_up_delay_s=delay, static_servers=static_servers,
