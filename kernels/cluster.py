@@ -47,7 +47,7 @@ def cluster_step(cl: Cluster, params: Params, cfg: EngineConfig) -> tuple[Cluste
         return jnp.max(jax.vmap(lambda a, b_, c: params.batch.draw(ub1, ub2, a, b_, c))(pre, dec, mem))
 
     b_n, n_arr, trunc, phase = draw_step(cl.keys, step_n, t, svs, slowest, params, cfg,
-                                         jnp.sum(srv.counters.arrivals))
+                                         jnp.sum(srv.counters.arrivals), t_c=srv.clock.t_c[0])
     # route the arrivals one by one
     gi = jnp.arange(G, dtype=jnp.int32)
     in_sys = svs.n_live - svs.n_done + srv.queue.overflow

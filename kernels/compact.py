@@ -22,11 +22,11 @@ def init_state(key, params: Params, cfg: EngineConfig) -> State:
     i0 = jnp.int32(0)
     f0 = jnp.float32(0.0)
     L = cfg.log_len
-    state = State(slots=slots, keys=trial_keys(key), clock=Clock(step=i0, t=f0, t_w0=jnp.float32(jnp.inf)),
+    state = State(slots=slots, keys=trial_keys(key), clock=Clock(step=i0, t=f0, t_c=f0, t_w0=jnp.float32(jnp.inf)),
                   queue=Queue(n_used=i0, overflow=i0, next_ovf=i0),
                   counters=Counters(arrivals=i0, completions=i0, swaps=i0, mem_max=i0, started_max=i0,
                                     waiting_max=i0),
-                  window=Window(arrivals=i0, completions=i0, gsum=f0, mem_sum=f0, steps=i0, busy=f0),
+                  window=Window(arrivals=i0, completions=i0, gsum=f0, mem_sum=f0, steps=i0, busy=f0, mem_c=f0, busy_c=f0),
                   limits=Limits(starved=i0, arr_trunc=i0, lat_lost=i0, violations=i0),
                   latency=Latency(hist=jnp.zeros((N_LAT * (1 + cfg.phase_hist), cfg.n_bins), jnp.int32),
                                   total=jnp.zeros((N_LAT,), jnp.float32), n=i0),

@@ -170,13 +170,21 @@ def _arrive_phased(sl: Slots, q, fits, phase, params: Params) -> Slots:
                        k=jnp.where(arrived, k_p, sl.k))
 
 
+def kahan_add(total, comp, x):
+    """(total + x, its new compensation): Kahan's compensated sum, so that float32 totals over millions of steps
+    (the clock, the window's Σ b_n and Σ memory) keep float32's relative precision instead of drifting."""
+    y = x - comp
+    new = total + y
+    return new, (new - total) - y
+
+
 def finish(state: State, sv: Served, b_n, n_arr, trunc, phase, params: Params, cfg: EngineConfig):
     """docs/model.md steps 5–6 for one server: the step lasts b_n; n_arr requests arrive (they take the pre-filled
     slots n_used .. n_used+fits-1); counters and invariant checks."""
     sl = sv.slots  # served: progress advanced
     q, c, clk, win, lim, log = state.queue, state.counters, state.clock, state.window, state.limits, state.log
     t = clk.t
-    t_end = t + b_n
+    t_end, t_c = kahan_add(t, clk.t_c, b_n)
     in_window = clk.step >= params.warmup
     iw = in_window.astype(jnp.int32)
     K = sl.s.shape[0]
@@ -193,10 +201,11 @@ def finish(state: State, sv: Served, b_n, n_arr, trunc, phase, params: Params, c
                           swaps=c.swaps + sv.n_swap, mem_max=jnp.maximum(c.mem_max, sv.mem),
                           started_max=jnp.maximum(c.started_max, sv.n_started),
                           waiting_max=jnp.maximum(c.waiting_max, waiting))
+    mem_sum, mem_c = kahan_add(win.mem_sum, win.mem_c, jnp.where(in_window, sv.mem.astype(jnp.float32), 0.0))
+    busy, busy_c = kahan_add(win.busy, win.busy_c, jnp.where(in_window, b_n, 0.0))
     window = win._replace(arrivals=win.arrivals + iw * n_arr, completions=win.completions + iw * sv.n_done,
-                          mem_sum=win.mem_sum + jnp.where(in_window, sv.mem.astype(jnp.float32), 0.0),
-                          steps=win.steps + iw, busy=win.busy + jnp.where(in_window, b_n, 0.0))
-    clock = clk._replace(step=clk.step + 1, t=t_end, t_w0=jnp.where(in_window & jnp.isinf(clk.t_w0), t, clk.t_w0))
+                          mem_sum=mem_sum, mem_c=mem_c, steps=win.steps + iw, busy=busy, busy_c=busy_c)
+    clock = clk._replace(step=clk.step + 1, t=t_end, t_c=t_c, t_w0=jnp.where(in_window & jnp.isinf(clk.t_w0), t, clk.t_w0))
     # invariants: memory ≤ M; conservation arrivals = completions + in system, checked on the slot contents
     violations = (lim.violations + (sv.mem > params.M).astype(jnp.int32)
                   + (c.arrivals != c.completions + sv.n_live + q.overflow).astype(jnp.int32))
@@ -218,7 +227,7 @@ def step(state: State, params: Params, cfg: EngineConfig) -> tuple[State, StepOu
     return step_with(state, params, cfg, params.batch.draw, serve_fn=serve, finish_fn=finish)
 
 
-def draw_step(keys, step_n, t, sv, draw_b, params: Params, cfg: EngineConfig, n_arrived=None):
+def draw_step(keys, step_n, t, sv, draw_b, params: Params, cfg: EngineConfig, n_arrived=None, t_c=None):
     """(b_n, n_arr, trunc, phase) of step ``step_n`` at instant t: the batch time (from the served batch ``sv``)
     and the arrival count, from the trial's (or cluster's) batch and arrival streams. With given instants
     (``cfg.arrivals == "instants"``) the count is that of the instants in [t, t + b_n), ``n_arrived`` the arrivals
@@ -228,7 +237,8 @@ def draw_step(keys, step_n, t, sv, draw_b, params: Params, cfg: EngineConfig, n_
     b_n = draw_b(ub1, ub2, sv.n_pre_tok, sv.n_dec_tok, sv.mem).astype(jnp.float32)
     lam, phase = phase_rate(t, params, cfg)
     if cfg.arrivals == "instants":
-        n_arr, trunc = count_instants(params.arr_t, n_arrived, t + b_n, cfg.a_max)
+        n_arr, trunc = count_instants(params.arr_t, n_arrived, kahan_add(t, 0.0 if t_c is None else t_c, b_n)[0],
+                                     cfg.a_max)
     else:
         n_arr, trunc = rng.poisson_inverse(rng.uniform(keys.arrivals, step_n, 0), lam * b_n, cfg.a_max)
     return b_n, n_arr, trunc, phase
@@ -260,7 +270,7 @@ def step_with(state, params, cfg: EngineConfig, draw_b, serve_fn, finish_fn, pre
         phase = jnp.int32(0)
     else:
         b_n, n_arr, trunc, phase = draw_step(state.keys, state.clock.step, state.clock.t, sv, draw_b, params, cfg,
-                                             state.counters.arrivals)
+                                             state.counters.arrivals, t_c=state.clock.t_c)
     return finish_fn(state, sv, b_n, n_arr, trunc, phase, params, cfg)
 
 

@@ -22,8 +22,15 @@ MC = lqs.MonteCarlo(trials=8, steps=6144, warmup=1024, K=K_FAST, seed=5)
 
 
 def _clock32(b):
-    """The engine's float32 clock: the ends of the steps, added one by one."""
-    return np.cumsum(np.asarray(b, np.float32), dtype=np.float32)
+    """The engine's float32 clock: the ends of the steps, added one by one with Kahan's compensation."""
+    out = np.empty(len(b), np.float32)
+    t = c = np.float32(0)
+    for i, x in enumerate(np.asarray(b, np.float32)):
+        y = np.float32(x - c)
+        n = np.float32(t + y)
+        c = np.float32(np.float32(n - t) - y)
+        t = out[i] = n
+    return out
 
 
 def test_replayed_instants_arrive_in_the_steps_that_contain_them():

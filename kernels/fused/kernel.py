@@ -22,9 +22,9 @@ from .split_eval import BITS, Eval, is_held
 
 # State fields the step reads or writes (the rest are compaction's), as paths into State: per-trial scalars,
 # [K] slot fields and the record period's step log [cfg.log_len]
-SCALARS = ("clock.step", "clock.t", "queue.n_used", "queue.overflow", "queue.next_ovf", "counters.arrivals",
+SCALARS = ("clock.step", "clock.t", "clock.t_c", "queue.n_used", "queue.overflow", "queue.next_ovf", "counters.arrivals",
            "counters.completions", "counters.swaps", "clock.t_w0", "window.arrivals", "window.completions",
-           "window.mem_sum", "window.steps", "window.busy", "counters.mem_max", "counters.started_max",
+           "window.mem_sum", "window.steps", "window.busy", "window.mem_c", "window.busy_c", "counters.mem_max", "counters.started_max",
            "counters.waiting_max", "limits.starved", "limits.arr_trunc", "limits.violations")
 SLOTS = ("s", "o", "k", "u", "flags", "t_first", "t_ttft", "t_done", "work")  # t_arr, u_off: compaction's
 LOGS = ("log.t", "log.b", "log.n_used")

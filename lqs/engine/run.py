@@ -174,7 +174,8 @@ def _reduce_cluster(cl):
                           waiting_max=np.asarray(c.waiting_max).max(axis=1))
     w = st.window
     window = w._replace(arrivals=total(w.arrivals), completions=total(w.completions), gsum=total(w.gsum),
-                        mem_sum=total(w.mem_sum), steps=first(w.steps), busy=first(w.busy))
+                        mem_sum=total(w.mem_sum), steps=first(w.steps), busy=first(w.busy),
+                        mem_c=total(w.mem_c), busy_c=first(w.busy_c))
     tm = jax.tree_util.tree_map
     return State(slots=tm(first, st.slots), keys=tm(first, st.keys), clock=tm(first, st.clock),
                  queue=tm(total, st.queue), counters=counters, window=window, limits=tm(total, st.limits),
