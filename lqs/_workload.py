@@ -172,6 +172,52 @@ class Pairs(Workload):
                         mean_prompt_tokens=float(s.mean()), mean_output_tokens=float(o.mean()))
 
 
+class PaddedPairs(Workload):
+    """``Pairs`` of the first ``n`` entries, stored padded to a common length (a capacity plan's per-window lengths):
+    windows with different request counts then share one compiled program, ``n`` being a traced leaf. Draws are
+    those of ``Pairs(s[:n], o[:n])``, bit for bit."""
+
+    s: np.ndarray
+    o: np.ndarray
+    n: np.ndarray  # float32[] entries in use
+
+    def __init__(self, s, o, size: int | None = None):
+        s = _check_lengths("s", s)
+        o = _check_lengths("o", o)
+        if s.shape != o.shape:
+            raise LqsError("o", f"{o.size} lengths", f"must have as many entries as s ({s.size})")
+        size = s.size if size is None else int(size)
+        if size < s.size:
+            raise LqsError("size", size, f"must be at least the number of pairs ({s.size})")
+        self.s, self.o = np.resize(s, size), np.resize(o, size)
+        self.n = np.asarray(s.size, np.float32)
+
+    @property
+    def pairs(self) -> "Pairs":
+        k = int(self.n)
+        return Pairs(self.s[:k], self.o[:k])
+
+    @property
+    def n_uniforms(self):
+        return 1
+
+    def sample_from_uniforms(self, u):
+        n = jnp.asarray(self.n, jnp.float32)
+        i = jnp.minimum(jnp.floor(u[..., 0] * n).astype(jnp.int32), n.astype(jnp.int32) - 1)
+        return jnp.asarray(self.s)[i], jnp.asarray(self.o)[i]
+
+    @property
+    def max_total(self):
+        return self.pairs.max_total
+
+    @property
+    def min_s(self):
+        return self.pairs.min_s
+
+    def _exact_moments(self, prefill_chunk):
+        return self.pairs._exact_moments(prefill_chunk)
+
+
 class Mixture(Workload):
     """A finite mixture: component ℓ with request fraction q_ℓ."""
 

@@ -1,6 +1,7 @@
 """lqs.plan: the per-window count agrees with study slo, the verification run conserves requests across scale-downs
 and reports the backlog a scale-up lag lets build, and bad load curves get one-line errors."""
 
+import jax
 import numpy as np
 import pandas as pd
 import pytest
@@ -114,6 +115,8 @@ def test_cli_plan_json_and_bad_curve(tmp_path):
     args = ["plan", str(p), "--M", "16384", "--chunk", "512", "--b", "0.0372", "--workload", "pd-1:1",
             "--slo", "rho<=0.85", "--trials", "4", "--steps", "3000", "--warmup", "500", "--verify-trials", "1"]
     r = CliRunner().invoke(main, args + ["--json", "--out", str(tmp_path / "out")])
+    bad = CliRunner().invoke(main, args + ["--window-lengths"])  # a (time, rate) curve has no requests
+    assert bad.exit_code != 0 and "window_lengths" in bad.output
     assert r.exit_code == 0, r.output
     doc = json.loads(r.output)
     assert len(doc["windows"]) == 2 and doc["totals"]["verify_conserved"]
@@ -122,3 +125,37 @@ def test_cli_plan_json_and_bad_curve(tmp_path):
     pd.DataFrame(dict(time_s=[0.0, 20.0], rate_rps=[1.0, -1.0])).to_csv(bad, index=False)
     r = CliRunner().invoke(main, ["plan", str(bad)] + args[2:])
     assert r.exit_code == 2 and r.output.count("\n") == 1 and "load" in r.output
+
+
+def _two_window_trace(n=300, width=20.0):
+    """Short requests in the first window, longer ones in the second, at the same rate."""
+    rng = np.random.default_rng(3)
+    t = np.sort(np.concatenate([rng.uniform(0, width, n), rng.uniform(width, 2 * width, n)]))
+    s = np.concatenate([rng.integers(10, 200, n), rng.integers(200, 400, n)]).astype(np.int32)
+    o = np.concatenate([rng.integers(10, 200, n), rng.integers(200, 400, n)]).astype(np.int32)
+    return lqs.Trace(s, o, t - t[0], "test", "two-windows"), s, o
+
+
+def test_window_lengths_follow_each_windows_requests():
+    from lqs._workload import PaddedPairs
+
+    tr, s, o = _two_window_trace()
+    res = lqs.plan(tr, SRV, "rho<=0.85", window_s=20.0, mc=MC, verify_trials=1, window_lengths=True)
+    w = res.windows
+    assert len(w) == 2
+    win = np.minimum((tr.arrival_s // 20.0).astype(int), 1)
+    for k in range(2):  # μ per window: the closed form of that window's own requests
+        mu = lqs.capacity(lqs.Pairs(s[win == k], o[win == k]), SRV).mu_rps
+        assert w.mu_rps[k] == pytest.approx(mu, rel=1e-9)
+    assert w.mu_rps[1] < 0.5 * w.mu_rps[0]
+    assert w.servers_closed_form[1] > w.servers_closed_form[0] and w.servers[1] > w.servers[0]
+    t = res.totals
+    assert t["window_lengths"] and t["verify_conserved"] and t["verify_reliable"] and t["verify_violations"] == 0
+    # the whole trace's lengths in every window: one μ for both
+    flat = lqs.plan(tr, SRV, "rho<=0.85", window_s=20.0, mc=MC, verify=False)
+    assert flat.windows.mu_rps[0] == flat.windows.mu_rps[1]
+    # the padded pairs draw what the window's own pairs draw
+    u = jax.random.uniform(jax.random.key(1), (4096, 1))
+    a = PaddedPairs(s[:7], o[:7], 32).sample_from_uniforms(u)
+    b = lqs.Pairs(s[:7], o[:7]).sample_from_uniforms(u)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))

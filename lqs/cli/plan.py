@@ -29,13 +29,15 @@ from .options import build_server, echo_json, output_options, parse_float, parse
 @click.option("--warmup", "warmup", metavar="N", default="1000", show_default=True)
 @click.option("--verify/--no-verify", "verify", default=True, show_default=True)
 @click.option("--verify-trials", "verify_trials", metavar="N", default="2", show_default=True)
+@click.option("--window-lengths/--trace-lengths", "window_lengths", default=False, show_default=True,
+              help="Each window's own request lengths (a trace as LOAD), or the whole trace's in every window.")
 @click.option("--candidates", "candidates", metavar="N", default="2", show_default=True,
               help="Server counts per window simulated per round, from the first stable one.")
 @click.option("--seed", "seed", metavar="N", default="0", show_default=True)
 @click.option("--progress/--no-progress", "progress", default=False)
 @output_options(out_help="Write windows.csv/.parquet, totals.json, config.json and plan.png here.")
 def plan_cmd(load, window, workload, slo, arrivals, burstiness, headroom, rate_scale, rho, delay, static, trials,
-             steps, warmup, verify, verify_trials, candidates, seed, progress, as_json, out, **opts):
+             steps, warmup, verify, verify_trials, window_lengths, candidates, seed, progress, as_json, out, **opts):
     """Servers per window of LOAD (a CSV/Parquet of time, rate, or a trace such as azure-conv)."""
     import lqs
 
@@ -49,7 +51,7 @@ def plan_cmd(load, window, workload, slo, arrivals, burstiness, headroom, rate_s
                    scale_up_delay_s=parse_float("scale_up_delay", delay),
                    static_servers=None if static is None else parse_int("static", static), mc=mc, verify=verify,
                    verify_trials=parse_int("verify_trials", verify_trials),
-                   candidates=parse_int("candidates", candidates), seed=parse_int("seed", seed),
+                   candidates=parse_int("candidates", candidates), window_lengths=window_lengths, seed=parse_int("seed", seed),
                    progress=progress, out=out)
     if as_json:
         echo_json(dict(totals=res.totals, windows=res.windows.to_dict(orient="records"), config=res.config))

@@ -199,9 +199,11 @@ def prepare_configs(configs: list[Config], mc: MonteCarlo, steps: int, phased=No
     params = build_params(configs, mc, phased)
     if latency_windows is not None:  # latency histograms per window of arrival (an unphased run's phase_end)
         ends = np.asarray(latency_windows, np.float32)
-        if phased is not None or ends.ndim != 1 or ends.size < 1 or not np.isinf(ends[-1]) \
-                or np.any(np.diff(ends) <= 0):
-            raise LqsError("latency_windows", None, "must be increasing window ends ending in inf, on an unphased run")
+        same_as_phases = phased is not None and np.array_equal(ends, np.asarray(phased[1], np.float32))
+        if (phased is not None and not same_as_phases) or ends.ndim != 1 or ends.size < 1 \
+                or not np.isinf(ends[-1]) or np.any(np.diff(ends) <= 0):
+            raise LqsError("latency_windows", None, "must be increasing window ends ending in inf, on an unphased run "
+                           "(or the phases' own ends)")
         if sizing.path != "xla":
             raise LqsError("path", sizing.path, "latency per window runs on the XLA path (MonteCarlo(path='xla'))")
         cfg = replace(cfg, phase_hist=int(ends.size))

@@ -114,7 +114,32 @@ def _arrivals_for(kind: str, burstiness: float, curve: LoadCurve, w: int):
     return Arrivals("replayed", instants_s=inst) if inst.size >= 2 else None
 
 
-def _window_counts(lams, cap, sat, slo, kind, burstiness, curve, workload, server, mc, seed, candidates,
+def _window_workloads(curve):
+    """Each window's request lengths: the trace's requests that arrive in it, as PaddedPairs of one common size
+    (one program for all windows); a window without requests takes the previous one's (the next one's at the
+    start)."""
+    from .._workload import PaddedPairs
+
+    tr = curve.trace
+    t = np.asarray(tr.arrival_s, np.float64)
+    order = np.argsort(t, kind="stable")
+    win = np.minimum((t[order] // curve.window_s).astype(np.int64), curve.n_windows - 1)
+    counts = np.bincount(win, minlength=curve.n_windows)
+    size = int(counts.max())
+    parts, start = [], 0
+    for n in counts:
+        idx = order[start:start + n]
+        start += n
+        parts.append(PaddedPairs(tr.s[idx], tr.o[idx], size) if n else None)
+    first = next(p for p in parts if p is not None)
+    out, last = [], first
+    for p in parts:
+        last = p if p is not None else last
+        out.append(last)
+    return out
+
+
+def _window_counts(lams, mus, sats, slo, kind, burstiness, curve, workloads, server, mc, seed, candidates,
                    max_servers, progress, poisson_only=False):
     """(servers, metric at that count, verdict there) per window: study slo's rule (the fewest G that is stable in
     the long run and meets the SLO, and so does every larger G examined), all windows' candidates in one call."""
@@ -124,11 +149,11 @@ def _window_counts(lams, cap, sat, slo, kind, burstiness, curve, workload, serve
     from ..studies.common import key as study_key
 
     W = len(lams)
-    mu = cap.mu_rps
     G = np.full(W, -1, np.int64)
     val = np.full(W, np.nan)
     if slo.metric == "rho":  # utilisation against the simulated saturation throughput
         for w, lam in enumerate(lams):
+            sat = sats[w]
             g = max(1, int(math.ceil(lam / (slo.target * sat["lam_star_rps"]) - 1e-12)))
             while verdict_of(lam / g, sat) != "stable" and g < 100_000:
                 g += 1
@@ -136,6 +161,7 @@ def _window_counts(lams, cap, sat, slo, kind, burstiness, curve, workload, serve
         return G, val, None
     lo, hi, nxt = {}, {}, {}
     for w, lam in enumerate(lams):
+        mu, sat = mus[w], sats[w]
         g_lo = max(1, int(math.floor(lam / mu)))  # study slo's range
         g_rho = max(1, int(math.ceil(lam / (0.9 * mu) - 1e-12)))
         g_hi = max_servers if max_servers is not None else max(g_rho, int(math.ceil(lam / (0.5 * mu)))) + 1
@@ -158,13 +184,13 @@ def _window_counts(lams, cap, sat, slo, kind, burstiness, curve, workload, serve
         for w in todo:
             arr = None if poisson_only else _arrivals_for(kind, burstiness, curve, w)
             for g in range(nxt[w], min(nxt[w] + candidates, hi[w] + 1)):
-                configs += product(workload, server, [lams[w] / g], arr)
+                configs += product(workloads[w], server, [lams[w] / g], arr)
                 keys.append(g - lo[w])
                 where.append((w, g))
         res = run_configs(configs, mc, keys=base[np.asarray(keys)], progress=progress)
         s = res.summary
         for (w, g), v, ok in zip(where, s[slo.metric].to_numpy(), s["reliable"].to_numpy()):
-            meets[w][g] = (verdict_of(lams[w] / g, sat) == "stable") and bool(v <= slo.target), float(v)
+            meets[w][g] = (verdict_of(lams[w] / g, sats[w]) == "stable") and bool(v <= slo.target), float(v)
         new = []
         for w in todo:
             top = max(meets[w]) if meets[w] else nxt[w] - 1
@@ -191,7 +217,8 @@ def plan(load, server, slo="ttft_p99_s<=2", *, workload=None, window_s=None, arr
          burstiness: float = 1.0, headroom: float = 1.0, rate_scale: float = 1.0, rho: float = 0.9,
          scale_up_delay_s: float = 0.0, static_servers: int | None = None, mc: MonteCarlo | None = None,
          verify: bool = True, verify_trials: int = 2, candidates: int = 2, max_servers: int | None = None,
-         compare_poisson: bool = True, seed: int = 0, progress: bool = False, out=None) -> PlanResult:
+         compare_poisson: bool = True, window_lengths: bool = False, seed: int = 0, progress: bool = False,
+         out=None) -> PlanResult:
     """Servers per window of a load curve (``load``: a LoadCurve, a (time, rate) table or a trace binned into
     windows of ``window_s``) for ``server`` (one serving instance) and ``slo`` (an :class:`Slo` or a string such
     as ``"ttft_p99_s<=2"`` or ``"rho<=0.8"``).
@@ -205,6 +232,9 @@ def plan(load, server, slo="ttft_p99_s<=2", *, workload=None, window_s=None, arr
     ``candidates`` counts per window are simulated in each round, from the first one stable in the long run; a
     window none of them met gets the next ones in another round (until ``max_servers`` or 2λ/μ + 1).
     ``totals`` holds the wall time of each stage (``time_saturation_s``, ``time_candidates_s``, …).
+    ``window_lengths`` (a trace as the load): each window's requests have the lengths of the trace's requests in
+    that window (μ, λ*, the closed form, the candidates and the verification per window; a window without
+    requests takes the previous one's lengths); by default every window has the whole trace's (or ``workload``'s).
 
     ``verify`` simulates the whole day (docs/model.md, "Capacity plans"): the day's arrivals are routed round
     robin to the servers that accept requests; a server taken out drains; a server added accepts requests
@@ -229,6 +259,13 @@ def plan(load, server, slo="ttft_p99_s<=2", *, workload=None, window_s=None, arr
     check_workload(workload, server)
     from ..engine.sizing import product
 
+    if window_lengths and curve.trace is None:
+        raise LqsError("window_lengths", True, "per-window lengths need a trace as the load (its requests)")
+    wls = _window_workloads(curve) if window_lengths else [workload] * curve.n_windows
+    if window_lengths:
+        for wl in {id(x): x for x in wls}.values():
+            check_workload(wl, server)
+
     server = product(workload, server, [0.0])[0].server  # b as a BatchTime (what the engine's items hold)
     if arrivals not in ("poisson", "gamma", "replayed"):
         raise LqsError("arrivals", arrivals, "must be poisson, gamma or replayed")
@@ -252,17 +289,23 @@ def plan(load, server, slo="ttft_p99_s<=2", *, workload=None, window_s=None, arr
     lam_plan = lam * headroom
     timing = {}
     t0 = time.perf_counter()
-    sat = saturation([(workload, server)], mc, study_key(seed), progress=progress)[0][0]
+    uniq = list({id(x): x for x in wls}.values())  # one saturation run per distinct length distribution
+    rows = saturation([(x, server) for x in uniq], mc, study_key(seed), progress=progress)[0]
+    by_id = {id(x): r for x, r in zip(uniq, rows)}
+    sats = [by_id[id(x)] for x in wls]
+    sat = sats[int(np.argmax(lam_plan))]  # the headline λ*: the peak window's (every window's without window_lengths)
+    caps = {id(x): (cap if x is workload else capacity(x.pairs if hasattr(x, "pairs") else x, server)) for x in uniq}
+    mus = np.asarray([caps[id(x)].mu_rps for x in wls])
     timing["saturation_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    G_cf = np.asarray([servers_needed(x, cap.mu_rps, rho) for x in lam_plan], np.int64)
-    G, val, rounds = _window_counts(lam_plan, cap, sat, slo, arrivals, burstiness, curve, workload, server, mc, seed,
+    G_cf = np.asarray([servers_needed(x, m, rho) for x, m in zip(lam_plan, mus)], np.int64)
+    G, val, rounds = _window_counts(lam_plan, mus, sats, slo, arrivals, burstiness, curve, wls, server, mc, seed,
                                     candidates, max_servers, progress)
     timing["candidates_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     G_poisson = None
     if compare_poisson and arrivals != "poisson" and slo.metric != "rho":
-        G_poisson = _window_counts(lam_plan, cap, sat, slo, arrivals, burstiness, curve, workload, server, mc, seed,
+        G_poisson = _window_counts(lam_plan, mus, sats, slo, arrivals, burstiness, curve, wls, server, mc, seed,
                                    candidates, max_servers, progress, poisson_only=True)[0]
         timing["candidates_poisson_s"] = time.perf_counter() - t0
     planned = np.where(G > 0, G, G_cf)  # a window no candidate met falls back to the closed form (and says so)
@@ -271,8 +314,10 @@ def plan(load, server, slo="ttft_p99_s<=2", *, workload=None, window_s=None, arr
                            lam_plan_rps=lam_plan, servers_closed_form=G_cf, servers_sim=G,
                            servers=planned, servers_source=np.where(G > 0, "simulated", "closed form (no count met)")))
     df["lam_per_server_rps"] = lam_plan / planned
-    df["rho"] = lam_plan / (planned * cap.mu_rps)
-    df["verdict"] = [verdict_of(x / g, sat) for x, g in zip(lam_plan, planned)]
+    df["mu_rps"] = mus
+    df["lam_star_rps"] = [x["lam_star_rps"] for x in sats]
+    df["rho"] = lam_plan / (planned * mus)
+    df["verdict"] = [verdict_of(x / g, st) for x, g, st in zip(lam_plan, planned, sats)]
     df[f"{slo.metric}_at_servers"] = val
     if G_poisson is not None:
         df["servers_poisson"] = G_poisson
@@ -280,11 +325,12 @@ def plan(load, server, slo="ttft_p99_s<=2", *, workload=None, window_s=None, arr
     static = int(planned.max()) if static_servers is None else static_servers
     bad = planned > static
     df["static_ok"] = ~bad
-    df["static_problem"] = [("" if not b else ("unstable" if verdict_of(x / static, sat) == "unstable"
-                                               else "misses SLO")) for b, x in zip(bad, lam_plan)]
+    df["static_problem"] = [("" if not b else ("unstable" if verdict_of(x / static, st) == "unstable"
+                                               else "misses SLO")) for b, x, st in zip(bad, lam_plan, sats)]
     hours = Wd / 3600.0
     totals = dict(windows=W, window_s=Wd, duration_h=W * hours, slo=slo.describe(), arrivals=arrivals,
                   burstiness=burstiness if arrivals == "gamma" else None, rate_scale=rate_scale, headroom=headroom,
+                  window_lengths=bool(window_lengths),
                   mu_rps=cap.mu_rps, mu_exact_rps=cap.mu_exact_rps, lam_star_rps=sat["lam_star_rps"],
                   lam_star_lo_rps=sat["lam_star_lo_rps"], lam_star_hi_rps=sat["lam_star_hi_rps"],
                   servers_peak=int(planned.max()), servers_min=int(planned.min()),
@@ -304,8 +350,8 @@ def plan(load, server, slo="ttft_p99_s<=2", *, workload=None, window_s=None, arr
         from ._verify import verify_plan
 
         t0 = time.perf_counter()
-        ver = verify_plan(curve, lam, planned, workload, server, slo, sat, arrivals, burstiness, rate_scale, delay,
-                          verify_trials, seed, progress)
+        ver = verify_plan(curve, lam, planned, workload, server, slo, sats, arrivals, burstiness, rate_scale, delay,
+                          verify_trials, seed, progress, window_workloads=wls if window_lengths else None)
         timing["verify_s"] = time.perf_counter() - t0
         for c in ver.windows.columns:
             df[c] = ver.windows[c].to_numpy()
@@ -315,7 +361,7 @@ def plan(load, server, slo="ttft_p99_s<=2", *, workload=None, window_s=None, arr
     config = dict(load=curve.source, window_s=Wd, server=server.describe(), workload=str(type(workload).__name__),
                   slo=slo.describe(), arrivals=arrivals, burstiness=burstiness, headroom=headroom,
                   rate_scale=rate_scale, rho=rho, scale_up_delay_s=delay, static_servers=static_servers,
-                  monte_carlo=mc.describe(), verify=verify, verify_trials=verify_trials, candidates=candidates,
+                  window_lengths=bool(window_lengths), monte_carlo=mc.describe(), verify=verify, verify_trials=verify_trials, candidates=candidates,
                   max_servers=max_servers, seed=seed, saturation=dict(sat))
     res = PlanResult(windows=df, totals=totals, config=json.loads(json.dumps(config, default=str)), verification=ver)
     if out is not None:

@@ -91,8 +91,10 @@ def route(t, intervals):
     return np.arange(t.size) % A, A
 
 
-def verify_plan(curve, lam, planned, workload, server, slo, sat, kind, burstiness, rate_scale, delay, trials,
-                seed, progress) -> Verification:
+def verify_plan(curve, lam, planned, workload, server, slo, sats, kind, burstiness, rate_scale, delay, trials,
+                seed, progress, window_workloads=None) -> Verification:
+    """``sats``: each window's saturation row (λ*); ``window_workloads``: each window's lengths (a phased run whose
+    phases are the windows), or None for ``workload`` all day."""
     from .._arrivals import GivenInstants
     from ..engine.run import run_configs
     from ..engine.sizing import product
@@ -118,8 +120,16 @@ def verify_plan(curve, lam, planned, workload, server, slo, sat, kind, burstines
             owners.append((ai, k))
     ends = np.append(curve.start_s[1:], np.inf)
     mc = MonteCarlo(trials=trials, steps=max(steps, 2), warmup=0, seed=seed, path="xla")
-    res = run_configs(configs, mc, key=study_key(seed, 8), progress=progress, latency_windows=ends)
+    phased = None
+    if window_workloads is not None:  # lengths by window of arrival: the windows as phases (rates: the instants)
+        from .._workload import Phased
+
+        lam_c = max(c.lam for c in configs)  # one rate for the program (a phased run's rule); the instants rule
+        configs = [c._replace(workload=window_workloads[0], lam=lam_c) for c in configs]
+        phased = (Phased(window_workloads), ends.astype(np.float32), np.asarray(lam, np.float32))
+    res = run_configs(configs, mc, key=study_key(seed, 8), progress=progress, latency_windows=ends, phased=phased)
     cfg = res.engine_config
+    lam_star = np.asarray([x["lam_star_rps"] for x in sats])
     metric = None if slo.metric == "rho" else slo.metric
     win = np.minimum((t // Wd).astype(np.int64), W - 1)
     arrivals_w = np.bincount(win, minlength=W)
@@ -143,17 +153,17 @@ def verify_plan(curve, lam, planned, workload, server, slo, sat, kind, burstines
             met = np.where(arrivals_w > 0, v <= slo.target, True)
             clear_s = slo.target
         else:
-            v = lam / np.maximum(a_min, 1) / sat["lam_star_rps"]
+            v = lam / np.maximum(a_min, 1) / lam_star
             met = v <= slo.target
             clear_s = 1.0
         # a backlog built: the waiting requests take longer than the SLO's target to clear at λ* per active server
-        built = back > np.maximum(a_min, 1) * sat["lam_star_rps"] * clear_s
+        built = back > np.maximum(a_min, 1) * lam_star * clear_s
         lagged = a_min < np.asarray(planned)
         cols[f"verify_servers_min{sfx}"] = a_min
         cols[f"verify_backlog_end{sfx}"] = back
         cols[f"verify_{slo.metric}{sfx}"] = v
         cols[f"verify_slo_met{sfx}"] = met
-        cols[f"verify_verdict{sfx}"] = [verdict_of(x / max(g, 1), sat) for x, g in zip(lam, a_min)]
+        cols[f"verify_verdict{sfx}"] = [verdict_of(x / max(g, 1), st) for x, g, st in zip(lam, a_min, sats)]
         cols[f"verify_lag_backlog{sfx}"] = lagged & (built | ~met)
         tot[f"verify_slo_met_fraction{sfx}"] = float(np.mean(met))
         tot[f"verify_lag_windows{sfx}"] = [int(i) for i in np.flatnonzero(lagged & (built | ~met))]
