@@ -247,12 +247,15 @@ def draw_lengths(workload, skey, index, chunk, phase=None):
     s, o = workload.sample_from_uniforms(u) if phase is None else workload.sample_phase(u, phase)
     s = s.astype(jnp.int32)
     o = o.astype(jnp.int32)
+    if getattr(workload, "prefilled", False):  # a decode server's requests arrive prefilled (lqs.Disaggregated)
+        return s, o, jnp.zeros_like(s)
     return s, o, (s + chunk - 1) // chunk
 
 
 def g_exact_i32(s, o, k, chunk):
-    """g_exact in int32 (exact while it stays below 2^31); products of consecutive integers are even."""
-    return chunk * ((k * (k - 1)) >> 1) + s + o * s + ((o * (o + 1)) >> 1)
+    """g_exact in int32 (exact while it stays below 2^31); products of consecutive integers are even. A request
+    that arrives prefilled (k = 0: a decode server's) has no prefill term."""
+    return chunk * ((k * (k - 1)) >> 1) + s * jnp.minimum(k, 1) + o * s + ((o * (o + 1)) >> 1)
 
 
 def affine_time(a0, a1, a2, a3, prefill_tokens, decode_tokens, mem_used):

@@ -70,6 +70,7 @@ from ._batch import (  # noqa: E402
     parse_batch_spec,
 )
 from ._server import MonteCarlo, Server  # noqa: E402
+from ._disagg import DisaggCapacity, Disaggregated, Transfer, capacity_disagg, split_table  # noqa: E402
 from .traces import (  # noqa: E402
     BenchmarkResult,
     Trace,
@@ -161,6 +162,8 @@ __all__ = [
     # server
     "AffineBatch", "BatchTime", "ConstantBatch", "EmpiricalBatch", "LogNormalBatch", "parse_batch_spec",
     "MonteCarlo", "Server",
+    # disaggregated prefill and decode
+    "DisaggCapacity", "Disaggregated", "Transfer", "capacity_disagg", "split_table",
     # engine and results
     "CriticalResult", "SimResult", "auto_steps", "backlog_grows", "critical", "default_path", "simulate",
     "step_log",

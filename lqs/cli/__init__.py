@@ -69,6 +69,7 @@ def _register():
     from .capacity import capacity_cmd
     from .check import check_cmd
     from .critical import critical_cmd
+    from .disagg import disagg_cmd
     from .fit import fit_group
     from .plan import plan_cmd
     from .replay import calibrate_cmd, replay_cmd
@@ -78,7 +79,7 @@ def _register():
     from .sweep import sweep_cmd
 
     for cmd in (capacity_cmd, simulate_cmd, critical_cmd, check_cmd, replay_cmd, calibrate_cmd, fit_group, sweep_cmd,
-                study, reproduce_group, bench_cmd, plan_cmd):
+                study, reproduce_group, bench_cmd, plan_cmd, disagg_cmd):
         main.add_command(cmd)
 
 

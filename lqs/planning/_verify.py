@@ -106,6 +106,10 @@ def verify_plan(curve, lam, planned, workload, server, slo, sats, kind, burstine
     Wd, W = curve.window_s, curve.n_windows
     T = W * Wd
     t = day_instants(curve, lam, kind, burstiness, rate_scale, study_key(seed, 7))
+    if trials is None:
+        from ._plan import VERIFY_ONE_TRIAL_REQUESTS
+
+        trials = 1 if t.size > VERIFY_ONE_TRIAL_REQUESTS else 2
     aheads = [0] + ([int(math.ceil(delay / Wd))] if delay > 0 else [])
     steps = int(math.ceil(T / step_s(workload, server) * (1.01 if server.bs[0].kind == "constant"
                                                                         else 1.05))) + 1
