@@ -71,7 +71,8 @@ def compact(state: State, params: Params, cfg: EngineConfig) -> State:
                                                                 0.0))
     # latencies of requests that arrived inside the window (t_arr ≥ t_w0) and whose arrival instant is known
     counted = fin & (sl.t_arr >= t_w0) & (sl.t_arr >= 0)
-    lats = jnp.stack([sl.t_first - sl.t_arr, sl.t_ttft - sl.t_arr, sl.t_done - sl.t_arr], axis=-1)  # [K, ..., 3]
+    tpot = (sl.t_done - sl.t_ttft) / jnp.maximum(sl.o - 1, 1).astype(jnp.float32)  # 0 for a single output token
+    lats = jnp.stack([sl.t_first - sl.t_arr, sl.t_ttft - sl.t_arr, sl.t_done - sl.t_arr, tpot], axis=-1)  # [K, .., 4]
     lats = jnp.maximum(lats, 0.0)
     bins = _bin_index(lats, cfg)
     add = counted.astype(jnp.int32)

@@ -14,8 +14,8 @@ import numpy as np
 from . import rng
 
 POLICIES = ("swap", "recompute", "reserve")
-N_LAT = 3  # wait, ttft, e2e
-LAT_NAMES = ("wait", "ttft", "e2e")
+N_LAT = 4  # wait, ttft, e2e, tpot
+LAT_NAMES = ("wait", "ttft", "e2e", "tpot")  # tpot: (E2E − TTFT)/(o − 1), the time per output token after the first
 
 F_STARTED = 1
 F_SCHED = 2

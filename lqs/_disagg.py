@@ -382,7 +382,12 @@ def station_saturation(workload, dep: Disaggregated, mc=None, *, seed: int = 0, 
     def one(w, srv):  # b as a BatchTime (what the engine's items hold)
         return w, product(w, as_server(srv).replace(servers=1), [0.0])[0].server
 
-    items = [one(PrefillStation(workload), dep.prefill), one(DecodeStation(workload), dep.decode)]
+    # a prefill server completes many short requests per step: Poisson draws of that many per step are beyond the
+    # engine's float32 draws, so it is fed evenly spaced arrivals (a saturation run's λ* does not depend on them)
+    from ._arrivals import Arrivals
+
+    even = Arrivals("replayed", instants_s=np.arange(4096, dtype=np.float64))
+    items = [one(PrefillStation(workload), dep.prefill) + (even,), one(DecodeStation(workload), dep.decode)]
     if colocated is not None:
         items.append(one(workload, colocated))
     rows = saturation(items, mc, jax.random.key(seed), progress=progress)[0]

@@ -63,7 +63,8 @@ def _assert_same(df, st, ref):
     assert int(st.latency.n) == len(done)
     if done:
         ref_sums = np.array([sum(r["t_first"] - r["t_arr"] for r in done), sum(r["t_ttft"] - r["t_arr"] for r in done),
-                             sum(r["t_done"] - r["t_arr"] for r in done)])
+                             sum(r["t_done"] - r["t_arr"] for r in done),
+                             sum((r["t_done"] - r["t_ttft"]) / max(r["o"] - 1, 1) for r in done)])
         np.testing.assert_allclose(np.asarray(st.latency.total, np.float64), ref_sums, rtol=2e-3, atol=1e-3)
     assert int(st.counters.arrivals) == ref["total_arrivals"]
     assert int(st.counters.completions) == ref["total_completions"]

@@ -99,7 +99,8 @@ def test_slo_parse():
     assert lqs.Slo.parse("ttft_p99<=2s") == lqs.Slo("ttft_p99_s", 2.0)
     assert lqs.Slo.parse("rho<=0.8").metric == "rho"
     with pytest.raises(lqs.LqsError):
-        lqs.Slo.parse("tpot_p99_s<=0.1")
+        lqs.Slo.parse("itl_p99_s<=0.1")
+    assert lqs.Slo.parse("tpot_p90<=0.05") == lqs.Slo("tpot_p90_s", 0.05)
 
 
 def test_cli_plan_json_and_bad_curve(tmp_path):

@@ -46,9 +46,16 @@ def _splits(text):
 @click.option("--transfer-bandwidth", "bandwidth", metavar="BYTES_PER_S", default=None,
               help="Link bandwidth in bytes per second; with --kv-bytes-per-token gives r.")
 @click.option("--lam", "lam", metavar="RPS", default=None, help="Arrival rate λ: the closed-form verdict per split.")
+@click.option("--simulate", "simulate_", is_flag=True,
+              help="Also measure λ* per station (saturation runs of a prefill, a decode and a colocated server) and "
+                   "give the long-run verdict at --lam.")
+@click.option("--trials", "trials", metavar="N", default="16", show_default=True)
+@click.option("--steps", "steps", metavar="N", default="20000", show_default=True)
+@click.option("--warmup", "warmup", metavar="N", default="4000", show_default=True)
+@click.option("--seed", "seed", metavar="N", default="0", show_default=True)
 @output_options(out_help="Write splits.csv, splits.json and splits.png here.")
 def disagg_cmd(gpus, splits, prefill_M, decode_M, prefill_b, decode_b, prefill_budget, decode_budget, tau0, rate,
-               kv_bytes, bandwidth, lam, as_json, out, **opts):
+               kv_bytes, bandwidth, lam, simulate_, trials, steps, warmup, seed, as_json, out, **opts):
     """The closed form of a disaggregated deployment over its P:D splits, with G colocated servers beside it.
 
     \b
@@ -95,8 +102,18 @@ def disagg_cmd(gpus, splits, prefill_M, decode_M, prefill_b, decode_b, prefill_b
                         transfer=transfer)
     wl = resolve_workload(**{**opts, "M": max(dep.prefill.M, dep.decode.M)})
     lam_v = None if lam is None else parse_float("lam", lam, 0.0)
-    df = split_table(wl.workload, dep, G, pairs=pairs, colocated=base, lam=lam_v)
-    doc = dict(workload=wl.label, deployment=dep.describe(), colocated=base.describe(), lam_rps=lam_v,
+    mc = None
+    if simulate_:
+        import lqs
+
+        from . import cli_path
+
+        mc = lqs.MonteCarlo(trials=parse_int("trials", trials, 2), steps=parse_int("steps", steps, 2),
+                            warmup=parse_int("warmup", warmup, 0), seed=parse_int("seed", seed), path=cli_path())
+    df = split_table(wl.workload, dep, G, pairs=pairs, colocated=base, lam=lam_v, simulate=simulate_, mc=mc,
+                     seed=0 if seed is None else parse_int("seed", seed))
+    pools = {k: v for k, v in dep.describe().items() if k not in ("n_prefill", "n_decode")}  # per row
+    doc = dict(workload=wl.label, deployment=pools, colocated=base.describe(), lam_rps=lam_v,
                rows=df.to_dict(orient="records"))
     if out is not None:
         from .._disagg import plot_splits
@@ -111,9 +128,10 @@ def disagg_cmd(gpus, splits, prefill_M, decode_M, prefill_b, decode_b, prefill_b
         echo_json(doc)
         return
     cols = [c for c in ("layout", "mu_prefill_rps", "mu_decode_rps", "mu_pd_rps", "mu_pd_stable_rps", "binding",
-                        "verdict_closed_form", "best_split") if c in df]
+                        "lam_star_rps", "binding_sim", "verdict_closed_form", "verdict", "best_split") if c in df]
     click.echo(df[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     best = df[df.best_split].iloc[0]
     colo = df[df.binding == "colocated"].iloc[0]
     click.echo(f"best split {best.layout}: μ_PD {best.mu_pd_rps:.4g} req/s ({best.binding} binds) against "
-               f"{colo.mu_pd_rps:.4g} req/s for {colo.layout}")
+               f"{colo.mu_pd_rps:.4g} req/s for {colo.layout}"
+               + (f"; simulated λ* {best.lam_star_rps:.4g} against {colo.lam_star_rps:.4g}" if simulate_ else ""))

@@ -15,7 +15,7 @@ from .options import build_server, echo_json, output_options, parse_float, parse
 @click.option("--workload", "workload", metavar="PRESET", default=None,
               help="Request lengths (a preset such as pd-1:1); default: the trace's own lengths.")
 @click.option("--slo", "slo", metavar="METRIC<=TARGET", default="ttft_p99_s<=2", show_default=True,
-              help="p50/p90/p99 of wait, ttft or e2e at most TARGET seconds, or rho<=x.")
+              help="p50/p90/p99 of wait, ttft, e2e or tpot at most TARGET seconds, or rho<=x.")
 @click.option("--arrivals", "arrivals", metavar="poisson|gamma|replayed", default="poisson", show_default=True)
 @click.option("--burstiness", "burstiness", metavar="K", default="1", show_default=True)
 @click.option("--headroom", "headroom", metavar="H", default="1", show_default=True)
@@ -28,8 +28,7 @@ from .options import build_server, echo_json, output_options, parse_float, parse
 @click.option("--steps", "steps", metavar="N", default="4000", show_default=True)
 @click.option("--warmup", "warmup", metavar="N", default="1000", show_default=True)
 @click.option("--verify/--no-verify", "verify", default=True, show_default=True)
-@click.option("--verify-trials", "verify_trials", metavar="N", default="auto", show_default=True,
-              help="Simulated days of the verification (auto: 2, or 1 for a day of over 10^6 requests).")
+@click.option("--verify-trials", "verify_trials", metavar="N", default="2", show_default=True)
 @click.option("--window-lengths/--trace-lengths", "window_lengths", default=False, show_default=True,
               help="Each window's own request lengths (a trace as LOAD), or the whole trace's in every window.")
 @click.option("--candidates", "candidates", metavar="N", default="2", show_default=True,
@@ -51,7 +50,7 @@ def plan_cmd(load, window, workload, slo, arrivals, burstiness, headroom, rate_s
                    rate_scale=parse_float("rate_scale", rate_scale), rho=parse_float("rho", rho),
                    scale_up_delay_s=parse_float("scale_up_delay", delay),
                    static_servers=None if static is None else parse_int("static", static), mc=mc, verify=verify,
-                   verify_trials=None if verify_trials == "auto" else parse_int("verify_trials", verify_trials),
+                   verify_trials=parse_int("verify_trials", verify_trials),
                    candidates=parse_int("candidates", candidates), window_lengths=window_lengths, seed=parse_int("seed", seed),
                    progress=progress, out=out)
     if as_json:

@@ -266,7 +266,7 @@ def validate_group(configs: list[Config], mc: MonteCarlo, steps: int, phased=Non
             raise LqsError("block_size", blk, f"the largest request (s+o = {c.workload.max_total}) rounded up to "
                            f"whole blocks of {blk} tokens must fit in M = {c.M}")
         b_max = c.batch.max_s(c.M, 64, c.server.prefill_chunk)
-        if c.lam * b_max > MAX_ARRIVALS_PER_STEP:
+        if c.lam * b_max > MAX_ARRIVALS_PER_STEP and c.arrival_kind != "instants":  # instants: no Poisson draw
             what = ("" if c.batch.kind == "constant" else f" (b = {b_max:.3g} s, the far quantile of the "
                     f"{c.batch.kind} batch-time model: a heavy tail can cause this as well as the rate)")
             raise LqsError("lam", c.lam, f"λ·b gives {c.lam * b_max:.3g} expected arrivals per step{what}; at most "

@@ -88,11 +88,11 @@ def _cache_key(h, mc, key):
 
 
 def saturation(items, mc, key, *, cache: dict | None = None, progress: bool = False, devices=None):
-    """λ* of each (workload, one-configuration server) in ``items``: the saturation throughput (control variate
+    """λ* of each (workload, one-configuration server[, arrivals]) in ``items``: the saturation throughput (control variate
     where available) over ``mc.trials`` trials, ±1.96 standard errors. Runs what ``cache`` lacks as one call of
     :func:`run_configs` (one program per shape). Returns (rows, SimResult of the runs made or None)."""
     cache = {} if cache is None else cache
-    hashes = [config_hash(w, s) for w, s in items]
+    hashes = [config_hash(it[0], it[1]) for it in items]  # (workload, server[, arrivals])
     ckeys = [_cache_key(h, mc, key) for h in hashes]
     todo = []
     for i, ck in enumerate(ckeys):
@@ -101,7 +101,8 @@ def saturation(items, mc, key, *, cache: dict | None = None, progress: bool = Fa
     res = None
     if todo:
         base = jax.random.fold_in(key, _SAT_TAG)
-        configs = [Config(items[i][0], items[i][1], saturating_rate(*items[i])) for i in todo]
+        configs = [Config(items[i][0], items[i][1], saturating_rate(*items[i][:2]),
+                          items[i][2] if len(items[i]) > 2 else None) for i in todo]
         keys = jax.vmap(lambda h: jax.random.fold_in(base, h))(np.asarray([hashes[i] for i in todo], np.uint32))
         res = run_configs(configs, mc.replace(stop_when_settled=False), keys=keys, progress=progress,
                           devices=devices)

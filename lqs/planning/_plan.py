@@ -19,12 +19,9 @@ from .._errors import LqsError, check_float, check_int
 from .._server import MonteCarlo, as_server
 from ._load import LoadCurve, load_curve
 
-#: a verification day with more requests than this runs one trial by default (its windows hold plenty of requests)
-VERIFY_ONE_TRIAL_REQUESTS = 1_000_000
-
 #: the latency metrics a plan's SLO may name (percentiles the engine's histograms give per window)
-PLAN_METRICS = tuple(f"{m}_{q}_s" for m in ("wait", "ttft", "e2e") for q in ("p50", "p90", "p99"))
-_LAT_INDEX = {"wait": 0, "ttft": 1, "e2e": 2}
+PLAN_METRICS = tuple(f"{m}_{q}_s" for m in ("wait", "ttft", "e2e", "tpot") for q in ("p50", "p90", "p99"))
+_LAT_INDEX = {"wait": 0, "ttft": 1, "e2e": 2, "tpot": 3}
 _Q = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
 
 
@@ -219,7 +216,7 @@ def _window_counts(lams, mus, sats, slo, kind, burstiness, curve, workloads, ser
 def plan(load, server, slo="ttft_p99_s<=2", *, workload=None, window_s=None, arrivals: str = "poisson",
          burstiness: float = 1.0, headroom: float = 1.0, rate_scale: float = 1.0, rho: float = 0.9,
          scale_up_delay_s: float = 0.0, static_servers: int | None = None, mc: MonteCarlo | None = None,
-         verify: bool = True, verify_trials: int | None = None, candidates: int = 2, max_servers: int | None = None,
+         verify: bool = True, verify_trials: int = 2, candidates: int = 2, max_servers: int | None = None,
          compare_poisson: bool = True, window_lengths: bool = False, seed: int = 0, progress: bool = False,
          out=None) -> PlanResult:
     """Servers per window of a load curve (``load``: a LoadCurve, a (time, rate) table or a trace binned into
@@ -243,8 +240,8 @@ def plan(load, server, slo="ttft_p99_s<=2", *, workload=None, window_s=None, arr
     robin to the servers that accept requests; a server taken out drains; a server added accepts requests
     ``scale_up_delay_s`` after the plan asks for it; per window the backlog, the SLO met or not and the long-run
     verdict, and the windows where the scaling lag let a backlog build; with a delay, a second run provisions
-    ⌈delay/window⌉ windows ahead and reports whether that removes them. ``verify_trials`` simulated days (default:
-    2, or 1 when one day already holds over VERIFY_ONE_TRIAL_REQUESTS requests, as a 24-hour fleet-sized day does).
+    ⌈delay/window⌉ windows ahead and reports whether that removes them. ``verify_trials`` simulated days (their cost is
+    nearly that of one on a CPU: the day's sequential steps, not its lanes, set the time).
     """
     from .._theory import capacity, servers_needed
     from .._workload import Pairs
@@ -281,8 +278,7 @@ def plan(load, server, slo="ttft_p99_s<=2", *, workload=None, window_s=None, arr
     rho = check_float("rho", rho, 0.0, 1.0, lo_open=True)
     delay = check_float("scale_up_delay", scale_up_delay_s, 0.0)
     candidates = check_int("candidates", candidates, 1, 64)
-    if verify_trials is not None:
-        verify_trials = check_int("verify_trials", verify_trials, 1, 1024)
+    verify_trials = check_int("verify_trials", verify_trials, 1, 1024)
     if static_servers is not None:
         static_servers = check_int("static_servers", static_servers, 1, 100_000)
     b_step = step_s(workload, server)

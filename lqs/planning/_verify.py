@@ -106,10 +106,6 @@ def verify_plan(curve, lam, planned, workload, server, slo, sats, kind, burstine
     Wd, W = curve.window_s, curve.n_windows
     T = W * Wd
     t = day_instants(curve, lam, kind, burstiness, rate_scale, study_key(seed, 7))
-    if trials is None:
-        from ._plan import VERIFY_ONE_TRIAL_REQUESTS
-
-        trials = 1 if t.size > VERIFY_ONE_TRIAL_REQUESTS else 2
     aheads = [0] + ([int(math.ceil(delay / Wd))] if delay > 0 else [])
     steps = int(math.ceil(T / step_s(workload, server) * (1.01 if server.bs[0].kind == "constant"
                                                                         else 1.05))) + 1
@@ -141,7 +137,7 @@ def verify_plan(curve, lam, planned, workload, server, slo, sats, kind, burstine
     for ai, a in enumerate(aheads):
         sfx = "" if ai == 0 else "_ahead"
         idx = [i for i, (x, _) in enumerate(owners) if x == ai]
-        ph = res.phase_hist[idx].sum(axis=(0, 1))  # [W, 3, bins]: pooled over servers and trials
+        ph = res.phase_hist[idx].sum(axis=(0, 1))  # [W, N_LAT, bins]: pooled over servers and trials
         req, A = reqs[ai]
         a_min = np.asarray([A[win == w].min() if np.any(win == w) else 0 for w in range(W)])
         # backlog (waiting requests, all servers, mean over trials) at each window's end: the last series point
