@@ -81,6 +81,10 @@ class Disaggregated:
     def gpus(self) -> int:
         return self.n_prefill + self.n_decode
 
+    def station_capacity(self, workload, *, key=None, n_mc: int = 1_000_000) -> "DisaggCapacity":
+        """The closed form of this deployment (what ``lqs.capacity(workload, self)`` returns)."""
+        return capacity_disagg(workload, self, key=key, n_mc=n_mc)
+
     def split(self, n_prefill: int, n_decode: int) -> "Disaggregated":
         return replace(self, n_prefill=n_prefill, n_decode=n_decode)
 
@@ -270,7 +274,7 @@ def splits(gpus: int) -> list[tuple[int, int]]:
 
 def split_table(workload, dep: Disaggregated, gpus: int | None = None, *, pairs=None, colocated=None,
                 lam: float | None = None, simulate: bool = False, mc=None, seed: int = 0,
-                progress: bool = False) -> pd.DataFrame:
+                progress: bool = False, cache: dict | None = None) -> pd.DataFrame:
     """The closed form over the P:D splits of ``gpus`` (or the explicit ``pairs`` of (N_P, N_D)), best first by
     μ_PD, with the colocated row of the same GPUs (``colocated``: a Server, default the prefill pool's; each GPU one
     colocated server). With ``lam``: the verdict of each row at λ (stable, unstable, or between the bounds).
@@ -304,7 +308,7 @@ def split_table(workload, dep: Disaggregated, gpus: int | None = None, *, pairs=
     if simulate:
         from .engine.verdict import verdict_of
 
-        sat = station_saturation(workload, dep, mc, seed=seed, colocated=col, progress=progress)
+        sat = station_saturation(workload, dep, mc, seed=seed, colocated=col, progress=progress, cache=cache)
         ext = []
         for r in rows:
             if r["binding"] == "colocated":
@@ -366,7 +370,7 @@ def plot_splits(df: pd.DataFrame, path: str, label: str = "") -> str:
 
 
 def station_saturation(workload, dep: Disaggregated, mc=None, *, seed: int = 0, colocated=None,
-                       progress: bool = False) -> dict:
+                       progress: bool = False, cache: dict | None = None) -> dict:
     """One server's saturation throughput λ* in each pool, each measured alone (docs/model.md: the decode pool fed
     with prefilled requests), and a colocated server's, in one call of the engine: {"prefill": row, "decode": row,
     "colocated": row} (rows as lqs.engine.verdict.saturation gives them). A pool of N servers behind its router
@@ -390,5 +394,5 @@ def station_saturation(workload, dep: Disaggregated, mc=None, *, seed: int = 0, 
     items = [one(PrefillStation(workload), dep.prefill) + (even,), one(DecodeStation(workload), dep.decode)]
     if colocated is not None:
         items.append(one(workload, colocated))
-    rows = saturation(items, mc, jax.random.key(seed), progress=progress)[0]
+    rows = saturation(items, mc, jax.random.key(seed), progress=progress, cache=cache)[0]
     return dict(zip(("prefill", "decode", "colocated"), rows))

@@ -189,12 +189,11 @@ class Capacity:
 def capacity(workload, server, *, key=None, n_mc: int = 1_000_000) -> Capacity:
     """μ, μ_exact, δ and the stable range of ``workload`` on ``server`` (an :class:`lqs.Server` with one M and one
     b̄; for an affine batch-time model the closed form uses ``server.b_theory``). See docs/model.md."""
-    from ._disagg import Disaggregated, capacity_disagg
     from ._server import as_server
     from ._workload import as_workload
 
-    if isinstance(server, Disaggregated):  # prefill and decode pools: a DisaggCapacity
-        return capacity_disagg(workload, server, key=key, n_mc=n_mc)
+    if hasattr(server, "station_capacity"):  # an lqs.Disaggregated (prefill and decode pools): a DisaggCapacity
+        return server.station_capacity(workload, key=key, n_mc=n_mc)
     server = as_server(server).require_scalar("capacity")
     cap = _capacity(as_workload(workload), server.M, server.prefill_chunk, server.b_mean_s, servers=server.servers,
                     key=key, n_mc=n_mc)

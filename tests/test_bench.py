@@ -81,6 +81,7 @@ def test_auto_without_a_record_runs_xla_and_says_once(cache, caplog):
     assert sum("lqs bench" in r.getMessage() for r in caplog.records) == 1
 
 
+@pytest.mark.slow
 def test_auto_picks_the_fastest_identical_recorded_path(cache):
     key = _write({"xla": dict(trial_steps_per_s=1e5, identical=True, compiled=True),
                   "fused-interpret": dict(trial_steps_per_s=3e5, identical=True, compiled=True)})

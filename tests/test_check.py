@@ -49,6 +49,7 @@ def files(tmp_path_factory):
     )
 
 
+@pytest.mark.slow
 def test_check_recovers_b_and_rate_and_says_stable(files):
     r = lqs.check(files["stable"], M=SMALL_M, prefill_chunk=SMALL_CHUNK, **MC)
     d = r.to_dict()
@@ -94,6 +95,7 @@ def test_check_saturated_run_constant_batch(files):
     assert {"throughput_over_mu", "throughput_over_mu_exact", "throughput_over_lam_star"} <= set(d)
 
 
+@pytest.mark.slow
 def test_check_cli_table_json_out(files, tmp_path):
     out = tmp_path / "ck"
     r = run(["check", files["stable"], "--server-log", files["log"], "--prefill-chunk", str(SMALL_CHUNK), *MC_FLAGS,

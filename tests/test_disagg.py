@@ -85,9 +85,10 @@ def test_bad_input_is_one_line_naming_the_parameter(bad, what):
 
 def test_station_saturation_inside_each_stations_band():
     dep = lqs.Disaggregated(SRV, SRV)
-    mc = lqs.MonteCarlo(trials=8, steps=8000, warmup=3000, seed=0)  # K sized per station (a prefill server
+    mc = lqs.MonteCarlo(trials=8, steps=6000, warmup=3000, seed=0)  # K sized per station (a prefill server
     # completes ~37 short prompts per step)
-    sat = station_saturation(FAST, dep, mc, colocated=SRV)
+    cache = {}
+    sat = station_saturation(FAST, dep, mc, colocated=SRV, cache=cache)
     c = lqs.capacity(FAST, dep)
     col = lqs.capacity(FAST, SRV)
     for name, mu, d in (("prefill", c.mu_prefill_rps, c.delta_prefill), ("decode", c.mu_decode_rps, c.delta_decode),
@@ -97,7 +98,8 @@ def test_station_saturation_inside_each_stations_band():
         se = r["lam_star_se_rps"]
         assert mu * (1 - d) - 4 * se <= r["lam_star_rps"] <= mu + 4 * se, (name, r["lam_star_rps"], mu, d)
     # the split table's simulated λ*_PD is the smaller station's, N times one server's
-    df = lqs.split_table(FAST, dep, pairs=[(1, 2), (2, 1)], simulate=True, mc=mc, lam=0.5 * c.mu_decode_rps)
+    df = lqs.split_table(FAST, dep, pairs=[(1, 2), (2, 1)], simulate=True, mc=mc, lam=0.5 * c.mu_decode_rps,
+                         cache=cache)  # the same runs (one saturation per station serves every split)
     r = df.iloc[0]
     assert r.lam_star_decode_rps == pytest.approx(2 * sat["decode"]["lam_star_rps"], rel=1e-6)
     assert r.lam_star_rps == min(r.lam_star_prefill_rps, r.lam_star_decode_rps) and r.binding_sim == "decode"
