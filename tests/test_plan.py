@@ -15,6 +15,10 @@ WL = lqs.preset("pd-1:1")
 MC = lqs.MonteCarlo(trials=4, steps=3000, warmup=500, seed=0)
 
 
+def sim_K(res):
+    return int(res.verification.results[0].config["sizing"]["K"])
+
+
 def curve(rates, width=20.0):
     return pd.DataFrame(dict(time_s=np.arange(len(rates)) * width, rate_rps=rates))
 
@@ -54,6 +58,7 @@ def test_verification_conserves_across_scale_downs():
     assert w.servers[1] < w.servers[0] and w.servers[2] > w.servers[1]  # a scale-down, then up again
     assert t["verify_conserved"] and t["verify_violations"] == 0 and t["verify_reliable"]
     assert t["verify_arrivals"] == int(w.verify_arrivals.sum())
+    assert t["verify_K"] >= 64 and sim_K(res) == t["verify_K"]  # the slots the day ran with, reported
     # the per-window latency histograms hold every counted request once
     sim = res.verification.results[0]
     assert np.array_equal(sim.phase_hist.sum(axis=2), sim.hist)
