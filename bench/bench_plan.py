@@ -67,7 +67,7 @@ def main():
             "gpu_hours_closed_form_scaled", "gpu_hours_closed_form_saved", "extra_servers_burstiness_max",
             "extra_gpu_hours_burstiness", "candidate_rounds", "verify_slo_met_fraction", "verify_lag_windows",
             "verify_arrivals", "verify_conserved", "verify_reliable", "verify_violations", "verify_steps",
-            "verify_trials", "lam_star_rps", "mu_rps")
+            "verify_trials", "verify_K", "verify_K_retried", "lam_star_rps", "mu_rps")
     rec = dict(case=a.case, label=a.label, wall_s=wall, target_s=target_s, met=wall < target_s,
                **{k: t[k] for k in keep if k in t}, **{k: v for k, v in t.items() if k.startswith("time_")},
                agree_closed_form_windows=int((res.windows.servers_sim == res.windows.servers_closed_form).sum()),
