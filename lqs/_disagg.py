@@ -117,46 +117,11 @@ class DisaggCapacity:
         return asdict(self)
 
 
-class PrefillStation(Workload):
-    """A prefill server's requests: the prompts of ``inner``, each ending with its last prefill chunk (o = 0);
-    memory-work Σ_{c=1..k} min(c·ŝ, s) (the transfer hold is not simulated)."""
+class _Station(Workload):
+    """A pool's view of ``inner``'s requests (lengths drawn as ``inner`` draws them; moments exact where
+    ``_moments`` is)."""
 
     inner: Workload
-
-    def __init__(self, inner):
-        self.inner = inner
-
-    @property
-    def n_uniforms(self):
-        return self.inner.n_uniforms
-
-    def sample_from_uniforms(self, u):
-        s, o = self.inner.sample_from_uniforms(u)
-        return s, o * 0
-
-    @property
-    def max_total(self):
-        return _max_s(self.inner)
-
-    @property
-    def min_s(self):
-        return self.inner.min_s
-
-    def _exact_moments(self, prefill_chunk):
-        a_s, _, _, _, es, _, exact = _moments(self.inner, prefill_chunk, Transfer())
-        return GMoments(g=a_s, g_exact=a_s, se=0.0, exact=exact, mean_prompt_tokens=es, mean_output_tokens=0.0)
-
-    def expected_g(self, prefill_chunk, *, key=None, n_mc: int = 1_000_000, method: str = "auto"):
-        return self._exact_moments(prefill_chunk)
-
-
-class DecodeStation(Workload):
-    """A decode server's requests: those of ``inner`` arriving prefilled (no prefill steps: footprints s+1 … s+o,
-    memory-work o·s + o(o+1)/2; the transfer reservation is not simulated). Under recompute a preempted request
-    restarts its decode there (its prefill is not redone)."""
-
-    inner: Workload
-    prefilled = True
 
     def __init__(self, inner):
         self.inner = inner
@@ -176,12 +141,37 @@ class DecodeStation(Workload):
     def min_s(self):
         return self.inner.min_s
 
+    def expected_g(self, prefill_chunk, *, key=None, n_mc: int = 1_000_000, method: str = "auto"):
+        return self._exact_moments(prefill_chunk)
+
+
+class PrefillStation(_Station):
+    """A prefill server's requests: the prompts of ``inner``, each ending with its last prefill chunk (o = 0);
+    memory-work Σ_{c=1..k} min(c·ŝ, s) (the transfer hold is not simulated)."""
+
+    def sample_from_uniforms(self, u):
+        s, o = self.inner.sample_from_uniforms(u)
+        return s, o * 0
+
+    @property
+    def max_total(self):
+        return _max_s(self.inner)
+
+    def _exact_moments(self, prefill_chunk):
+        a_s, _, _, _, es, _, exact = _moments(self.inner, prefill_chunk, Transfer())
+        return GMoments(g=a_s, g_exact=a_s, se=0.0, exact=exact, mean_prompt_tokens=es, mean_output_tokens=0.0)
+
+
+class DecodeStation(_Station):
+    """A decode server's requests: those of ``inner`` arriving prefilled (no prefill steps: footprints s+1 … s+o,
+    memory-work o·s + o(o+1)/2; the transfer reservation is not simulated). Under recompute a preempted request
+    restarts its decode there (its prefill is not redone)."""
+
+    prefilled = True
+
     def _exact_moments(self, prefill_chunk):
         _, c_d, _, _, es, eo, exact = _moments(self.inner, prefill_chunk, Transfer())
         return GMoments(g=c_d, g_exact=c_d, se=0.0, exact=exact, mean_prompt_tokens=es, mean_output_tokens=eo)
-
-    def expected_g(self, prefill_chunk, *, key=None, n_mc: int = 1_000_000, method: str = "auto"):
-        return self._exact_moments(prefill_chunk)
 
 
 def _max_s(workload) -> int:
