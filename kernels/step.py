@@ -138,13 +138,16 @@ def serve(state: State, params: Params, cfg: EngineConfig) -> Served:
         ttft_seen = (fl & F_TTFT) != 0
         prefill_done = prefill_done & ~ttft_seen
         u_new = jnp.where(preempted, 0, u_new)
+        # a request that arrived prefilled (k = 0: a decode server's, lqs.Disaggregated) redoes its prefill here
+        k = jnp.where(preempted & (k == 0), (s + chunk - 1) // chunk, k)
         i32 = jnp.int32
         fl_new = ((started | sched).astype(i32) * F_STARTED + sched_i * F_SCHED
                   + (prefill_done | ttft_seen).astype(i32) * F_TTFT)  # the bits, without selects
     else:  # progress never goes back: started ⇔ u > 0, the prefill ends once; only "scheduled last step" is kept
         fl_new = sched_i * F_SCHED
     work = sl.work + f_sched if cfg.check_work else sl.work
-    slots = sl._replace(u=u_new, flags=fl_new, work=work, t_first=jnp.where(new_start, state.clock.t, sl.t_first))
+    slots = sl._replace(u=u_new, k=k, flags=fl_new, work=work,
+                        t_first=jnp.where(new_start, state.clock.t, sl.t_first))
     return Served(slots=slots, prefill_done=prefill_done, done=done, mem=mem, n_pre_tok=n_pre_tok,
                   n_dec_tok=n_sched - n_pre, n_sched=n_sched, n_done=count_slots(done),
                   n_live=n_live, n_started=count_slots(live & started), n_swap=count_slots(swapped), starved=starved)

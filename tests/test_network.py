@@ -1,0 +1,132 @@
+"""The coupled disaggregated network (kernels/network.py) against its plain-Python reference
+(tests/reference_network.py), event for event; and its invariants and limits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import lqs
+from lqs._batch import AffineBatch
+from lqs._disagg import Disaggregated, Transfer
+from lqs.engine.network import simulate_network
+from lqs.kernels import rng
+from lqs.kernels import state as K_
+from lqs.kernels.network import EV_ARRIVAL, EV_DECODE, EV_PREFILL, EV_ROUTE
+
+from reference_network import reference_network
+
+SMALL = lqs.Independent(lqs.IntUniform(1, 40, "s"), lqs.IntUniform(1, 24, "o"))
+TYPES = {EV_PREFILL: "P", EV_DECODE: "D", EV_ROUTE: "R", EV_ARRIVAL: "A"}
+
+
+def _affine(b):
+    return np.asarray(b.a, np.float32) if isinstance(b, AffineBatch) else None
+
+
+def _batch_fn(srv_p, srv_d, dep_p, dep_d):
+    def one(server):
+        b = server.b
+        if isinstance(b, AffineBatch):
+            a = np.asarray(b.a, np.float32)
+            return lambda pre, dec, mem: (a[0] + np.float32(a[1] * np.float32(pre)) + np.float32(a[2] * np.float32(dec))
+                                          + np.float32(a[3] * np.float32(mem)))
+        return lambda pre, dec, mem: np.float32(b)
+
+    fp, fd = one(dep_p), one(dep_d)
+    return lambda pool, g, n, pre, dec, mem: (fp if pool == "P" else fd)(pre, dec, mem)
+
+
+def _run_both(dep, lam, *, horizon_s, workload=SMALL, seed=0):
+    res = simulate_network(workload, dep, lam, trials=1, horizon_s=horizon_s, warmup_s=0.0, record=4000, trace=True,
+                           verdict=False, seed=seed, K=256)
+    rec = res.records[0]
+    st = res.config
+    n_arr = int(res.trials.arrivals.iloc[0])
+    assert n_arr < 4000
+    tr = {k: v[0] for k, v in res.trace.items()}
+    keep = tr["type"] >= 0
+    ev = [(TYPES[int(t)], int(g), np.float32(tt), int(m), int(ns), np.float32(b), int(tg), int(r))
+          for t, g, tt, m, ns, b, tg, r in zip(tr["type"][keep], tr["server"][keep], tr["t"][keep], tr["mem"][keep],
+                                                tr["n_sched"][keep], tr["b"][keep], tr["target"][keep],
+                                                tr["rid"][keep])]
+    # the engine's draws: lengths and routing uniforms from its streams, arrival instants as it drew them
+    import jax
+    import jax.numpy as jnp
+
+    keys = np.asarray(jax.vmap(lambda k: __import__("lqs.kernels.network", fromlist=["_keys"])._keys(k))(
+        jax.random.split(jax.random.key(seed), 1)))[0]
+    idx = jnp.arange(max(n_arr, 1), dtype=jnp.int32)
+    s, o, _ = K_.draw_lengths(workload, jnp.asarray(keys[1]), idx, jnp.int32(dep.prefill.prefill_chunk))
+    s, o = np.asarray(s).tolist(), np.asarray(o).tolist()
+    arrivals = [np.float32(x) for x in rec[0, :n_arr]]
+
+    def route_u(rid, pool):
+        return np.float32(rng.uniform(np.uint32(keys[2]), np.asarray(rid, np.uint32), 0 if pool == "P" else 1))
+
+    pools = {}
+    for name, srv in (("prefill", dep.prefill), ("decode", dep.decode)):
+        pools[name] = dict(M=srv.M, chunk=srv.prefill_chunk, policy=srv.policy, budget=srv.token_budget,
+                           routing=srv.routing)
+    inv = 0.0 if np.isinf(dep.transfer.tokens_per_s) else 1.0 / dep.transfer.tokens_per_s
+    events, reqs, totals = reference_network(
+        n_p=dep.n_prefill, n_d=dep.n_decode, prefill=pools["prefill"], decode=pools["decode"],
+        tau0=dep.transfer.latency_s, inv_rate=inv, arrivals=arrivals, lengths=lambda i: (s[i], o[i]),
+        batch_time=_batch_fn(None, None, dep.prefill, dep.decode), route_u=route_u, t_stop=np.float32(horizon_s),
+        K_decode=256)
+    return res, rec, ev, events, reqs, totals
+
+
+def _assert_same(res, rec, ev, events, reqs, totals):
+    n = min(len(ev), len(events))
+    for i in range(n):
+        e, r = ev[i], events[i]
+        same = e[0] == r[0] and e[1] == r[1] and e[3:5] == r[3:5] and e[6:] == r[6:]
+        same = same and np.isclose(e[2], r[2], rtol=1e-6, atol=0) and np.isclose(e[5], r[5], rtol=1e-6)
+        assert same, f"event {i} differs: engine {e}, reference {r} (previous: {ev[max(i - 3, 0):i]})"
+    assert len(ev) == len(events), f"engine ran {len(ev)} events, reference {len(events)}"
+    row = res.trials.iloc[0]
+    assert int(row.arrivals) == totals["arrivals"] and int(row.completions) == totals["completions"]
+    assert int(row.lost) == totals["lost"] == 0 and int(row.violations) == totals["violations"] == 0
+    assert int(row.in_system_final) == totals["in_system"] and bool(row.conserved)
+    for r in reqs:  # per-request instants: the prefill's first step, TTFT, transfer end, decode's first step, end
+        for j, v in ((1, r.t_first), (2, r.t_ttft), (3, r.t_enter), (4, r.t_first_d), (5, r.t_done)):
+            recorded = r.t_done is not None if j >= 4 else r.t_enter is not None  # the engine writes at routing, end
+            if recorded:
+                assert rec[j, r.rid] == pytest.approx(float(v), rel=1e-6), (r.rid, j)
+        assert rec[6, r.rid] == r.p
+        if r.dsrv is not None:
+            assert rec[7, r.rid] == r.dsrv
+
+
+def _dep(policy, *, b_p=0.01, b_d=0.01, n_p=2, n_d=3, M_p=300, M_d=500, transfer=Transfer(0.003, 4000.0),
+         routing="round_robin", d_routing=None, budget=None, chunk=8):
+    P = lqs.Server(M=M_p, prefill_chunk=chunk, b=b_p, policy=policy, routing=routing, token_budget=budget)
+    D = lqs.Server(M=M_d, prefill_chunk=chunk, b=b_d, policy=policy, routing=d_routing or routing)
+    return Disaggregated(P, D, n_p, n_d, transfer)
+
+
+@pytest.mark.parametrize("policy", ["swap", "recompute", "reserve"])
+def test_tied_clocks_identical(policy):
+    """Equal constant batch times on both pools: every step boundary of every server coincides (ties everywhere),
+    loaded near the decode pool's capacity so that preemptions happen."""
+    dep = _dep(policy, transfer=Transfer(0.0), M_d=300)  # μ_D ≈ 247 req/s, μ_P ≈ 1500 req/s
+    out = _run_both(dep, 230.0, horizon_s=3.0)
+    _assert_same(*out)
+    assert int(out[0].trials.swaps_decode.iloc[0]) > 0 or policy == "reserve"
+
+
+@pytest.mark.parametrize("policy", ["swap", "recompute", "reserve"])
+def test_affine_batch_and_transfer_identical(policy):
+    """Affine batch times (each server's clock its own), a transfer with latency and rate, jsq and least_kv."""
+    aff_p = AffineBatch(0.004, 2e-4, 0.0, 1e-6)
+    aff_d = AffineBatch(0.006, 0.0, 3e-4, 2e-6)
+    P = lqs.Server(M=300, prefill_chunk=8, b=aff_p, policy=policy, routing="jsq", b_theory=0.01)
+    D = lqs.Server(M=500, prefill_chunk=8, b=aff_d, policy=policy, routing="least_kv", b_theory=0.01)
+    dep = Disaggregated(P, D, 2, 2, Transfer(0.002, 3000.0))
+    _assert_same(*_run_both(dep, 50.0, horizon_s=5.0))
+
+
+def test_random_routing_and_token_budget_identical():
+    dep = _dep("swap", routing="random", budget=24, n_p=3, n_d=2, b_p=0.008, b_d=0.011)
+    _assert_same(*_run_both(dep, 40.0, horizon_s=6.0))
