@@ -64,6 +64,7 @@ class NetConfig:
     decode: EngineConfig
     events_per_call: int = 8192
     arrivals: str = "poisson"  # "poisson", or "instants" (NetParams.arr_t)
+    lat_per_event: int = 16  # finished requests binned per decode boundary (more: counted in lat_lost)
     record: int = 0  # per-request instants of the first `record` requests (tests)
     trace: bool = False  # return every event's (type, server, instant, memory, scheduled, b, target)
 
@@ -93,6 +94,7 @@ class NetParams(NamedTuple):
     inv_rate: jax.Array  # float32[] 1 / r (s per token)
     t_warm: jax.Array  # float32[] the measurement window opens (requests arriving after it are binned)
     t_stop: jax.Array  # float32[] horizon: no event at or after it is run
+    t_lat_end: jax.Array  # float32[] the latency window: requests arriving in [t_warm, t_lat_end)
     workload: object  # the network's lengths (lqs.Workload pytree)
     arr_t: jax.Array = None  # float32[L] given arrival instants (cfg.arrivals == "instants"), +inf padded
 
@@ -155,6 +157,7 @@ class NetTotals(NamedTuple):
     routed: jax.Array
     lost: jax.Array  # requests that found a server's slots full (dropped: the result is unreliable)
     ran_out: jax.Array  # given instants ran out before the horizon
+    lat_lost: jax.Array  # finished requests beyond cfg.lat_per_event at one decode boundary (not binned)
     violations: jax.Array  # memory above M on a server at a step
     swaps_p: jax.Array
     swaps_d: jax.Array
@@ -219,7 +222,7 @@ def init_net(key, prm: NetParams, cfg: NetConfig) -> NetState:
 
     keys = _keys(key)
     i0 = jnp.int32(0)
-    tot = NetTotals(*([i0] * 17), t_now=jnp.float32(0.0))
+    tot = NetTotals(*([i0] * 18), t_now=jnp.float32(0.0))
     R = max(cfg.record, 1)
     rec = jnp.full((8, R), jnp.nan, jnp.float32)
     return NetState(P=P, D=D, PP=pool(GP, prm.n_p), DP=pool(GD, prm.n_d), t_next=first_gap(keys, prm, cfg),
@@ -335,6 +338,10 @@ def _decode_boundary(sd: DSlots, pl: Pool, g, T, prm: NetParams, cfg: NetConfig,
     return sd, pl, info, done, finished
 
 
+def _take_slots(f: DSlots, idx):
+    return DSlots(*(x[idx] for x in f))
+
+
 def _latencies(f: DSlots, T):
     """[6, KD] latencies of the decode slots ``f`` finishing at T, rows in NET_LAT order."""
     o1 = jnp.maximum(f.o - 1, 1).astype(jnp.float32)
@@ -430,14 +437,21 @@ def net_event(st: NetState, prm: NetParams, cfg: NetConfig):
     dl1 = _pick(isD, dl_b, _pick(isR, dl_r, dl0))
     D_new, DP_new = _put(st.D, gd, sd1), _put(DP, gd, dl1)
 
-    # latencies of the requests that finished at the decode boundary (those that arrived in the window)
-    lat = _latencies(fin, T)
-    count = done & isD & (fin.t_arr >= prm.t_warm)
+    # latencies of the requests that finished at the decode boundary (those that arrived in the window): the first
+    # cfg.lat_per_event of them gathered (binning every slot would cost K logarithms an event), the rest counted
+    count = done & isD & (fin.t_arr >= prm.t_warm) & (fin.t_arr < prm.t_lat_end)
+    F = cfg.lat_per_event
+    csum = jnp.cumsum(count.astype(jnp.int32))
+    n_count = csum[-1]
+    pick = jnp.minimum(jnp.searchsorted(csum, jnp.arange(1, F + 1, dtype=jnp.int32)), cfg.KD - 1)
+    ok = jnp.arange(F) < n_count
+    lat = _latencies(_take_slots(fin, pick), T)  # [6, F]
     bins = _bin_index(lat, cfg.prefill)
     rows = jnp.broadcast_to(jnp.arange(len(NET_LAT))[:, None], bins.shape)
-    hist = st.hist.at[rows, bins].add(jnp.broadcast_to(count, bins.shape).astype(jnp.int32))
-    lat_sum = st.lat_sum + jnp.sum(jnp.where(count, lat, 0.0), axis=1)
-    n_lat = st.n_lat + jnp.sum(count.astype(jnp.int32))
+    hist = st.hist.at[rows, bins].add(jnp.broadcast_to(ok, bins.shape).astype(jnp.int32))
+    lat_sum = st.lat_sum + jnp.sum(jnp.where(ok, lat, 0.0), axis=1)
+    n_lat = st.n_lat + jnp.minimum(n_count, F)
+    lat_lost = jnp.maximum(n_count - F, 0)
 
     # the next arrival
     if cfg.arrivals == "instants":
@@ -461,6 +475,7 @@ def net_event(st: NetState, prm: NetParams, cfg: NetConfig):
         prefills=tot.prefills + info_p["pdone"] * i32(isP), prefills_w=tot.prefills_w + info_p["pdone"] * i32(isP & in_w),
         routed=tot.routed + i32(isR & fits_r),
         lost=tot.lost + i32(isA & ~fits_a) + i32(isR & ~fits_r), ran_out=tot.ran_out + i32(ran_out),
+        lat_lost=tot.lat_lost + lat_lost,
         violations=tot.violations + info_p["viol"] * i32(isP) + info_d["viol"] * i32(isD),
         swaps_p=tot.swaps_p + info_p["swaps"] * i32(isP), swaps_d=tot.swaps_d + info_d["swaps"] * i32(isD),
         mem_max_p=jnp.maximum(tot.mem_max_p, info_p["mem"] * i32(isP)),
@@ -505,6 +520,17 @@ def run_events(st: NetState, prm: NetParams, cfg: NetConfig, n: int | None = Non
         return s, (row if cfg.trace else None)
 
     return jax.lax.scan(body, st, None, length=cfg.events_per_call if n is None else n)
+
+
+def unfinished(st: NetState, t0, t1) -> jax.Array:
+    """Requests of one trial still in the network that arrived in [t0, t1) (the latency window: censored)."""
+    P, D, PP, DP = st.P, st.D, st.PP, st.DP
+    KP, KD = P.s.shape[-1], D.s.shape[-1]
+    occ_p = jnp.arange(KP) < PP.n_used[:, None]
+    at_p = occ_p & ((P.u < P.k) | ((P.flags & F_PDONE) != 0) | (P.pend != 0))
+    reg_d = jnp.arange(KD) < (DP.n_used + DP.n_aux)[:, None]
+    return (jnp.sum((at_p & (P.t_arr >= t0) & (P.t_arr < t1)).astype(jnp.int32))
+            + jnp.sum((reg_d & (D.t_arr >= t0) & (D.t_arr < t1)).astype(jnp.int32)))
 
 
 def in_system(st: NetState) -> jax.Array:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -130,3 +132,58 @@ def test_affine_batch_and_transfer_identical(policy):
 def test_random_routing_and_token_budget_identical():
     dep = _dep("swap", routing="random", budget=24, n_p=3, n_d=2, b_p=0.008, b_d=0.011)
     _assert_same(*_run_both(dep, 40.0, horizon_s=6.0))
+
+
+def _sat_case(dep, workload=SMALL):
+    from lqs._disagg import capacity_disagg, station_saturation
+
+    sat = station_saturation(workload, dep, lqs.MonteCarlo(trials=8, steps=6000, warmup=1000), seed=3)
+    lam_p = dep.n_prefill * sat["prefill"]["lam_star_rps"]
+    lam_d = dep.n_decode * sat["decode"]["lam_star_rps"]
+    se = dep.n_prefill * sat["prefill"]["lam_star_se_rps"] if lam_p < lam_d else \
+        dep.n_decode * sat["decode"]["lam_star_se_rps"]
+    cap = capacity_disagg(workload, dep)
+    res = simulate_network(workload, dep, 1.3 * cap.mu_pd_rps, trials=4, horizon_s=40.0, warmup_s=10.0,
+                           drain_s=1.0, verdict=False, seed=5, K=512)
+    return res, min(lam_p, lam_d), se, cap
+
+
+@pytest.mark.parametrize("which", ["decode", "prefill"])
+def test_overloaded_network_saturates_at_the_binding_station(which):
+    """Above μ_PD the coupled network completes requests at min(λ*_P, λ*_D), the per-station saturation rule."""
+    if which == "decode":
+        dep = _dep("swap", transfer=Transfer(0.0), M_d=300, n_p=2, n_d=3)
+    else:
+        dep = _dep("swap", transfer=Transfer(0.0), M_p=60, M_d=600, n_p=1, n_d=3)
+    res, lam_pd, se, cap = _sat_case(dep)
+    s = res.summary.iloc[0]
+    assert cap.binding == which
+    assert s.observed_drift_rps > 0.1 * lam_pd  # the backlog grows: the run is overloaded
+    tol = 1.96 * math.hypot(se, s.throughput_se_rps) + 0.01 * lam_pd
+    assert abs(s.throughput_rps - lam_pd) < tol, (s.throughput_rps, lam_pd, tol)
+    assert int(s.violations) == 0 and bool(s.conserved)
+
+
+def test_light_load_latencies_and_invariants():
+    """Below capacity: nothing lost, conserved, memory within M on both pools, the transfer time is τ0 + s/r of
+    the requests, and every latency is ordered (TTFT ≤ E2E, transfer + decode wait ≤ E2E − TTFT)."""
+    dep = _dep("swap", transfer=Transfer(0.004, 2000.0), n_p=2, n_d=2)
+    res = simulate_network(SMALL, dep, 80.0, trials=3, horizon_s=30.0, warmup_s=5.0, verdict=False, seed=1)
+    s = res.summary.iloc[0]
+    assert s.reliable and int(s.lost) == 0 and int(s.censored) == 0 and bool(s.conserved)
+    assert s.mem_max_prefill <= dep.prefill.M and s.mem_max_decode <= dep.decode.M
+    assert s.throughput_rps == pytest.approx(80.0, rel=0.05)
+    e_tau = 0.004 + (1 + 40) / 2 / 2000.0
+    assert s.transfer_mean_s == pytest.approx(e_tau, rel=0.03)
+    assert s.ttft_mean_s < s.e2e_mean_s
+    assert s.transfer_mean_s + s.decode_wait_mean_s < s.e2e_mean_s - s.ttft_mean_s
+
+
+def test_network_bad_input_named_before_compiling():
+    dep = _dep("swap")
+    with pytest.raises(lqs.LqsError, match="lam"):
+        simulate_network(SMALL, dep, 0.0, trials=2, horizon_s=10.0)
+    with pytest.raises(lqs.LqsError, match="horizon_s"):
+        simulate_network(SMALL, dep, 5.0, trials=2, horizon_s=1.0, warmup_s=0.9)
+    with pytest.raises(lqs.LqsError, match="decode M"):
+        simulate_network(SMALL, _dep("swap", M_d=40), 5.0, trials=2, horizon_s=10.0)

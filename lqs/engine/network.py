@@ -20,7 +20,7 @@ from .. import _jsonio
 from .._errors import LqsError, check_float, check_int
 from .._server import MonteCarlo, resolve_mc
 from .._workload import as_workload
-from ..kernels.network import NET_LAT, NetConfig, NetParams, in_system, init_net, run_events
+from ..kernels.network import NET_LAT, NetConfig, NetParams, in_system, init_net, run_events, unfinished
 from ..kernels.state import EngineConfig
 from .sizing import build_params, product, saturated_service, size_engine, step_times
 from .stats import hist_quantiles
@@ -89,19 +89,24 @@ def typical_b(workload, server) -> float:
     return float(far if typ is None else typ)
 
 
-def _pool_K(station, server, lam_server: float, K_user, extra: float = 0.0) -> int:
+def _pool_K(station, server, lam_server: float, K_user, residence_s: float) -> int:
+    """Slots per server: three times Little's count at the server's share of λ with a residence of
+    ``residence_s`` (its steps at the typical batch time, the transfer), plus 64; at most what a saturated server
+    holds (lqs.engine.sizing.size_engine, compaction every event). A run that still finds them full is repeated
+    with twice as many."""
     if K_user is not None:
         return int(K_user)
     srv = _bt(station, server)
-    z = size_engine(station, srv.M, srv.prefill_chunk, max(lam_server, 1e-9), srv.b, 16)
-    return int(32 * math.ceil((z.K + extra) / 32))
+    z = size_engine(station, srv.M, srv.prefill_chunk, max(lam_server, 1e-9), srv.b, 1)
+    little = 3.0 * lam_server * residence_s + 64
+    return int(32 * math.ceil(min(z.K, little) / 32))
 
 
 def _program(cfg: NetConfig):
     if cfg not in _PROGRAMS:
         init = jax.jit(jax.vmap(lambda k, p: init_net(k, p, cfg)))
         step = jax.jit(jax.vmap(lambda s, p: run_events(s, p, cfg)))
-        count = jax.jit(jax.vmap(in_system))
+        count = jax.jit(jax.vmap(lambda s, p: (in_system(s), unfinished(s, p.t_warm, p.t_lat_end))))
         _PROGRAMS[cfg] = (init, step, count)
     return _PROGRAMS[cfg]
 
@@ -119,7 +124,7 @@ def check_network(workload, dep) -> None:
 
 
 def simulate_network(workload, deployments, lam, mc: MonteCarlo | None = None, *, key=None, horizon_s=None,
-                     warmup_s=None, arrivals=None, K=None, progress: bool = False, record: int = 0,
+                     warmup_s=None, drain_s=None, arrivals=None, K=None, progress: bool = False, record: int = 0,
                      trace: bool = False, verdict: bool = True, cache: dict | None = None,
                      retries: int = 2, **mc_fields) -> NetworkResult:
     """The coupled network of each deployment (a :class:`lqs.Disaggregated`, or a list of them: the P:D splits
@@ -128,8 +133,9 @@ def simulate_network(workload, deployments, lam, mc: MonteCarlo | None = None, *
     entering the decode pool when its transfer ends).
 
     Horizon ``horizon_s`` and warm-up ``warmup_s`` in seconds (default: ``mc.steps`` / ``mc.warmup``, or 12,000 /
-    3,000, steps of the slower pool's typical batch time); latencies are those of requests that arrived after the
-    warm-up and finished within the horizon. ``arrivals``: None (Poisson) or an :class:`lqs.Arrivals` (gamma,
+    3,000, steps of the slower pool's typical batch time). Latencies are those of the requests that arrive in
+    [warm-up, horizon − ``drain_s``) (default drain: 1.5 × the longest request's life), and a request of that
+    window still unfinished at the horizon is counted (``censored``) and marks the row unreliable. ``arrivals``: None (Poisson) or an :class:`lqs.Arrivals` (gamma,
     replayed), fed to the prefill pool's router. ``K``: slots per server (default sized from each pool's M and
     load); a request that finds them full is counted in ``lost`` and marks the row unreliable, and the run is
     repeated with twice the slots up to ``retries`` times.
@@ -164,8 +170,17 @@ def simulate_network(workload, deployments, lam, mc: MonteCarlo | None = None, *
               else (mc.steps or NET_STEPS) * b_ref)
     t_warm = (check_float("warmup_s", warmup_s, 0.0) if warmup_s is not None
               else (mc.warmup if mc.steps else NET_WARMUP) * b_ref)
-    if t_warm >= t_stop:
-        raise LqsError("warmup_s", t_warm, f"must be below the horizon ({t_stop:.4g} s)")
+    # the latency window closes one drain time before the horizon, so that its requests can finish: the longest
+    # request's steps on both pools at the slower typical batch time, and its transfer
+    from .._disagg import _max_s
+
+    drain = (check_float("drain_s", drain_s, 0.0) if drain_s is not None else
+             1.5 * ((_max_s(workload) / min(d.prefill.prefill_chunk for d in deps) + workload.max_total + 4) * b_ref
+                    + max(float(d.transfer.time_s(workload.max_total)) for d in deps)))
+    t_lat_end = t_stop - drain
+    if t_warm >= t_lat_end:
+        raise LqsError("horizon_s", t_stop, f"must exceed the warm-up ({t_warm:.4g} s) plus the drain time "
+                       f"({drain:.4g} s: the longest request's life), so that the latency window is not empty")
     configs = [(d, x) for d in deps for x in lams]
     if key is None:
         key = jax.random.key(mc.seed)
@@ -176,9 +191,14 @@ def simulate_network(workload, deployments, lam, mc: MonteCarlo | None = None, *
     def sizes(scale):
         from .._disagg import DecodeStation, PrefillStation
 
-        kp = max(_pool_K(PrefillStation(workload), d.prefill, x / d.n_prefill, K) for d, x in configs)
+        m = workload.expected_g(1)
+        kp = max(_pool_K(PrefillStation(workload), d.prefill, x / d.n_prefill, K,
+                         (m.mean_prompt_tokens / d.prefill.prefill_chunk + 3) * typical_b(workload, d.prefill)
+                         + float(d.transfer.time_s(workload.max_total)))
+                 for d, x in configs)
         kd = max(_pool_K(DecodeStation(workload), d.decode, x / d.n_decode, K,
-                         extra=2 * x / d.n_decode * float(np.max(d.transfer.time_s(workload.max_total))) + 8)
+                         (m.mean_output_tokens + 3) * typical_b(workload, d.decode)
+                         + float(d.transfer.time_s(workload.max_total)))
                  for d, x in configs)
         return kp * scale, kd * scale
 
@@ -186,20 +206,24 @@ def simulate_network(workload, deployments, lam, mc: MonteCarlo | None = None, *
     scale = 1
     while True:
         KP, KD = sizes(scale)
-        res = _run(workload, configs, caps, mc, key, GP, GD, KP, KD, kind, arrivals, t_warm, t_stop, record, trace,
-                   progress)
-        if scale >= 2**retries or int(res["tot"]["lost"].sum()) == 0 or K is not None:
+        res = _run(workload, configs, caps, mc, key, GP, GD, KP, KD, kind, arrivals, t_warm, t_stop, t_lat_end, record,
+                   trace, progress)
+        lost = res["tot"]["lost"].reshape(len(configs), -1).sum(axis=1)
+        # a configuration above μ_PD is unstable: its backlog fills any buffer, so only the others are retried
+        if scale >= 2**retries or K is not None or not any(n and x < c.mu_pd_rps for n, (_, x), c in
+                                                            zip(lost, configs, caps)):
             break
         scale *= 2
     wall = time.perf_counter() - t0
-    out = _collect(workload, configs, caps, mc, res, t_warm, t_stop, wall, arrivals)
+    out = _collect(workload, configs, caps, mc, res, t_warm, t_stop, t_lat_end, wall, arrivals)
     if verdict is not False and verdict is not None:
         vmc = verdict if isinstance(verdict, MonteCarlo) else None
         _attach_verdicts(out, workload, configs, vmc, mc.seed, cache, progress)
     return out
 
 
-def _run(workload, configs, caps, mc, key, GP, GD, KP, KD, kind, arrivals, t_warm, t_stop, record, trace, progress):
+def _run(workload, configs, caps, mc, key, GP, GD, KP, KD, kind, arrivals, t_warm, t_stop, t_lat_end, record, trace,
+         progress):
     from .sizing import Config
 
     R = mc.trials
@@ -225,7 +249,7 @@ def _run(workload, configs, caps, mc, key, GP, GD, KP, KD, kind, arrivals, t_war
                     n_d=rep([d.n_decode for d, _ in configs], np.int32),
                     tau0=rep([d.transfer.latency_s for d, _ in configs], np.float32),
                     inv_rate=rep(inv, np.float32), t_warm=rep([t_warm] * n, np.float32),
-                    t_stop=rep([t_stop] * n, np.float32), workload=pP.workload, arr_t=arr_t)
+                    t_stop=rep([t_stop] * n, np.float32), t_lat_end=rep([t_lat_end] * n, np.float32), workload=pP.workload, arr_t=arr_t)
     d0 = configs[0][0]
     cfg = NetConfig(GP=GP, GD=GD, prefill=_pool_engine(d0.prefill, KP), decode=_pool_engine(d0.decode, KD),
                     arrivals=kind, record=record, trace=trace)
@@ -252,7 +276,8 @@ def _run(workload, configs, caps, mc, key, GP, GD, KP, KD, kind, arrivals, t_war
     if bar is not None:
         bar.close()
     tot = {f: np.asarray(getattr(st.tot, f)) for f in st.tot._fields}
-    tot["in_system"] = np.asarray(count(st))
+    n_sys, n_cens = count(st, prm)
+    tot["in_system"], tot["censored"] = np.asarray(n_sys), np.asarray(n_cens)
     tot["conserved"] = tot["arrivals"] == tot["completions"] + tot["lost"] + tot["in_system"]
     out = dict(tot=tot, hist=np.asarray(st.hist), lat_sum=np.asarray(st.lat_sum), n_lat=np.asarray(st.n_lat),
                cfg=cfg, calls=calls, state=st,
@@ -264,7 +289,7 @@ def _run(workload, configs, caps, mc, key, GP, GD, KP, KD, kind, arrivals, t_war
     return out
 
 
-def _collect(workload, configs, caps, mc, res, t_warm, t_stop, wall, arrivals) -> NetworkResult:
+def _collect(workload, configs, caps, mc, res, t_warm, t_stop, t_lat_end, wall, arrivals) -> NetworkResult:
     R = mc.trials
     n = len(configs)
     cfg = res["cfg"]
@@ -287,7 +312,8 @@ def _collect(workload, configs, caps, mc, res, t_warm, t_stop, wall, arrivals) -
                            observed_drift_rps=(tot["arrivals_w"][i, r] - tot["completions_w"][i, r]) / win,
                            requests=int(n_lat[i, r]), arrivals=int(tot["arrivals"][i, r]),
                            completions=int(tot["completions"][i, r]), in_system_final=int(tot["in_system"][i, r]),
-                           lost=int(tot["lost"][i, r]), violations=int(tot["violations"][i, r]),
+                           lost=int(tot["lost"][i, r]), lat_lost=int(tot["lat_lost"][i, r]),
+                           censored=int(tot["censored"][i, r]), violations=int(tot["violations"][i, r]),
                            conserved=bool(tot["conserved"][i, r]), mem_max_prefill=int(tot["mem_max_p"][i, r]),
                            mem_max_decode=int(tot["mem_max_d"][i, r]), transit_max=int(tot["transit_max"][i, r]),
                            held_max_tokens=int(tot["held_max"][i, r]), swaps_prefill=int(tot["swaps_p"][i, r]),
@@ -304,13 +330,20 @@ def _collect(workload, configs, caps, mc, res, t_warm, t_stop, wall, arrivals) -
             if tot["lost"][i].sum():
                 reasons.append(f"{int(tot['lost'][i].sum())} requests found a server's slots full (K = "
                                f"{cfg.KP} prefill, {cfg.KD} decode)")
+            if tot["censored"][i].sum():
+                reasons.append(f"{int(tot['censored'][i].sum())} requests of the latency window unfinished at the "
+                               "horizon (censored: a longer horizon, or the configuration is overloaded)")
+            if tot["lat_lost"][i].sum():
+                reasons.append(f"{int(tot['lat_lost'][i].sum())} finished requests beyond {cfg.lat_per_event} at one "
+                               "decode step boundary were not binned")
             if tot["ran_out"][i].sum():
                 reasons.append("the given arrival instants ran out before the horizon")
             if tot["violations"][i].sum():
                 reasons.append(f"{int(tot['violations'][i].sum())} steps with memory above M")
             if not tot["conserved"][i].all():
                 reasons.append("conservation broken (arrivals ≠ completions + lost + in system)")
-            srow = dict(base, trials=R, horizon_s=t_stop, warmup_s=t_warm, throughput_rps=float(thr.mean()),
+            srow = dict(base, trials=R, horizon_s=t_stop, warmup_s=t_warm, latency_window_end_s=t_lat_end,
+                        censored=int(tot["censored"][i].sum()), throughput_rps=float(thr.mean()),
                         throughput_se_rps=float(thr.std(ddof=1) / math.sqrt(R)) if R > 1 else np.nan,
                         observed_drift_rps=float(((tot["arrivals_w"][i] - tot["completions_w"][i]) / win).mean()),
                         requests=int(n_lat[i].sum()), lost=int(tot["lost"][i].sum()),
@@ -329,6 +362,7 @@ def _collect(workload, configs, caps, mc, res, t_warm, t_stop, wall, arrivals) -
     config = dict(model="coupled disaggregated network (kernels/network.py)",
                   deployments=[d.describe() for d, _ in configs], lams_rps=[x for _, x in configs],
                   monte_carlo=dict(trials=R, seed=mc.seed), horizon_s=t_stop, warmup_s=t_warm,
+                  latency_window_end_s=t_lat_end,
                   arrivals="Poisson" if arrivals is None else arrivals.describe(),
                   sizing=dict(K_prefill=cfg.KP, K_decode=cfg.KD, servers_prefill=cfg.GP, servers_decode=cfg.GD,
                               events_per_call=cfg.events_per_call, calls=res["calls"],
