@@ -187,3 +187,26 @@ def test_network_bad_input_named_before_compiling():
         simulate_network(SMALL, dep, 5.0, trials=2, horizon_s=1.0, warmup_s=0.9)
     with pytest.raises(lqs.LqsError, match="decode M"):
         simulate_network(SMALL, _dep("swap", M_d=40), 5.0, trials=2, horizon_s=10.0)
+
+
+def test_simulate_critical_and_split_table_accept_a_deployment(tmp_path):
+    """lqs.simulate runs the coupled network with the per-station verdict; lqs.critical gives λ*_PD inside the
+    closed-form band; split_table adds the coupled latency of every split beside the colocated cluster's."""
+    dep = _dep("swap", transfer=Transfer(0.002, 5000.0), M_d=300, n_p=1, n_d=2)
+    cap = lqs.capacity(SMALL, dep)
+    mc = lqs.MonteCarlo(trials=3, steps=2500, warmup=500, seed=2)
+    res = lqs.simulate(SMALL, dep, [0.5 * cap.mu_pd_rps, 1.4 * cap.mu_pd_rps], mc, verdict=mc)
+    s = res.summary
+    assert list(s.verdict) == ["stable", "unstable"]
+    assert s.observed_drift_rps.iloc[1] > 0.2 * cap.mu_pd_rps > abs(s.observed_drift_rps.iloc[0])
+    crit = lqs.critical(SMALL, dep, mc, grid_points=0).summary
+    assert crit["binding_sim"] == cap.binding == "decode"
+    assert cap.mu_pd_stable_rps - 1.96 * crit["lam_star_se_rps"] <= crit["lam_star_rps"] <= cap.mu_pd_rps * 1.01
+    df = lqs.split_table(SMALL, dep, 3, simulate=True, mc=mc, lam=0.5 * cap.mu_pd_rps,
+                         latency_mc=lqs.MonteCarlo(trials=2, seed=1), horizon_s=20.0, warmup_s=4.0)
+    assert {"net_ttft_p99_s", "net_e2e_p99_s", "net_tpot_p50_s", "net_reliable"} <= set(df.columns)
+    colo = df[df.binding == "colocated"].iloc[0]
+    assert colo.net_e2e_p99_s > colo.net_ttft_p99_s > 0
+    stable = df[(df.binding != "colocated") & (df.verdict == "stable")]
+    assert len(stable) and stable.net_reliable.all()
+    assert (abs(stable.net_throughput_rps / stable.lam_rps - 1) < 0.1).all()

@@ -53,9 +53,16 @@ def _splits(text):
 @click.option("--steps", "steps", metavar="N", default="20000", show_default=True)
 @click.option("--warmup", "warmup", metavar="N", default="4000", show_default=True)
 @click.option("--seed", "seed", metavar="N", default="0", show_default=True)
+@click.option("--latency-trials", "latency_trials", metavar="N", default="2", show_default=True,
+              help="Trials of the coupled network (both pools on one clock) for the latency at --lam "
+                   "(with --simulate).")
+@click.option("--horizon", "horizon", metavar="SECONDS", default=None,
+              help="The coupled network's horizon in simulated seconds (default 12,000 typical steps).")
+@click.option("--no-latency", "no_latency", is_flag=True, help="Skip the coupled network's latency at --lam.")
 @output_options(out_help="Write splits.csv, splits.json and splits.png here.")
 def disagg_cmd(gpus, splits, prefill_M, decode_M, prefill_b, decode_b, prefill_budget, decode_budget, tau0, rate,
-               kv_bytes, bandwidth, lam, simulate_, trials, steps, warmup, seed, as_json, out, **opts):
+               kv_bytes, bandwidth, lam, simulate_, trials, steps, warmup, seed, latency_trials, horizon, no_latency,
+               as_json, out, **opts):
     """The closed form of a disaggregated deployment over its P:D splits, with G colocated servers beside it.
 
     \b
@@ -102,19 +109,28 @@ def disagg_cmd(gpus, splits, prefill_M, decode_M, prefill_b, decode_b, prefill_b
                         transfer=transfer)
     wl = resolve_workload(**{**opts, "M": max(dep.prefill.M, dep.decode.M)})
     lam_v = None if lam is None else parse_float("lam", lam, 0.0)
+    import lqs
+
     mc = None
     if simulate_:
-        import lqs
 
         from . import cli_path
 
         mc = lqs.MonteCarlo(trials=parse_int("trials", trials, 2), steps=parse_int("steps", steps, 2),
                             warmup=parse_int("warmup", warmup, 0), seed=parse_int("seed", seed), path=cli_path())
+    latency = bool(simulate_ and lam_v is not None and not no_latency)
+    lat_mc = None
+    if latency:
+        lat_mc = lqs.MonteCarlo(trials=parse_int("latency_trials", latency_trials, 1), seed=parse_int("seed", seed))
+    hz = None if horizon is None else parse_float("horizon", horizon, 0.0, lo_open=True)
     df = split_table(wl.workload, dep, G, pairs=pairs, colocated=base, lam=lam_v, simulate=simulate_, mc=mc,
-                     seed=0 if seed is None else parse_int("seed", seed))
+                     seed=0 if seed is None else parse_int("seed", seed), latency=latency, latency_mc=lat_mc,
+                     horizon_s=hz, progress=False)
     pools = {k: v for k, v in dep.describe().items() if k not in ("n_prefill", "n_decode")}  # per row
     doc = dict(workload=wl.label, deployment=pools, colocated=base.describe(), lam_rps=lam_v,
                rows=df.to_dict(orient="records"))
+    if "network_config" in df.attrs:
+        doc["coupled_network"] = {k: v for k, v in df.attrs["network_config"].items() if k != "deployments"}
     if out is not None:
         from .._disagg import plot_splits
         from .._jsonio import dump
@@ -128,7 +144,8 @@ def disagg_cmd(gpus, splits, prefill_M, decode_M, prefill_b, decode_b, prefill_b
         echo_json(doc)
         return
     cols = [c for c in ("layout", "mu_prefill_rps", "mu_decode_rps", "mu_pd_rps", "mu_pd_stable_rps", "binding",
-                        "lam_star_rps", "binding_sim", "verdict_closed_form", "verdict", "best_split") if c in df]
+                        "lam_star_rps", "binding_sim", "verdict_closed_form", "verdict", "net_ttft_p99_s",
+                        "net_tpot_p50_s", "net_e2e_p99_s", "net_reliable", "best_split") if c in df]
     click.echo(df[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     best = df[df.best_split].iloc[0]
     colo = df[df.binding == "colocated"].iloc[0]

@@ -71,6 +71,24 @@ def _head(meta, keys):
     return {k: meta.get(k) for k in keys}
 
 
+def _deployment(opts, decode_M, decode_b, tau0, rate):
+    """The pd_split axis's deployment: the study's server on both pools (the decode pool's M and b̄ replaced when
+    given) and the transfer."""
+    from .._disagg import Disaggregated, Transfer
+    from ..studies import default_server
+
+    quick = bool(opts["quick"])
+    srv = _inputs(opts)["server"] or default_server(quick)
+    kw = {}
+    if decode_M is not None:
+        kw["M"] = parse_int("decode_M", decode_M, 1)
+    if decode_b is not None:
+        kw["b"] = parse_float("decode_b", decode_b, 0.0, lo_open=True)
+    t = Transfer(parse_float("transfer_latency", tau0, 0.0),
+                 float("inf") if rate is None else parse_float("transfer_tokens_per_s", rate, 0.0, lo_open=True))
+    return Disaggregated(srv, srv.replace(**kw), transfer=t)
+
+
 @click.group("study")
 def study():
     """Planner's studies: phase diagrams, b̄ error, δ, mixtures, clusters, latency, servers for an SLO.
@@ -81,7 +99,7 @@ def study():
     """
 
 
-PHASE_AXES = ("ratio", "M", "b", "prefill_chunk", "token_budget", "length_scale", "policy", "all")
+PHASE_AXES = ("ratio", "M", "b", "prefill_chunk", "token_budget", "length_scale", "policy", "pd_split", "all")
 LATENCY_COLUMNS = ("ttft_p99_s", "wait_p99_s", "e2e_p99_s", "ttft_p50_s", "wait_p50_s")
 
 
@@ -95,7 +113,17 @@ LATENCY_COLUMNS = ("ttft_p99_s", "wait_p99_s", "e2e_p99_s", "ttft_p50_s", "wait_
 @click.option("--latency", default=None, metavar="|".join(LATENCY_COLUMNS),
               help="Colour the stable region by this latency percentile (per-cell runs, one program).")
 @click.option("--lam-points", metavar="N", default=None, help="Rates per row of the latency layer (8 quick, 16 full).")
-def phase_cmd(axis, points, latency, lam_points, **opts):
+@click.option("--gpus", metavar="G", default="8", show_default=True,
+              help="--axis pd_split: the GPUs split into N_P prefill + N_D decode servers (every split a row).")
+@click.option("--decode-M", "decode_M", metavar="TOKENS", default=None,
+              help="--axis pd_split: the decode pool's M (default the server's).")
+@click.option("--decode-b", "decode_b", metavar="SECONDS", default=None,
+              help="--axis pd_split: the decode pool's b̄ (default the server's).")
+@click.option("--transfer-latency", "tau0", metavar="SECONDS", default="0", show_default=True,
+              help="--axis pd_split: the KV transfer's fixed time τ0.")
+@click.option("--transfer-tokens-per-s", "rate", metavar="TOKENS_PER_S", default=None,
+              help="--axis pd_split: the KV transfer rate r (default: latency only).")
+def phase_cmd(axis, points, latency, lam_points, gpus, decode_M, decode_b, tau0, rate, **opts):
     """The long-run stability boundary λ*(x) along a design axis, with μ and μ(1−δ): every row's saturation run in
     one vmapped program; stable left of the boundary band, unstable right of it."""
     import pandas as pd
@@ -112,11 +140,17 @@ def phase_cmd(axis, points, latency, lam_points, **opts):
     for ax in (("ratio", "M", "b") if axis == "all" else (axis,)):
         drop = {"M": ("M",), "b": ("b", "b_samples", "b_model"), "prefill_chunk": ("prefill_chunk",),
                 "token_budget": ("token_budget",), "policy": ("policy",)}.get(ax, ())  # the axis replaces them
-        res = phase_diagram(axis=ax, n_values=n, latency=latency, n_lam=nl, **_inputs(opts, drop=drop))
+        extra = {}
+        if ax == "pd_split":
+            extra = dict(gpus=parse_int("gpus", gpus, 2, 4096),
+                         disagg=_deployment(opts, decode_M, decode_b, tau0, rate))
+        elif any(v is not None for v in (decode_M, decode_b, rate)):
+            raise LqsError("axis", ax, "--decode-M, --decode-b and --transfer-* go with --axis pd_split")
+        res = phase_diagram(axis=ax, n_values=n, latency=latency, n_lam=nl, **_inputs(opts, drop=drop), **extra)
         click.echo(f"phase diagram along {res.meta['axis']}: the long-run boundary λ* per row "
                    f"({len(res.data)} rows); stable below lam_star_lo_rps, unstable above lam_star_hi_rps")
-        cols = ["value", "lam_star_rps", "lam_star_lo_rps", "lam_star_hi_rps", "mu_rps", "mu_exact_rps",
-                "mu_stable_rps", "reliable"]
+        cols = ["value", "layout", "lam_star_rps", "lam_star_lo_rps", "lam_star_hi_rps", "mu_rps", "mu_exact_rps",
+                "mu_stable_rps", "binding_sim", "reliable"]
         with pd.option_context("display.width", 160, "display.float_format", "{:.4g}".format):
             click.echo(res.data[[c for c in cols if c in res.data.columns]].to_string(index=False))
         for p in (res.csv, res.png):

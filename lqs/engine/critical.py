@@ -43,10 +43,19 @@ def critical(workload, server, mc=None, *, key=None, grid_points: int = 9, grid_
     (0.8·μ_exact(1−δ) to 1.2·μ_exact, widened to include λ*), ``grid_trials`` trials each, shows those verdicts
     next to what the finite runs observed (``p_backlog_grows``). ``mc``/``**mc_fields`` as in :func:`lqs.simulate`.
 
+    A disaggregated deployment (:class:`lqs.Disaggregated`) gets λ*_PD = min(N_P·λ*_P, N_D·λ*_D), the saturation
+    rule per station (one engine call for a prefill and a decode server), beside μ_PD and the stable bound; its grid
+    runs the coupled network (``grid`` is then a NetworkResult).
+
     ``arrivals`` (an :class:`lqs.Arrivals` without a rate, default Poisson) is the grid's arrival process: λ* is
     a saturation throughput (a permanent backlog, whatever the arrivals), so it does not change; the grid's
     finite runs, and where their backlogs visibly grow, do.
     """
+    from .._disagg import Disaggregated
+
+    if isinstance(server, Disaggregated):
+        return _critical_disagg(workload, server, resolve_mc(mc, mc_fields), key=key, grid_points=grid_points,
+                                grid_trials=grid_trials, progress=progress, arrivals=arrivals)
     server = as_server(server).require_scalar("critical")
     mc = resolve_mc(mc, mc_fields)
     grid_points = check_int("grid_points", grid_points, 0, 1000)
@@ -117,3 +126,47 @@ def crossing(x, p):
         if p[i - 1] < 0.5 <= p[i]:
             return float(x[i - 1] + (0.5 - p[i - 1]) * (x[i] - x[i - 1]) / (p[i] - p[i - 1]))
     return math.nan
+
+
+def _critical_disagg(workload, dep, mc, *, key, grid_points, grid_trials, progress, arrivals) -> CriticalResult:
+    """lqs.critical of a Disaggregated deployment."""
+    from .._disagg import capacity_disagg, station_saturation
+    from .network import simulate_network
+
+    grid_points = check_int("grid_points", grid_points, 0, 1000)
+    grid_trials = mc.trials if grid_trials is None else check_int("grid_trials", grid_trials, 1, 2**24)
+    cap = capacity_disagg(workload, dep)
+    if mc.steps is None:
+        mc = mc.replace(steps=auto_steps(workload, dep.decode, mc.warmup))
+    cache: dict = {}
+    sat = station_saturation(workload, dep, mc, seed=mc.seed, progress=progress, cache=cache)
+    st = {name: {k: n * sat[name][k] for k in ("lam_star_rps", "lam_star_lo_rps", "lam_star_hi_rps",
+                                               "lam_star_se_rps")}
+          for name, n in (("prefill", dep.n_prefill), ("decode", dep.n_decode))}
+    b = min(st, key=lambda k: st[k]["lam_star_rps"])
+    lam_star, se = st[b]["lam_star_rps"], st[b]["lam_star_se_rps"]
+    summary = dict(**st[b], lam_star_method="saturation rule per station: min(N_P·λ*_P, N_D·λ*_D)",
+                   lam_star_prefill_rps=st["prefill"]["lam_star_rps"], lam_star_decode_rps=st["decode"]["lam_star_rps"],
+                   binding_sim=b, binding=cap.binding, mu_prefill_rps=cap.mu_prefill_rps,
+                   mu_decode_rps=cap.mu_decode_rps, mu_pd_rps=cap.mu_pd_rps, mu_pd_stable_rps=cap.mu_pd_stable_rps,
+                   delta_prefill=cap.delta_prefill, delta_decode=cap.delta_decode, n_prefill=dep.n_prefill,
+                   n_decode=dep.n_decode, trials=mc.trials, steps=sat["decode"]["steps"],
+                   lam_star_over_mu_pd=lam_star / cap.mu_pd_rps,
+                   in_theory_band=bool(cap.mu_pd_stable_rps - 1.96 * se <= lam_star <= cap.mu_pd_rps + 1.96 * se),
+                   deployment=dep.describe())
+    reliable = bool(sat["prefill"]["reliable"] and sat["decode"]["reliable"])
+    reasons = [r for r in (sat["prefill"]["unreliable_reason"], sat["decode"]["unreliable_reason"]) if r]
+    grid = None
+    if grid_points > 0:
+        lo = min(0.8 * cap.mu_pd_stable_rps, 0.9 * lam_star)
+        hi = max(1.2 * cap.mu_pd_rps, 1.1 * lam_star)
+        grid = simulate_network(workload, dep, list(np.linspace(lo, hi, grid_points)), mc.replace(trials=grid_trials),
+                                key=key, progress=progress, arrivals=arrivals, verdict=mc, cache=cache)
+        g = grid.summary
+        summary["grid_lam_rps"] = [float(x) for x in g["lam_rps"]]
+        summary["grid_verdict"] = [str(x) for x in g["verdict"]]
+        summary["grid_observed_drift_rps"] = [float(x) for x in g["observed_drift_rps"]]
+    summary["reliable"] = reliable
+    if not reliable:
+        summary["unreliable_reason"] = "; ".join(reasons)
+    return CriticalResult(summary=summary, saturation=None, grid=grid)

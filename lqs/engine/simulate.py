@@ -46,6 +46,11 @@ def simulate(workload, server, lam=None, mc=None, *, key=None, phases=None, prog
     run that gives λ* has a permanent backlog, and any stationary process of rate λ drifts by λ − λ*. What a
     finite run sees (latencies, ``p_backlog_grows``) does.
 
+    A disaggregated deployment (an :class:`lqs.Disaggregated`, or a list of them, such as the P:D splits of G
+    GPUs) runs as the coupled network on one clock (:func:`lqs.engine.network.simulate_network`: TTFT, TPOT, E2E
+    and the transfer time, both pools' limits), every deployment × λ in one program, and returns its
+    :class:`~lqs.engine.network.NetworkResult`; its verdict is the saturation rule per station.
+
     ``devices`` (default: all local devices) shards the (configuration × trial) axis across devices; trials are
     independent, so the partitioned program needs no communication.
 
@@ -54,6 +59,12 @@ def simulate(workload, server, lam=None, mc=None, *, key=None, phases=None, prog
     for the whole cluster (G·μ). The model is docs/model.md; the step-loop path is ``mc.path`` and the one that
     ran is ``result.config["sizing"]["path"]``.
     """
+    from .._disagg import Disaggregated
+
+    if isinstance(server, Disaggregated) or (isinstance(server, (list, tuple)) and server
+                                             and all(isinstance(d, Disaggregated) for d in server)):
+        return _simulate_disagg(workload, server, lam, mc, key=key, phases=phases, progress=progress,
+                                verdict=verdict, arrivals=arrivals, mc_fields=mc_fields)
     server = as_server(server)
     verdict = Verdict.of(verdict, mc_fields)
     mc = resolve_mc(mc, mc_fields)
@@ -77,3 +88,21 @@ def simulate(workload, server, lam=None, mc=None, *, key=None, phases=None, prog
         attach_verdicts(res, configs, vmc, key if verdict.key is None else verdict.key, phased=phased is not None,
                         cache=verdict.cache, progress=progress, devices=devices)
     return res
+
+
+def _simulate_disagg(workload, deps, lam, mc, *, key, phases, progress, verdict, arrivals, mc_fields):
+    """lqs.simulate of a Disaggregated deployment: the coupled network."""
+    from .._errors import LqsError
+    from .network import simulate_network
+
+    if phases is not None:
+        raise LqsError("phases", "given", "a disaggregated deployment runs stationary arrivals (no phases)")
+    if lam is None:
+        raise LqsError("lam", lam, "the coupled network needs an arrival rate λ (requests/s)")
+    if isinstance(verdict, Verdict):
+        v = verdict.mc if verdict.mc is not None else True
+        cache = verdict.cache
+    else:
+        v, cache = bool(verdict), None
+    return simulate_network(workload, deps, lam, mc, key=key, arrivals=arrivals, progress=progress, verdict=v,
+                            cache=cache, **mc_fields)

@@ -14,7 +14,7 @@ import pandas as pd
 from .._errors import LqsError, check_float, check_int
 from .common import StudyResult, key, label, settings, setup, write
 
-AXES = ("ratio", "M", "b", "prefill_chunk", "token_budget", "length_scale", "policy")
+AXES = ("ratio", "M", "b", "prefill_chunk", "token_budget", "length_scale", "policy", "pd_split")
 LATENCY_METRICS = ("ttft_p99_s", "wait_p99_s", "e2e_p99_s", "ttft_p50_s", "wait_p50_s")
 _LOG_AXES = ("ratio", "M", "prefill_chunk", "length_scale")
 
@@ -69,7 +69,8 @@ def _row(axis, v, workload, server, total_hi):
 
 def phase_diagram(workload=None, server=None, mc=None, *, quick: bool = False, seed: int = 0, out=None,
                   progress: bool = False, axis: str = "ratio", values=None, n_values=None, total_hi=None,
-                  latency: str | None = None, n_lam=None, lam_range=(0.3, 1.0)) -> StudyResult:
+                  latency: str | None = None, n_lam=None, lam_range=(0.3, 1.0), gpus: int = 8,
+                  disagg=None) -> StudyResult:
     """The stability boundary λ*(x) along one design axis ``axis``, from the saturation rule (docs/model.md).
 
     ``axis``: ``ratio`` (rows are ``lqs.pd_ratio(r, total_hi)`` workloads; ``workload`` unused), ``M`` (KV
@@ -85,6 +86,13 @@ def phase_diagram(workload=None, server=None, mc=None, *, quick: bool = False, s
     rows and rates in one program, coloured by that percentile. The table has one row per axis value (columns
     ``lam_star_rps``, ``lam_star_lo_rps``, ``lam_star_hi_rps``, ``mu_rps``, ``mu_exact_rps``, ``mu_stable_rps``, …);
     ``meta["rows"]`` the same rows, ``meta["latency_cells"]`` the latency layer.
+
+    ``axis="pd_split"``: the rows are the P:D splits N_P + N_D = ``gpus`` of a disaggregated deployment
+    (``disagg``, an :class:`lqs.Disaggregated` whose pools and transfer are kept; default: ``server`` on both
+    pools, no transfer time); ``values`` are the N_P (default 1 … G−1) and the row's ``value`` its prefill fraction
+    N_P / G. λ* is λ*_PD = min(N_P·λ*_P, N_D·λ*_D) from the per-station saturation runs (one engine call for every
+    row), μ is μ_PD and μ(1−δ) the stable bound min_i μ_i(1−δ_i); the latency layer runs the coupled network of
+    every (row, rate) in one program.
     """
     from .._theory import capacity
     from ..engine import saturation
@@ -96,6 +104,10 @@ def phase_diagram(workload=None, server=None, mc=None, *, quick: bool = False, s
     if latency is not None and latency not in LATENCY_METRICS:
         raise LqsError("latency", latency, "must be one of " + ", ".join(LATENCY_METRICS))
     given_mc = mc is not None
+    if axis == "pd_split":
+        return _pd_split(workload, server, mc, quick=quick, seed=seed, out=out, progress=progress, values=values,
+                         total_hi=total_hi, latency=latency, n_lam=n_lam, lam_range=lam_range, gpus=gpus,
+                         disagg=disagg)
     workload, server, mc, total_hi = setup(workload, server, mc, quick, total_hi,
                                            default_workload=axis not in ("ratio", "length_scale"))
     server.require_scalar("phase_diagram")
@@ -152,6 +164,85 @@ def phase_diagram(workload=None, server=None, mc=None, *, quick: bool = False, s
     from .plots import plot_phase
 
     return write(f"phase_{axis}", df, meta, plot_phase, out)
+
+
+def _pd_split(workload, server, mc, *, quick, seed, out, progress, values, total_hi, latency, n_lam, lam_range, gpus,
+              disagg) -> StudyResult:
+    """phase_diagram(axis="pd_split"): the rows are the P:D splits of ``gpus`` GPUs."""
+    from .._disagg import Disaggregated, capacity_disagg, station_saturation
+
+    G = check_int("gpus", gpus, 2, 4096)
+    given_mc = mc is not None
+    workload, server, mc, total_hi = setup(workload, server, mc, quick, total_hi, default_workload=True)
+    if workload is None:
+        workload = _default_w(total_hi)
+    if disagg is None:
+        srv = server.require_scalar("phase_diagram")
+        disagg = Disaggregated(srv, srv)
+    elif not isinstance(disagg, Disaggregated):
+        raise LqsError("disagg", disagg, "must be an lqs.Disaggregated")
+    n_ps = list(range(1, G)) if values is None else sorted({check_int("pd_split", v, 1, G - 1) for v in
+                                                            np.atleast_1d(values)})
+    deps = [disagg.split(p, G - p) for p in n_ps]
+    caps = [capacity_disagg(workload, d) for d in deps]  # every row checked before any run
+    if mc.steps is None:
+        from ..engine import auto_steps
+
+        mc = mc.replace(steps=auto_steps(workload, disagg.decode, mc.warmup))
+    if quick and not given_mc:
+        mc = mc.replace(trials=12)
+    sat = station_saturation(workload, disagg, mc, seed=seed, progress=progress)
+    rows = []
+    for p, d, cap in zip(n_ps, deps, caps):
+        st = {name: {k: n * sat[name][k] for k in ("lam_star_rps", "lam_star_lo_rps", "lam_star_hi_rps",
+                                                   "lam_star_se_rps")}
+              for name, n in (("prefill", d.n_prefill), ("decode", d.n_decode))}
+        b = min(st, key=lambda k: st[k]["lam_star_rps"])
+        ok = bool(sat["prefill"]["reliable"] and sat["decode"]["reliable"])
+        why = "; ".join(x for x in (sat["prefill"]["unreliable_reason"], sat["decode"]["unreliable_reason"]) if x)
+        rows.append(dict(axis="pd_split", value=p / G, layout=f"{p}P:{G - p}D", n_prefill=p, n_decode=G - p, gpus=G,
+                         workload=label(workload), M_prefill_tokens=d.prefill.M, M_decode_tokens=d.decode.M,
+                         b_prefill_s=d.prefill.b_mean_s, b_decode_s=d.decode.b_mean_s,
+                         prefill_chunk_tokens=d.prefill.prefill_chunk, policy=d.decode.policy,
+                         mu_rps=cap.mu_pd_rps, mu_exact_rps=cap.mu_pd_rps, mu_stable_rps=cap.mu_pd_stable_rps,
+                         mu_exact_stable_rps=cap.mu_pd_stable_rps, mu_prefill_rps=cap.mu_prefill_rps,
+                         mu_decode_rps=cap.mu_decode_rps, binding=cap.binding, binding_sim=b,
+                         delta=max(cap.delta_prefill, cap.delta_decode),
+                         lam_star_prefill_rps=st["prefill"]["lam_star_rps"],
+                         lam_star_decode_rps=st["decode"]["lam_star_rps"], **st[b],
+                         lam_star_over_mu_exact=st[b]["lam_star_rps"] / cap.mu_pd_rps, trials=mc.trials,
+                         steps=sat["decode"]["steps"], reliable=ok, unreliable_reason=why))
+    df = pd.DataFrame(rows)
+    cells = []
+    if latency is not None:
+        from ..engine.network import simulate_network
+
+        n_lam = check_int("n_lam", n_lam if n_lam is not None else (6 if quick else 12), 1, 1000)
+        lo_f, hi_f = (check_float("lam_range", x, 0.0, lo_open=True) for x in lam_range)
+        lams = sorted({float(x) for r in rows for x in np.linspace(lo_f, hi_f, n_lam) * r["lam_star_lo_rps"]
+                       if x > 0})
+        # one program: every split at every rate of the union (cells outside a row's own range are dropped)
+        net = simulate_network(workload, deps, lams, mc.replace(trials=min(mc.trials, 4), seed=seed),
+                               verdict=False, progress=progress)
+        for _, x in net.summary.iterrows():
+            i = n_ps.index(int(x.n_prefill))
+            r = rows[i]
+            if not (lo_f * r["lam_star_lo_rps"] * (1 - 1e-9) <= x.lam_rps <= hi_f * r["lam_star_lo_rps"] * (1 + 1e-9)):
+                continue
+            cells.append(dict(value=r["value"], lam_rps=float(x.lam_rps),
+                              lam_over_lam_star=float(x.lam_rps) / r["lam_star_rps"], metric=latency,
+                              value_s=float(x[latency]), observed_drift_rps=float(x.observed_drift_rps),
+                              p_backlog_grows=float("nan"), reliable=bool(x.reliable)))
+    meta = dict(study="phase_diagram", axis="pd_split", gpus=G, values=[float(r["value"]) for r in rows],
+                layouts=[r["layout"] for r in rows], workload=label(workload), deployment=disagg.describe(),
+                rows=df.to_dict(orient="records"), latency=latency, latency_cells=cells, saturation_programs=1,
+                reliable=bool(df.reliable.all()),
+                verdict_rule="stable below lam_star_lo_rps, unstable above lam_star_hi_rps, undecided between "
+                             "(λ*_PD = min(N_P·λ*_P, N_D·λ*_D), the saturation rule per station)",
+                **settings(disagg.decode, mc, quick))
+    from .plots import plot_phase
+
+    return write("phase_pd_split", df, meta, plot_phase, out)
 
 
 def _default_w(total_hi):

@@ -111,7 +111,7 @@ def plot_phase(df, meta):
     ylab = {"ratio": "P/D ratio (prompt : output length)", "M": "KV-cache capacity M (tokens)",
             "b": "batch time b̄ (s)", "prefill_chunk": "prefill chunk ŝ (tokens)",
             "token_budget": "token budget (tokens per step)", "length_scale": "length scale (× prompt and output)",
-            "policy": "policy"}[axis]
+            "policy": "policy", "pd_split": f"prefill fraction N_P / G (G = {meta.get('gpus')} GPUs)"}[axis]
     ax.set_ylabel(ylab)
     ax.set_title(f"Stability phase diagram along {ylab.split(' (')[0]} ({policy if axis != 'policy' else 'policies'}"
                  f", M={M:,}, ŝ={chunk}, b̄={b:.4g} s)\nlong-run verdict from λ* of every row; {trials} Monte Carlo "
