@@ -210,3 +210,24 @@ def test_simulate_critical_and_split_table_accept_a_deployment(tmp_path):
     stable = df[(df.binding != "colocated") & (df.verdict == "stable")]
     assert len(stable) and stable.net_reliable.all()
     assert (abs(stable.net_throughput_rps / stable.lam_rps - 1) < 0.1).all()
+
+
+def test_sweep_and_phase_take_the_split_and_the_decode_pool_as_axes(tmp_path):
+    """A sweep over pd_split (colocated and 1:2) × the decode pool's b̄: one row per cell, the disaggregated cells
+    run by the coupled network with the per-station verdict; and the phase diagram along pd_split has λ*_PD of
+    every split inside its closed-form band."""
+    from lqs.studies import phase_diagram
+
+    spec = dict(workload=["pd_ratio:1:60"], lam=[6.0], M=600, prefill_chunk=16, b=0.01, pd_split=[None, "1:2"],
+                decode_b=[None, 0.008], trials=2, steps=2500, warmup=500, options=dict(K=256))
+    df = lqs.sweep(spec, out=str(tmp_path / "sw"), progress=False)
+    assert lqs.SweepSpec.from_dict(spec).n_cells == 3 and len(df) == 3
+    assert len(lqs.load_sweep(str(tmp_path / "sw"))) == 3
+    pdc = df[df.pd_split.notna()]
+    assert sorted(pdc.decode_b_s) == [0.008, 0.01] and (pdc.verdict == "stable").all()
+    assert pdc.ttft_p99_s.notna().all() and (abs(pdc.throughput_rps / 6.0 - 1) < 0.15).all()
+    res = phase_diagram(SMALL, lqs.Server(M=300, prefill_chunk=8, b=0.01), lqs.MonteCarlo(trials=6, steps=4000,
+                        warmup=800), axis="pd_split", gpus=3)
+    d = res.data
+    assert list(d.layout) == ["1P:2D", "2P:1D"]
+    assert ((d.lam_star_hi_rps >= d.mu_stable_rps) & (d.lam_star_lo_rps <= d.mu_rps)).all()

@@ -26,6 +26,9 @@ class _Group:
     servers: int
     routing: str
     steps: int = 0
+    pd_split: str | None = None  # "N_P:N_D": the cells are disaggregated deployments (the coupled network)
+    decode_M: int | None = None
+    decode_b: float | None = None
 
 
 @dataclass
@@ -83,9 +86,13 @@ def _plan(spec: SweepSpec):
     xs = spec.rho if rho_mode else spec.lam
     n_l, nM, nB = len(xs), len(spec.M), len(spec.b)
     parts, groups, mu_cache, auto = [], [], {}, {}
-    for gi, (w, ch, pol, tb, bs, G, rt) in enumerate(itertools.product(
+    for gi, (w, ch, pol, tb, bs, G, rt, pds, dM, db) in enumerate(itertools.product(
             spec.workload, spec.prefill_chunk, spec.policy, spec.token_budget, spec.batch, spec.servers,
-            spec.routing)):
+            spec.routing, spec.pd_split, spec.decode_M, spec.decode_b)):
+        if pds is None:  # the decode pool's axes apply to disaggregated cells only: colocated cells run once
+            if (dM, db) != (spec.decode_M[0], spec.decode_b[0]):
+                continue
+            dM = db = None
         if spec.steps is None:
             if (w, ch) not in auto:
                 auto[(w, ch)] = auto_steps(workloads[w], Server(M=spec.M, prefill_chunk=ch, b=min(spec.b)),
@@ -93,10 +100,12 @@ def _plan(spec: SweepSpec):
             steps = auto[(w, ch)]
         else:
             steps = spec.steps
-        g = _Group(w, ch, pol, tb, bs, G, rt, steps)
+        g = _Group(w, ch, pol, tb, bs, G, rt, steps, pds, dM, db)
+        base = len(groups) * nB * nM * n_l  # cell ids: product order, λ fastest
         groups.append(g)
-        base = gi * nB * nM * n_l  # cell ids: product order, λ fastest
         gkey = f"workload={w}|prefill_chunk={ch}|policy={pol}|token_budget={tb}|batch={bs}|servers={G}|routing={rt}"
+        if pds is not None:
+            gkey += f"|pd_split={pds}|decode_M={dM}|decode_b={_fmt(db) if db is not None else None}"
         lblocks = _blocks(n_l, C)
         lb = max(map(len, lblocks))
         # with ρ, λ depends on (M, b̄): one (M, b̄) per part; a non-constant batch model is one model per call
@@ -115,9 +124,13 @@ def _plan(spec: SweepSpec):
             rhos = None
             if rho_mode:
                 ck = (w, ch, Ms[0], bvals[0], G)
+                ck = ck + (pds, dM, db)
                 if ck not in mu_cache:
                     srv = Server(M=Ms[0], prefill_chunk=ch, b=bvals[0], servers=G)
-                    mu_cache[ck] = capacity(workloads[w], srv).mu_rps
+                    if pds is not None:  # μ_PD of the deployment (lqs.capacity of a Disaggregated)
+                        mu_cache[ck] = capacity(workloads[w], spec.deployment(srv, pds, dM, db)).mu_pd_rps
+                    else:
+                        mu_cache[ck] = capacity(workloads[w], srv).mu_rps
                 rhos = [xs[i] for i in lblk]
                 lams = [r * mu_cache[ck] for r in rhos]
             else:

@@ -55,7 +55,21 @@ def _run_part(spec: SweepSpec, wl, part: _Part, devices=None, verdict_cache: dic
         kw["devices"] = devices
     if spec.arrivals() is not None:
         kw["arrivals"] = spec.arrivals()
-    res = _simulate(wl, part_server(spec, part), part.lams, mc, **kw)
+    if g.pd_split is not None:  # the coupled network of the part's deployments (b̄, M; λ fastest)
+        from ..engine.network import simulate_network
+
+        base = part_server(spec, part)
+        deps = [spec.deployment(base.replace(M=m, b=b), g.pd_split, g.decode_M, g.decode_b)
+                for b in part.bs for m in part.Ms]
+        res = simulate_network(wl, deps, part.lams, mc, key=kw["key"], arrivals=kw.get("arrivals"),
+                               verdict=True, cache=verdict_cache)
+        res.summary["M_tokens"] = [m for _ in part.bs for m in part.Ms for _ in part.lams]
+        res.summary["b_s"] = [b for b in part.bs for _ in part.Ms for _ in part.lams]
+        res.summary["pd_split"] = g.pd_split
+        res.summary["decode_M_tokens"] = [g.decode_M or m for _ in part.bs for m in part.Ms for _ in part.lams]
+        res.summary["decode_b_s"] = [g.decode_b or b for b in part.bs for _ in part.Ms for _ in part.lams]
+    else:
+        res = _simulate(wl, part_server(spec, part), part.lams, mc, **kw)
     summ = res.summary.reset_index(drop=True)
     n = len(part.cells)
     if len(summ) != n:

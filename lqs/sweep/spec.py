@@ -19,6 +19,12 @@ Spec fields (YAML or a dict; every axis may be a list or a single value)::
     token_budget: [null]     # null = no budget, else tokens per step ≥ prefill_chunk
     servers: [1]             # serving instances behind one router; λ is their total rate
     routing: [round_robin]   # round_robin | random | jsq | least_kv (matters when servers > 1)
+    pd_split: [null]         # null = colocated servers; "N_P:N_D" = a disaggregated deployment (prefill pool of
+                             #   N_P servers with the server axes above, decode pool of N_D): the coupled network
+    decode_M: [null]         # the decode pool's M (null = M); an axis
+    decode_b: [null]         # the decode pool's b̄ (null = b); an axis
+    transfer_latency: 0.0    # KV transfer τ0 (s), and its rate in tokens/s (null = latency only), every cell
+    transfer_tokens_per_s: null
     burstiness: 1.0          # gamma arrivals with this shape k (CV 1/√k; 1 = Poisson), every cell, servers = 1
     arrival_times: null      # or a trace / open-loop benchmark file: its arrival pattern, time-scaled to each λ
     trials: 64               # Monte Carlo repetitions per cell                   (MonteCarlo.trials)
@@ -74,6 +80,11 @@ class SweepSpec:
     token_budget: list = field(default_factory=lambda: [None])
     servers: list = field(default_factory=lambda: [1])
     routing: list = field(default_factory=lambda: ["round_robin"])
+    pd_split: list = field(default_factory=lambda: [None])
+    decode_M: list = field(default_factory=lambda: [None])
+    decode_b: list = field(default_factory=lambda: [None])
+    transfer_latency: float = 0.0
+    transfer_tokens_per_s: float | None = None
     burstiness: float = 1.0
     arrival_times: str | None = None
     trials: int = 64
@@ -109,6 +120,7 @@ class SweepSpec:
         self.token_budget = _no_dups("token_budget", tb)
         self.servers = _ints("servers", self.servers, 1, 4096)
         self.routing = _strs("routing", self.routing, ROUTINGS)
+        self._check_disagg()
         self.burstiness = check_float("burstiness", parse_number("burstiness", self.burstiness), 0.0, 1e6,
                                       lo_open=True)
         if self.burstiness != 1.0 and any(g > 1 for g in self.servers):
@@ -145,6 +157,56 @@ class SweepSpec:
         mc = self.monte_carlo()  # validates trials, steps, warmup, seed and the options
         self.trials, self.steps, self.warmup, self.seed = mc.trials, mc.steps, mc.warmup, mc.seed
 
+    def _check_disagg(self):
+        """pd_split ("N_P:N_D" or null), the decode pool's M and b̄ axes and the transfer."""
+        def opt(name, vals, parse):
+            out = []
+            for x in _as_list(name, vals):
+                none = x is None or (isinstance(x, str) and x.strip().lower() in ("null", "none", ""))
+                out.append(None if none else parse(x))
+            return _no_dups(name, out)
+
+        def split(x):
+            try:
+                p, d = (int(v) for v in str(x).strip().split(":"))
+            except ValueError:
+                raise LqsError("pd_split", x, "must read N_P:N_D (e.g. 1:3) or null") from None
+            if p < 1 or d < 1:
+                raise LqsError("pd_split", x, "each pool needs at least one server (N_P, N_D ≥ 1)")
+            return f"{p}:{d}"
+
+        self.pd_split = opt("pd_split", self.pd_split, split)
+        self.decode_M = opt("decode_M", self.decode_M,
+                            lambda x: check_int("decode_M", parse_number("decode_M", x), 1, 2**30))
+        self.decode_b = opt("decode_b", self.decode_b,
+                            lambda x: check_float("decode_b", parse_number("decode_b", x), 0.0, lo_open=True))
+        self.transfer_latency = check_float("transfer_latency", parse_number("transfer_latency",
+                                                                             self.transfer_latency), 0.0)
+        if self.transfer_tokens_per_s is not None:
+            self.transfer_tokens_per_s = check_float("transfer_tokens_per_s", parse_number(
+                "transfer_tokens_per_s", self.transfer_tokens_per_s), 0.0, lo_open=True)
+        disagg = [x for x in self.pd_split if x is not None]
+        per_pool = [x for x in self.decode_M + self.decode_b if x is not None]
+        if per_pool and not disagg:
+            raise LqsError("decode_M", self.decode_M if any(self.decode_M) else self.decode_b,
+                           "the decode pool's axes need a pd_split (N_P:N_D)")
+        if disagg:
+            if any(g > 1 for g in self.servers):
+                raise LqsError("servers", self.servers, "with pd_split the pools are the servers: keep servers = 1")
+            if any(b != "constant" for b in self.batch):
+                raise LqsError("batch", self.batch, "pd_split cells take a constant b̄ per pool")
+
+    def deployment(self, server, pd_split, decode_M, decode_b):
+        """The :class:`lqs.Disaggregated` of one pd_split cell: ``server`` as the prefill pool, the decode pool
+        the same with ``decode_M`` / ``decode_b`` where given."""
+        from .._disagg import Disaggregated, Transfer
+
+        p, d = (int(v) for v in pd_split.split(":"))
+        dec = server.replace(**{k: v for k, v in (("M", decode_M), ("b", decode_b)) if v is not None})
+        tr = Transfer(self.transfer_latency, math.inf if self.transfer_tokens_per_s is None
+                      else self.transfer_tokens_per_s)
+        return Disaggregated(server, dec, p, d, tr)
+
     def _check_rate(self):
         """λ: a list, a range, or ρ (exactly one of them)."""
         lam, rho = self.lam, self.rho
@@ -173,8 +235,11 @@ class SweepSpec:
     @property
     def n_cells(self) -> int:
         n_lam = len(self.lam) if self.lam is not None else len(self.rho)
+        n_colo = int(None in self.pd_split)
+        n_pd = (len(self.pd_split) - n_colo) * len(self.decode_M) * len(self.decode_b)
         return math.prod(len(x) for x in (self.workload, self.prefill_chunk, self.policy, self.token_budget,
-                                          self.batch, self.servers, self.routing, self.b, self.M)) * n_lam
+                                          self.batch, self.servers, self.routing, self.b, self.M)) * n_lam \
+            * (n_colo + n_pd)
 
     # -------------------------------------------------------------------------------------------- (de)serialise
     @classmethod
