@@ -67,6 +67,8 @@ class NetConfig:
     lat_per_event: int = 16  # finished requests binned per decode boundary (more: counted in lat_lost)
     record: int = 0  # per-request instants of the first `record` requests (tests)
     trace: bool = False  # return every event's (type, server, instant, memory, scheduled, b, target)
+    saturated: bool = False  # configurations with NetParams.sat = 1 have no external arrivals: every prefill
+    #                          server's free slots are refilled at each of its step boundaries (a permanent backlog)
 
     @property
     def KP(self) -> int:
@@ -97,6 +99,7 @@ class NetParams(NamedTuple):
     t_lat_end: jax.Array  # float32[] the latency window: requests arriving in [t_warm, t_lat_end)
     workload: object  # the network's lengths (lqs.Workload pytree)
     arr_t: jax.Array = None  # float32[L] given arrival instants (cfg.arrivals == "instants"), +inf padded
+    sat: jax.Array = None  # int32[] 1: this configuration's prefill servers refill their slots (cfg.saturated)
 
 
 class PSlots(NamedTuple):
@@ -158,6 +161,9 @@ class NetTotals(NamedTuple):
     lost: jax.Array  # requests that found a server's slots full (dropped: the result is unreliable)
     ran_out: jax.Array  # given instants ran out before the horizon
     lat_lost: jax.Array  # finished requests beyond cfg.lat_per_event at one decode boundary (not binned)
+    starved_p: jax.Array  # saturated runs: prefill steps whose schedule reached every slot with memory to spare
+    starved_d: jax.Array  # the same on the decode servers (meaningful where the decode pool is the saturated one)
+    reserve_over: jax.Array  # decode steps whose transfer reservations alone exceeded M (not in violations)
     violations: jax.Array  # memory above M on a server at a step
     swaps_p: jax.Array
     swaps_d: jax.Array
@@ -200,6 +206,8 @@ def tau_of(s, prm: NetParams):
 
 
 def first_gap(keys, prm: NetParams, cfg: NetConfig):
+    if cfg.saturated:
+        return jnp.where(prm.sat != 0, jnp.inf, -jnp.log(rng.uniform(keys[0], jnp.int32(0), 0)) / prm.lam)
     if cfg.arrivals == "instants":
         return prm.arr_t[0]
     return -jnp.log(rng.uniform(keys[0], jnp.int32(0), 0)) / prm.lam
@@ -222,7 +230,7 @@ def init_net(key, prm: NetParams, cfg: NetConfig) -> NetState:
 
     keys = _keys(key)
     i0 = jnp.int32(0)
-    tot = NetTotals(*([i0] * 18), t_now=jnp.float32(0.0))
+    tot = NetTotals(*([i0] * 21), t_now=jnp.float32(0.0))
     R = max(cfg.record, 1)
     rec = jnp.full((8, R), jnp.nan, jnp.float32)
     return NetState(P=P, D=D, PP=pool(GP, prm.n_p), DP=pool(GD, prm.n_d), t_next=first_gap(keys, prm, cfg),
@@ -250,12 +258,13 @@ def _compact(tree, keep, K):
     return jax.tree_util.tree_map(lambda x: jnp.zeros_like(x).at[pos].set(x, mode="drop"), tree)
 
 
-def _serve(s, o, k, u, flags, t_first, n_used, T, M_eff, p: Params, ecfg: EngineConfig):
-    """kernels/step.serve on one server's slots, under M_eff."""
+def _serve(s, o, k, u, flags, t_first, n_used, T, M_eff, p: Params, ecfg: EngineConfig, backlog: bool = False):
+    """kernels/step.serve on one server's slots, under M_eff (``backlog``: requests wait beyond the slots, so a
+    schedule that reaches every slot with memory to spare counts as starved)."""
     st = replace_paths(empty(State), {
         "slots": Slots(s=s, o=o, k=k, u=u, flags=flags, t_arr=None, t_first=t_first, t_ttft=None, t_done=None,
                        work=None, u_off=None, uu=None),
-        "queue.n_used": n_used, "queue.overflow": jnp.int32(0), "clock.t": T})
+        "queue.n_used": n_used, "queue.overflow": jnp.asarray(backlog).astype(jnp.int32), "clock.t": T})
     return serve(st, p._replace(M=M_eff), ecfg)
 
 
@@ -276,8 +285,9 @@ def _route(rule, n, n_in, score, rr, u):
     return jnp.select([rule == 0, rule == 1, rule == 2], [g_rr, g_random, g_jsq], g_kv), rr + (rule == 0).astype(jnp.int32)
 
 
-def _prefill_boundary(sp: PSlots, pl: Pool, g, T, prm: NetParams, cfg: NetConfig, keys):
-    """Prefill server g's step boundary at T (module docstring, event 0)."""
+def _prefill_boundary(sp: PSlots, pl: Pool, g, T, prm: NetParams, cfg: NetConfig, keys, rid0):
+    """Prefill server g's step boundary at T (module docstring, event 0). With cfg.saturated the free slots are
+    then filled with the next requests (indices rid0, rid0 + 1, ...), arriving at T."""
     KP = cfg.KP
     iota = jnp.arange(KP, dtype=jnp.int32)
     occ = iota < pl.n_used
@@ -288,10 +298,24 @@ def _prefill_boundary(sp: PSlots, pl: Pool, g, T, prm: NetParams, cfg: NetConfig
     keep = occ & ((sp.u < sp.k) | (pend != 0) | (t_rel > T))
     sp = _compact(sp._replace(t_ttft=t_ttft, t_rel=t_rel, pend=pend), keep, KP)
     n_used = jnp.sum(keep.astype(jnp.int32))
+    n_new = jnp.int32(0)
+    if cfg.saturated:
+        n_new = (KP - n_used) * (prm.sat == 1).astype(jnp.int32)
+        new = (iota >= n_used) & (prm.sat == 1)
+        rid = rid0 + iota - n_used
+        s_n, o_n, k_n = draw_lengths(prm.workload, keys[1], rid, prm.P.prefill_chunk)
+        z = jnp.zeros_like(iota)
+        vals = dict(s=s_n, k=k_n, u=z, flags=z, t_first=jnp.zeros((KP,), jnp.float32), o=o_n, rid=rid,
+                    t_arr=jnp.full((KP,), T), t_ttft=jnp.zeros((KP,), jnp.float32),
+                    t_rel=jnp.full((KP,), jnp.inf, jnp.float32), pend=z)
+        sp = PSlots(**{f: jnp.where(new, vals[f].astype(getattr(sp, f).dtype), getattr(sp, f))
+                       for f in PSlots._fields})
+        n_used = n_used + n_new
     occ = iota < n_used
     held = jnp.sum(jnp.where(occ & (sp.u >= sp.k) & (sp.t_rel > T), sp.s, 0))
     zero_o = jnp.zeros_like(sp.s)
-    sv = _serve(sp.s, zero_o, sp.k, sp.u, sp.flags, sp.t_first, n_used, T, prm.P.M - held, prm.P, cfg.prefill)
+    sv = _serve(sp.s, zero_o, sp.k, sp.u, sp.flags, sp.t_first, n_used, T, prm.P.M - held, prm.P, cfg.prefill,
+                (prm.sat == 1) if cfg.saturated else False)
     b = _draw_b(prm.P, keys[3], pl.steps, g, sv)
     flags = sv.slots.flags | jnp.where(sv.prefill_done, F_PDONE, 0)
     sp = sp._replace(u=sv.slots.u, flags=flags, t_first=sv.slots.t_first)
@@ -302,13 +326,15 @@ def _prefill_boundary(sp: PSlots, pl: Pool, g, T, prm: NetParams, cfg: NetConfig
                      t_c=pl.t_end_c, t_end=t_end, t_end_c=t_end_c, steps=pl.steps + 1, mem=mem,
                      joined=jnp.int32(0))
     info = dict(pdone=jnp.sum(pdone.astype(jnp.int32)), mem=mem, held=held, n_sched=sv.n_sched, b=b,
-                swaps=sv.n_swap, viol=(mem > prm.P.M).astype(jnp.int32))
+                swaps=sv.n_swap, viol=(mem > prm.P.M).astype(jnp.int32), n_new=n_new,
+                starved=sv.starved.astype(jnp.int32))
     return sp, pl, info
 
 
-def _decode_boundary(sd: DSlots, pl: Pool, g, T, prm: NetParams, cfg: NetConfig, keys):
+def _decode_boundary(sd: DSlots, pl: Pool, g, T, prm: NetParams, cfg: NetConfig, keys, rid0):
     """Decode server g's step boundary at T (event 1). Returns the slots, the pool scalars, what the step did and
-    the finished requests' mask and latencies."""
+    the finished requests' mask and latencies. With cfg.saturated and NetParams.sat = 2 the server runs a closed
+    loop with a permanent backlog (new requests rid0, rid0 + 1, ... whose prefill ended at T: see below)."""
     KD = cfg.KD
     iota = jnp.arange(KD, dtype=jnp.int32)
     arr_order = iota < pl.n_used
@@ -322,9 +348,36 @@ def _decode_boundary(sd: DSlots, pl: Pool, g, T, prm: NetParams, cfg: NetConfig,
     sd = _compact(sd, keep, KD)
     n_used = pl.n_used - n_done + n_admit
     n_aux = pl.n_aux - n_admit
+    n_new = jnp.int32(0)
+    if cfg.saturated:
+        # a closed loop at the decode server's own throughput: its first boundary fills three quarters of the
+        # slots with requests already transferred (a waiting backlog); every later boundary starts one new
+        # transfer per request completed (reserved for its τ(s)), so the reservations are those of requests
+        # arriving at λ*_D, the edge of stability
+        on = prm.sat == 2
+        first = on & (pl.steps == 0)
+        n_init = jnp.where(first, (3 * KD) // 4, 0)
+        n_new = jnp.where(on, n_init + jnp.where(first, 0, n_done), 0).astype(jnp.int32)
+        new = (iota >= n_used + n_aux) & (iota < n_used + n_aux + n_new)
+        rid = rid0 + iota - (n_used + n_aux)
+        s_n, o_n, _ = draw_lengths(prm.workload, keys[1], rid, prm.P.prefill_chunk)
+        tf = jnp.full((KD,), T)
+        z = jnp.zeros_like(iota)
+        vals = dict(s=s_n, o=o_n, k=z, u=z, flags=z, t_first=jnp.zeros((KD,), jnp.float32), rid=rid, t_arr=tf,
+                    t_first_p=tf, t_ttft=tf, t_enter=jnp.where(first, T, T + tau_of(s_n, prm)))
+        sd = DSlots(**{f: jnp.where(new, vals[f].astype(getattr(sd, f).dtype), getattr(sd, f))
+                       for f in DSlots._fields})
+        n_used = n_used + n_init  # the initial backlog has entered: it waits in the arrival order
+        n_aux = n_aux + n_new - n_init
+        # the transfers stay sorted by their end (a stable sort: the arrival order first, ties in slot order)
+        key_ = jnp.where(iota < n_used, -jnp.inf, jnp.where(iota < n_used + n_aux, sd.t_enter, jnp.inf))
+        order = jnp.argsort(key_, stable=True)
+        sd = _take_slots(sd, order)
     transit = (iota >= n_used) & (iota < n_used + n_aux)
     reserved = jnp.sum(jnp.where(transit & (sd.t_enter > T), sd.s, 0))
-    sv = _serve(sd.s, sd.o, sd.k, sd.u, sd.flags, sd.t_first, n_used, T, prm.D.M - reserved, prm.D, cfg.decode)
+    over = reserved > prm.D.M  # the reservations alone exceed M: a capacity limit of its own
+    sv = _serve(sd.s, sd.o, sd.k, sd.u, sd.flags, sd.t_first, n_used, T, prm.D.M - reserved, prm.D, cfg.decode,
+                (prm.sat == 2) if cfg.saturated else False)
     b = _draw_b(prm.D, keys[4], pl.steps, g, sv)
     flags = sv.slots.flags | jnp.where(sv.done, F_DONE, 0)
     k_new = sv.slots.k
@@ -333,8 +386,9 @@ def _decode_boundary(sd: DSlots, pl: Pool, g, T, prm: NetParams, cfg: NetConfig,
     mem = sv.mem + reserved
     pl = pl._replace(n_used=n_used, n_aux=n_aux, n_in=n_used + n_aux, t=T, t_c=pl.t_end_c, t_end=t_end,
                      t_end_c=t_end_c, steps=pl.steps + 1, mem=mem, joined=jnp.int32(0))
-    info = dict(mem=mem, n_sched=sv.n_sched, b=b, swaps=sv.n_swap, viol=(mem > prm.D.M).astype(jnp.int32),
-                n_done=n_done, n_transit=n_aux)
+    info = dict(mem=mem, n_sched=sv.n_sched, b=b, swaps=sv.n_swap, viol=((mem > prm.D.M) & ~over).astype(jnp.int32),
+                n_done=n_done, n_transit=n_aux, starved=sv.starved.astype(jnp.int32), n_new=n_new,
+                over=over.astype(jnp.int32))
     return sd, pl, info, done, finished
 
 
@@ -399,7 +453,7 @@ def net_event(st: NetState, prm: NetParams, cfg: NetConfig):
     sp0, pl0 = _take(st.P, gp), _take(PP, gp)
 
     # event 0: the prefill boundary
-    sp_b, pl_b, info_p = _prefill_boundary(sp0, pl0, gp, T, prm, cfg, st.keys)
+    sp_b, pl_b, info_p = _prefill_boundary(sp0, pl0, gp, T, prm, cfg, st.keys, tot.arrivals)
 
     # event 2: the routing of the first request awaiting it on gp
     KP = cfg.KP
@@ -431,7 +485,7 @@ def net_event(st: NetState, prm: NetParams, cfg: NetConfig):
     # the decode server: its boundary (event 1), or the routed request's destination (event 2)
     gd = jnp.where(isD, jnp.argmin(tD).astype(jnp.int32), g_dst)
     sd0, dl0 = _take(st.D, gd), _take(DP, gd)
-    sd_b, dl_b, info_d, done, fin = _decode_boundary(sd0, dl0, gd, T, prm, cfg, st.keys)
+    sd_b, dl_b, info_d, done, fin = _decode_boundary(sd0, dl0, gd, T, prm, cfg, st.keys, tot.arrivals)
     sd_r, dl_r, fits_r = _insert(sd0, dl0, new, cfg)
     sd1 = _pick(isD, sd_b, _pick(isR, sd_r, sd0))
     dl1 = _pick(isD, dl_b, _pick(isR, dl_r, dl0))
@@ -469,13 +523,16 @@ def net_event(st: NetState, prm: NetParams, cfg: NetConfig):
     i32 = lambda x: x.astype(jnp.int32)  # noqa: E731
     in_w = T >= prm.t_warm
     n_fin = info_d["n_done"] * i32(isD)
+    n_new = info_p["n_new"] * i32(isP) + info_d["n_new"] * i32(isD)  # saturated runs: the slots' refills
     tot = NetTotals(
-        arrivals=tot.arrivals + i32(isA), arrivals_w=tot.arrivals_w + i32(isA & in_w),
+        arrivals=tot.arrivals + i32(isA) + n_new, arrivals_w=tot.arrivals_w + i32(isA & in_w) + n_new * i32(in_w),
         completions=tot.completions + n_fin, completions_w=tot.completions_w + n_fin * i32(in_w),
         prefills=tot.prefills + info_p["pdone"] * i32(isP), prefills_w=tot.prefills_w + info_p["pdone"] * i32(isP & in_w),
         routed=tot.routed + i32(isR & fits_r),
         lost=tot.lost + i32(isA & ~fits_a) + i32(isR & ~fits_r), ran_out=tot.ran_out + i32(ran_out),
         lat_lost=tot.lat_lost + lat_lost,
+        starved_p=tot.starved_p + info_p["starved"] * i32(isP), starved_d=tot.starved_d + info_d["starved"] * i32(isD),
+        reserve_over=tot.reserve_over + info_d["over"] * i32(isD),
         violations=tot.violations + info_p["viol"] * i32(isP) + info_d["viol"] * i32(isD),
         swaps_p=tot.swaps_p + info_p["swaps"] * i32(isP), swaps_d=tot.swaps_d + info_d["swaps"] * i32(isD),
         mem_max_p=jnp.maximum(tot.mem_max_p, info_p["mem"] * i32(isP)),

@@ -126,7 +126,8 @@ def check_network(workload, dep) -> None:
 def simulate_network(workload, deployments, lam, mc: MonteCarlo | None = None, *, key=None, horizon_s=None,
                      warmup_s=None, drain_s=None, arrivals=None, K=None, progress: bool = False, record: int = 0,
                      trace: bool = False, verdict: bool = True, cache: dict | None = None,
-                     retries: int = 2, **mc_fields) -> NetworkResult:
+                     retries: int = 2, zip_lams: bool = False, saturated: bool = False,
+                     **mc_fields) -> NetworkResult:
     """The coupled network of each deployment (a :class:`lqs.Disaggregated`, or a list of them: the P:D splits
     of one G, or pools with other parameters) at each rate of ``lam``, ``mc.trials`` trials each, as one jitted,
     vmapped program (kernels/network.py: both pools on one clock, each server with its own batch time, a request
@@ -142,7 +143,12 @@ def simulate_network(workload, deployments, lam, mc: MonteCarlo | None = None, *
 
     ``verdict`` (True, False or the :class:`lqs.MonteCarlo` of the saturation runs): the long-run verdict of each row from the saturation rule per station
     (:func:`lqs._disagg.station_saturation`: λ*_PD = min(N_P·λ*_P, N_D·λ*_D), cached in ``cache``); what the finite
-    run saw is ``observed_drift_rps`` (window arrivals − completions per second), never called a verdict."""
+    run saw is ``observed_drift_rps`` (window arrivals − completions per second), never called a verdict.
+
+    ``zip_lams``: ``lam`` holds one rate per deployment (configurations are the pairs, not the product).
+    ``saturated`` (False, "prefill" or "decode", or one per configuration): no external arrivals; every prefill
+    server's free slots are refilled at each of its step boundaries ("prefill", True), or every decode server's
+    with new transfers ("decode"): a permanent backlog, what the saturation rule measures."""
     from .._arrivals import as_arrivals
     from .._disagg import Disaggregated, capacity_disagg
     from .sizing import rates
@@ -154,6 +160,8 @@ def simulate_network(workload, deployments, lam, mc: MonteCarlo | None = None, *
     lams = rates(lam)
     if any(x <= 0 for x in lams):
         raise LqsError("lam", lam, "must be > 0 requests/s for the coupled network")
+    if zip_lams and len(lams) != len(deps):
+        raise LqsError("lam", lam, f"with zip_lams, one rate per deployment ({len(deps)})")
     mc = resolve_mc(mc, mc_fields)
     record = check_int("record", record, 0, 1_000_000)
     retries = check_int("retries", retries, 0, 8)
@@ -181,7 +189,11 @@ def simulate_network(workload, deployments, lam, mc: MonteCarlo | None = None, *
     if t_warm >= t_lat_end:
         raise LqsError("horizon_s", t_stop, f"must exceed the warm-up ({t_warm:.4g} s) plus the drain time "
                        f"({drain:.4g} s: the longest request's life), so that the latency window is not empty")
-    configs = [(d, x) for d in deps for x in lams]
+    configs = list(zip(deps, lams)) if zip_lams else [(d, x) for d in deps for x in lams]
+    sat_list = [int({"prefill": 1, "decode": 2}.get(x, x)) for x in
+                (saturated if isinstance(saturated, (list, tuple)) else [saturated] * len(configs))]
+    if len(sat_list) != len(configs):
+        raise LqsError("saturated", saturated, f"must be a bool or one per configuration ({len(configs)})")
     if key is None:
         key = jax.random.key(mc.seed)
 
@@ -207,7 +219,7 @@ def simulate_network(workload, deployments, lam, mc: MonteCarlo | None = None, *
     while True:
         KP, KD = sizes(scale)
         res = _run(workload, configs, caps, mc, key, GP, GD, KP, KD, kind, arrivals, t_warm, t_stop, t_lat_end, record,
-                   trace, progress)
+                   trace, progress, sat_list)
         lost = res["tot"]["lost"].reshape(len(configs), -1).sum(axis=1)
         # a configuration above μ_PD is unstable: its backlog fills any buffer, so only the others are retried
         if scale >= 2**retries or K is not None or not any(n and x < c.mu_pd_rps for n, (_, x), c in
@@ -223,7 +235,7 @@ def simulate_network(workload, deployments, lam, mc: MonteCarlo | None = None, *
 
 
 def _run(workload, configs, caps, mc, key, GP, GD, KP, KD, kind, arrivals, t_warm, t_stop, t_lat_end, record, trace,
-         progress):
+         progress, sat_list=None):
     from .sizing import Config
 
     R = mc.trials
@@ -249,10 +261,11 @@ def _run(workload, configs, caps, mc, key, GP, GD, KP, KD, kind, arrivals, t_war
                     n_d=rep([d.n_decode for d, _ in configs], np.int32),
                     tau0=rep([d.transfer.latency_s for d, _ in configs], np.float32),
                     inv_rate=rep(inv, np.float32), t_warm=rep([t_warm] * n, np.float32),
-                    t_stop=rep([t_stop] * n, np.float32), t_lat_end=rep([t_lat_end] * n, np.float32), workload=pP.workload, arr_t=arr_t)
+                    t_stop=rep([t_stop] * n, np.float32), t_lat_end=rep([t_lat_end] * n, np.float32),
+                    workload=pP.workload, arr_t=arr_t, sat=rep(sat_list or [False] * n, np.int32))
     d0 = configs[0][0]
     cfg = NetConfig(GP=GP, GD=GD, prefill=_pool_engine(d0.prefill, KP), decode=_pool_engine(d0.decode, KD),
-                    arrivals=kind, record=record, trace=trace)
+                    arrivals=kind, record=record, trace=trace, saturated=bool(sat_list and any(sat_list)))
     init, step, count = _program(cfg)
     st = init(keys, prm)
     rows = []
@@ -313,7 +326,9 @@ def _collect(workload, configs, caps, mc, res, t_warm, t_stop, t_lat_end, wall, 
                            requests=int(n_lat[i, r]), arrivals=int(tot["arrivals"][i, r]),
                            completions=int(tot["completions"][i, r]), in_system_final=int(tot["in_system"][i, r]),
                            lost=int(tot["lost"][i, r]), lat_lost=int(tot["lat_lost"][i, r]),
-                           censored=int(tot["censored"][i, r]), violations=int(tot["violations"][i, r]),
+                           censored=int(tot["censored"][i, r]), starved_prefill=int(tot["starved_p"][i, r]),
+                           starved_decode=int(tot["starved_d"][i, r]),
+                           reserve_over=int(tot["reserve_over"][i, r]), violations=int(tot["violations"][i, r]),
                            conserved=bool(tot["conserved"][i, r]), mem_max_prefill=int(tot["mem_max_p"][i, r]),
                            mem_max_decode=int(tot["mem_max_d"][i, r]), transit_max=int(tot["transit_max"][i, r]),
                            held_max_tokens=int(tot["held_max"][i, r]), swaps_prefill=int(tot["swaps_p"][i, r]),
@@ -330,6 +345,9 @@ def _collect(workload, configs, caps, mc, res, t_warm, t_stop, t_lat_end, wall, 
             if tot["lost"][i].sum():
                 reasons.append(f"{int(tot['lost'][i].sum())} requests found a server's slots full (K = "
                                f"{cfg.KP} prefill, {cfg.KD} decode)")
+            if tot["reserve_over"][i].sum():
+                reasons.append(f"{int(tot['reserve_over'][i].sum())} decode steps whose transfer reservations alone "
+                               "exceeded M")
             if tot["censored"][i].sum():
                 reasons.append(f"{int(tot['censored'][i].sum())} requests of the latency window unfinished at the "
                                "horizon (censored: a longer horizon, or the configuration is overloaded)")
