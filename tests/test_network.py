@@ -118,7 +118,8 @@ def test_tied_clocks_identical(policy):
     assert int(out[0].trials.swaps_decode.iloc[0]) > 0 or policy == "reserve"
 
 
-@pytest.mark.parametrize("policy", ["swap", "recompute", "reserve"])
+@pytest.mark.parametrize("policy", ["swap", pytest.param("recompute", marks=pytest.mark.slow),
+                                    pytest.param("reserve", marks=pytest.mark.slow)])
 def test_affine_batch_and_transfer_identical(policy):
     """Affine batch times (each server's clock its own), a transfer with latency and rate, jsq and least_kv."""
     aff_p = AffineBatch(0.004, 2e-4, 0.0, 1e-6)
@@ -148,7 +149,7 @@ def _sat_case(dep, workload=SMALL):
     return res, min(lam_p, lam_d), se, cap
 
 
-@pytest.mark.parametrize("which", ["decode", "prefill"])
+@pytest.mark.parametrize("which", ["decode", pytest.param("prefill", marks=pytest.mark.slow)])
 def test_overloaded_network_saturates_at_the_binding_station(which):
     """Above μ_PD the coupled network completes requests at min(λ*_P, λ*_D), the per-station saturation rule."""
     if which == "decode":
@@ -212,6 +213,7 @@ def test_simulate_critical_and_split_table_accept_a_deployment(tmp_path):
     assert (abs(stable.net_throughput_rps / stable.lam_rps - 1) < 0.1).all()
 
 
+@pytest.mark.slow
 def test_sweep_and_phase_take_the_split_and_the_decode_pool_as_axes(tmp_path):
     """A sweep over pd_split (colocated and 1:2) × the decode pool's b̄: one row per cell, the disaggregated cells
     run by the coupled network with the per-station verdict; and the phase diagram along pd_split has λ*_PD of

@@ -395,6 +395,7 @@ def _attach_verdicts(out: NetworkResult, workload, configs, vmc, seed, cache, pr
     from .verdict import verdict_of
 
     rows = []
+    cache = {} if cache is None else cache  # one saturation run per distinct pool pair, whatever the split and λ
     for d, lam in configs:
         sat = station_saturation(workload, d, vmc, seed=seed, progress=progress, cache=cache)
         st = {name: {k: n * sat[name][k] for k in ("lam_star_rps", "lam_star_lo_rps", "lam_star_hi_rps")}

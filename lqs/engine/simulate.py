@@ -99,9 +99,13 @@ def _simulate_disagg(workload, deps, lam, mc, *, key, phases, progress, verdict,
         raise LqsError("phases", "given", "a disaggregated deployment runs stationary arrivals (no phases)")
     if lam is None:
         raise LqsError("lam", lam, "the coupled network needs an arrival rate λ (requests/s)")
+    from .._server import MonteCarlo
+
     if isinstance(verdict, Verdict):
         v = verdict.mc if verdict.mc is not None else True
         cache = verdict.cache
+    elif isinstance(verdict, MonteCarlo):  # the saturation runs' trials and horizon
+        v, cache = verdict, None
     else:
         v, cache = bool(verdict), None
     return simulate_network(workload, deps, lam, mc, key=key, arrivals=arrivals, progress=progress, verdict=v,
