@@ -70,7 +70,8 @@ from ._batch import (  # noqa: E402
     parse_batch_spec,
 )
 from ._server import MonteCarlo, Server  # noqa: E402
-from ._disagg import DisaggCapacity, Disaggregated, Transfer, capacity_disagg, split_table  # noqa: E402
+from ._disagg import DisaggCapacity, Disaggregated, Transfer, capacity_disagg  # noqa: E402
+from ._splits import split_table  # noqa: E402
 from .traces import (  # noqa: E402
     BenchmarkResult,
     Trace,

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import lqs
-from lqs._disagg import DecodeStation, PrefillStation, station_saturation
+from lqs._disagg import DecodeStation, PrefillStation
+from lqs.engine.stations import station_saturation
 from shapes import CHUNK_FAST, FAST, K_FAST, M_FAST
 
 SRV = lqs.Server(M=M_FAST, prefill_chunk=CHUNK_FAST, b=0.02)

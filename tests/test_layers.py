@@ -15,10 +15,10 @@ RANKS = [
     ("lqs.kernels", 0),
     ("lqs._errors", 1), ("lqs._jsonio", 1), ("lqs._version", 1), ("lqs._marginals", 1), ("lqs._theory", 1),
     ("lqs._workload", 1), ("lqs._batch", 1), ("lqs._server", 1), ("lqs._plots", 1),
-    ("lqs._arrivals", 1),
+    ("lqs._arrivals", 1), ("lqs._disagg", 1),
     ("lqs.engine", 2),
     ("lqs.traces", 3), ("lqs.fit", 3), ("lqs.sweep", 3), ("lqs.studies", 3), ("lqs.measured", 3),
-    ("lqs.replay", 3),
+    ("lqs.replay", 3), ("lqs._splits", 3),
     ("lqs", 4),  # the package's own __init__ (the public namespace)
     ("lqs.cli", 5), ("lqs.__main__", 5),
 ]

@@ -41,7 +41,7 @@ def _batch_fn(srv_p, srv_d, dep_p, dep_d):
 
 def _run_both(dep, lam, *, horizon_s, workload=SMALL, seed=0):
     res = simulate_network(workload, dep, lam, trials=1, horizon_s=horizon_s, warmup_s=0.0, record=4000, trace=True,
-                           verdict=False, seed=seed, K=256)
+                           seed=seed, K=256)
     rec = res.records[0]
     st = res.config
     n_arr = int(res.trials.arrivals.iloc[0])
@@ -56,7 +56,7 @@ def _run_both(dep, lam, *, horizon_s, workload=SMALL, seed=0):
     import jax
     import jax.numpy as jnp
 
-    keys = np.asarray(jax.vmap(lambda k: __import__("lqs.kernels.network", fromlist=["_keys"])._keys(k))(
+    keys = np.asarray(jax.vmap(lambda k: __import__("lqs.kernels.netstate", fromlist=["_keys"])._keys(k))(
         jax.random.split(jax.random.key(seed), 1)))[0]
     idx = jnp.arange(max(n_arr, 1), dtype=jnp.int32)
     s, o, _ = K_.draw_lengths(workload, jnp.asarray(keys[1]), idx, jnp.int32(dep.prefill.prefill_chunk))
@@ -136,7 +136,8 @@ def test_random_routing_and_token_budget_identical():
 
 
 def _sat_case(dep, workload=SMALL):
-    from lqs._disagg import capacity_disagg, station_saturation
+    from lqs._disagg import capacity_disagg
+    from lqs.engine.stations import station_saturation
 
     sat = station_saturation(workload, dep, lqs.MonteCarlo(trials=8, steps=6000, warmup=1000), seed=3)
     lam_p = dep.n_prefill * sat["prefill"]["lam_star_rps"]
@@ -145,7 +146,7 @@ def _sat_case(dep, workload=SMALL):
         dep.n_decode * sat["decode"]["lam_star_se_rps"]
     cap = capacity_disagg(workload, dep)
     res = simulate_network(workload, dep, 1.3 * cap.mu_pd_rps, trials=4, horizon_s=40.0, warmup_s=10.0,
-                           drain_s=1.0, verdict=False, seed=5, K=512)
+                           drain_s=1.0, seed=5, K=512)
     return res, min(lam_p, lam_d), se, cap
 
 
@@ -169,7 +170,7 @@ def test_light_load_latencies_and_invariants():
     """Below capacity: nothing lost, conserved, memory within M on both pools, the transfer time is τ0 + s/r of
     the requests, and every latency is ordered (TTFT ≤ E2E, transfer + decode wait ≤ E2E − TTFT)."""
     dep = _dep("swap", transfer=Transfer(0.004, 2000.0), n_p=2, n_d=2)
-    res = simulate_network(SMALL, dep, 80.0, trials=3, horizon_s=30.0, warmup_s=5.0, verdict=False, seed=1)
+    res = simulate_network(SMALL, dep, 80.0, trials=3, horizon_s=30.0, warmup_s=5.0, seed=1)
     s = res.summary.iloc[0]
     assert s.reliable and int(s.lost) == 0 and int(s.censored) == 0 and bool(s.conserved)
     assert s.mem_max_prefill <= dep.prefill.M and s.mem_max_decode <= dep.decode.M
@@ -236,7 +237,7 @@ def test_sweep_and_phase_take_the_split_and_the_decode_pool_as_axes(tmp_path):
 
 
 def _station_rows(dep, mc):
-    from lqs._disagg import network_station_saturation
+    from lqs.engine.stations import network_station_saturation
 
     return network_station_saturation(SMALL, dep, mc, seed=4)
 
@@ -245,7 +246,8 @@ def test_stations_with_a_transfer_saturate_inside_their_bands():
     """With a transfer that takes time, each station's λ* comes from the coupled network with a permanent backlog
     (the prefill server holding each prompt's KV for τ(s), the decode server reserving it) and lies in
     [μ_i(1−δ_i), μ_i] of the closed form that charges those token·steps to g_P and g_D."""
-    from lqs._disagg import capacity_disagg, station_saturation
+    from lqs._disagg import capacity_disagg
+    from lqs.engine.stations import station_saturation
 
     dep = _dep("swap", transfer=Transfer(0.02, 2000.0), M_d=300, n_p=1, n_d=1)
     mc = lqs.MonteCarlo(trials=6, steps=5000, warmup=1000)
@@ -265,7 +267,7 @@ def test_stations_with_a_transfer_saturate_inside_their_bands():
 def test_network_station_saturation_equals_the_engines_without_transfer():
     """Without a transfer the network's saturated stations and the colocated engine's station runs measure the
     same λ* (16 trials of 8,000 steps: within 3 standard errors)."""
-    from lqs._disagg import station_saturation
+    from lqs.engine.stations import station_saturation
 
     dep = _dep("swap", transfer=Transfer(0.0), M_d=300, n_p=1, n_d=1)
     mc = lqs.MonteCarlo(trials=16, steps=8000, warmup=1000)

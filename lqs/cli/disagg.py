@@ -73,7 +73,8 @@ def disagg_cmd(gpus, splits, prefill_M, decode_M, prefill_b, decode_b, prefill_b
     """
     import os
 
-    from .._disagg import Disaggregated, Transfer, split_table
+    from .._disagg import Disaggregated, Transfer
+    from .._splits import split_table
     from .._errors import LqsError
 
     base, _ = build_server(opts)
@@ -132,7 +133,7 @@ def disagg_cmd(gpus, splits, prefill_M, decode_M, prefill_b, decode_b, prefill_b
     if "network_config" in df.attrs:
         doc["coupled_network"] = {k: v for k, v in df.attrs["network_config"].items() if k != "deployments"}
     if out is not None:
-        from .._disagg import plot_splits
+        from .._splits import plot_splits
         from .._jsonio import dump
 
         os.makedirs(out, exist_ok=True)

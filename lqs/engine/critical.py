@@ -130,8 +130,9 @@ def crossing(x, p):
 
 def _critical_disagg(workload, dep, mc, *, key, grid_points, grid_trials, progress, arrivals) -> CriticalResult:
     """lqs.critical of a Disaggregated deployment."""
-    from .._disagg import capacity_disagg, station_saturation
-    from .network import simulate_network
+    from .._disagg import capacity_disagg
+    from .stations import station_saturation
+    from .stations import simulate_disagg
 
     grid_points = check_int("grid_points", grid_points, 0, 1000)
     grid_trials = mc.trials if grid_trials is None else check_int("grid_trials", grid_trials, 1, 2**24)
@@ -160,7 +161,7 @@ def _critical_disagg(workload, dep, mc, *, key, grid_points, grid_trials, progre
     if grid_points > 0:
         lo = min(0.8 * cap.mu_pd_stable_rps, 0.9 * lam_star)
         hi = max(1.2 * cap.mu_pd_rps, 1.1 * lam_star)
-        grid = simulate_network(workload, dep, list(np.linspace(lo, hi, grid_points)), mc.replace(trials=grid_trials),
+        grid = simulate_disagg(workload, dep, list(np.linspace(lo, hi, grid_points)), mc.replace(trials=grid_trials),
                                 key=key, progress=progress, arrivals=arrivals, verdict=mc, cache=cache)
         g = grid.summary
         summary["grid_lam_rps"] = [float(x) for x in g["lam_rps"]]

@@ -44,6 +44,7 @@ class NetworkResult:
     net_config: NetConfig = field(repr=False)
     records: np.ndarray | None = None  # [configs·trials, 8, R] per-request instants (record > 0)
     trace: dict | None = None  # every event's row (trace=True)
+    configs: list | None = field(default=None, repr=False)  # the (Disaggregated, λ) of each summary row
 
     @property
     def reliable(self) -> bool:
@@ -125,7 +126,7 @@ def check_network(workload, dep) -> None:
 
 def simulate_network(workload, deployments, lam, mc: MonteCarlo | None = None, *, key=None, horizon_s=None,
                      warmup_s=None, drain_s=None, arrivals=None, K=None, progress: bool = False, record: int = 0,
-                     trace: bool = False, verdict: bool = True, cache: dict | None = None,
+                     trace: bool = False,
                      retries: int = 2, zip_lams: bool = False, saturated: bool = False,
                      **mc_fields) -> NetworkResult:
     """The coupled network of each deployment (a :class:`lqs.Disaggregated`, or a list of them: the P:D splits
@@ -141,9 +142,9 @@ def simulate_network(workload, deployments, lam, mc: MonteCarlo | None = None, *
     load); a request that finds them full is counted in ``lost`` and marks the row unreliable, and the run is
     repeated with twice the slots up to ``retries`` times.
 
-    ``verdict`` (True, False or the :class:`lqs.MonteCarlo` of the saturation runs): the long-run verdict of each row from the saturation rule per station
-    (:func:`lqs._disagg.station_saturation`: λ*_PD = min(N_P·λ*_P, N_D·λ*_D), cached in ``cache``); what the finite
-    run saw is ``observed_drift_rps`` (window arrivals − completions per second), never called a verdict.
+    The long-run verdict of each row (the saturation rule per station) is
+    :func:`lqs.engine.stations.simulate_disagg`'s; what the finite run saw is ``observed_drift_rps`` (window
+    arrivals − completions per second), never called a verdict.
 
     ``zip_lams``: ``lam`` holds one rate per deployment (configurations are the pairs, not the product).
     ``saturated`` (False, "prefill" or "decode", or one per configuration): no external arrivals; every prefill
@@ -228,9 +229,7 @@ def simulate_network(workload, deployments, lam, mc: MonteCarlo | None = None, *
         scale *= 2
     wall = time.perf_counter() - t0
     out = _collect(workload, configs, caps, mc, res, t_warm, t_stop, t_lat_end, wall, arrivals)
-    if verdict is not False and verdict is not None:
-        vmc = verdict if isinstance(verdict, MonteCarlo) else None
-        _attach_verdicts(out, workload, configs, vmc, mc.seed, cache, progress)
+    out.configs = configs
     return out
 
 
@@ -388,26 +387,3 @@ def _collect(workload, configs, caps, mc, res, t_warm, t_stop, t_lat_end, wall, 
                   latency_rows=list(NET_LAT), timing=dict(wall_s=wall))
     return NetworkResult(trials=pd.DataFrame(trows), summary=pd.DataFrame(srows), hist=hist, config=config,
                          net_config=cfg, records=res.get("records"), trace=res.get("trace"))
-
-
-def _attach_verdicts(out: NetworkResult, workload, configs, vmc, seed, cache, progress):
-    from .._disagg import station_saturation
-    from .verdict import verdict_of
-
-    rows = []
-    cache = {} if cache is None else cache  # one saturation run per distinct pool pair, whatever the split and λ
-    for d, lam in configs:
-        sat = station_saturation(workload, d, vmc, seed=seed, progress=progress, cache=cache)
-        st = {name: {k: n * sat[name][k] for k in ("lam_star_rps", "lam_star_lo_rps", "lam_star_hi_rps")}
-              for name, n in (("prefill", d.n_prefill), ("decode", d.n_decode))}
-        b = min(st, key=lambda k: st[k]["lam_star_rps"])
-        ok = bool(sat["prefill"]["reliable"] and sat["decode"]["reliable"])
-        row = dict(st[b], reliable=ok)
-        rows.append(dict(lam_star_prefill_rps=st["prefill"]["lam_star_rps"],
-                         lam_star_decode_rps=st["decode"]["lam_star_rps"], binding_sim=b,
-                         lam_star_rps=row["lam_star_rps"], lam_star_lo_rps=row["lam_star_lo_rps"],
-                         lam_star_hi_rps=row["lam_star_hi_rps"], verdict=verdict_of(lam, row),
-                         verdict_basis="saturation rule per station: λ*_PD = min(N_P·λ*_P, N_D·λ*_D)"))
-    extra = pd.DataFrame(rows)
-    for c in extra.columns:
-        out.summary[c] = extra[c].to_numpy()

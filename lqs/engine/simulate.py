@@ -93,7 +93,7 @@ def simulate(workload, server, lam=None, mc=None, *, key=None, phases=None, prog
 def _simulate_disagg(workload, deps, lam, mc, *, key, phases, progress, verdict, arrivals, mc_fields):
     """lqs.simulate of a Disaggregated deployment: the coupled network."""
     from .._errors import LqsError
-    from .network import simulate_network
+    from .stations import simulate_disagg
 
     if phases is not None:
         raise LqsError("phases", "given", "a disaggregated deployment runs stationary arrivals (no phases)")
@@ -108,5 +108,5 @@ def _simulate_disagg(workload, deps, lam, mc, *, key, phases, progress, verdict,
         v, cache = verdict, None
     else:
         v, cache = bool(verdict), None
-    return simulate_network(workload, deps, lam, mc, key=key, arrivals=arrivals, progress=progress, verdict=v,
+    return simulate_disagg(workload, deps, lam, mc, key=key, arrivals=arrivals, progress=progress, verdict=v,
                             cache=cache, **mc_fields)

@@ -169,7 +169,8 @@ def phase_diagram(workload=None, server=None, mc=None, *, quick: bool = False, s
 def _pd_split(workload, server, mc, *, quick, seed, out, progress, values, total_hi, latency, n_lam, lam_range, gpus,
               disagg) -> StudyResult:
     """phase_diagram(axis="pd_split"): the rows are the P:D splits of ``gpus`` GPUs."""
-    from .._disagg import Disaggregated, capacity_disagg, station_saturation
+    from .._disagg import Disaggregated, capacity_disagg
+    from ..engine.stations import station_saturation
 
     G = check_int("gpus", gpus, 2, 4096)
     given_mc = mc is not None
@@ -222,8 +223,7 @@ def _pd_split(workload, server, mc, *, quick, seed, out, progress, values, total
         lams = sorted({float(x) for r in rows for x in np.linspace(lo_f, hi_f, n_lam) * r["lam_star_lo_rps"]
                        if x > 0})
         # one program: every split at every rate of the union (cells outside a row's own range are dropped)
-        net = simulate_network(workload, deps, lams, mc.replace(trials=min(mc.trials, 4), seed=seed),
-                               verdict=False, progress=progress)
+        net = simulate_network(workload, deps, lams, mc.replace(trials=min(mc.trials, 4), seed=seed), progress=progress)
         for _, x in net.summary.iterrows():
             i = n_ps.index(int(x.n_prefill))
             r = rows[i]

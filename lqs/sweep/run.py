@@ -56,12 +56,12 @@ def _run_part(spec: SweepSpec, wl, part: _Part, devices=None, verdict_cache: dic
     if spec.arrivals() is not None:
         kw["arrivals"] = spec.arrivals()
     if g.pd_split is not None:  # the coupled network of the part's deployments (b̄, M; λ fastest)
-        from ..engine.network import simulate_network
+        from ..engine.stations import simulate_disagg
 
         base = part_server(spec, part)
         deps = [spec.deployment(base.replace(M=m, b=b), g.pd_split, g.decode_M, g.decode_b)
                 for b in part.bs for m in part.Ms]
-        res = simulate_network(wl, deps, part.lams, mc, key=kw["key"], arrivals=kw.get("arrivals"),
+        res = simulate_disagg(wl, deps, part.lams, mc, key=kw["key"], arrivals=kw.get("arrivals"),
                                verdict=True, cache=verdict_cache)
         res.summary["M_tokens"] = [m for _ in part.bs for m in part.Ms for _ in part.lams]
         res.summary["b_s"] = [b for b in part.bs for _ in part.Ms for _ in part.lams]
