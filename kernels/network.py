@@ -36,8 +36,8 @@ from . import rng
 from .compact import _bin_index
 from .netserver import (_decode_boundary, _insert, _latencies, _pick, _prefill_boundary, _put, _route, _take,
                         _take_slots)
-from .netstate import (EV_ARRIVAL, EV_DECODE, EV_NONE, EV_PREFILL, EV_ROUTE, F_DONE, F_PDONE, NET_LAT,  # noqa: F401
-                       NetConfig, NetParams, NetState, NetTotals, PSlots, init_net)
+from .netstate import (EV_ARRIVAL, EV_DECODE, EV_NONE, EV_PREFILL, EV_ROUTE, F_PDONE, NET_LAT,  # noqa: F401
+                       NetConfig, NetParams, NetState, NetTotals, PSlots, init_net)  # init_net: re-exported
 from .state import draw_lengths
 from .step import kahan_add
 
@@ -209,8 +209,8 @@ def unfinished(st: NetState, t0, t1) -> jax.Array:
 def in_system(st: NetState) -> jax.Array:
     """Requests in the network of one trial (its leaves without the trial axis): waiting or prefilling, awaiting
     routing, in transfer to a decode server, waiting or decoding there."""
-    P, D, PP, DP = st.P, st.D, st.PP, st.DP
-    KP, KD = P.s.shape[-1], D.s.shape[-1]
+    P, PP, DP = st.P, st.PP, st.DP
+    KP = P.s.shape[-1]
     occ_p = jnp.arange(KP) < PP.n_used[:, None]
     at_p = jnp.sum((occ_p & ((P.u < P.k) | ((P.flags & F_PDONE) != 0) | (P.pend != 0))).astype(jnp.int32))
     # a decode slot whose last step is running completes (is counted) at the server's next boundary

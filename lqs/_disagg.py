@@ -187,6 +187,17 @@ def _max_s(workload) -> int:
     raise LqsError("workload", type(workload).__name__, "has no known largest prompt length")
 
 
+def check_fits(workload, dep: Disaggregated) -> tuple[int, int]:
+    """(largest prompt, largest request) of ``workload``, checked against the prefill and decode pools' M."""
+    max_s, max_total = _max_s(workload), int(workload.max_total)
+    if max_s > dep.prefill.M:
+        raise LqsError("prefill M", dep.prefill.M, f"must hold the largest prompt ({max_s} tokens)")
+    if max_total > dep.decode.M:
+        raise LqsError("decode M", dep.decode.M, f"must hold the largest request ({max_total} tokens of prompt + "
+                       "output)")
+    return max_s, max_total
+
+
 def _moments(workload, chunk_p: int, transfer: Transfer, key=None, n_mc: int = 1_000_000):
     """(E[A_exact(s)], E[o·s + o(o+1)/2], E[s·τ(s)], E[τ(s)], E[s], E[o], exact): exact over a trace's pairs,
     else Monte Carlo means of n_mc draws."""
@@ -230,11 +241,7 @@ def capacity_disagg(workload, dep: Disaggregated, *, key=None, n_mc: int = 1_000
 
     workload = as_workload(workload)
     P, D = dep.prefill, dep.decode
-    max_s, max_total = _max_s(workload), int(workload.max_total)
-    if max_s > P.M:
-        raise LqsError("prefill M", P.M, f"must hold the largest prompt ({max_s} tokens)")
-    if max_total > D.M:
-        raise LqsError("decode M", D.M, f"must hold the largest request ({max_total} tokens of prompt + output)")
+    max_s, max_total = check_fits(workload, dep)
     a_s, c_d, s_tau, tau, es, eo, exact = _moments(workload, P.prefill_chunk, dep.transfer, key, n_mc)
     b_p, b_d = P.b_mean_s, D.b_mean_s
     g_p = a_s + s_tau / b_p

@@ -23,8 +23,6 @@ clocks (constant batch times make many) resolve identically; the model itself is
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 f32 = np.float32

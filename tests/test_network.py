@@ -22,11 +22,7 @@ SMALL = lqs.Independent(lqs.IntUniform(1, 40, "s"), lqs.IntUniform(1, 24, "o"))
 TYPES = {EV_PREFILL: "P", EV_DECODE: "D", EV_ROUTE: "R", EV_ARRIVAL: "A"}
 
 
-def _affine(b):
-    return np.asarray(b.a, np.float32) if isinstance(b, AffineBatch) else None
-
-
-def _batch_fn(srv_p, srv_d, dep_p, dep_d):
+def _batch_fn(dep_p, dep_d):
     def one(server):
         b = server.b
         if isinstance(b, AffineBatch):
@@ -43,7 +39,6 @@ def _run_both(dep, lam, *, horizon_s, workload=SMALL, seed=0):
     res = simulate_network(workload, dep, lam, trials=1, horizon_s=horizon_s, warmup_s=0.0, record=4000, trace=True,
                            seed=seed, K=256)
     rec = res.records[0]
-    st = res.config
     n_arr = int(res.trials.arrivals.iloc[0])
     assert n_arr < 4000
     tr = {k: v[0] for k, v in res.trace.items()}
@@ -74,7 +69,7 @@ def _run_both(dep, lam, *, horizon_s, workload=SMALL, seed=0):
     events, reqs, totals = reference_network(
         n_p=dep.n_prefill, n_d=dep.n_decode, prefill=pools["prefill"], decode=pools["decode"],
         tau0=dep.transfer.latency_s, inv_rate=inv, arrivals=arrivals, lengths=lambda i: (s[i], o[i]),
-        batch_time=_batch_fn(None, None, dep.prefill, dep.decode), route_u=route_u, t_stop=np.float32(horizon_s),
+        batch_time=_batch_fn(dep.prefill, dep.decode), route_u=route_u, t_stop=np.float32(horizon_s),
         K_decode=256)
     return res, rec, ev, events, reqs, totals
 

@@ -24,6 +24,25 @@ def _splits(text):
     return out
 
 
+def parse_transfer(tau0, rate, kv_bytes=None, bandwidth=None):
+    """The lqs.Transfer of the --transfer-latency, --transfer-tokens-per-s (or --kv-bytes-per-token with
+    --transfer-bandwidth) options."""
+    from .._disagg import Transfer
+    from .._errors import LqsError
+
+    if rate is not None and (kv_bytes is not None or bandwidth is not None):
+        raise LqsError("transfer_tokens_per_s", rate, "give either --transfer-tokens-per-s or --kv-bytes-per-token "
+                       "with --transfer-bandwidth, not both")
+    t0 = parse_float("transfer_latency", tau0, 0.0)
+    if kv_bytes is not None or bandwidth is not None:
+        if kv_bytes is None or bandwidth is None:
+            raise LqsError("transfer_bandwidth", bandwidth, "--kv-bytes-per-token and --transfer-bandwidth go together")
+        return Transfer.from_bandwidth(parse_float("kv_bytes_per_token", kv_bytes, 0.0, lo_open=True),
+                                       parse_float("transfer_bandwidth", bandwidth, 0.0, lo_open=True), t0)
+    return Transfer(t0, float("inf") if rate is None else parse_float("transfer_tokens_per_s", rate, 0.0,
+                                                                      lo_open=True))
+
+
 @click.command("disagg")
 @workload_options
 @server_options(simulation=False)
@@ -73,7 +92,7 @@ def disagg_cmd(gpus, splits, prefill_M, decode_M, prefill_b, decode_b, prefill_b
     """
     import os
 
-    from .._disagg import Disaggregated, Transfer
+    from .._disagg import Disaggregated
     from .._splits import split_table
     from .._errors import LqsError
 
@@ -94,18 +113,7 @@ def disagg_cmd(gpus, splits, prefill_M, decode_M, prefill_b, decode_b, prefill_b
             kw["token_budget"] = parse_int("token_budget", budget, 1)
         return base.replace(**kw)
 
-    if rate is not None and (kv_bytes is not None or bandwidth is not None):
-        raise LqsError("transfer_tokens_per_s", rate, "give either --transfer-tokens-per-s or --kv-bytes-per-token "
-                       "with --transfer-bandwidth, not both")
-    t0 = parse_float("transfer_latency", tau0, 0.0)
-    if kv_bytes is not None or bandwidth is not None:
-        if kv_bytes is None or bandwidth is None:
-            raise LqsError("transfer_bandwidth", bandwidth, "--kv-bytes-per-token and --transfer-bandwidth go together")
-        transfer = Transfer.from_bandwidth(parse_float("kv_bytes_per_token", kv_bytes, 0.0, lo_open=True),
-                                           parse_float("transfer_bandwidth", bandwidth, 0.0, lo_open=True), t0)
-    else:
-        transfer = Transfer(t0, float("inf") if rate is None else parse_float("transfer_tokens_per_s", rate, 0.0,
-                                                                              lo_open=True))
+    transfer = parse_transfer(tau0, rate, kv_bytes, bandwidth)
     dep = Disaggregated(pool(prefill_M, prefill_b, prefill_budget), pool(decode_M, decode_b, decode_budget),
                         transfer=transfer)
     wl = resolve_workload(**{**opts, "M": max(dep.prefill.M, dep.decode.M)})

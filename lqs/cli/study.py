@@ -74,7 +74,8 @@ def _head(meta, keys):
 def _deployment(opts, decode_M, decode_b, tau0, rate):
     """The pd_split axis's deployment: the study's server on both pools (the decode pool's M and b̄ replaced when
     given) and the transfer."""
-    from .._disagg import Disaggregated, Transfer
+    from .._disagg import Disaggregated
+    from .disagg import parse_transfer
     from ..studies import default_server
 
     quick = bool(opts["quick"])
@@ -84,9 +85,7 @@ def _deployment(opts, decode_M, decode_b, tau0, rate):
         kw["M"] = parse_int("decode_M", decode_M, 1)
     if decode_b is not None:
         kw["b"] = parse_float("decode_b", decode_b, 0.0, lo_open=True)
-    t = Transfer(parse_float("transfer_latency", tau0, 0.0),
-                 float("inf") if rate is None else parse_float("transfer_tokens_per_s", rate, 0.0, lo_open=True))
-    return Disaggregated(srv, srv.replace(**kw), transfer=t)
+    return Disaggregated(srv, srv.replace(**kw), transfer=parse_transfer(tau0, rate))
 
 
 @click.group("study")

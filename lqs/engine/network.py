@@ -112,18 +112,6 @@ def _program(cfg: NetConfig):
     return _PROGRAMS[cfg]
 
 
-def check_network(workload, dep) -> None:
-    """Every check of one deployment that needs the workload (before anything compiles)."""
-    from .._disagg import _max_s
-
-    P, D = dep.prefill, dep.decode
-    max_s, max_total = _max_s(workload), int(workload.max_total)
-    if max_s > P.M:
-        raise LqsError("prefill M", P.M, f"must hold the largest prompt ({max_s} tokens)")
-    if max_total > D.M:
-        raise LqsError("decode M", D.M, f"must hold the largest request ({max_total} tokens of prompt + output)")
-
-
 def simulate_network(workload, deployments, lam, mc: MonteCarlo | None = None, *, key=None, horizon_s=None,
                      warmup_s=None, drain_s=None, arrivals=None, K=None, progress: bool = False, record: int = 0,
                      trace: bool = False,
@@ -151,7 +139,7 @@ def simulate_network(workload, deployments, lam, mc: MonteCarlo | None = None, *
     server's free slots are refilled at each of its step boundaries ("prefill", True), or every decode server's
     with new transfers ("decode"): a permanent backlog, what the saturation rule measures."""
     from .._arrivals import as_arrivals
-    from .._disagg import Disaggregated, capacity_disagg
+    from .._disagg import Disaggregated, capacity_disagg, check_fits
     from .sizing import rates
 
     workload = as_workload(workload)
@@ -167,7 +155,7 @@ def simulate_network(workload, deployments, lam, mc: MonteCarlo | None = None, *
     record = check_int("record", record, 0, 1_000_000)
     retries = check_int("retries", retries, 0, 8)
     for d in deps:
-        check_network(workload, d)
+        check_fits(workload, d)
         for pool, srv in (("prefill", d.prefill), ("decode", d.decode)):
             if _static(srv) != _static(getattr(deps[0], pool)):
                 raise LqsError(f"{pool} policy", srv.policy, "must be the same in every deployment of one call (with "
@@ -235,8 +223,6 @@ def simulate_network(workload, deployments, lam, mc: MonteCarlo | None = None, *
 
 def _run(workload, configs, caps, mc, key, GP, GD, KP, KD, kind, arrivals, t_warm, t_stop, t_lat_end, record, trace,
          progress, sat_list=None):
-    from .sizing import Config
-
     R = mc.trials
     n = len(configs)
     pcfgs = [product(workload, d.prefill, [x])[0] for d, x in configs]

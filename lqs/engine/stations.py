@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from .._disagg import DecodeStation, Disaggregated, PrefillStation, capacity_disagg
+from .._disagg import DecodeStation, Disaggregated, PrefillStation
 from .network import simulate_network
 
 
@@ -29,14 +29,11 @@ def network_station_saturation(workload, dep: Disaggregated, mc, *, seed: int = 
     transfers. λ*_P is the prefill server's completions per second, λ*_D the decode server's; ±1.96 standard
     errors over ``mc.trials``. Rows as :func:`station_saturation` gives them."""
     from .network import typical_b
-    from .sizing import saturated_service, size_engine
+    from .sizing import size_engine
 
     ck = ("network-stations", repr(dep.split(1, 1).describe()), id(workload), mc.trials, mc.steps, mc.warmup, seed)
     if cache is not None and ck in cache:
         return dict(cache[ck])
-    one = capacity_disagg(workload, dep.split(1, 1))
-    mu_p = min(x for x in (one.mu_prefill_rps, one.budget_prefill_rps) if x is not None)
-    mu_d = min(x for x in (one.mu_decode_rps, one.budget_decode_rps) if x is not None)
     # two configurations of one server per pool: the prefill server with a permanent backlog (its slots refilled
     # every step; the decode server beside it overflows, which does not touch the prefill server), and the decode
     # server with one (its free slots refilled with new transfers, each reserved for its τ(s)). Feeding the decode
@@ -90,12 +87,10 @@ def station_saturation(workload, dep: Disaggregated, mc=None, *, seed: int = 0, 
     that the prefill server's hold and the decode server's reservation are in them."""
     import jax
 
-    from .._server import MonteCarlo, as_server
+    from .._server import MonteCarlo
     from .verdict import saturation
 
     mc = MonteCarlo(trials=16, steps=20_000, warmup=4_000, seed=seed) if mc is None else mc
-    from .sizing import product
-
     if dep.transfer.latency_s > 0 or math.isfinite(dep.transfer.tokens_per_s):
         out = network_station_saturation(workload, dep, mc, seed=seed, progress=progress, cache=cache)
         if colocated is not None:
