@@ -173,18 +173,19 @@ class DecodeStation(_Station):
         return GMoments(g=c_d, g_exact=c_d, se=0.0, exact=exact, mean_prompt_tokens=es, mean_output_tokens=eo)
 
 
-def _max_s(workload) -> int:
+def _max_s(workload, field: str = "s") -> int:
+    """The largest prompt (``field`` "s") or output ("o") length the workload can draw."""
     from ._workload import Independent, Mixture, PaddedPairs, Pairs, Phased
 
     if isinstance(workload, PaddedPairs):
-        return int(np.max(workload.pairs.s))
+        return int(np.max(getattr(workload.pairs, field)))
     if isinstance(workload, Pairs):
-        return int(np.max(workload.s))
+        return int(np.max(getattr(workload, field)))
     if isinstance(workload, Independent):
-        return int(workload.s.hi)
+        return int(getattr(workload, field).hi)
     if isinstance(workload, (Mixture, Phased)):
-        return max(_max_s(p) for p in workload.parts)
-    raise LqsError("workload", type(workload).__name__, "has no known largest prompt length")
+        return max(_max_s(p, field) for p in workload.parts)
+    raise LqsError("workload", type(workload).__name__, f"has no known largest {'prompt' if field == 's' else 'output'} length")
 
 
 def check_fits(workload, dep: Disaggregated) -> tuple[int, int]:

@@ -347,7 +347,10 @@ class Phased(Workload):
 
 
 def as_workload(workload, param: str = "workload") -> "Workload":
-    """``workload`` itself when it is an lqs Workload, else an LqsError naming ``param``."""
+    """``workload`` itself when it is an lqs Workload; a Trace (``lqs.load_trace``:
+    an object with ``s``, ``o`` and ``arrival_s``) as the Pairs of its (s, o); else an LqsError naming ``param``."""
+    if not isinstance(workload, Workload) and all(hasattr(workload, a) for a in ("s", "o", "arrival_s")):
+        return Pairs(workload.s, workload.o)
     if not isinstance(workload, Workload):
         raise LqsError(param, type(workload).__name__, "must be an lqs Workload (see lqs.preset; a name such as "
                                                        "'pd-1:1' must go through lqs.preset first)")

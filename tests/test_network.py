@@ -174,6 +174,10 @@ def test_light_load_latencies_and_invariants():
     assert s.transfer_mean_s == pytest.approx(e_tau, rel=0.03)
     assert s.ttft_mean_s < s.e2e_mean_s
     assert s.transfer_mean_s + s.decode_wait_mean_s < s.e2e_mean_s - s.ttft_mean_s
+    # without a transfer every transfer time is 0 s: reported as 0, not as the middle of the first histogram bin
+    s0 = simulate_network(SMALL, _dep("swap", n_p=2, n_d=2, transfer=Transfer()), 80.0, trials=3, horizon_s=30.0, warmup_s=5.0,
+                          seed=1).summary.iloc[0]
+    assert [s0.transfer_p50_s, s0.transfer_p99_s, s0.transfer_mean_s] == [0.0, 0.0, 0.0] and s0.ttft_p50_s > 0
 
 
 def test_network_bad_input_named_before_compiling():

@@ -168,12 +168,13 @@ def simulate_network(workload, deployments, lam, mc: MonteCarlo | None = None, *
     t_warm = (check_float("warmup_s", warmup_s, 0.0) if warmup_s is not None
               else (mc.warmup if mc.steps else NET_WARMUP) * b_ref)
     # the latency window closes one drain time before the horizon, so that its requests can finish: the longest
-    # request's steps on both pools at the slower typical batch time, and its transfer
+    # request's steps on both pools (its prefill chunks, then its output tokens) at the slower typical batch time,
+    # and its transfer
     from .._disagg import _max_s
 
     drain = (check_float("drain_s", drain_s, 0.0) if drain_s is not None else
-             1.5 * ((_max_s(workload) / min(d.prefill.prefill_chunk for d in deps) + workload.max_total + 4) * b_ref
-                    + max(float(d.transfer.time_s(workload.max_total)) for d in deps)))
+             1.5 * ((-(-_max_s(workload) // min(d.prefill.prefill_chunk for d in deps)) + _max_s(workload, "o") + 4)
+                    * b_ref + max(float(d.transfer.time_s(workload.max_total)) for d in deps)))
     t_lat_end = t_stop - drain
     if t_warm >= t_lat_end:
         raise LqsError("horizon_s", t_stop, f"must exceed the warm-up ({t_warm:.4g} s) plus the drain time "
@@ -303,6 +304,9 @@ def _collect(workload, configs, caps, mc, res, t_warm, t_stop, t_lat_end, wall, 
             base = dict(config=i, layout=f"{d.n_prefill}P:{d.n_decode}D", n_prefill=d.n_prefill,
                         n_decode=d.n_decode, lam_rps=lam)
             q_tr = hist_quantiles(hist[i], LAT_Q, cfg.prefill)  # [R, 6, 3]
+            no_transfer = d.transfer.latency_s == 0 and math.isinf(d.transfer.tokens_per_s)
+            if no_transfer:  # every transfer took 0 s: bin 0 ([0, lat_lo)) would interpolate to lat_lo / 2
+                q_tr[:, NET_LAT.index("transfer")] = 0.0
             for r in range(R):
                 row = dict(base, trial=r, throughput_rps=tot["completions_w"][i, r] / win,
                            prefill_throughput_rps=tot["prefills_w"][i, r] / win,
@@ -325,6 +329,8 @@ def _collect(workload, configs, caps, mc, res, t_warm, t_stop, t_lat_end, wall, 
                 trows.append(row)
             h = hist[i].sum(axis=0)
             q_all = hist_quantiles(h, LAT_Q, cfg.prefill)
+            if no_transfer:
+                q_all[NET_LAT.index("transfer")] = 0.0
             thr = tot["completions_w"][i] / win
             reasons = []
             if tot["lost"][i].sum():
