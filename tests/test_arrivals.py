@@ -181,3 +181,20 @@ def test_sweep_replays_an_arrival_pattern(tmp_path):
         lqs.sweep(**kw, arrival_times=str(lines))
     with pytest.raises(lqs.LqsError, match="arrival_times.*not both"):
         lqs.sweep(**kw, arrival_times=f, burstiness=2)
+
+
+def test_sweep_burstiness_is_an_axis():
+    """burstiness as a sweep axis: Poisson cells keep their keys and numbers (the same cells without the axis),
+    the gamma cells run gamma arrivals at the same λ and queue longer (CV 2 against 1)."""
+    kw = dict(workload=["pd-1:1"], rho=[0.8], M=16384, prefill_chunk=512, b=0.0372, trials=4, steps=3000,
+              warmup=500, progress=False)
+    base = lqs.sweep(**kw)
+    both = lqs.sweep(**kw, burstiness=[1, 0.25])
+    assert len(both) == 2 * len(base) and sorted(both["burstiness"]) == [0.25, 1.0]
+    pois, gam = both[both["burstiness"] == 1.0].iloc[0], both[both["burstiness"] == 0.25].iloc[0]
+    assert pois["cell_key"] == base.iloc[0]["cell_key"] and "burstiness" in gam["cell_key"]
+    assert pois["wait_p99_s"] == base.iloc[0]["wait_p99_s"] and pois["lam_rps"] == gam["lam_rps"]
+    assert gam["arrivals"].startswith("gamma") and gam["reliable"] and pois["reliable"]
+    assert gam["wait_p99_s"] > 1.5 * pois["wait_p99_s"]
+    with pytest.raises(lqs.LqsError, match="burstiness.*repeat"):
+        lqs.sweep(**kw, burstiness=[2, 2])

@@ -30,8 +30,8 @@ _LIST_AXES = ("workload", "rho", "M", "prefill_chunk", "b", "policy", "token_bud
 @click.option("--per-trial/--no-per-trial", "per_trial", default=None,
               help="Also keep one row per cell × trial (trials.parquet / trials.csv).")
 @renamed_options("per_replica", "cells_per_chunk")
-@click.option("--burstiness", "burstiness", default=None, metavar="K",
-              help="Gamma arrivals with shape K in every cell (inter-arrival CV 1/√K; 1 = Poisson; one server).")
+@click.option("--burstiness", "burstiness", default=None, metavar="K[,K...]",
+              help="Gamma arrivals with shape K (inter-arrival CV 1/√K; 1 = Poisson; one server); an axis.")
 @click.option("--arrival-times", "arrival_times", default=None, metavar="FILE",
               help="Every cell replays this trace's arrival pattern, time-scaled to its λ (one server).")
 @click.option("--overwrite", is_flag=True, help="Replace a different sweep already in DIR.")
@@ -62,9 +62,10 @@ def spec_from_options(config, opts: dict, SweepSpec):
     grid = {k: opts.get(k) for k in (*_LIST_AXES, "lam")}
     grid["batch"] = list(opts.get("b_model") or ()) or None
     given = {k: v for k, v in grid.items() if v is not None}
-    overrides = {k: parse_number(k, opts[k]) for k in ("trials", "steps", "warmup", "seed", "cells_per_part",
-                                                       "burstiness")
+    overrides = {k: parse_number(k, opts[k]) for k in ("trials", "steps", "warmup", "seed", "cells_per_part")
                  if opts.get(k) is not None and not (k == "steps" and str(opts[k]).strip().lower() == "auto")}
+    if opts.get("burstiness") is not None:  # an axis: K or K1,K2,...
+        overrides["burstiness"] = [parse_number("burstiness", x) for x in str(opts["burstiness"]).split(",")]
     if str(opts.get("steps")).strip().lower() == "auto":
         overrides["steps"] = None
     if opts.get("per_trial") is not None:

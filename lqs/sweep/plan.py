@@ -29,6 +29,7 @@ class _Group:
     pd_split: str | None = None  # "N_P:N_D": the cells are disaggregated deployments (the coupled network)
     decode_M: int | None = None
     decode_b: float | None = None
+    burstiness: float = 1.0  # gamma arrivals with this shape (1: Poisson)
 
 
 @dataclass
@@ -86,9 +87,9 @@ def _plan(spec: SweepSpec):
     xs = spec.rho if rho_mode else spec.lam
     n_l, nM, nB = len(xs), len(spec.M), len(spec.b)
     parts, groups, mu_cache, auto = [], [], {}, {}
-    for gi, (w, ch, pol, tb, bs, G, rt, pds, dM, db) in enumerate(itertools.product(
+    for gi, (w, ch, pol, tb, bs, G, rt, pds, dM, db, k) in enumerate(itertools.product(
             spec.workload, spec.prefill_chunk, spec.policy, spec.token_budget, spec.batch, spec.servers,
-            spec.routing, spec.pd_split, spec.decode_M, spec.decode_b)):
+            spec.routing, spec.pd_split, spec.decode_M, spec.decode_b, spec.burstiness)):
         if pds is None:  # the decode pool's axes apply to disaggregated cells only: colocated cells run once
             if (dM, db) != (spec.decode_M[0], spec.decode_b[0]):
                 continue
@@ -100,12 +101,14 @@ def _plan(spec: SweepSpec):
             steps = auto[(w, ch)]
         else:
             steps = spec.steps
-        g = _Group(w, ch, pol, tb, bs, G, rt, steps, pds, dM, db)
+        g = _Group(w, ch, pol, tb, bs, G, rt, steps, pds, dM, db, k)
         base = len(groups) * nB * nM * n_l  # cell ids: product order, λ fastest
         groups.append(g)
         gkey = f"workload={w}|prefill_chunk={ch}|policy={pol}|token_budget={tb}|batch={bs}|servers={G}|routing={rt}"
         if pds is not None:
             gkey += f"|pd_split={pds}|decode_M={dM}|decode_b={_fmt(db) if db is not None else None}"
+        if k != 1.0:  # Poisson cells keep the keys (and numbers) they had before burstiness was an axis
+            gkey += f"|burstiness={_fmt(k)}"
         lblocks = _blocks(n_l, C)
         lb = max(map(len, lblocks))
         # with ρ, λ depends on (M, b̄): one (M, b̄) per part; a non-constant batch model is one model per call

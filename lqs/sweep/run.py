@@ -53,8 +53,8 @@ def _run_part(spec: SweepSpec, wl, part: _Part, devices=None, verdict_cache: dic
               verdict=Verdict(key=jax.random.fold_in(jax.random.key(spec.seed), 0x5A7), cache=verdict_cache))
     if devices is not None:  # where it runs, not what it computes: not part of the spec
         kw["devices"] = devices
-    if spec.arrivals() is not None:
-        kw["arrivals"] = spec.arrivals()
+    if spec.arrivals(g.burstiness) is not None:
+        kw["arrivals"] = spec.arrivals(g.burstiness)
     if g.pd_split is not None:  # the coupled network of the part's deployments (b̄, M; λ fastest)
         from ..engine.stations import simulate_disagg
 
@@ -80,7 +80,7 @@ def _run_part(spec: SweepSpec, wl, part: _Part, devices=None, verdict_cache: dic
             and np.array_equal(summ["M_tokens"].to_numpy(), exp_M)):
         raise RuntimeError(f"{part.name}: simulate's grid order differs from the sweep's cell order")
     front = {"cell": np.asarray(part.cells, np.int64), "part": np.full(n, part.id, np.int64),
-             "workload": [g.workload] * n, "batch": [g.batch] * n}
+             "workload": [g.workload] * n, "batch": [g.batch] * n, "burstiness": np.full(n, g.burstiness)}
     if part.rhos is not None:
         front["rho_target"] = np.asarray([r for _ in part.bs for _ in part.Ms for r in part.rhos], np.float64)
     df = pd.concat([pd.DataFrame(front), summ.drop(columns=[c for c in summ.columns if c in front or c == "config"])],

@@ -25,7 +25,7 @@ Spec fields (YAML or a dict; every axis may be a list or a single value)::
     decode_b: [null]         # the decode pool's b̄ (null = b); an axis
     transfer_latency: 0.0    # KV transfer τ0 (s), and its rate in tokens/s (null = latency only), every cell
     transfer_tokens_per_s: null
-    burstiness: 1.0          # gamma arrivals with this shape k (CV 1/√k; 1 = Poisson), every cell, servers = 1
+    burstiness: [1.0]        # gamma arrivals with shape k (CV 1/√k; 1 = Poisson); an axis; servers = 1 when k ≠ 1
     arrival_times: null      # or a trace / open-loop benchmark file: its arrival pattern, time-scaled to each λ
     trials: 64               # Monte Carlo repetitions per cell                   (MonteCarlo.trials)
     steps: null              # null = auto (warm-up + max(16000 steps, 2000 completions)), per group
@@ -85,7 +85,7 @@ class SweepSpec:
     decode_b: list = field(default_factory=lambda: [None])
     transfer_latency: float = 0.0
     transfer_tokens_per_s: float | None = None
-    burstiness: float = 1.0
+    burstiness: list = field(default_factory=lambda: [1.0])
     arrival_times: str | None = None
     trials: int = 64
     steps: int | None = None
@@ -121,13 +121,13 @@ class SweepSpec:
         self.servers = _ints("servers", self.servers, 1, 4096)
         self.routing = _strs("routing", self.routing, ROUTINGS)
         self._check_disagg()
-        self.burstiness = check_float("burstiness", parse_number("burstiness", self.burstiness), 0.0, 1e6,
-                                      lo_open=True)
-        if self.burstiness != 1.0 and any(g > 1 for g in self.servers):
+        self.burstiness = [check_float("burstiness", k, 0.0, 1e6, lo_open=True)
+                           for k in _floats("burstiness", self.burstiness, 0.0, lo_open=True)]
+        if any(k != 1.0 for k in self.burstiness) and any(g > 1 for g in self.servers):
             raise LqsError("burstiness", self.burstiness, "gamma arrivals run on one server (servers = 1); "
                                                           "clusters take Poisson arrivals")
         if self.arrival_times is not None:
-            if self.burstiness != 1.0:
+            if self.burstiness != [1.0]:
                 raise LqsError("arrival_times", self.arrival_times, "give burstiness or arrival_times, not both")
             if any(g > 1 for g in self.servers):
                 raise LqsError("arrival_times", self.arrival_times, "replayed arrivals run on one server "
@@ -238,7 +238,8 @@ class SweepSpec:
         n_colo = int(None in self.pd_split)
         n_pd = (len(self.pd_split) - n_colo) * len(self.decode_M) * len(self.decode_b)
         return math.prod(len(x) for x in (self.workload, self.prefill_chunk, self.policy, self.token_budget,
-                                          self.batch, self.servers, self.routing, self.b, self.M)) * n_lam \
+                                          self.batch, self.servers, self.routing, self.b, self.M,
+                                          self.burstiness)) * n_lam \
             * (n_colo + n_pd)
 
     # -------------------------------------------------------------------------------------------- (de)serialise
@@ -264,9 +265,9 @@ class SweepSpec:
     def from_yaml(cls, path, server: Server | None = None) -> "SweepSpec":
         return cls.from_dict(read_yaml(path), server)
 
-    def arrivals(self):
-        """The arrival process of every cell: None (Poisson), gamma with ``burstiness``, or the pattern of the
-        ``arrival_times`` file (read once)."""
+    def arrivals(self, burstiness: float = 1.0):
+        """The arrival process of the cells of one ``burstiness`` value: None (Poisson), gamma with that shape,
+        or the pattern of the ``arrival_times`` file (read once)."""
         from .._arrivals import Arrivals
 
         if self.arrival_times is not None:
@@ -282,7 +283,7 @@ class SweepSpec:
                 cached.check_engine()
                 object.__setattr__(self, "_arrivals_cache", cached)
             return cached
-        return None if self.burstiness == 1.0 else Arrivals("gamma", burstiness=self.burstiness)
+        return None if burstiness == 1.0 else Arrivals("gamma", burstiness=burstiness)
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
