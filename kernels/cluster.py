@@ -55,6 +55,11 @@ def cluster_step(cl: Cluster, params: Params, cfg: EngineConfig) -> tuple[Cluste
     rr = cl.rr
     first = jnp.sum(srv.counters.arrivals)
     rule = params.routing  # traced: every rule is evaluated, one is taken (a few operations on G servers)
+    given = cfg.arrivals == "instants"
+    if given:  # inst[g, r]: the instant of the r-th arrival routed to server g in this step
+        ka = jnp.arange(cfg.a_max, dtype=jnp.int32)
+        inst = jnp.zeros((G, cfg.a_max), jnp.float32)
+        L = params.arr_t.shape[-1]
     for j in range(cfg.a_max):
         active = j < n_arr
         g_rr = rr % G
@@ -62,11 +67,25 @@ def cluster_step(cl: Cluster, params: Params, cfg: EngineConfig) -> tuple[Cluste
         g_jsq = jnp.argmin(in_sys + routed).astype(jnp.int32)
         g_kv = jnp.argmin(svs.mem + routed * params.prefill_chunk).astype(jnp.int32)  # least_kv
         g = jnp.select([rule == 0, rule == 1, rule == 2], [g_rr, g_random, g_jsq], g_kv)
+        if given:
+            t_j = params.arr_t[jnp.minimum(first + j, L - 1)]
+            inst = jnp.where((gi[:, None] == g) & (ka[None, :] == routed[g]) & active, t_j, inst)
         rr = rr + (active & (rule == 0)).astype(jnp.int32)
         routed = routed + ((gi == g) & active).astype(jnp.int32)
     trunc_g = trunc & (gi == 0)  # counted once per cluster
     new_srv, outs = jax.vmap(lambda st, sv, m, tr: finish(st, sv, b_n, m, tr, phase, params, cfg))(
         srv, svs, routed, trunc_g)
+    if given:
+        # a server's slots were pre-filled with the instants of its own arrival indices (the one-server rule);
+        # in a cluster the r-th request routed to server g in this step is the cluster's arrival first + j: its
+        # slot (n_used before the step + r, for those that found a slot) takes that request's instant
+        def own_instants(u_off, n_before, n_after, ig):
+            r = jnp.arange(u_off.shape[0], dtype=jnp.int32) - n_before
+            took = (r >= 0) & (r < n_after - n_before)
+            return jnp.where(took, ig[jnp.clip(r, 0, cfg.a_max - 1)], u_off)
+
+        u_off = jax.vmap(own_instants)(new_srv.slots.u_off, srv.queue.n_used, new_srv.queue.n_used, inst)
+        new_srv = new_srv._replace(slots=new_srv.slots._replace(u_off=u_off))
     out = StepOut(mem=jnp.sum(outs.mem), n_sched=jnp.sum(outs.n_sched), prefill_tokens=jnp.sum(outs.prefill_tokens),
                   decode_tokens=jnp.sum(outs.decode_tokens), b=b_n, arrivals=n_arr,
                   completions=jnp.sum(outs.completions), swaps=jnp.sum(outs.swaps), waiting=jnp.sum(outs.waiting))

@@ -211,19 +211,17 @@ ARRIVALS_TAG = 0x61727276
 
 def as_arrivals(arrivals, servers: int = 1, phased: bool = False) -> Arrivals | None:
     """None (Poisson), a kind name ("poisson"), or an Arrivals; checked for the long-run engine (which runs
-    given instants on one server without phases) before anything compiles."""
+    given instants on one server or a cluster, without phases) before anything compiles."""
     if arrivals is None:
         return None
     if isinstance(arrivals, str):
         arrivals = Arrivals(arrivals)
     if isinstance(arrivals, GivenInstants):  # lengths may come from phases: the instants are the rate
-        if servers > 1:
-            raise LqsError("arrivals", arrivals.describe(), "given instants run on one server (servers = 1)")
         return arrivals
     if not isinstance(arrivals, Arrivals):
         raise LqsError("arrivals", arrivals, "must be None, 'poisson' or an lqs.Arrivals")
     arrivals.check_engine()
-    if arrivals.engine_kind == "instants" and (servers > 1 or phased):
-        raise LqsError("arrivals", arrivals.describe(), "gamma and replayed arrivals run on one server without "
-                       "phases (servers = 1); clusters and phased schedules take Poisson arrivals")
+    if arrivals.engine_kind == "instants" and phased:
+        raise LqsError("arrivals", arrivals.describe(), "gamma and replayed arrivals run without phases; a phased "
+                       "schedule takes Poisson arrivals at each phase's rate")
     return arrivals

@@ -64,6 +64,37 @@ def test_a_replayed_request_waits_from_its_own_instant():
     assert n > 150 and abs(wait - 0.7 * b) < 0.01 * b, wait
 
 
+def test_a_cluster_server_stamps_the_instants_of_the_requests_routed_to_it():
+    # two instants in each step, 0.2·b and 0.6·b after its start, every 5th step; round robin sends the first of
+    # each pair to server 0 (waits 0.8·b for the next boundary) and the second to server 1 (0.4·b). A server that
+    # took the instants of its own arrival count instead (the one-server rule) would mix the two.
+    b = 0.02
+    base = 5 * b * np.arange(1, 300)
+    inst = np.concatenate([[0.0, 0.4 * b], np.ravel(np.stack([base + 0.2 * b, base + 0.6 * b], 1))])
+    arr = lqs.Arrivals("replayed", instants_s=inst)
+    wl = lqs.Pairs(np.array([100, 200]), np.array([3, 5]))
+    srv = lqs.Server(M=20000, prefill_chunk=512, b=b, servers=2, routing="round_robin")
+    df, st, cfg = step_log(wl, srv, arr.pattern_rate_rps, steps=1024, arrivals=arr)
+    assert cfg.arrivals == "instants" and cfg.servers == 2
+    n = np.asarray(st.servers.latency.n)
+    wait = np.asarray(st.servers.latency.total)[:, 0] / n
+    assert (n > 150).all() and np.abs(wait - np.array([0.8, 0.4]) * b).max() < 0.01 * b, wait
+    assert int(np.asarray(st.servers.counters.arrivals).sum()) == df["arrivals"].sum()
+    assert int(np.asarray(st.servers.limits.violations).sum()) == 0
+
+
+def test_gamma_arrivals_on_a_cluster_wait_longer_at_the_same_rate():
+    srv = SRV.replace(servers=2, routing="jsq")
+    lam = 0.8 * lqs.capacity(FAST, srv).mu_exact_stable_rps
+    mc = MC.replace(trials=4)
+    rows = {k: lqs.simulate(FAST, srv, lam, mc, arrivals=None if k == 1 else lqs.Arrivals("gamma", burstiness=k),
+                            verdict=False).summary.iloc[0] for k in (1, 0.25)}
+    for r in rows.values():
+        assert r["violations"] == 0 and r["arrival_cap_hits"] == 0 and bool(r["reliable"])
+        assert abs(r["throughput_rps"] - lam) < 0.06 * lam
+    assert rows[0.25]["arrivals"].startswith("gamma") and rows[0.25]["wait_p99_s"] > 1.5 * rows[1]["wait_p99_s"]
+
+
 def test_count_instants_counts_truncation_and_running_out():
     arr = jnp.asarray([0.1, 0.2, 0.3, 0.4, 0.5, jnp.inf], jnp.float32)
     n, tr = count_instants(arr, jnp.int32(0), jnp.float32(0.25), 4)
@@ -118,8 +149,6 @@ def test_the_long_run_verdict_does_not_depend_on_the_arrivals():
 def test_bad_arrivals_are_refused_before_anything_compiles():
     with pytest.raises(lqs.LqsError, match="arrivals.*burst"):
         lqs.simulate(FAST, SRV, 1.0, MC, arrivals=lqs.Arrivals("burst"))
-    with pytest.raises(lqs.LqsError, match="arrivals.*one server"):
-        lqs.simulate(FAST, SRV.replace(servers=2), 1.0, MC, arrivals=lqs.Arrivals("gamma", burstiness=2))
     with pytest.raises(lqs.LqsError, match="path.*fused.*arrival"):
         lqs.simulate(FAST, SRV, 1.0, MC.replace(path="fused"), arrivals=lqs.Arrivals("gamma", burstiness=2))
     with pytest.raises(lqs.LqsError, match="burstiness"):
@@ -130,9 +159,6 @@ def test_bad_arrivals_are_refused_before_anything_compiles():
         lqs.simulate(FAST, SRV, 1.0, MC, arrivals=3)
     with pytest.raises(lqs.LqsError, match="burstiness"):
         lqs.sweep(workload=["pd-1:1"], lam=[1.0], M=16384, prefill_chunk=512, b=0.0372, burstiness=-1)
-    with pytest.raises(lqs.LqsError, match="burstiness.*one server"):
-        lqs.sweep(workload=["pd-1:1"], lam=[1.0], M=16384, prefill_chunk=512, b=0.0372, servers=[2],
-                  burstiness=2)
 
 
 def test_cli_arrival_flags(tmp_path):
@@ -142,7 +168,7 @@ def test_cli_arrival_flags(tmp_path):
     one_line_error(run(["simulate", *PD16K_FLAGS, "--lam", "1", "--arrival-times", str(f)]), "arrival_times")
     one_line_error(run(["simulate", *PD16K_FLAGS, "--lam", "1", "--arrival-times", str(f), "--burstiness", "2"]),
                    "burstiness", "not both")
-    one_line_error(run(["critical", *PD16K_FLAGS, "--servers", "2", "--burstiness", "2"]), "arrivals")
+    one_line_error(run(["--path", "fused", "critical", *PD16K_FLAGS, "--burstiness", "2"]), "path")
 
 
 def test_cli_replays_a_trace_pattern_with_the_engine_limits(tmp_path):

@@ -14,10 +14,10 @@ def arrival_options():
     return _compose(
         click.option("--burstiness", "burstiness", metavar="K", default=None,
                      help="Gamma arrivals with shape K (inter-arrival CV 1/√K; the --burstiness of vLLM and SGLang's "
-                          "benchmark clients; 1 = Poisson). One server, no phases."),
+                          "benchmark clients; 1 = Poisson). No phases."),
         click.option("--arrival-times", "arrival_times", metavar="FILE", default=None,
                      help="Replay this trace's or open-loop benchmark's arrival pattern (its instants, time-scaled "
-                          "to each λ and repeated). One server, no phases."),
+                          "to each λ and repeated). No phases."),
     )
 
 

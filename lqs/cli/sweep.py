@@ -31,9 +31,9 @@ _LIST_AXES = ("workload", "rho", "M", "prefill_chunk", "b", "policy", "token_bud
               help="Also keep one row per cell × trial (trials.parquet / trials.csv).")
 @renamed_options("per_replica", "cells_per_chunk")
 @click.option("--burstiness", "burstiness", default=None, metavar="K[,K...]",
-              help="Gamma arrivals with shape K (inter-arrival CV 1/√K; 1 = Poisson; one server); an axis.")
+              help="Gamma arrivals with shape K (inter-arrival CV 1/√K; 1 = Poisson); an axis.")
 @click.option("--arrival-times", "arrival_times", default=None, metavar="FILE",
-              help="Every cell replays this trace's arrival pattern, time-scaled to its λ (one server).")
+              help="Every cell replays this trace's arrival pattern, time-scaled to its λ.")
 @click.option("--overwrite", is_flag=True, help="Replace a different sweep already in DIR.")
 def sweep_cmd(config, out, overwrite, progress, **opts):
     """Run (or resume) a sweep over λ or ρ, workload, M, ŝ, b̄ / batch-time model, policy, token budget, servers

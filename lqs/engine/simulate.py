@@ -41,8 +41,8 @@ def simulate(workload, server, lam=None, mc=None, *, key=None, phases=None, prog
 
     ``arrivals`` (default Poisson) is an :class:`lqs.Arrivals` without a rate: ``Arrivals("gamma", burstiness=k)``
     (a benchmark client's ``--burstiness``; inter-arrival CV 1/√k) or ``Arrivals("replayed", instants_s=...)`` (a
-    trace's arrival pattern, time-scaled to each λ and repeated), run as given instants on one server without
-    phases (docs/model.md, "Arrival processes"). The long-run verdict does not depend on them: the saturation
+    trace's arrival pattern, time-scaled to each λ and repeated), run as given instants on one server or a
+    cluster, without phases (docs/model.md, "Arrival processes"). The long-run verdict does not depend on them: the saturation
     run that gives λ* has a permanent backlog, and any stationary process of rate λ drifts by λ − λ*. What a
     finite run sees (latencies, ``p_backlog_grows``) does.
 

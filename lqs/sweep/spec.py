@@ -25,7 +25,7 @@ Spec fields (YAML or a dict; every axis may be a list or a single value)::
     decode_b: [null]         # the decode pool's b̄ (null = b); an axis
     transfer_latency: 0.0    # KV transfer τ0 (s), and its rate in tokens/s (null = latency only), every cell
     transfer_tokens_per_s: null
-    burstiness: [1.0]        # gamma arrivals with shape k (CV 1/√k; 1 = Poisson); an axis; servers = 1 when k ≠ 1
+    burstiness: [1.0]        # gamma arrivals with shape k (CV 1/√k; 1 = Poisson); an axis
     arrival_times: null      # or a trace / open-loop benchmark file: its arrival pattern, time-scaled to each λ
     trials: 64               # Monte Carlo repetitions per cell                   (MonteCarlo.trials)
     steps: null              # null = auto (warm-up + max(16000 steps, 2000 completions)), per group
@@ -123,15 +123,9 @@ class SweepSpec:
         self._check_disagg()
         self.burstiness = [check_float("burstiness", k, 0.0, 1e6, lo_open=True)
                            for k in _floats("burstiness", self.burstiness, 0.0, lo_open=True)]
-        if any(k != 1.0 for k in self.burstiness) and any(g > 1 for g in self.servers):
-            raise LqsError("burstiness", self.burstiness, "gamma arrivals run on one server (servers = 1); "
-                                                          "clusters take Poisson arrivals")
         if self.arrival_times is not None:
             if self.burstiness != [1.0]:
                 raise LqsError("arrival_times", self.arrival_times, "give burstiness or arrival_times, not both")
-            if any(g > 1 for g in self.servers):
-                raise LqsError("arrival_times", self.arrival_times, "replayed arrivals run on one server "
-                                                                    "(servers = 1); clusters take Poisson arrivals")
             self.arrival_times = os.fspath(self.arrival_times)
             self.arrivals()  # read and checked now, before anything runs
         if not isinstance(self.per_trial, (bool, np.bool_)):
