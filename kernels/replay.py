@@ -12,10 +12,13 @@ slot-major as on the long-run engine's XLA path) and the axis of every per-trial
 Per step, at instant t:
 
 1. A request i may enter the server once it has reached the client (``t_arr[i]``) and fewer than C requests are in
-   the server: the (i−C+1)-th completion frees its place (``t_free``). It enters at max(t_arr, t_free) and can be
-   scheduled f0 + f1·n seconds later, n the requests in the server when it entered (the server's front end:
-   HTTP, tokenisation, and the streaming of the other requests' tokens). With nothing schedulable the server is
-   idle and the clock jumps to the next instant a request enters or can be scheduled.
+   the server: the (i−C+1)-th completion frees its place (``t_free``). It enters at max(t_arr, t_free). The
+   server's front end (HTTP, tokenisation, streaming) takes the entering requests one at a time, in entry order,
+   f2 seconds each (a queue: the i-th is through at d_i = max(d_{i−1}, t_enter_i) + f2), and a request can be
+   scheduled f0 + f1·n seconds after that, n the requests in the server when it entered. The same front end
+   streams the outputs: a first token or a completion produced at T reaches the client once the front end has
+   taken every request that entered before T (at max(T, d_last)). With nothing schedulable the server is idle and
+   the clock jumps to the next instant a request enters or can be scheduled.
 2. The scheduled set is the longest prefix, in file order, of the schedulable requests whose block-rounded
    footprints fit in M, whose count fits the running-request cap and whose tokens fit the token budget.
 3. Scheduled requests advance; started ones left out are preempted (recompute: progress restarts) or keep their
@@ -49,6 +52,7 @@ class ReplayConfig:
     #                          prompt takes min(ŝ, what is left of it, what the token budget leaves) tokens
     running_cap: bool = True  # some trial caps the running requests (False: the cap is not computed)
     budget_cap: bool = True  # some trial has a token budget (chunking "fixed"; "budget" always has one)
+    serial_frontend: bool = False  # some trial's front end takes f2 > 0 s per entering request
     steps_per_call: int = 256  # steps per jitted call between host checks
     n_bins: int = 240  # log-spaced ITL histogram bins
     itl_lo_s: float = 1e-5
@@ -73,7 +77,7 @@ class ReplayParams(NamedTuple):
     max_running: jax.Array  # int32 running-request cap (INT_BIG: none)
     block: jax.Array  # int32 KV block size β (1: tokens)
     concurrency: jax.Array  # int32 client concurrency C (≥ N: none)
-    frontend: jax.Array  # float32[2] (f0 s, f1 s per request in the server): entry → schedulable delay
+    frontend: jax.Array  # float32[3] (f0 s, f1 s per request in the server, f2 s per entering request in turn)
     batch: object  # lqs BatchTime pytree
 
 
@@ -96,6 +100,7 @@ class ReplayState(NamedTuple):
     itl_lo: jax.Array  # float32[n_bins] the smallest gap in each bin (inf: empty)
     itl_hi: jax.Array  # float32[n_bins] the largest gap in each bin (−inf: empty)
     t: jax.Array  # float32[] clock
+    fe_free: jax.Array  # float32[] the front end has taken every entered request by then (f2 > 0)
     step: jax.Array  # int32[] steps run (idle jumps are not steps)
     n_done: jax.Array  # int32[]
     peak: jax.Array  # int32[] most requests in the server at a step's start
@@ -115,7 +120,8 @@ def init_state(N: int, cfg: ReplayConfig, concurrency) -> ReplayState:
                        t_free=jnp.where(i < concurrency[None, :], jnp.float32(0), inf), t_avail=full(inf),
                        t_ttft=full(inf), t_done=full(inf), t_last=full(inf),
                        itl_hist=jnp.zeros((T, cfg.n_bins), jnp.int32), itl_lo=jnp.full((T, cfg.n_bins), inf),
-                       itl_hi=jnp.full((T, cfg.n_bins), -inf), t=jnp.zeros(T, jnp.float32), step=z, n_done=z,
+                       itl_hi=jnp.full((T, cfg.n_bins), -inf), t=jnp.zeros(T, jnp.float32),
+                       fe_free=jnp.zeros(T, jnp.float32), step=z, n_done=z,
                        peak=z, preempted=z, mem_max=z, violations=z)
 
 
@@ -156,8 +162,18 @@ def replay_step(state: ReplayState, inp: ReplayInputs, p: ReplayParams, cfg: Rep
     t_enter = jnp.maximum(inp.t_arr, state.t_free)
     entered = pending & (t_enter <= t)
     in_server = count_slots(entered)
-    t_avail = jnp.where(entered & jnp.isinf(state.t_avail),
-                        t_enter + p.frontend[:, 0] + p.frontend[:, 1] * in_server.astype(jnp.float32), state.t_avail)
+    new = entered & jnp.isinf(state.t_avail)
+    fe_free = state.fe_free
+    through = t_enter
+    if cfg.serial_frontend:  # d_i = max(d_{i-1}, t_enter_i) + f2 over this step's entries, in entry order:
+        f2 = p.frontend[:, 2]  # d_i = r_i·f2 + max(fe_free, max_{j≤i} (t_enter_j − (r_j − 1)·f2)), r the rank
+        (r,) = _prefix_sums(new.astype(i32))
+        rf = r.astype(jnp.float32)
+        lead = jax.lax.cummax(jnp.where(new, t_enter - (rf - 1.0) * f2, -jnp.inf), axis=0)
+        through = rf * f2 + jnp.maximum(fe_free, lead)
+        fe_free = jnp.max(jnp.where(new, through, fe_free), axis=0)
+    t_avail = jnp.where(new, through + p.frontend[:, 0] + p.frontend[:, 1] * in_server.astype(jnp.float32),
+                        state.t_avail)
     live = pending & (t_avail <= t)
     any_live = jnp.any(live, axis=0)
     all_done = ~jnp.any(pending, axis=0)
@@ -210,6 +226,7 @@ def replay_step(state: ReplayState, inp: ReplayInputs, p: ReplayParams, cfg: Rep
     dec_tok = sched & ~pre
     done = sched & (u1 == k + o)
     u_new = jnp.where(sched, u1, u)
+    t_out = jnp.maximum(t_end, fe_free) if cfg.serial_frontend else t_end  # what the client sees, and when
     if cfg.policy == "recompute":
         u_new = jnp.where(left_out, 0, u_new)
     had_tok = (fl & F_TOKEN) != 0
@@ -244,9 +261,10 @@ def replay_step(state: ReplayState, inp: ReplayInputs, p: ReplayParams, cfg: Rep
     iota = slot_iota(u)
     freed = (iota >= state.n_done + p.concurrency) & (iota < n_done + p.concurrency)
     return ReplayState(
-        u=u_new, flags=fl_new, t_free=jnp.where(freed, t_end, state.t_free), t_avail=t_avail,
-        t_ttft=jnp.where(first_tok, t_end, state.t_ttft), t_done=jnp.where(done, t_end, state.t_done),
+        u=u_new, flags=fl_new, t_free=jnp.where(freed, t_out, state.t_free), t_avail=t_avail,
+        t_ttft=jnp.where(first_tok, t_out, state.t_ttft), t_done=jnp.where(done, t_out, state.t_done),
         t_last=jnp.where(tok_now, t_end, state.t_last), itl_hist=hist, itl_lo=h_lo, itl_hi=h_hi, t=t_end,
+        fe_free=fe_free,
         step=state.step + any_live.astype(i32), n_done=n_done, peak=jnp.maximum(state.peak, in_server),
         preempted=state.preempted + n_preempt, mem_max=jnp.maximum(state.mem_max, mem),
         violations=state.violations + (mem > p.M).astype(i32))

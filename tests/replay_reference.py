@@ -15,7 +15,11 @@ def _blocks(x, block):
 def replay_reference(s, o, t_arr, *, M, chunk, budget=None, max_running=None, block=1, concurrency=None,
                      frontend=(0.0, 0.0), policy="recompute", chunking="fixed", batch=lambda pre, dec, mem: 0.25):
     """(t_enter, t_ttft, t_done, steps, mem_max) of one trial. ``batch(prefill_tokens, decode_tokens, mem)`` gives
-    each step's duration."""
+    each step's duration. ``frontend`` (f0, f1[, f2]): the front end takes the requests that entered one at a time,
+    in entry order, f2 s each; a request can be scheduled f0 + f1·n s after it is through (n: requests in the
+    server when it entered); a first token or completion produced at T is seen at max(T, the instant the front end
+    is through with every request that entered before)."""
+    f0, f1, f2 = (tuple(frontend) + (0.0, 0.0))[:3]
     n = len(s)
     C = n if concurrency is None else concurrency
     B = math.inf if budget is None else budget
@@ -29,13 +33,18 @@ def replay_reference(s, o, t_arr, *, M, chunk, budget=None, max_running=None, bl
     t_ttft = [math.inf] * n
     t_done = [math.inf] * n
     done_count, t, steps, mem_max = 0, 0.0, 0, 0
+    fe_free = 0.0  # the front end is through with every entered request by then
     while done_count < n:
         enter = [max(t_arr[i], t_free[i]) for i in range(n)]
         pending = [i for i in range(n) if t_done[i] == math.inf]
         inside = [i for i in pending if enter[i] <= t]
-        for i in inside:
+        for i in inside:  # file order is entry order
             if t_avail[i] == math.inf:
-                t_avail[i] = enter[i] + frontend[0] + frontend[1] * len(inside)
+                through = enter[i]
+                if f2 > 0:
+                    fe_free = max(fe_free, enter[i]) + f2
+                    through = fe_free
+                t_avail[i] = through + f0 + f1 * len(inside)
         live = [i for i in pending if t_avail[i] <= t]
         if not live:  # idle: jump to the next instant a request enters or can be scheduled
             t = max(t, min(t_avail[i] if t_avail[i] < math.inf else enter[i] for i in pending))
@@ -69,22 +78,25 @@ def replay_reference(s, o, t_arr, *, M, chunk, budget=None, max_running=None, bl
         dec_tok = sum(1 for i in sched if prog[i] >= k[i])
         b = batch(pre_tok, dec_tok, used_mem)
         t_end = t + b
+        t_seen = max(t_end, fe_free) if f2 > 0 else t_end
         steps += 1
+        finished = []
         for i in live:
             if i in tok_of:
                 was_pre = prog[i] < k[i]
                 prog[i] += tok_of[i] if chunking == "budget" else 1
                 started[i] = True
                 if was_pre and prog[i] == k[i] and not ttft_seen[i]:
-                    ttft_seen[i], t_ttft[i] = True, t_end
+                    ttft_seen[i], t_ttft[i] = True, t_seen
                 if prog[i] == k[i] + o[i]:
-                    t_done[i] = t_end
+                    t_done[i] = t_seen
+                    finished.append(i)
             elif started[i] and policy == "recompute":
                 prog[i] = 0
-        new_done = sum(1 for i in sched if t_done[i] == t_end)
+        new_done = len(finished)
         for i in range(done_count + C, done_count + new_done + C):
             if i < n:
-                t_free[i] = t_end
+                t_free[i] = t_seen
         done_count += new_done
         t = t_end
     enter = [max(t_arr[i], t_free[i]) for i in range(n)]

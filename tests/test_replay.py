@@ -39,6 +39,10 @@ CASES = {
     "budget-fill": dict(policy="recompute", M=400, chunk=32, budget=24, chunking="budget"),
     "closed-loop": dict(policy="recompute", M=200, chunk=16, concurrency=3),
     "frontend": dict(policy="swap", M=200, chunk=16, concurrency=5, frontend=(0.125, 0.0625)),
+    # the front end one request at a time: 0.5 s each, slower than the arrivals, so outputs wait for it too
+    "frontend-queue": dict(policy="recompute", M=200, chunk=16, frontend=(0.125, 0.0, 0.5)),
+    "frontend-closed": dict(policy="swap", M=200, chunk=16, concurrency=5, frontend=(0.0, 0.0625, 0.25),
+                            batch="affine"),
     "affine": dict(policy="recompute", M=90, chunk=8, concurrency=6, batch="affine"),
 }
 

@@ -50,8 +50,9 @@ def _server_kw(opts: dict) -> dict:
 @click.option("--b-model", "b_model", metavar="SPEC", default=None,
               help="Batch-time model: constant, constant:B, affine:A0,A1,A2,A3 (lqs calibrate prints one), "
                    "lognormal:CV or empirical.")
-@click.option("--frontend", "frontend", metavar="F0[,F1]", default="0",
-              help="Front-end delay: a request can be scheduled F0 + F1·n s after entering (n in the server).")
+@click.option("--frontend", "frontend", metavar="F0[,F1[,F2]]", default="0",
+              help="Front end: it takes entering requests one at a time, F2 s each; a request can be scheduled "
+                   "F0 + F1·n s after that (n in the server); outputs reach the client once it is through.")
 @click.option("--arrivals", "arrivals", metavar="auto|recorded|poisson|gamma|burst", default="auto",
               show_default=True, help="How the client issued the requests (auto: as the file states).")
 @click.option("--concurrency", "concurrency", metavar="C|file|none", default="file", show_default=True,

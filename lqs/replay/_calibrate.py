@@ -2,8 +2,10 @@
 measured timings (docs/model.md, "Calibrating the batch time").
 
 Model: ``constant`` b̄, or ``affine`` b = a0 + a1·prefill tokens + a2·decode tokens + a3·memory in use, each
-coefficient ≥ 0; with ``frontend`` also (f0, f1): a request can be scheduled f0 + f1·n seconds after it enters
-the server, n the requests then in it. Targets: per-request TPOT and TTFT quantiles (p10, p50, p90) and the
+coefficient ≥ 0; with ``frontend`` also the front end (f0, f1, f2): it takes the entering requests one at a
+time, f2 seconds each, a request can be scheduled f0 + f1·n seconds after it is through (n the requests in the
+server when it entered), and outputs reach the client once the front end has taken the requests that entered
+before them (kernels/replay.py). Targets: per-request TPOT and TTFT quantiles (p10, p50, p90) and the
 request throughput of every fitted run, or the summary medians where that is all a file has; the loss is the sum
 of squared log ratios replayed / measured.
 
@@ -23,13 +25,13 @@ import numpy as np
 from .._batch import AffineBatch, ConstantBatch
 from .._errors import LqsError, check_choice, check_int
 from . import _core
-from ._replay import measured_metrics, replay, resolve_chunking, run_arrivals
+from ._replay import _fe_text, measured_metrics, replay, resolve_chunking, run_arrivals
 from ._sources import resolve_server
 
 MODELS = ("affine", "constant")
 TARGETS = (("ttft", 0.1), ("ttft", 0.5), ("ttft", 0.9), ("tpot", 0.1), ("tpot", 0.5), ("tpot", 0.9))
 #: typical magnitude of each parameter (the search runs on log(θ / scale))
-SCALES = {"a0": 2e-3, "a1": 1e-5, "a2": 2e-5, "a3": 1e-8, "f0": 2e-2, "f1": 2e-3, "b": 1e-2}
+SCALES = {"a0": 2e-3, "a1": 1e-5, "a2": 2e-5, "a3": 1e-8, "f0": 2e-2, "f1": 5e-4, "f2": 1e-3, "b": 1e-2}
 FIT_FRACTION = 1 / 3  # default: the lowest-load third (at least one) of each ladder's runs is fitted
 
 
@@ -140,7 +142,7 @@ def _candidates(model, frontend, z, names):
         batch = [AffineBatch(th["a0"][p], th["a1"][p], th["a2"][p], th["a3"][p]) for p in range(P)]
     else:
         batch = [ConstantBatch(th["b"][p]) for p in range(P)]
-    fe = np.stack([th.get("f0", np.zeros(P)), th.get("f1", np.zeros(P))], axis=1) if frontend else np.zeros((P, 2))
+    fe = np.stack([th.get(n, np.zeros(P)) for n in ("f0", "f1", "f2")], axis=1)
     return th, batch, fe
 
 
@@ -170,7 +172,7 @@ def calibrate(results, *, fit=None, model: str = "affine", frontend: bool = True
     for r, (srv, _) in zip(runs, servers):
         r.trace.validate(srv.M)
     names = ["a0", "a1", "a2", "a3"] if model == "affine" else ["b"]
-    names += ["f0", "f1"] if frontend else []
+    names += ["f0", "f1", "f2"] if frontend else []
     key = jax.random.key(seed) if key is None else key
     key_search, key_arr, key_batch = jax.random.split(key, 3)
 
@@ -221,11 +223,12 @@ def calibrate(results, *, fit=None, model: str = "affine", frontend: bool = True
     params = {n: float(v[0]) for n, v in th.items()}
     b_model = ("affine:" + ",".join(f"{params[n]:.6g}" for n in ("a0", "a1", "a2", "a3"))) if model == "affine" \
         else f"constant:{params['b']:.6g}"
-    fe_text = f"{fe[0, 0]:.6g},{fe[0, 1]:.6g}"
+    fe_text = _fe_text(tuple(float(x) for x in fe[0]))
 
     rows = []
     for i, (r, (srv, _)) in enumerate(zip(runs, servers)):
-        res = replay(r, None, trials=max(trials, 4), b_model=b_model, frontend=(fe[0, 0], fe[0, 1]), chunking=chunking,
+        res = replay(r, None, trials=max(trials, 4), b_model=b_model, frontend=tuple(float(x) for x in fe[0]),
+                     chunking=chunking,
                      **server_fields, key=jax.random.fold_in(key, 10_000 + i))
         d = res.report
         row = {"run": i, "source": r.trace.source, "role": "fitted" if i in fit else "predicted",

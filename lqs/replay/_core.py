@@ -49,8 +49,10 @@ def _stack(models, T):
 
 
 def _frontend(f, T):
+    """float32[T, 3] (f0, f1, f2) from (f0, f1), (f0, f1, f2) or one row per trial (a missing f2 is 0)."""
     a = np.asarray(f, np.float32)
-    return np.broadcast_to(a, (T, 2)).copy() if a.ndim == 1 else a
+    a = np.broadcast_to(a, (T, a.shape[-1])) if a.ndim == 1 else a
+    return np.concatenate([a, np.zeros((T, 3 - a.shape[1]), np.float32)], axis=1) if a.shape[1] < 3 else a.copy()
 
 
 def _per_trial(x, T, dtype):
@@ -62,7 +64,7 @@ def run(s, o, t_arr, *, M, chunk, budget=None, max_running=None, block=1, concur
         batch, policy: str, key, chunking: str = "fixed", max_steps: int | None = None, progress=None,
         steps_per_call: int = 256) -> RawReplay:
     """Replay N requests (s, o in issue order) arriving at ``t_arr`` (float[T, N]) for T trials. Every server
-    parameter may be a scalar or one value per trial (``frontend``: (f0, f1) or float[T, 2]); ``batch`` one
+    parameter may be a scalar or one value per trial (``frontend``: (f0, f1[, f2]) or float[T, 2 or 3]); ``batch`` one
     BatchTime or a list of T. ``progress``: a
     callable(done_requests, total) or None."""
     s = np.asarray(s, np.int32)
@@ -73,15 +75,17 @@ def run(s, o, t_arr, *, M, chunk, budget=None, max_running=None, block=1, concur
         raise LqsError("requests", f"{s.size} lengths", f"must give one (s, o) per arrival ({N})")
     big = lambda v: INT_BIG if v is None else v  # noqa: E731
     capped = lambda v: bool(np.any(np.asarray(big(v)) < INT_BIG))  # noqa: E731
+    fe = _frontend(frontend, T)
     cfg = ReplayConfig(N=N, policy=policy, chunking=chunking, running_cap=capped(max_running),
-                       budget_cap=capped(budget), steps_per_call=steps_per_call)
+                       budget_cap=capped(budget), serial_frontend=bool(np.any(fe[:, 2] > 0)),
+                       steps_per_call=steps_per_call)
     params = ReplayParams(M=_per_trial(M, T, np.int32), chunk=_per_trial(chunk, T, np.int32),
                           budget=_per_trial(big(budget), T, np.int32),
                           max_running=_per_trial(big(max_running), T, np.int32),
                           block=_per_trial(block, T, np.int32),
                           concurrency=_per_trial(min(big(concurrency), INT_BIG) if np.ndim(concurrency) == 0
                                                  else concurrency, T, np.int32),
-                          frontend=_frontend(frontend, T), batch=_stack(batch, T))
+                          frontend=fe, batch=_stack(batch, T))
     keys = jax.vmap(trial_keys)(jax.random.split(key, T))
     inputs = ReplayInputs(s=jnp.asarray(s)[:, None], o=jnp.asarray(o)[:, None], t_arr=jnp.asarray(t_arr.T),
                           key_batch=keys.batch)

@@ -116,9 +116,11 @@ def replay(result, server=None, *, run: int | None = None, trials: int = 16, key
     ``token_budget``, ``max_running``, ``block_size``, ``policy``, ``b``, ``b_model``), the file and the
     engine's defaults (:func:`lqs.replay.resolve_server`). ``arrivals``: ``auto`` (as the file states), or
     ``recorded``, ``poisson``, ``gamma``, ``burst``, or an :class:`lqs.replay.Arrivals`. ``concurrency``:
-    ``file`` (the client's max_concurrency), None (no cap) or an integer. ``frontend``: (f0, f1): a request can
-    be scheduled f0 + f1·n seconds after it enters, n the requests then in the server (the server's front end;
-    :func:`lqs.replay.calibrate` fits it); a number is f0. ``chunking``: ``budget`` (a prompt takes what the
+    ``file`` (the client's max_concurrency), None (no cap) or an integer. ``frontend``: (f0, f1[, f2]): the
+    server's front end takes entering requests one at a time, f2 seconds each, a request can be scheduled
+    f0 + f1·n seconds after that (n the requests in the server when it entered), and a first token or completion
+    reaches the client once the front end is through with the requests that entered before it
+    (kernels/replay.py; :func:`lqs.replay.calibrate` fits it); a number is f0. ``chunking``: ``budget`` (a prompt takes what the
     token budget leaves, vLLM V1 and SGLang), ``fixed`` (whole chunks of ŝ) or ``auto`` (budget for a server
     resolved from a vLLM or SGLang run, fixed for a given Server)."""
     import jax
@@ -178,23 +180,30 @@ def resolve_chunking(chunking: str, server) -> str:
     return chunking
 
 
-def parse_frontend(f) -> tuple[float, float]:
-    """(f0, f1) from a pair, a number (f0) or the text "F0" / "F0,F1"; each in [0, 60] seconds."""
+def parse_frontend(f) -> tuple[float, float, float]:
+    """(f0, f1, f2) from a tuple, a number (f0) or the text "F0", "F0,F1" or "F0,F1,F2"; each in [0, 60] seconds
+    (a missing f1 or f2 is 0)."""
     from .._errors import parse_number
 
     if isinstance(f, str):
         parts = [x for x in f.split(",") if x.strip()]
-        if not 1 <= len(parts) <= 2:
-            raise LqsError("frontend", f, "must be F0 or F0,F1 (seconds, seconds per request in the server)")
+        if not 1 <= len(parts) <= 3:
+            raise LqsError("frontend", f, "must be F0, F0,F1 or F0,F1,F2 (seconds; seconds per request in the "
+                                          "server; seconds per entering request, one at a time)")
         f = [parse_number("frontend", x) for x in parts]
     if isinstance(f, (int, float, np.integer, np.floating)):
-        f = (f, 0.0)
+        f = (f,)
     f = tuple(f)
-    if len(f) == 1:
-        f = (f[0], 0.0)
-    if len(f) != 2:
-        raise LqsError("frontend", f, "must be (f0, f1)")
-    return (check_float("frontend", f[0], 0.0, 60.0), check_float("frontend", f[1], 0.0, 60.0))
+    if not 1 <= len(f) <= 3:
+        raise LqsError("frontend", f, "must be (f0, f1, f2)")
+    f = f + (0.0,) * (3 - len(f))
+    return tuple(check_float("frontend", x, 0.0, 60.0) for x in f)
+
+
+def _fe_text(frontend) -> str:
+    """The --frontend text of (f0, f1, f2): F0,F1, with ,F2 when f2 > 0."""
+    f = parse_frontend(frontend)
+    return ",".join(f"{x:.6g}" for x in (f if f[2] > 0 else f[:2]))
 
 
 def _report(bench, srv, sources, arr, C, frontend, df, raw) -> dict:
@@ -204,7 +213,7 @@ def _report(bench, srv, sources, arr, C, frontend, df, raw) -> dict:
            "concurrency": C, "n_requests": len(bench.trace), "trials": int(len(df)),
            "M_tokens": srv.M, "prefill_chunk_tokens": srv.prefill_chunk, "token_budget": srv.token_budget,
            "max_running": srv.max_running, "block_size_tokens": srv.block_size, "policy": srv.policy,
-           "b_model": _b_spec(srv.bs[0]), "frontend": f"{frontend[0]:.6g},{frontend[1]:.6g}",
+           "b_model": _b_spec(srv.bs[0]), "frontend": _fe_text(frontend),
            "sources": dict(sources)}
     if bench.run_kind == "open" and bench.request_rate is not None and math.isfinite(bench.request_rate):
         rep["request_rate_rps"] = bench.request_rate
