@@ -15,7 +15,8 @@ from .._server import as_server, resolve_mc
 from .._theory import capacity
 from .results import SimResult
 from .simulate import simulate
-from .sizing import auto_steps, check_workload
+from .paths import select_path
+from .sizing import _limits, auto_steps, check_workload
 from .verdict import Verdict, saturation
 
 
@@ -62,6 +63,8 @@ def critical(workload, server, mc=None, *, key=None, grid_points: int = 9, grid_
     grid_trials = mc.trials if grid_trials is None else check_int("grid_trials", grid_trials, 1, 2**24)
     check_workload(workload, server)
     arrivals = as_arrivals(arrivals, server.servers)
+    if arrivals is not None and grid_points > 0:  # the grid's path must take them: say so before any run
+        select_path(mc.path, server.servers, False, _limits(server), arrivals.engine_kind)
     cap = capacity(workload, server)
     if mc.steps is None:
         mc = mc.replace(steps=auto_steps(workload, server, mc.warmup))
