@@ -24,6 +24,23 @@ def _splits(text):
     return out
 
 
+def transfer_options(scope: str = ""):
+    """--transfer-latency, --transfer-tokens-per-s, --kv-bytes-per-token and --transfer-bandwidth (parameters
+    tau0, rate, kv_bytes, bandwidth; :func:`parse_transfer` reads them). ``scope`` prefixes each help text."""
+    from .renamed import _compose
+
+    return _compose(
+        click.option("--transfer-latency", "tau0", metavar="SECONDS", default="0", show_default=True,
+                     help=scope + "Fixed part τ0 of the KV transfer time τ(s) = τ0 + s/r."),
+        click.option("--transfer-tokens-per-s", "rate", metavar="TOKENS_PER_S", default=None,
+                     help=scope + "Transfer rate r in KV tokens per second (default: latency only)."),
+        click.option("--kv-bytes-per-token", "kv_bytes", metavar="BYTES", default=None,
+                     help=scope + "KV bytes per token; with --transfer-bandwidth gives r."),
+        click.option("--transfer-bandwidth", "bandwidth", metavar="BYTES_PER_S", default=None,
+                     help=scope + "Link bandwidth in bytes per second; with --kv-bytes-per-token gives r."),
+    )
+
+
 def parse_transfer(tau0, rate, kv_bytes=None, bandwidth=None):
     """The lqs.Transfer of the --transfer-latency, --transfer-tokens-per-s (or --kv-bytes-per-token with
     --transfer-bandwidth) options."""
@@ -56,14 +73,7 @@ def parse_transfer(tau0, rate, kv_bytes=None, bandwidth=None):
               help="The prefill pool's token budget per step (default none).")
 @click.option("--decode-budget", "decode_budget", metavar="TOKENS", default=None,
               help="The decode pool's token budget per step (default none).")
-@click.option("--transfer-latency", "tau0", metavar="SECONDS", default="0", show_default=True,
-              help="Fixed part τ0 of the KV transfer time τ(s) = τ0 + s/r.")
-@click.option("--transfer-tokens-per-s", "rate", metavar="TOKENS_PER_S", default=None,
-              help="Transfer rate r in KV tokens per second (default: latency only).")
-@click.option("--kv-bytes-per-token", "kv_bytes", metavar="BYTES", default=None,
-              help="KV bytes per token; with --transfer-bandwidth gives r.")
-@click.option("--transfer-bandwidth", "bandwidth", metavar="BYTES_PER_S", default=None,
-              help="Link bandwidth in bytes per second; with --kv-bytes-per-token gives r.")
+@transfer_options()
 @click.option("--lam", "lam", metavar="RPS", default=None, help="Arrival rate λ: the closed-form verdict per split.")
 @click.option("--simulate", "simulate_", is_flag=True,
               help="Also measure λ* per station (saturation runs of a prefill, a decode and a colocated server) and "

@@ -14,6 +14,7 @@ import click
 
 from .. import _jsonio
 from .._errors import LqsError
+from .disagg import parse_transfer, transfer_options
 from .options import (build_mc, build_server, mc_options, output_options, parse_float, parse_int, renamed_options,
                       server_options, split_list)
 
@@ -71,11 +72,10 @@ def _head(meta, keys):
     return {k: meta.get(k) for k in keys}
 
 
-def _deployment(opts, decode_M, decode_b, tau0, rate):
+def _deployment(opts, decode_M, decode_b, transfer):
     """The pd_split axis's deployment: the study's server on both pools (the decode pool's M and b̄ replaced when
     given) and the transfer."""
     from .._disagg import Disaggregated
-    from .disagg import parse_transfer
     from ..studies import default_server
 
     quick = bool(opts["quick"])
@@ -85,7 +85,7 @@ def _deployment(opts, decode_M, decode_b, tau0, rate):
         kw["M"] = parse_int("decode_M", decode_M, 1)
     if decode_b is not None:
         kw["b"] = parse_float("decode_b", decode_b, 0.0, lo_open=True)
-    return Disaggregated(srv, srv.replace(**kw), transfer=parse_transfer(tau0, rate))
+    return Disaggregated(srv, srv.replace(**kw), transfer=transfer)
 
 
 @click.group("study")
@@ -118,11 +118,8 @@ LATENCY_COLUMNS = ("ttft_p99_s", "wait_p99_s", "e2e_p99_s", "ttft_p50_s", "wait_
               help="--axis pd_split: the decode pool's M (default the server's).")
 @click.option("--decode-b", "decode_b", metavar="SECONDS", default=None,
               help="--axis pd_split: the decode pool's b̄ (default the server's).")
-@click.option("--transfer-latency", "tau0", metavar="SECONDS", default="0", show_default=True,
-              help="--axis pd_split: the KV transfer's fixed time τ0.")
-@click.option("--transfer-tokens-per-s", "rate", metavar="TOKENS_PER_S", default=None,
-              help="--axis pd_split: the KV transfer rate r (default: latency only).")
-def phase_cmd(axis, points, latency, lam_points, gpus, decode_M, decode_b, tau0, rate, **opts):
+@transfer_options("--axis pd_split: ")
+def phase_cmd(axis, points, latency, lam_points, gpus, decode_M, decode_b, tau0, rate, kv_bytes, bandwidth, **opts):
     """The long-run stability boundary λ*(x) along a design axis, with μ and μ(1−δ): every row's saturation run in
     one vmapped program; stable left of the boundary band, unstable right of it."""
     import pandas as pd
@@ -142,8 +139,9 @@ def phase_cmd(axis, points, latency, lam_points, gpus, decode_M, decode_b, tau0,
         extra = {}
         if ax == "pd_split":
             extra = dict(gpus=parse_int("gpus", gpus, 2, 4096),
-                         disagg=_deployment(opts, decode_M, decode_b, tau0, rate))
-        elif any(v is not None for v in (decode_M, decode_b, rate)):
+                         disagg=_deployment(opts, decode_M, decode_b,
+                                            parse_transfer(tau0, rate, kv_bytes, bandwidth)))
+        elif any(v is not None for v in (decode_M, decode_b, rate, kv_bytes, bandwidth)):
             raise LqsError("axis", ax, "--decode-M, --decode-b and --transfer-* go with --axis pd_split")
         res = phase_diagram(axis=ax, n_values=n, latency=latency, n_lam=nl, **_inputs(opts, drop=drop), **extra)
         click.echo(f"phase diagram along {res.meta['axis']}: the long-run boundary λ* per row "
