@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import rng
-from .state import F_SCHED, F_STARTED, F_TTFT, count_slots, prefix_sum, slot_iota, sum_slots
+from .state import F_SCHED, F_STARTED, F_TTFT, count_slots, prefix_max, prefix_sum, slot_iota, sum_slots
 
 INT_BIG = 2**30  # "no limit" for the integer limits
 F_TOKEN = 8  # the request has produced a token (a later token's gap is an ITL sample)
@@ -166,10 +166,12 @@ def replay_step(state: ReplayState, inp: ReplayInputs, p: ReplayParams, cfg: Rep
     fe_free = state.fe_free
     through = t_enter
     if cfg.serial_frontend:  # d_i = max(d_{i-1}, t_enter_i) + f2 over this step's entries, in entry order:
-        f2 = p.frontend[:, 2]  # d_i = r_i·f2 + max(fe_free, max_{j≤i} (t_enter_j − (r_j − 1)·f2)), r the rank
-        (r,) = _prefix_sums(new.astype(i32))
-        rf = r.astype(jnp.float32)
-        lead = jax.lax.cummax(jnp.where(new, t_enter - (rf - 1.0) * f2, -jnp.inf), axis=0)
+        f2 = p.frontend[:, 2]  # d_i = r_i·f2 + max(fe_free, max_{j≤i} (t_enter_j − (r_j − 1)·f2)), r the rank.
+        # t_enter is non-decreasing in i (sorted t_arr, places freed in completion order), so the requests that
+        # entered form a prefix and this step's entries are i = a .. : r_i = i − a + 1
+        a = count_slots(jnp.isfinite(state.t_avail))
+        rf = (slot_iota(u) - a + 1).astype(jnp.float32)
+        lead = prefix_max(jnp.where(new, t_enter - (rf - 1.0) * f2, -jnp.inf))
         through = rf * f2 + jnp.maximum(fe_free, lead)
         fe_free = jnp.max(jnp.where(new, through, fe_free), axis=0)
     t_avail = jnp.where(new, through + p.frontend[:, 0] + p.frontend[:, 1] * in_server.astype(jnp.float32),

@@ -296,17 +296,38 @@ def prefix_sum(x):
     Integer adds in any order give the same bits."""
     if x.ndim == 1:
         return jnp.cumsum(x)
+    rows, tot, incl = _grouped_scan(x, jnp.add, 0)
+    out = jnp.stack(rows, 1) + (incl - tot)[:, None]
+    return out.reshape((-1,) + x.shape[1:])[:x.shape[0]]
+
+
+def prefix_max(x):
+    """Inclusive running maximum over the slot axis (axis 0), by the same grouped scan as :func:`prefix_sum`
+    (a maximum in any order gives the same bits)."""
+    if x.ndim == 1:
+        return jax.lax.cummax(x, axis=0)
+    rows, _, incl = _grouped_scan(x, jnp.maximum, -jnp.inf)
+    tail = ((0, 0),) * (x.ndim - 1)
+    before = jnp.pad(incl[:-1], ((1, 0),) + tail, constant_values=-jnp.inf)  # the groups before each group
+    out = jnp.maximum(jnp.stack(rows, 1), before[:, None])
+    return out.reshape((-1,) + x.shape[1:])[:x.shape[0]]
+
+
+def _grouped_scan(x, op, identity):
+    """The grouped scan of the associative ``op`` over axis 0 of a slot-major [K, N] array: PREFIX_GROUP slots
+    combined row by row (padding with ``identity``), then the group totals by log-step shifts. Returns (rows: the
+    running value inside each group, one [groups, N] array per position; tot: each group's total; incl: the
+    inclusive scan of the totals)."""
     n, b = x.shape[0], PREFIX_GROUP
     m = -(-n // b) * b
     tail = ((0, 0),) * (x.ndim - 1)
-    xp = jnp.pad(x, ((0, m - n),) + tail).reshape((m // b, b) + x.shape[1:])
+    xp = jnp.pad(x, ((0, m - n),) + tail, constant_values=identity).reshape((m // b, b) + x.shape[1:])
     rows = [xp[:, 0]]
     for j in range(1, b):
-        rows.append(rows[-1] + xp[:, j])
+        rows.append(op(rows[-1], xp[:, j]))
     tot = rows[-1]
     incl, sh = tot, 1
     while sh < tot.shape[0]:
-        incl = incl + jnp.pad(incl[:-sh], ((sh, 0),) + tail)
+        incl = op(incl, jnp.pad(incl[:-sh], ((sh, 0),) + tail, constant_values=identity))
         sh *= 2
-    out = jnp.stack(rows, 1) + (incl - tot)[:, None]
-    return out.reshape((m,) + x.shape[1:])[:n]
+    return rows, tot, incl
