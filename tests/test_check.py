@@ -209,3 +209,18 @@ def test_check_python_server_argument(files):
     assert d["b_source"] == "server" and d["b_s"] == SMALL_B and d["verdict"] == "stable"
     res = lqs.load_benchmark_result(files["stable"])
     assert isinstance(res, lqs.BenchmarkResult) and np.isclose(res.b, SMALL_B, rtol=0.02)
+
+
+def test_check_without_a_simulable_lam_star_falls_back_on_the_closed_form(files):
+    """A KV cache the engine cannot hold in a saturation run (here 2^29 tokens: λ* ≈ 4.5·10⁶ req/s, far more
+    arrivals per step than the engine draws): the replay half still runs, and the long-run verdict comes from the
+    theorems' band [μ_exact(1−δ), μ_exact] with the reason stated, instead of the command failing."""
+    d = lqs.check(files["stable"], M=2**29, prefill_chunk=SMALL_CHUNK, **MC).to_dict()
+    assert d["lam_star_rps"] is None and d["lam_star_basis"].startswith("closed form")
+    assert "λ* not simulated" in d["lam_star_note"] and "lam" in d["lam_star_note"]
+    cap = lqs.capacity(lqs.load_benchmark_result(files["stable"]).trace.workload(),
+                       lqs.Server(M=2**29, prefill_chunk=SMALL_CHUNK, b=d["b_s"]))
+    assert d["lam_star_lo_rps"] == pytest.approx(cap.mu_exact_stable_rps)
+    assert d["lam_star_hi_rps"] == pytest.approx(cap.mu_exact_rps)
+    assert d["verdict"] == "stable" and "closed form" in d["verdict_text"]
+    assert abs(d["sim_throughput_rps"] / d["measured_throughput_rps"] - 1) < 0.1  # the replay half ran

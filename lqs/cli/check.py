@@ -110,18 +110,25 @@ def _print(r: dict, paths):
     th.add_row("μ (paper closed form)", f"{r['mu_rps']:.4f}")
     th.add_row("μ_exact", f"{r['mu_exact_rps']:.4f}")
     th.add_row("μ(1−δ) guaranteed stable below", f"{r['mu_stable_rps']:.4f}   (δ = {r['delta']:.4f})")
-    th.add_row("λ* (simulated saturation throughput)",
-               f"{r['lam_star_rps']:.4f}  [{r['lam_star_lo_rps']:.4f}, {r['lam_star_hi_rps']:.4f}]")
+    if r["lam_star_rps"] is not None:
+        th.add_row("λ* (simulated saturation throughput)",
+                   f"{r['lam_star_rps']:.4f}  [{r['lam_star_lo_rps']:.4f}, {r['lam_star_hi_rps']:.4f}]")
+    else:
+        th.add_row("λ* (not simulated: the closed form's band)",
+                   f"[{r['lam_star_lo_rps']:.4f}, {r['lam_star_hi_rps']:.4f}]")
     th.add_row("ρ = λ/μ", _f(r["rho"]))
     con.print(th)
     style = {"stable": "green", "undecided": "yellow", "unstable": "bold red"}.get(r["verdict"], "cyan")
     con.print(f"verdict at the measured rate: [{style}]{escape(r['verdict_text'])}[/]")
+    if r.get("lam_star_note"):
+        con.print(f"[yellow]{escape(r['lam_star_note'])}[/]")
     if r["saturated"]:
         con.print(f"saturated run: {escape(r['saturated_reason'])}")
         if "throughput_over_mu" in r:
             con.print(f"  measured throughput {r['measured_throughput_rps']:.4f} req/s = "
                       f"{r['throughput_over_mu']:.4f} μ = {r['throughput_over_mu_exact']:.4f} μ_exact = "
-                      f"{r['throughput_over_lam_star']:.4f} λ*  (the paper's Table 1 comparison)")
+                      + (f"{r['throughput_over_lam_star']:.4f} λ*" if r.get("throughput_over_lam_star") is not None
+                         else "(λ* not simulated)") + "  (the paper's Table 1 comparison)")
     con.print(f"replayed: {escape(r['simulated'])}"
               + ("" if r["sim_reliable"] else " — [bold red]UNRELIABLE[/] (a trial did not finish)"))
     if not r.get("critical_reliable", True):
