@@ -15,7 +15,8 @@ Per step, at instant t:
    the server: the (i−C+1)-th completion frees its place (``t_free``). It enters at max(t_arr, t_free). The
    server's front end (HTTP, tokenisation, streaming) takes the entering requests one at a time, in entry order,
    f2 seconds each (a queue: the i-th is through at d_i = max(d_{i−1}, t_enter_i) + f2), and a request can be
-   scheduled f0 + f1·n seconds after that, n the requests in the server when it entered. The same front end
+   scheduled f0 + f1·n + f3·s seconds after that, n the requests in the server when it entered and s its prompt
+   tokens (the prompt's own processing: tokenising, hashing its blocks). The same front end
    streams the outputs: a first token or a completion produced at T reaches the client once the front end has
    taken every request that entered before T (at max(T, d_last)). With nothing schedulable the server is idle and
    the clock jumps to the next instant a request enters or can be scheduled.
@@ -77,7 +78,8 @@ class ReplayParams(NamedTuple):
     max_running: jax.Array  # int32 running-request cap (INT_BIG: none)
     block: jax.Array  # int32 KV block size β (1: tokens)
     concurrency: jax.Array  # int32 client concurrency C (≥ N: none)
-    frontend: jax.Array  # float32[3] (f0 s, f1 s per request in the server, f2 s per entering request in turn)
+    frontend: jax.Array  # float32[4] (f0 s, f1 s per request in the server, f2 s per entering request in turn,
+    #                      f3 s per prompt token of the request)
     batch: object  # lqs BatchTime pytree
 
 
@@ -174,8 +176,8 @@ def replay_step(state: ReplayState, inp: ReplayInputs, p: ReplayParams, cfg: Rep
         lead = prefix_max(jnp.where(new, t_enter - (rf - 1.0) * f2, -jnp.inf))
         through = rf * f2 + jnp.maximum(fe_free, lead)
         fe_free = jnp.max(jnp.where(new, through, fe_free), axis=0)
-    t_avail = jnp.where(new, through + p.frontend[:, 0] + p.frontend[:, 1] * in_server.astype(jnp.float32),
-                        state.t_avail)
+    delay = p.frontend[:, 0] + p.frontend[:, 1] * in_server.astype(jnp.float32) + p.frontend[:, 3] * s.astype(jnp.float32)
+    t_avail = jnp.where(new, through + delay, state.t_avail)
     live = pending & (t_avail <= t)
     any_live = jnp.any(live, axis=0)
     all_done = ~jnp.any(pending, axis=0)

@@ -124,7 +124,7 @@ def check(result, server=None, mc=None, *, run: int | None = None, M=None, serve
     the engine's, recompute), b̄ (``b``, default: the ``b_estimator`` of the per-request TPOTs), ``batch``
     ('empirical': i.i.d. draws of the inter-token gaps, the default when the run has them; 'constant': b̄ every
     step; or a spec such as the ``affine:…`` that :func:`lqs.calibrate` prints), ``frontend`` the replay's
-    front end (f0, f1[, f2]) (default none; calibrate prints it too). ``mc``/``**mc_fields`` as in :func:`lqs.simulate`: they serve the λ* run; the replay runs
+    front end (f0, f1[, f2[, f3]]) (default none; calibrate prints it too). ``mc``/``**mc_fields`` as in :func:`lqs.simulate`: they serve the λ* run; the replay runs
     ``min(trials, 16)`` trials.
     """
     import jax

@@ -139,3 +139,44 @@ def test_trials_differ_only_where_random_and_same_seed_same_result():
     b = _core.run(s, o, t, M=2000, chunk=16, batch=ConstantBatch(0.25), policy="swap", key=jax.random.key(2))
     np.testing.assert_array_equal(a.t_done, b.t_done)
     assert not np.array_equal(a.t_done[0], a.t_done[1])  # different arrival draws
+
+
+def test_prompt_token_delay_matches_the_reference_and_grows_with_the_prompt():
+    """f3 s per prompt token before a request can be scheduled: engine ≡ reference, and a request alone on the
+    server gets TTFT = f0 + f3·s + b̄ exactly."""
+    kw = dict(policy="swap", M=200, chunk=16, concurrency=5, frontend=(0.125, 0.0625, 0.25, 1 / 64))
+    enter, ttft, done, steps, _ = replay_reference(S, O, T_ARR, batch=lambda p, d, m: 0.25, **kw)
+    raw = _core.run(S, O, np.asarray([T_ARR], np.float32), batch=ConstantBatch(0.25), key=jax.random.key(0),
+                    steps_per_call=64, **kw)
+    np.testing.assert_array_equal(raw.t_enter[0], enter)
+    np.testing.assert_array_equal(raw.t_ttft[0], ttft)
+    np.testing.assert_array_equal(raw.t_done[0], done)
+    assert raw.steps[0] == steps
+    alone = _core.run([8, 32], [2, 2], np.asarray([[0.0, 100.0]], np.float32), M=1000, chunk=64,
+                      batch=ConstantBatch(0.25), policy="swap", key=jax.random.key(0), frontend=(0.125, 0, 0, 1 / 64))
+    np.testing.assert_array_equal(alone.t_ttft[0] - alone.t_enter[0], [0.125 + 8 / 64 + 0.25, 0.125 + 32 / 64 + 0.25])
+
+
+def test_unqueued_requests_are_those_no_earlier_prompt_was_waiting_ahead_of():
+    # entries (any order) and TTFTs: first tokens at 0.5, 1.0, 1.2, 5.3; request 1 entered while request 0 waited
+    e = np.array([1.0, 0.0, 0.0, 5.0])
+    ttft = np.array([0.2, 0.5, 1.0, 0.3])
+    np.testing.assert_array_equal(_core.unqueued(e, ttft), [True, True, False, True])
+    assert _core.unqueued_ttft(e, ttft, min_count=3) == pytest.approx(0.3)
+    assert math.isnan(_core.unqueued_ttft(e, ttft))  # fewer than 5
+    # a request never served blocks every later one
+    np.testing.assert_array_equal(_core.unqueued([0.0, 1.0, 2.0], [np.nan, 0.1, 0.1]), [True, False, False])
+    assert _core.unqueued([], []).size == 0
+
+
+def test_frontend_text_round_trips_and_bad_values_name_the_parameter():
+    from lqs.replay._replay import _fe_text, parse_frontend
+
+    assert parse_frontend("0.01,0.0005,0.001,4e-6") == (0.01, 0.0005, 0.001, 4e-6)
+    assert parse_frontend(0.02) == (0.02, 0.0, 0.0, 0.0)
+    assert _fe_text((0.01, 0.0005)) == "0.01,0.0005"
+    assert _fe_text((0.01, 0.0005, 0.0, 4e-6)) == "0.01,0.0005,0,4e-06"
+    assert parse_frontend(_fe_text((0.01, 0.0005, 0.001, 4e-6))) == (0.01, 0.0005, 0.001, 4e-6)
+    for bad in ("1,2,3,4,5", "0,0,0,0.5", "-1"):
+        with pytest.raises(lqs.LqsError, match="frontend"):
+            parse_frontend(bad)

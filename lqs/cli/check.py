@@ -29,7 +29,7 @@ from .options import build_mc, console, echo_json, mc_options, output_options, p
               help="Simulated step times: i.i.d. draws of the inter-token gaps (empirical, the default when the "
                    "run has them), b̄ every step (constant), or a model spec such as the affine:A0,A1,A2,A3 that "
                    "lqs calibrate prints.")
-@click.option("--frontend", "frontend", metavar="F0[,F1[,F2]]", default=None,
+@click.option("--frontend", "frontend", metavar="F0[,F1[,F2[,F3]]]", default=None,
               help="The replay's front end (lqs replay --frontend; lqs calibrate prints it). Default none.")
 @click.option("--policy", "policy", metavar="swap|recompute|reserve", default=None,
               help="Preemption policy (default recompute, what vLLM V1 and SGLang do).")
@@ -90,7 +90,7 @@ def _print(r: dict, paths):
     con.print(f"server: M = {r['M_tokens']:,} tokens ({escape(str(r['M_source']))}), ŝ = {r['prefill_chunk_tokens']}, "
               f"budget = {r['token_budget']}, running cap = {r['max_running']}, block = {r['block_size_tokens']}, "
               f"b̄ = {r['b_s']:.6g} s ({escape(str(r['b_source']))}), {r['policy']}")
-    con.print(f"replayed step times: {escape(r['batch'])}; front end f0,f1[,f2] = {r.get('frontend') or '0,0'} s")
+    con.print(f"replayed step times: {escape(r['batch'])}; front end f0,f1[,f2[,f3]] = {r.get('frontend') or '0,0'}")
     t = Table(title="measured vs replayed", title_justify="left")
     for c in ("quantity", "measured", "replayed"):
         t.add_column(c, justify="left" if c == "quantity" else "right")

@@ -49,10 +49,10 @@ def _stack(models, T):
 
 
 def _frontend(f, T):
-    """float32[T, 3] (f0, f1, f2) from (f0, f1), (f0, f1, f2) or one row per trial (a missing f2 is 0)."""
+    """float32[T, 4] (f0, f1, f2, f3) from (f0, f1[, f2[, f3]]) or one row per trial (a missing f2 or f3 is 0)."""
     a = np.asarray(f, np.float32)
     a = np.broadcast_to(a, (T, a.shape[-1])) if a.ndim == 1 else a
-    return np.concatenate([a, np.zeros((T, 3 - a.shape[1]), np.float32)], axis=1) if a.shape[1] < 3 else a.copy()
+    return np.concatenate([a, np.zeros((T, 4 - a.shape[1]), np.float32)], axis=1) if a.shape[1] < 4 else a.copy()
 
 
 def _per_trial(x, T, dtype):
@@ -64,7 +64,7 @@ def run(s, o, t_arr, *, M, chunk, budget=None, max_running=None, block=1, concur
         batch, policy: str, key, chunking: str = "fixed", max_steps: int | None = None, progress=None,
         steps_per_call: int = 256) -> RawReplay:
     """Replay N requests (s, o in issue order) arriving at ``t_arr`` (float[T, N]) for T trials. Every server
-    parameter may be a scalar or one value per trial (``frontend``: (f0, f1[, f2]) or float[T, 2 or 3]); ``batch`` one
+    parameter may be a scalar or one value per trial (``frontend``: (f0, f1[, f2[, f3]]) or float[T, 2 to 4]); ``batch`` one
     BatchTime or a list of T. ``progress``: a
     callable(done_requests, total) or None."""
     s = np.asarray(s, np.int32)
@@ -112,6 +112,31 @@ def run(s, o, t_arr, *, M, chunk, budget=None, max_running=None, block=1, concur
                      peak=np.asarray(st.peak, np.int64), preempted=np.asarray(st.preempted, np.int64),
                      mem_max=np.asarray(st.mem_max, np.int64), violations=np.asarray(st.violations, np.int64),
                      finished=np.asarray(st.n_done) >= N, cfg=cfg)
+
+
+def unqueued(t_enter, ttft) -> np.ndarray:
+    """Which requests entered while no request that entered before them was still waiting for its first token:
+    their TTFT is the front end's delay and their own prefill, not a wait behind other prompts. ``t_enter`` and
+    ``ttft`` in seconds, one per request, in any order (ties: the earlier index entered first; a NaN TTFT, never
+    served, waits for ever)."""
+    e = np.asarray(t_enter, np.float64)
+    first = e + np.asarray(ttft, np.float64)
+    if e.size == 0:
+        return np.zeros(0, bool)
+    order = np.argsort(e, kind="stable")
+    f = np.where(np.isfinite(first[order]), first[order], np.inf)
+    before = np.concatenate([[-np.inf], np.maximum.accumulate(f)[:-1]])  # latest first token of the earlier ones
+    out = np.zeros(e.size, bool)
+    out[order] = before <= e[order]
+    return out
+
+
+def unqueued_ttft(t_enter, ttft, min_count: int = 5) -> float:
+    """Median TTFT of the requests :func:`unqueued` selects (NaN with fewer than ``min_count`` of them)."""
+    m = unqueued(t_enter, ttft)
+    x = np.asarray(ttft, np.float64)[m]
+    x = x[np.isfinite(x)]
+    return float(np.median(x)) if x.size >= min_count else math.nan
 
 
 def hist_quantile(hist, lo, hi, q):

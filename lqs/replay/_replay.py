@@ -116,9 +116,9 @@ def replay(result, server=None, *, run: int | None = None, trials: int = 16, key
     ``token_budget``, ``max_running``, ``block_size``, ``policy``, ``b``, ``b_model``), the file and the
     engine's defaults (:func:`lqs.replay.resolve_server`). ``arrivals``: ``auto`` (as the file states), or
     ``recorded``, ``poisson``, ``gamma``, ``burst``, or an :class:`lqs.replay.Arrivals`. ``concurrency``:
-    ``file`` (the client's max_concurrency), None (no cap) or an integer. ``frontend``: (f0, f1[, f2]): the
+    ``file`` (the client's max_concurrency), None (no cap) or an integer. ``frontend``: (f0, f1[, f2[, f3]]): the
     server's front end takes entering requests one at a time, f2 seconds each, a request can be scheduled
-    f0 + f1·n seconds after that (n the requests in the server when it entered), and a first token or completion
+    f0 + f1·n + f3·s seconds after that (n the requests in the server when it entered, s its prompt tokens), and a first token or completion
     reaches the client once the front end is through with the requests that entered before it
     (kernels/replay.py; :func:`lqs.replay.calibrate` fits it); a number is f0. ``chunking``: ``budget`` (a prompt takes what the
     token budget leaves, vLLM V1 and SGLang), ``fixed`` (whole chunks of ŝ) or ``auto`` (budget for a server
@@ -180,30 +180,32 @@ def resolve_chunking(chunking: str, server) -> str:
     return chunking
 
 
-def parse_frontend(f) -> tuple[float, float, float]:
-    """(f0, f1, f2) from a tuple, a number (f0) or the text "F0", "F0,F1" or "F0,F1,F2"; each in [0, 60] seconds
-    (a missing f1 or f2 is 0)."""
+def parse_frontend(f) -> tuple[float, float, float, float]:
+    """(f0, f1, f2, f3) from a tuple, a number (f0) or the text "F0", "F0,F1", "F0,F1,F2" or "F0,F1,F2,F3"; f0, f1
+    and f2 in [0, 60] seconds, f3 in [0, 0.01] seconds per prompt token (a missing f1, f2 or f3 is 0)."""
     from .._errors import parse_number
 
     if isinstance(f, str):
         parts = [x for x in f.split(",") if x.strip()]
-        if not 1 <= len(parts) <= 3:
-            raise LqsError("frontend", f, "must be F0, F0,F1 or F0,F1,F2 (seconds; seconds per request in the "
-                                          "server; seconds per entering request, one at a time)")
+        if not 1 <= len(parts) <= 4:
+            raise LqsError("frontend", f, "must be F0, F0,F1, F0,F1,F2 or F0,F1,F2,F3 (seconds; seconds per request "
+                                          "in the server; seconds per entering request, one at a time; seconds per "
+                                          "prompt token)")
         f = [parse_number("frontend", x) for x in parts]
     if isinstance(f, (int, float, np.integer, np.floating)):
         f = (f,)
     f = tuple(f)
-    if not 1 <= len(f) <= 3:
-        raise LqsError("frontend", f, "must be (f0, f1, f2)")
-    f = f + (0.0,) * (3 - len(f))
-    return tuple(check_float("frontend", x, 0.0, 60.0) for x in f)
+    if not 1 <= len(f) <= 4:
+        raise LqsError("frontend", f, "must be (f0, f1, f2, f3)")
+    f = f + (0.0,) * (4 - len(f))
+    return tuple(check_float("frontend", x, 0.0, 60.0) for x in f[:3]) + (check_float("frontend", f[3], 0.0, 0.01),)
 
 
 def _fe_text(frontend) -> str:
-    """The --frontend text of (f0, f1, f2): F0,F1, with ,F2 when f2 > 0."""
+    """The --frontend text of (f0, f1, f2, f3): F0,F1, then ,F2 and ,F3 as far as the last one above 0."""
     f = parse_frontend(frontend)
-    return ",".join(f"{x:.6g}" for x in (f if f[2] > 0 else f[:2]))
+    n = 4 if f[3] > 0 else 3 if f[2] > 0 else 2
+    return ",".join(f"{x:.6g}" for x in f[:n])
 
 
 def _report(bench, srv, sources, arr, C, frontend, df, raw) -> dict:
@@ -224,6 +226,12 @@ def _report(bench, srv, sources, arr, C, frontend, df, raw) -> dict:
         rep["replay_" + name] = float(np.nanmean(x)) if np.isfinite(x).any() else None
         sd_key = name[:-2] + "_sd_s" if name.endswith("_s") else name + "_sd"
         rep["replay_" + sd_key] = float(np.nanstd(x)) if np.isfinite(x).sum() > 1 else 0.0
+    # TTFT of the requests that entered while none before them awaited a first token: the front end and one prefill
+    meas_u = (_core.unqueued_ttft(bench.trace.arrival_s, bench.ttfts)
+              if bench.ttfts is not None and bench.trace.arrival_s is not None else math.nan)
+    rep_u = [_core.unqueued_ttft(raw.t_enter[j], raw.t_ttft[j] - raw.t_enter[j]) for j in range(raw.t_enter.shape[0])]
+    rep["measured_ttft_unqueued_p50_s"] = None if not np.isfinite(meas_u) else meas_u
+    rep["replay_ttft_unqueued_p50_s"] = float(np.nanmean(rep_u)) if np.isfinite(rep_u).any() else None
     rep["replay_peak_concurrency"] = int(df["peak_concurrency"].max())
     rep["replay_preemptions"] = float(df["preemptions"].mean())
     rep["replay_mem_max_tokens"] = int(df["mem_max_tokens"].max())
