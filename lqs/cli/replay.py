@@ -50,9 +50,10 @@ def _server_kw(opts: dict) -> dict:
 @click.option("--b-model", "b_model", metavar="SPEC", default=None,
               help="Batch-time model: constant, constant:B, affine:A0,A1,A2,A3 (lqs calibrate prints one), "
                    "lognormal:CV or empirical.")
-@click.option("--frontend", "frontend", metavar="F0[,F1[,F2]]", default="0",
+@click.option("--frontend", "frontend", metavar="F0[,F1[,F2[,F3]]]", default="0",
               help="Front end: it takes entering requests one at a time, F2 s each; a request can be scheduled "
-                   "F0 + F1·n s after that (n in the server); outputs reach the client once it is through.")
+                   "F0 + F1·n + F3·s s after that (n in the server, s its prompt tokens); outputs reach the client "
+                   "once it is through.")
 @click.option("--arrivals", "arrivals", metavar="auto|recorded|poisson|gamma|burst", default="auto",
               show_default=True, help="How the client issued the requests (auto: as the file states).")
 @click.option("--concurrency", "concurrency", metavar="C|file|none", default="file", show_default=True,
@@ -115,6 +116,9 @@ def print_replay(r: dict, paths=None):
             k = f"{m}_p{q}_s"
             t.add_row(f"{m.upper()} p{q} (s)", _f(r["measured_" + k]),
                       _f(r["replay_" + k]) + _sd(r["replay_" + k[:-2] + "_sd_s"]))
+    if r.get("measured_ttft_unqueued_p50_s") is not None or r.get("replay_ttft_unqueued_p50_s") is not None:
+        t.add_row("TTFT p50, not queued behind a prompt (s)", _f(r["measured_ttft_unqueued_p50_s"]),
+                  _f(r["replay_ttft_unqueued_p50_s"]))
     t.add_row("peak requests in the server", "", str(r["replay_peak_concurrency"]))
     con.print(t)
     if r.get("measured_queue_grew") is not None:
@@ -169,18 +173,28 @@ def calibrate_cmd(results, model, no_frontend, fit, iterations, population, seed
     from rich.table import Table
 
     con = console()
+    ens = res.report["ensemble"]
     con.print(f"lqs calibrate — {len(results)} run(s); loss {res.loss:.4g} (Σ squared log ratios)")
-    con.print(f"use: --b-model {res.b_model} --frontend {res.frontend}")
-    t = Table(title="measured vs replayed with the fitted model", title_justify="left")
+    con.print(f"use: --b-model {res.b_model} --frontend {res.frontend}  (the best fit)")
+    con.print(f"predictions: the likelihood-weighted geometric mean over the {ens['size']} parameter set(s) the fitted runs allow (loss ≤ "
+              f"{ens['loss_threshold']:.4g}, the {100 * ens['confidence']:.0f} % joint region), with their range")
+    t = Table(title="measured / lqs (error), and [the range over the parameter sets]", title_justify="left")
     for c in ("run", "role", "throughput (req/s)", "TTFT p50 (s)", "TPOT p50 (s)", "E2E p50 (s)"):
         t.add_column(c, justify="left" if c in ("run", "role") else "right")
+    undetermined = []
     for row in res.runs.to_dict(orient="records"):
         cells = []
         for m in ("throughput_rps", "ttft_p50_s", "tpot_p50_s", "e2e_p50_s"):
             e = row["error_" + m]
-            cells.append(f"{_f(row['measured_' + m])} / {_f(row['replay_' + m])}"
-                         + ("" if e is None else f" ({100 * e:+.0f} %)"))
+            cells.append(f"{_f(row['measured_' + m], 3)} / {_f(row['replay_' + m], 3)}"
+                         + ("" if e is None else f" ({100 * e:+.0f} %)")
+                         + f"\n[{_f(row['replay_' + m + '_lo'], 3)}, {_f(row['replay_' + m + '_hi'], 3)}]")
         t.add_row(escape(os.path.basename(row["source"])), row["role"], *cells)
+        if row["predicted"] and not row["ttft_determined"]:
+            undetermined.append(os.path.basename(row["source"]))
     con.print(t)
+    if undetermined:
+        con.print("note: the fitted runs leave the TTFT of " + escape(", ".join(undetermined)) + " open (its range "
+                  "spans more than a factor 1.5): fit a run at that load to pin it down")
     if paths:
         con.print("wrote " + ", ".join(os.path.abspath(p) for p in paths.values()))

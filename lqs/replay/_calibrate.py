@@ -2,16 +2,22 @@
 measured timings (docs/model.md, "Calibrating the batch time").
 
 Model: ``constant`` b̄, or ``affine`` b = a0 + a1·prefill tokens + a2·decode tokens + a3·memory in use, each
-coefficient ≥ 0; with ``frontend`` also the front end (f0, f1, f2): it takes the entering requests one at a
-time, f2 seconds each, a request can be scheduled f0 + f1·n seconds after it is through (n the requests in the
-server when it entered), and outputs reach the client once the front end has taken the requests that entered
-before them (kernels/replay.py). Targets: per-request TPOT and TTFT quantiles (p10, p50, p90) and the
-request throughput of every fitted run, or the summary medians where that is all a file has; the loss is the sum
-of squared log ratios replayed / measured.
+coefficient ≥ 0; with ``frontend`` also the front end (f0, f1, f2, f3): it takes the entering requests one at a
+time, f2 seconds each, a request can be scheduled f0 + f1·n + f3·s seconds after it is through (n the requests in
+the server when it entered, s its prompt tokens), and outputs reach the client once the front end has taken the
+requests that entered before them (kernels/replay.py). Targets: per-request TPOT and TTFT quantiles (p10, p50,
+p90), the request throughput and the median TTFT of the unqueued requests (those that entered while no earlier one
+awaited its first token) of every fitted run, or the summary medians where that is all a file has; the loss is
+the sum of squared log ratios replayed / measured.
 
 Search: the cross-entropy method in log-parameter space. The replay's metrics are piecewise constant in the
 parameters (step counts are integers), so there is no gradient to follow; every candidate of one iteration, on
 every trial, is replayed in one vmapped program per run (kernels/replay.py), which is what the engine is for.
+
+Prediction: low-load runs leave parameters open that matter at high load (how the front end's delay grows), so
+every run is replayed with the ensemble of parameter sets the fitted runs allow (the candidates within the joint
+confidence region of the best fit), in one program per run; the prediction is their likelihood-weighted geometric
+mean, with their range.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._batch import AffineBatch, ConstantBatch
-from .._errors import LqsError, check_choice, check_int
+from .._errors import LqsError, check_choice, check_float, check_int
 from . import _core
 from ._replay import _fe_text, measured_metrics, replay, resolve_chunking, run_arrivals
 from ._sources import resolve_server
@@ -31,8 +37,10 @@ from ._sources import resolve_server
 MODELS = ("affine", "constant")
 TARGETS = (("ttft", 0.1), ("ttft", 0.5), ("ttft", 0.9), ("tpot", 0.1), ("tpot", 0.5), ("tpot", 0.9))
 #: typical magnitude of each parameter (the search runs on log(θ / scale))
-SCALES = {"a0": 2e-3, "a1": 1e-5, "a2": 2e-5, "a3": 1e-8, "f0": 2e-2, "f1": 5e-4, "f2": 1e-3, "b": 1e-2}
+SCALES = {"a0": 2e-3, "a1": 1e-5, "a2": 2e-5, "a3": 1e-8, "f0": 2e-2, "f1": 5e-4, "f2": 1e-3, "f3": 5e-6, "b": 1e-2}
 FIT_FRACTION = 1 / 3  # default: the lowest-load third (at least one) of each ladder's runs is fitted
+CONFIDENCE = 0.68  # the ensemble: parameter sets inside this joint confidence region of the best fit
+PREDICTED = ("throughput_rps", "ttft_p50_s", "tpot_p50_s", "e2e_p50_s")
 
 
 def _load(run) -> float:
@@ -67,6 +75,10 @@ def _targets(run) -> dict:
             out[f"{name}_q{round(q * 100)}"] = float(np.quantile(x, q))
         elif q == 0.5 and (run.summary or {}).get(f"{name}_p50_s"):
             out[f"{name}_q50"] = run.summary[f"{name}_p50_s"]
+    if run.ttfts is not None and run.trace.arrival_s is not None and run.run_kind != "burst":
+        u = _core.unqueued_ttft(run.trace.arrival_s, run.ttfts)
+        if np.isfinite(u):
+            out["ttft_unqueued"] = u
     thr = measured_metrics(run)["throughput_rps"]
     if thr:
         out["throughput"] = float(thr)
@@ -92,6 +104,11 @@ def _replayed(raw, o, P, trials) -> list[dict]:
             x = (ttft if name == "ttft" else tpot)[p]
             d[f"{name}_q{round(q * 100)}"] = float(np.nanmean(np.nanquantile(x, q, axis=1)))
         d["throughput"] = float(np.nanmean(o.size / dur[p]))
+        ent = raw.t_enter.reshape(P, trials, -1)[p]
+        u = [_core.unqueued_ttft(ent[j], ttft[p, j]) for j in range(trials)]
+        # no request entered unqueued: the lower tail stands in (the same meaning: no wait behind other prompts)
+        d["ttft_unqueued"] = float(np.nanmean([x if np.isfinite(x) else np.nanquantile(ttft[p, j], 0.1)
+                                               for j, x in enumerate(u)]))
         out.append(d)
     assert len(out) * trials == T
     return out
@@ -142,12 +159,13 @@ def _candidates(model, frontend, z, names):
         batch = [AffineBatch(th["a0"][p], th["a1"][p], th["a2"][p], th["a3"][p]) for p in range(P)]
     else:
         batch = [ConstantBatch(th["b"][p]) for p in range(P)]
-    fe = np.stack([th.get(n, np.zeros(P)) for n in ("f0", "f1", "f2")], axis=1)
+    fe = np.stack([th.get(n, np.zeros(P)) for n in ("f0", "f1", "f2", "f3")], axis=1)
     return th, batch, fe
 
 
 def calibrate(results, *, fit=None, model: str = "affine", frontend: bool = True, iterations: int = 14,
               population: int = 48, trials: int = 2, seed: int = 0, key=None, progress: bool = False,
+              ensemble: int = 128, confidence: float = CONFIDENCE,
               b_estimator: str = "median", chunking: str = "auto", **server_fields) -> CalibrationResult:
     """Fit the batch-time model to measured runs (module docstring). ``results``: result files or
     :class:`lqs.BenchmarkResult` s of one server; ``fit``: indices of the runs to fit (default
@@ -161,6 +179,8 @@ def calibrate(results, *, fit=None, model: str = "affine", frontend: bool = True
     iterations = check_int("iterations", iterations, 1, 200)
     population = check_int("population", population, 8, 4096)
     trials = check_int("trials", trials, 1, 256)
+    ensemble = check_int("ensemble", ensemble, 1, 4096)
+    confidence = check_float("confidence", confidence, 0.0, 1.0, lo_open=True, hi_open=True)
     if isinstance(results, (str, os.PathLike, BenchmarkResult)):
         results = [results]
     runs = [r if isinstance(r, BenchmarkResult) else load_benchmark_result(r, b_estimator=b_estimator) for r in results]
@@ -172,7 +192,7 @@ def calibrate(results, *, fit=None, model: str = "affine", frontend: bool = True
     for r, (srv, _) in zip(runs, servers):
         r.trace.validate(srv.M)
     names = ["a0", "a1", "a2", "a3"] if model == "affine" else ["b"]
-    names += ["f0", "f1", "f2"] if frontend else []
+    names += ["f0", "f1", "f2", "f3"] if frontend else []
     key = jax.random.key(seed) if key is None else key
     key_search, key_arr, key_batch = jax.random.split(key, 3)
 
@@ -192,7 +212,7 @@ def calibrate(results, *, fit=None, model: str = "affine", frontend: bool = True
     else:
         mean[names.index("b")] = math.log(b0 / SCALES["b"])
     std = np.full(len(names), 1.5)
-    best, best_loss, history = None, math.inf, []
+    best, best_loss, history, tried = None, math.inf, [], []
     n_elite = max(2, population // 4)
     for it in range(iterations):
         k_it = jax.random.fold_in(key_search, it)
@@ -210,6 +230,7 @@ def calibrate(results, *, fit=None, model: str = "affine", frontend: bool = True
                             chunking=chunking)
             for p, rep in enumerate(_replayed(raw, r.trace.o, population, tr_n)):
                 losses[p] += _loss(rep, meas)
+        tried.append((z.copy(), losses.copy()))
         order = np.argsort(losses)
         if losses[order[0]] < best_loss:
             best_loss, best = float(losses[order[0]]), z[order[0]].copy()
@@ -224,24 +245,106 @@ def calibrate(results, *, fit=None, model: str = "affine", frontend: bool = True
     b_model = ("affine:" + ",".join(f"{params[n]:.6g}" for n in ("a0", "a1", "a2", "a3"))) if model == "affine" \
         else f"constant:{params['b']:.6g}"
     fe_text = _fe_text(tuple(float(x) for x in fe[0]))
+    n_targets = sum(len(p[4]) for p in prepared)
+    members, member_loss, threshold = _ensemble(tried, best, best_loss, n_targets, len(names), confidence, ensemble,
+                                   jax.random.fold_in(key, 20_000))
+    if progress:
+        print(f"calibrate: replaying {len(members)} parameter set(s) the fitted runs allow on every run", flush=True)
+    _, ens_batch, ens_fe = _candidates(model, frontend, members, names)
+    # each member weighs as its likelihood under the loss's Gaussian log-ratio errors: exp(−(loss − best) / 2σ²)
+    sigma2 = best_loss / max(n_targets - len(names), 1)
+    weights = np.exp(-(member_loss - best_loss) / (2 * sigma2)) if sigma2 > 0 else np.eye(1, len(members))[0]
 
-    rows = []
+    rows, member_pred = [], []
     for i, (r, (srv, _)) in enumerate(zip(runs, servers)):
         res = replay(r, None, trials=max(trials, 4), b_model=b_model, frontend=tuple(float(x) for x in fe[0]),
                      chunking=chunking,
                      **server_fields, key=jax.random.fold_in(key, 10_000 + i))
         d = res.report
+        ens = _ensemble_metrics(r, srv, ens_batch, ens_fe, trials, chunking,
+                                jax.random.fold_in(key, 30_000 + i))
+        member_pred.append({m: [float(v) for v in x] for m, x in ens.items()})
         row = {"run": i, "source": r.trace.source, "role": "fitted" if i in fit else "predicted",
                "fitted": i in fit, "predicted": i not in fit, "run_kind": r.run_kind,
                "concurrency": r.max_concurrency, "request_rate_rps": r.request_rate}
-        for m in ("throughput_rps", "ttft_p50_s", "tpot_p50_s", "e2e_p50_s"):
-            row["measured_" + m], row["replay_" + m] = d["measured_" + m], d["replay_" + m]
-            row["error_" + m] = (d["replay_" + m] / d["measured_" + m] - 1) if d["measured_" + m] else None
+        for m in PREDICTED:
+            meas, x = d["measured_" + m], ens[m]
+            row["measured_" + m] = meas
+            row["replay_" + m] = _gmean(x, weights)
+            row["replay_" + m + "_lo"], row["replay_" + m + "_hi"] = _range(x)
+            row["error_" + m] = (row["replay_" + m] / meas - 1) if meas and row["replay_" + m] else None
+            row["best_" + m] = d["replay_" + m]
+            row["best_error_" + m] = (d["replay_" + m] / meas - 1) if meas and d["replay_" + m] else None
+        row["measured_ttft_unqueued_p50_s"] = d.get("measured_ttft_unqueued_p50_s")
+        row["best_ttft_unqueued_p50_s"] = d.get("replay_ttft_unqueued_p50_s")
+        lo, hi = row["replay_ttft_p50_s_lo"], row["replay_ttft_p50_s_hi"]
+        row["ttft_determined"] = bool(lo and hi and hi <= UNDETERMINED * lo)
         rows.append(row)
     df = pd.DataFrame(rows)
     report = {"b_model": b_model, "frontend": fe_text, "chunking": chunking, "model": model, "params": params, "loss": best_loss,
-              "iterations": iterations, "population": population, "fitted": [int(i) for i in fit],
+              "iterations": iterations, "population": population, "seed": seed, "fitted": [int(i) for i in fit],
               "predicted": [i for i in range(len(runs)) if i not in fit], "history": history,
+              "ensemble": {"size": int(len(members)), "confidence": confidence, "loss_threshold": threshold,
+                           "weights": [float(x) for x in weights / weights.sum()],
+                           "targets": int(n_targets), "parameters": len(names),
+                           "losses": [float(x) for x in member_loss], "predictions": member_pred,
+                           "members": [dict(zip(names, (SCALES[n] * np.exp(zz) for n, zz in zip(names, z_row))))
+                                       for z_row in members]},
               "runs": df.to_dict(orient="records")}
     return CalibrationResult(b_model=b_model, frontend=fe_text, params=params, loss=best_loss, history=history,
                              runs=df, report=report)
+
+
+UNDETERMINED = 1.5  # a predicted TTFT whose ensemble range spans more than this factor is not set by the fitted runs
+
+
+def _ensemble(tried, best, best_loss, n_targets, n_params, confidence, size, key):
+    """The parameter sets (log-scaled rows) the fitted runs allow, their losses and the loss threshold: every distinct candidate the search replayed
+    whose loss lies within the joint ``confidence`` region of the best fit, loss ≤ best + σ²·χ²_p(confidence),
+    σ² = best / (targets − parameters) the residual variance of one log-ratio target. The best fit comes first;
+    beyond ``size`` members a uniform random subset of the rest is kept."""
+    import jax
+    from scipy.stats import chi2  # a dependency of jax; the χ² quantile, not re-derived here
+
+    Z = np.concatenate([z for z, _ in tried])
+    L = np.concatenate([loss for _, loss in tried])
+    Z, first = np.unique(Z, axis=0, return_index=True)
+    L = L[first]
+    sigma2 = best_loss / max(n_targets - n_params, 1)
+    threshold = float(best_loss + sigma2 * chi2.ppf(confidence, n_params))
+    inside = np.flatnonzero((L <= threshold) & np.isfinite(L) & np.any(Z != best, axis=1))
+    if inside.size > size - 1:
+        pick = np.asarray(jax.random.choice(key, inside.size, (size - 1,), replace=False))
+        inside = inside[np.sort(pick)]
+    return np.concatenate([best[None, :], Z[inside]]), np.concatenate([[best_loss], L[inside]]), threshold
+
+
+def _ensemble_metrics(run, srv, batch, fe, trials, chunking, key) -> dict:
+    """{metric: one value per ensemble member} for one run: every member, on every trial, in one replay program."""
+    import jax
+
+    arr = run_arrivals(run, "auto")
+    tr_n = trials if arr.random else 1
+    key_arr, key_batch = jax.random.split(key)
+    P = len(batch)
+    t_arr = np.tile(arr.instants(len(run.trace), tr_n, key_arr), (P, 1))
+    raw = _core.run(run.trace.s, run.trace.o, t_arr, M=srv.M, chunk=srv.prefill_chunk, budget=srv.token_budget,
+                    max_running=srv.max_running, block=srv.block_size, concurrency=run.max_concurrency,
+                    frontend=np.repeat(fe, tr_n, axis=0), batch=[m for m in batch for _ in range(tr_n)],
+                    policy=srv.policy, key=key_batch, chunking=chunking)
+    rows = _core.metrics(raw, run.trace.o)
+    return {m: np.array([np.nanmean([rows[p * tr_n + j][m] for j in range(tr_n)]) for p in range(P)])
+            for m in PREDICTED}
+
+
+def _gmean(x, w):
+    """The weighted geometric mean of the finite positive values (None if none)."""
+    x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    ok = np.isfinite(x) & (x > 0) & (w > 0)
+    return float(np.exp(np.sum(w[ok] * np.log(x[ok])) / np.sum(w[ok]))) if ok.any() else None
+
+
+def _range(x):
+    x = np.asarray(x, np.float64)
+    x = x[np.isfinite(x)]
+    return (float(x.min()), float(x.max())) if x.size else (None, None)
