@@ -31,7 +31,7 @@ import numpy as np
 from .._batch import AffineBatch, ConstantBatch
 from .._errors import LqsError, check_choice, check_float, check_int
 from . import _core
-from ._replay import _fe_text, measured_metrics, replay, resolve_chunking, run_arrivals
+from ._replay import _fe_text, measured_metrics, resolve_chunking, run_arrivals
 from ._sources import resolve_server
 
 MODELS = ("affine", "constant")
@@ -75,11 +75,10 @@ def _targets(run) -> dict:
             out[f"{name}_q{round(q * 100)}"] = float(np.quantile(x, q))
         elif q == 0.5 and (run.summary or {}).get(f"{name}_p50_s"):
             out[f"{name}_q50"] = run.summary[f"{name}_p50_s"]
-    if run.ttfts is not None and run.trace.arrival_s is not None and run.run_kind != "burst":
-        u = _core.unqueued_ttft(run.trace.arrival_s, run.ttfts)
-        if np.isfinite(u):
-            out["ttft_unqueued"] = u
-    thr = measured_metrics(run)["throughput_rps"]
+    meas = measured_metrics(run)
+    if meas["ttft_unqueued_p50_s"] is not None:
+        out["ttft_unqueued"] = meas["ttft_unqueued_p50_s"]
+    thr = meas["throughput_rps"]
     if thr:
         out["throughput"] = float(thr)
     if not out:
@@ -257,26 +256,26 @@ def calibrate(results, *, fit=None, model: str = "affine", frontend: bool = True
 
     rows, member_pred = [], []
     for i, (r, (srv, _)) in enumerate(zip(runs, servers)):
-        res = replay(r, None, trials=max(trials, 4), b_model=b_model, frontend=tuple(float(x) for x in fe[0]),
-                     chunking=chunking,
-                     **server_fields, key=jax.random.fold_in(key, 10_000 + i))
-        d = res.report
-        ens = _ensemble_metrics(r, srv, ens_batch, ens_fe, trials, chunking,
+        meas_all = measured_metrics(r)
+        # every member on every trial in one program; member 0 is the best fit
+        ens = _ensemble_metrics(r, srv, ens_batch, ens_fe, max(trials, 4), chunking,
                                 jax.random.fold_in(key, 30_000 + i))
-        member_pred.append({m: [float(v) for v in x] for m, x in ens.items()})
+        member_pred.append({m: [float(v) for v in ens[m]] for m in PREDICTED})
         row = {"run": i, "source": r.trace.source, "role": "fitted" if i in fit else "predicted",
                "fitted": i in fit, "predicted": i not in fit, "run_kind": r.run_kind,
                "concurrency": r.max_concurrency, "request_rate_rps": r.request_rate}
         for m in PREDICTED:
-            meas, x = d["measured_" + m], ens[m]
+            meas, x = meas_all[m], ens[m]
             row["measured_" + m] = meas
             row["replay_" + m] = _gmean(x, weights)
             row["replay_" + m + "_lo"], row["replay_" + m + "_hi"] = _range(x)
             row["error_" + m] = (row["replay_" + m] / meas - 1) if meas and row["replay_" + m] else None
-            row["best_" + m] = d["replay_" + m]
-            row["best_error_" + m] = (d["replay_" + m] / meas - 1) if meas and d["replay_" + m] else None
-        row["measured_ttft_unqueued_p50_s"] = d.get("measured_ttft_unqueued_p50_s")
-        row["best_ttft_unqueued_p50_s"] = d.get("replay_ttft_unqueued_p50_s")
+            best_m = float(x[0]) if np.isfinite(x[0]) else None
+            row["best_" + m] = best_m
+            row["best_error_" + m] = (best_m / meas - 1) if meas and best_m else None
+        row["measured_ttft_unqueued_p50_s"] = meas_all["ttft_unqueued_p50_s"]
+        u0 = ens["ttft_unqueued_p50_s"][0]
+        row["best_ttft_unqueued_p50_s"] = float(u0) if np.isfinite(u0) else None
         lo, hi = row["replay_ttft_p50_s_lo"], row["replay_ttft_p50_s_hi"]
         row["ttft_determined"] = bool(lo and hi and hi <= UNDETERMINED * lo)
         rows.append(row)
@@ -320,7 +319,8 @@ def _ensemble(tried, best, best_loss, n_targets, n_params, confidence, size, key
 
 
 def _ensemble_metrics(run, srv, batch, fe, trials, chunking, key) -> dict:
-    """{metric: one value per ensemble member} for one run: every member, on every trial, in one replay program."""
+    """{metric: one value per ensemble member (mean over trials)} for one run: every member, on every trial, in one
+    replay program."""
     import jax
 
     arr = run_arrivals(run, "auto")
@@ -333,8 +333,13 @@ def _ensemble_metrics(run, srv, batch, fe, trials, chunking, key) -> dict:
                     frontend=np.repeat(fe, tr_n, axis=0), batch=[m for m in batch for _ in range(tr_n)],
                     policy=srv.policy, key=key_batch, chunking=chunking)
     rows = _core.metrics(raw, run.trace.o)
-    return {m: np.array([np.nanmean([rows[p * tr_n + j][m] for j in range(tr_n)]) for p in range(P)])
-            for m in PREDICTED}
+    return {m: np.array([_nanmean([rows[p * tr_n + j][m] for j in range(tr_n)]) for p in range(P)])
+            for m in PREDICTED + ("ttft_unqueued_p50_s",)}
+
+
+def _nanmean(x):
+    x = np.asarray(x, np.float64)
+    return float(np.mean(x[np.isfinite(x)])) if np.isfinite(x).any() else math.nan
 
 
 def _gmean(x, w):

@@ -173,6 +173,7 @@ def metrics(raw: RawReplay, o) -> list[dict]:
             for q in QUANTILES:
                 row[f"{name}_p{round(q * 100)}_s"] = float(np.quantile(x, q)) if x.size else math.nan
             row[f"{name}_mean_s"] = float(x.mean()) if x.size else math.nan
+        row["ttft_unqueued_p50_s"] = unqueued_ttft(te, ttft)
         for q in QUANTILES:
             row[f"itl_p{round(q * 100)}_s"] = hist_quantile(raw.itl_hist[j], raw.itl_lo[j], raw.itl_hi[j], q)
         rows.append(row)
