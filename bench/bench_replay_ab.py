@@ -23,6 +23,7 @@ import lqs
 from lqs._batch import ConstantBatch
 from lqs.replay import Arrivals, _core
 n, trials, chunk, budget = (int(x) for x in sys.argv[1:5])
+frontend = tuple(float(x) for x in sys.argv[5].split(","))
 tr = lqs.load_trace("azure-conv")
 s = np.minimum(tr.s[:n], 4096).astype(np.int32)
 o = np.minimum(tr.o[:n], 1024).astype(np.int32)
@@ -31,7 +32,7 @@ srv = lqs.Server(M=M, prefill_chunk=chunk, b=b, policy="recompute", token_budget
 lam = 0.7 * lqs.capacity(lqs.Pairs(s, o), srv).mu_exact_rps
 key = jax.random.key(0)
 t_arr = Arrivals("poisson", rate_rps=lam).instants(n, trials, key)
-kw = dict(M=M, chunk=chunk, budget=budget, batch=ConstantBatch(b), policy="recompute", key=key)
+kw = dict(M=M, chunk=chunk, budget=budget, batch=ConstantBatch(b), policy="recompute", key=key, frontend=frontend)
 t0 = time.perf_counter(); raw = _core.run(s, o, t_arr, **kw); first = time.perf_counter() - t0
 t0 = time.perf_counter(); raw = _core.run(s, o, t_arr, **kw); wall = time.perf_counter() - t0
 print(json.dumps({"first_s": first, "wall_s": wall, "steps": int(np.asarray(raw.steps).max()),
@@ -41,7 +42,8 @@ print(json.dumps({"first_s": first, "wall_s": wall, "steps": int(np.asarray(raw.
 
 def once(tree, a):
     env = dict(os.environ, PYTHONPATH=tree)
-    out = subprocess.run([sys.executable, "-c", CHILD, str(a.requests), str(a.trials), str(a.chunk), str(a.budget)],
+    out = subprocess.run([sys.executable, "-c", CHILD, str(a.requests), str(a.trials), str(a.chunk), str(a.budget),
+                          a.frontend],
                          env=env, cwd=tree, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -56,6 +58,7 @@ def main():
     ap.add_argument("--trials", type=int, default=64)
     ap.add_argument("--chunk", type=int, default=512)
     ap.add_argument("--budget", type=int, default=8192)
+    ap.add_argument("--frontend", default="0,0", help="the replay's front end F0,F1[,F2[,F3]] (default none)")
     a = ap.parse_args()
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     other = os.path.abspath(a.other)
@@ -71,6 +74,7 @@ def main():
     med = lambda name: sorted(x["wall_s"] for x in rows if x["tree"] == name)[a.rounds // 2]
     out = {"label": a.label, "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
            "requests": a.requests, "trials": a.trials, "chunk_tokens": a.chunk, "budget_tokens": a.budget,
+           "frontend": a.frontend,
            "this_commit": rev(here), "other_commit": rev(other), "rounds": rows,
            "this_median_wall_s": med("this"), "other_median_wall_s": med("other"),
            "other_over_this": med("other") / med("this")}

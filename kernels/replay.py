@@ -13,12 +13,13 @@ Per step, at instant t:
 
 1. A request i may enter the server once it has reached the client (``t_arr[i]``) and fewer than C requests are in
    the server: the (i−C+1)-th completion frees its place (``t_free``). It enters at max(t_arr, t_free). The
-   server's front end (HTTP, tokenisation, streaming) takes the entering requests one at a time, in entry order,
-   f2 seconds each (a queue: the i-th is through at d_i = max(d_{i−1}, t_enter_i) + f2), and a request can be
-   scheduled f0 + f1·n + f3·s seconds after that, n the requests in the server when it entered and s its prompt
-   tokens (the prompt's own processing: tokenising, hashing its blocks). The same front end
-   streams the outputs: a first token or a completion produced at T reaches the client once the front end has
-   taken every request that entered before T (at max(T, d_last)). With nothing schedulable the server is idle and
+   server's front end takes the entering requests one at a time, in entry order, f2 seconds each (a queue, the
+   HTTP server's event loop: the i-th is through at d_i = max(d_{i−1}, t_enter_i) + f2); then a tokeniser takes
+   them one at a time, f3·s seconds each (a second queue in tandem, s the prompt tokens: the i-th is through at
+   e_i = max(e_{i−1}, d_i) + f3·s_i), and a request can be scheduled f0 + f1·n seconds after that, n the requests
+   in the server when it entered. The event loop also streams the outputs: a first token or a completion produced
+   at T reaches the client once the event loop has taken every request that entered before T (at max(T, d_last));
+   the tokeniser runs beside it and holds up no output. With nothing schedulable the server is idle and
    the clock jumps to the next instant a request enters or can be scheduled.
 2. The scheduled set is the longest prefix, in file order, of the schedulable requests whose block-rounded
    footprints fit in M, whose count fits the running-request cap and whose tokens fit the token budget.
@@ -53,7 +54,7 @@ class ReplayConfig:
     #                          prompt takes min(ŝ, what is left of it, what the token budget leaves) tokens
     running_cap: bool = True  # some trial caps the running requests (False: the cap is not computed)
     budget_cap: bool = True  # some trial has a token budget (chunking "fixed"; "budget" always has one)
-    serial_frontend: bool = False  # some trial's front end takes f2 > 0 s per entering request
+    serial_frontend: bool = False  # some trial's front end queues the entering requests (f2 > 0 or f3 > 0)
     steps_per_call: int = 256  # steps per jitted call between host checks
     n_bins: int = 240  # log-spaced ITL histogram bins
     itl_lo_s: float = 1e-5
@@ -79,7 +80,7 @@ class ReplayParams(NamedTuple):
     block: jax.Array  # int32 KV block size β (1: tokens)
     concurrency: jax.Array  # int32 client concurrency C (≥ N: none)
     frontend: jax.Array  # float32[4] (f0 s, f1 s per request in the server, f2 s per entering request in turn,
-    #                      f3 s per prompt token of the request)
+    #                      f3 s per prompt token, each request's tokens in turn)
     batch: object  # lqs BatchTime pytree
 
 
@@ -88,6 +89,7 @@ class ReplayInputs(NamedTuple):
     o: jax.Array  # int32[N]
     t_arr: jax.Array  # float32[N] instant request i reaches the client (sorted)
     key_batch: jax.Array  # uint32[] batch-time stream of the trial
+    s_cum: jax.Array  # int32[N] s_0 + … + s_i, wrapped to int32 (differences below 2^31 are exact)
 
 
 class ReplayState(NamedTuple):
@@ -102,7 +104,8 @@ class ReplayState(NamedTuple):
     itl_lo: jax.Array  # float32[n_bins] the smallest gap in each bin (inf: empty)
     itl_hi: jax.Array  # float32[n_bins] the largest gap in each bin (−inf: empty)
     t: jax.Array  # float32[] clock
-    fe_free: jax.Array  # float32[] the front end has taken every entered request by then (f2 > 0)
+    fe_free: jax.Array  # float32[] the event loop has taken every entered request by then (f2 > 0)
+    tok_free: jax.Array  # float32[] the tokeniser has taken every entered request by then (f3 > 0)
     step: jax.Array  # int32[] steps run (idle jumps are not steps)
     n_done: jax.Array  # int32[]
     peak: jax.Array  # int32[] most requests in the server at a step's start
@@ -123,7 +126,7 @@ def init_state(N: int, cfg: ReplayConfig, concurrency) -> ReplayState:
                        t_ttft=full(inf), t_done=full(inf), t_last=full(inf),
                        itl_hist=jnp.zeros((T, cfg.n_bins), jnp.int32), itl_lo=jnp.full((T, cfg.n_bins), inf),
                        itl_hi=jnp.full((T, cfg.n_bins), -inf), t=jnp.zeros(T, jnp.float32),
-                       fe_free=jnp.zeros(T, jnp.float32), step=z, n_done=z,
+                       fe_free=jnp.zeros(T, jnp.float32), tok_free=jnp.zeros(T, jnp.float32), step=z, n_done=z,
                        peak=z, preempted=z, mem_max=z, violations=z)
 
 
@@ -165,19 +168,25 @@ def replay_step(state: ReplayState, inp: ReplayInputs, p: ReplayParams, cfg: Rep
     entered = pending & (t_enter <= t)
     in_server = count_slots(entered)
     new = entered & jnp.isinf(state.t_avail)
-    fe_free = state.fe_free
+    fe_free, tok_free = state.fe_free, state.tok_free
     through = t_enter
-    if cfg.serial_frontend:  # d_i = max(d_{i-1}, t_enter_i) + f2 over this step's entries, in entry order:
-        f2 = p.frontend[:, 2]  # d_i = r_i·f2 + max(fe_free, max_{j≤i} (t_enter_j − (r_j − 1)·f2)), r the rank.
+    if cfg.serial_frontend:  # a queue with service c_i over this step's entries, in entry order, is through at
+        # d_i = max(d_{i-1}, x_i) + c_i = S_i + max(free, max_{j≤i} (x_j − S_{j−1})), S_i = c_a + … + c_i.
         # t_enter is non-decreasing in i (sorted t_arr, places freed in completion order), so the requests that
-        # entered form a prefix and this step's entries are i = a .. : r_i = i − a + 1
+        # entered form a prefix and this step's entries are i = a .. : the event loop's S_i = (i − a + 1)·f2, the
+        # tokeniser's f3·(s_a + … + s_i), an exact integer difference of the running sums
+        f2, f3 = p.frontend[:, 2], p.frontend[:, 3]
         a = count_slots(jnp.isfinite(state.t_avail))
         rf = (slot_iota(u) - a + 1).astype(jnp.float32)
         lead = prefix_max(jnp.where(new, t_enter - (rf - 1.0) * f2, -jnp.inf))
-        through = rf * f2 + jnp.maximum(fe_free, lead)
-        fe_free = jnp.max(jnp.where(new, through, fe_free), axis=0)
-    delay = (p.frontend[:, 0] + p.frontend[:, 1] * in_server.astype(jnp.float32)
-             + p.frontend[:, 3] * s.astype(jnp.float32))
+        d = rf * f2 + jnp.maximum(fe_free, lead)
+        fe_free = jnp.max(jnp.where(new, d, fe_free), axis=0)
+        before = jnp.where(a > 0, inp.s_cum[jnp.maximum(a - 1, 0), 0], 0)  # s_0 + … + s_{a−1}, per trial
+        s_cum = inp.s_cum - before
+        lead = prefix_max(jnp.where(new, d - f3 * (s_cum - s).astype(jnp.float32), -jnp.inf))
+        through = f3 * s_cum.astype(jnp.float32) + jnp.maximum(tok_free, lead)
+        tok_free = jnp.max(jnp.where(new, through, tok_free), axis=0)
+    delay = p.frontend[:, 0] + p.frontend[:, 1] * in_server.astype(jnp.float32)
     t_avail = jnp.where(new, through + delay, state.t_avail)
     live = pending & (t_avail <= t)
     any_live = jnp.any(live, axis=0)
@@ -269,7 +278,7 @@ def replay_step(state: ReplayState, inp: ReplayInputs, p: ReplayParams, cfg: Rep
         u=u_new, flags=fl_new, t_free=jnp.where(freed, t_out, state.t_free), t_avail=t_avail,
         t_ttft=jnp.where(first_tok, t_out, state.t_ttft), t_done=jnp.where(done, t_out, state.t_done),
         t_last=jnp.where(tok_now, t_end, state.t_last), itl_hist=hist, itl_lo=h_lo, itl_hi=h_hi, t=t_end,
-        fe_free=fe_free,
+        fe_free=fe_free, tok_free=tok_free,
         step=state.step + any_live.astype(i32), n_done=n_done, peak=jnp.maximum(state.peak, in_server),
         preempted=state.preempted + n_preempt, mem_max=jnp.maximum(state.mem_max, mem),
         violations=state.violations + (mem > p.M).astype(i32))

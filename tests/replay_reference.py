@@ -15,10 +15,11 @@ def _blocks(x, block):
 def replay_reference(s, o, t_arr, *, M, chunk, budget=None, max_running=None, block=1, concurrency=None,
                      frontend=(0.0, 0.0), policy="recompute", chunking="fixed", batch=lambda pre, dec, mem: 0.25):
     """(t_enter, t_ttft, t_done, steps, mem_max) of one trial. ``batch(prefill_tokens, decode_tokens, mem)`` gives
-    each step's duration. ``frontend`` (f0, f1[, f2[, f3]]): the front end takes the requests that entered one at a
-    time, in entry order, f2 s each; a request can be scheduled f0 + f1·n + f3·s s after it is through (n: requests
-    in the server when it entered, s: its prompt tokens); a first token or completion produced at T is seen at max(T, the instant the front end
-    is through with every request that entered before)."""
+    each step's duration. ``frontend`` (f0, f1[, f2[, f3]]): the event loop takes the requests that entered one at a
+    time, in entry order, f2 s each; then the tokeniser, one at a time, f3·s s each (s: its prompt tokens); a
+    request can be scheduled f0 + f1·n s after the tokeniser is through with it (n: requests in the server when it
+    entered); a first token or completion produced at T is seen at max(T, the instant the event loop is through
+    with every request that entered before)."""
     f0, f1, f2, f3 = (tuple(frontend) + (0.0, 0.0, 0.0))[:4]
     n = len(s)
     C = n if concurrency is None else concurrency
@@ -33,7 +34,8 @@ def replay_reference(s, o, t_arr, *, M, chunk, budget=None, max_running=None, bl
     t_ttft = [math.inf] * n
     t_done = [math.inf] * n
     done_count, t, steps, mem_max = 0, 0.0, 0, 0
-    fe_free = 0.0  # the front end is through with every entered request by then
+    fe_free = 0.0  # the event loop is through with every entered request by then
+    tok_free = 0.0  # the tokeniser is through with every entered request by then
     while done_count < n:
         enter = [max(t_arr[i], t_free[i]) for i in range(n)]
         pending = [i for i in range(n) if t_done[i] == math.inf]
@@ -44,7 +46,10 @@ def replay_reference(s, o, t_arr, *, M, chunk, budget=None, max_running=None, bl
                 if f2 > 0:
                     fe_free = max(fe_free, enter[i]) + f2
                     through = fe_free
-                t_avail[i] = through + (f0 + f1 * len(inside) + f3 * s[i])
+                if f3 > 0:
+                    tok_free = max(tok_free, through) + f3 * s[i]
+                    through = tok_free
+                t_avail[i] = through + (f0 + f1 * len(inside))
         live = [i for i in pending if t_avail[i] <= t]
         if not live:  # idle: jump to the next instant a request enters or can be scheduled
             t = max(t, min(t_avail[i] if t_avail[i] < math.inf else enter[i] for i in pending))

@@ -142,8 +142,9 @@ def test_trials_differ_only_where_random_and_same_seed_same_result():
 
 
 def test_prompt_token_delay_matches_the_reference_and_grows_with_the_prompt():
-    """f3 s per prompt token before a request can be scheduled: engine ≡ reference, and a request alone on the
-    server gets TTFT = f0 + f3·s + b̄ exactly."""
+    """The tokeniser takes f3 s per prompt token, one request at a time: engine ≡ reference, a request alone on the
+    server gets TTFT = f0 + f3·s + b̄ exactly, and of two prompts sent together the second waits for the first's
+    tokens too."""
     kw = dict(policy="swap", M=200, chunk=16, concurrency=5, frontend=(0.125, 0.0625, 0.25, 1 / 64))
     enter, ttft, done, steps, _ = replay_reference(S, O, T_ARR, batch=lambda p, d, m: 0.25, **kw)
     raw = _core.run(S, O, np.asarray([T_ARR], np.float32), batch=ConstantBatch(0.25), key=jax.random.key(0),
@@ -155,6 +156,11 @@ def test_prompt_token_delay_matches_the_reference_and_grows_with_the_prompt():
     alone = _core.run([8, 32], [2, 2], np.asarray([[0.0, 100.0]], np.float32), M=1000, chunk=64,
                       batch=ConstantBatch(0.25), policy="swap", key=jax.random.key(0), frontend=(0.125, 0, 0, 1 / 64))
     np.testing.assert_array_equal(alone.t_ttft[0] - alone.t_enter[0], [0.125 + 8 / 64 + 0.25, 0.125 + 32 / 64 + 0.25])
+    kw = dict(M=1000, chunk=64, policy="swap", frontend=(0.125, 0, 0, 1 / 64))
+    pair = _core.run([8, 32], [2, 2], np.zeros((1, 2), np.float32), batch=ConstantBatch(0.25), key=jax.random.key(0),
+                     **kw)
+    np.testing.assert_array_equal(pair.t_ttft[0], [0.125 + 8 / 64 + 0.25, 0.125 + (8 + 32) / 64 + 0.25])
+    np.testing.assert_array_equal(pair.t_ttft[0], replay_reference([8, 32], [2, 2], [0.0, 0.0], **kw)[1])
 
 
 def test_unqueued_requests_are_those_no_earlier_prompt_was_waiting_ahead_of():

@@ -51,9 +51,9 @@ def _server_kw(opts: dict) -> dict:
               help="Batch-time model: constant, constant:B, affine:A0,A1,A2,A3 (lqs calibrate prints one), "
                    "lognormal:CV or empirical.")
 @click.option("--frontend", "frontend", metavar="F0[,F1[,F2[,F3]]]", default="0",
-              help="Front end: it takes entering requests one at a time, F2 s each; a request can be scheduled "
-                   "F0 + F1·n + F3·s s after that (n in the server, s its prompt tokens); outputs reach the client "
-                   "once it is through.")
+              help="Front end: an event loop takes entering requests one at a time, F2 s each, then a tokeniser, "
+                   "F3·s s each (s its prompt tokens); a request can be scheduled F0 + F1·n s after that (n in the "
+                   "server); outputs reach the client once the event loop is through.")
 @click.option("--arrivals", "arrivals", metavar="auto|recorded|poisson|gamma|burst", default="auto",
               show_default=True, help="How the client issued the requests (auto: as the file states).")
 @click.option("--concurrency", "concurrency", metavar="C|file|none", default="file", show_default=True,
@@ -178,6 +178,11 @@ def calibrate_cmd(results, model, no_frontend, fit, iterations, population, seed
     con.print(f"use: --b-model {res.b_model} --frontend {res.frontend}  (the best fit)")
     con.print(f"predictions: the likelihood-weighted geometric mean over the {ens['size']} parameter set(s) the fitted runs allow (loss ≤ "
               f"{ens['loss_threshold']:.4g}, the {100 * ens['confidence']:.0f} % joint region), with their range")
+    for st in res.report["decode_steps"]:
+        fitted = "" if st["fitted_s"] is None else f", best fit {1e3 * st['fitted_s']:.2f} ms"
+        con.print(f"decode-only steps of run {st['run']}: n = {st['n']:.0f}, KV {st['kv_tokens']:,.0f} tokens: "
+                  f"measured {1e3 * st['measured_s']:.2f} ms{fitted}"
+                  + ("" if not st["kept_up"] else " (one token per streamed chunk: n·f1 ≤ the step)"))
     t = Table(title="measured / lqs (error), and [the range over the parameter sets]", title_justify="left")
     for c in ("run", "role", "throughput (req/s)", "TTFT p50 (s)", "TPOT p50 (s)", "E2E p50 (s)"):
         t.add_column(c, justify="left" if c in ("run", "role") else "right")
@@ -195,6 +200,7 @@ def calibrate_cmd(results, model, no_frontend, fit, iterations, population, seed
     con.print(t)
     if undetermined:
         con.print("note: the fitted runs leave the TTFT of " + escape(", ".join(undetermined)) + " open (its range "
-                  "spans more than a factor 1.5): fit a run at that load to pin it down")
+                  "spans more than a factor 1.5, or its decode batches exceed the fitted ones more than 4×): fit a "
+                  "run at that load to pin it down")
     if paths:
         con.print("wrote " + ", ".join(os.path.abspath(p) for p in paths.values()))

@@ -77,7 +77,7 @@ def run(s, o, t_arr, *, M, chunk, budget=None, max_running=None, block=1, concur
     capped = lambda v: bool(np.any(np.asarray(big(v)) < INT_BIG))  # noqa: E731
     fe = _frontend(frontend, T)
     cfg = ReplayConfig(N=N, policy=policy, chunking=chunking, running_cap=capped(max_running),
-                       budget_cap=capped(budget), serial_frontend=bool(np.any(fe[:, 2] > 0)),
+                       budget_cap=capped(budget), serial_frontend=bool(np.any(fe[:, 2:] > 0)),
                        steps_per_call=steps_per_call)
     params = ReplayParams(M=_per_trial(M, T, np.int32), chunk=_per_trial(chunk, T, np.int32),
                           budget=_per_trial(big(budget), T, np.int32),
@@ -87,8 +87,10 @@ def run(s, o, t_arr, *, M, chunk, budget=None, max_running=None, block=1, concur
                                                  else concurrency, T, np.int32),
                           frontend=fe, batch=_stack(batch, T))
     keys = jax.vmap(trial_keys)(jax.random.split(key, T))
+    # prompt tokens of requests 0..i, wrapped to int32: a difference of two is exact while below 2^31
+    s_cum = (np.cumsum(s, dtype=np.int64) % 2**32).astype(np.uint32).view(np.int32)
     inputs = ReplayInputs(s=jnp.asarray(s)[:, None], o=jnp.asarray(o)[:, None], t_arr=jnp.asarray(t_arr.T),
-                          key_batch=keys.batch)
+                          key_batch=keys.batch, s_cum=jnp.asarray(s_cum)[:, None])
     state = init_state(N, cfg, jnp.asarray(params.concurrency))
     k = s if chunking == "budget" else -(-s // np.maximum(np.asarray(chunk).max(initial=1), 1))
     if max_steps is None:  # every non-idle step advances a request (recompute may redo work: 8× room)

@@ -121,10 +121,11 @@ def replay(result, server=None, *, run: int | None = None, trials: int = 16, key
     engine's defaults (:func:`lqs.replay.resolve_server`). ``arrivals``: ``auto`` (as the file states), or
     ``recorded``, ``poisson``, ``gamma``, ``burst``, or an :class:`lqs.replay.Arrivals`. ``concurrency``:
     ``file`` (the client's max_concurrency), None (no cap) or an integer. ``frontend``: (f0, f1[, f2[, f3]]): the
-    server's front end takes entering requests one at a time, f2 seconds each, a request can be scheduled
-    f0 + f1·n + f3·s seconds after that (n the requests in the server when it entered, s its prompt tokens), and a first token or completion
-    reaches the client once the front end is through with the requests that entered before it
-    (kernels/replay.py; :func:`lqs.replay.calibrate` fits it); a number is f0. ``chunking``: ``budget`` (a prompt takes what the
+    server's event loop takes entering requests one at a time, f2 seconds each, then its tokeniser, f3·s seconds
+    each (s the prompt tokens); a request can be scheduled f0 + f1·n seconds after that (n the requests in the
+    server when it entered), and a first token or completion reaches the client once the event loop is through
+    with the requests that entered before it (kernels/replay.py; :func:`lqs.replay.calibrate` fits it); a number
+    is f0. ``chunking``: ``budget`` (a prompt takes what the
     token budget leaves, vLLM V1 and SGLang), ``fixed`` (whole chunks of ŝ) or ``auto`` (budget for a server
     resolved from a vLLM or SGLang run, fixed for a given Server)."""
     import jax
