@@ -1,23 +1,28 @@
-"""calibrate: the batch-time model (and the front-end delay) that makes replays of measured runs reproduce their
+"""calibrate: the batch-time model (and the front end) that makes replays of measured runs reproduce their
 measured timings (docs/model.md, "Calibrating the batch time").
 
 Model: ``constant`` b̄, or ``affine`` b = a0 + a1·prefill tokens + a2·decode tokens + a3·memory in use, each
-coefficient ≥ 0; with ``frontend`` also the front end (f0, f1, f2, f3): it takes the entering requests one at a
-time, f2 seconds each, a request can be scheduled f0 + f1·n + f3·s seconds after it is through (n the requests in
-the server when it entered, s its prompt tokens), and outputs reach the client once the front end has taken the
-requests that entered before them (kernels/replay.py). Targets: per-request TPOT and TTFT quantiles (p10, p50,
-p90), the request throughput and the median TTFT of the unqueued requests (those that entered while no earlier one
-awaited its first token) of every fitted run, or the summary medians where that is all a file has; the loss is
-the sum of squared log ratios replayed / measured.
+coefficient ≥ 0; with ``frontend`` also the front end (f0, f1, f2, f3): an event loop takes the entering requests
+one at a time, f2 seconds each, then a tokeniser, one at a time, f3·s seconds each (s the prompt tokens); a request
+can be scheduled f0 + f1·n seconds after that (n the requests in the server when it entered), and outputs reach
+the client once the event loop has taken the requests that entered before them (kernels/replay.py).
 
-Search: the cross-entropy method in log-parameter space. The replay's metrics are piecewise constant in the
-parameters (step counts are integers), so there is no gradient to follow; every candidate of one iteration, on
-every trial, is replayed in one vmapped program per run (kernels/replay.py), which is what the engine is for.
+Targets: per-request TPOT and TTFT quantiles (p10, p50, p90), the request throughput and the median TTFT of the
+unqueued requests (those that entered while no earlier one awaited its first token) of every fitted run, or the
+summary medians where that is all a file has; the loss is the sum of squared log ratios replayed / measured. Where
+a file has per-request timelines, its most frequent decode-only step (lqs/traces/_steps.py) is a target of the
+affine model's a0 + a2·n + a3·KV, and bounds the front end: a run that streamed one token per chunk streamed a
+step's n tokens within the step, n·f1 ≤ the step.
 
-Prediction: low-load runs leave parameters open that matter at high load (how the front end's delay grows), so
-every run is replayed with the ensemble of parameter sets the fitted runs allow (the candidates within the joint
-confidence region of the best fit), in one program per run; the prediction is their likelihood-weighted geometric
-mean, with their range.
+Search: the cross-entropy method in log-parameter space, a0, a2, a3 starting at their fit to the decode-only
+steps. The replay's metrics are piecewise constant in the parameters (step counts are integers), so there is no
+gradient to follow; every candidate of one iteration, on every trial, is replayed in one vmapped program per run
+(kernels/replay.py), which is what the engine is for.
+
+Prediction: every run is replayed with the ensemble of parameter sets the fitted runs allow (the candidates within
+the joint confidence region of the best fit), in one program per run; the prediction is their likelihood-weighted
+geometric mean, with their range. A predicted TTFT is flagged as not determined when that range is wide or when
+the run's decode batches exceed the fitted ones more than EXTRAPOLATION-fold.
 """
 
 from __future__ import annotations
@@ -40,6 +45,10 @@ TARGETS = (("ttft", 0.1), ("ttft", 0.5), ("ttft", 0.9), ("tpot", 0.1), ("tpot", 
 SCALES = {"a0": 2e-3, "a1": 1e-5, "a2": 2e-5, "a3": 1e-8, "f0": 2e-2, "f1": 5e-4, "f2": 1e-3, "f3": 5e-6, "b": 1e-2}
 FIT_FRACTION = 1 / 3  # default: the lowest-load third (at least one) of each ladder's runs is fitted
 CONFIDENCE = 0.68  # the ensemble: parameter sets inside this joint confidence region of the best fit
+#: a decode-only step time (the median of thousands of gaps) and the front end's bound weigh as this many targets
+STEP_WEIGHT = 30.0
+#: a run streamed one token per chunk (the front end kept up) when its gaps number at least this share of tokens
+KEPT_UP = 0.95
 PREDICTED = ("throughput_rps", "ttft_p50_s", "tpot_p50_s", "e2e_p50_s")
 
 
@@ -110,6 +119,43 @@ def _replayed(raw, o, P, trials) -> list[dict]:
                                                for j, x in enumerate(u)]))
         out.append(d)
     assert len(out) * trials == T
+    return out
+
+
+def _step_target(run, srv):
+    """(n, KV in whole blocks, median gap s, whether the run streamed one token per chunk) of the run's most
+    frequent decode-only step (lqs/traces/_steps.py), or None when the run has none."""
+    d = run.decode_steps
+    if d is None or not len(d):
+        return None
+    n, kv, gap = (float(x) for x in d[0, :3])
+    tokens = float(np.sum(np.maximum(np.asarray(run.trace.o, np.float64) - 1, 0)))
+    kept_up = run.itl_gaps is not None and run.itl_gaps.size >= KEPT_UP * tokens
+    # each request's KV rounded up to a whole block, on average
+    return n, kv + n * (srv.block_size - 1) / 2, gap, bool(kept_up)
+
+
+def _decode_fit(steps) -> np.ndarray:
+    """(a0, a2, a3) ≥ 0 that best give the decode-only steps (n, KV, gap, _) as a0 + a2·n + a3·KV, in relative
+    error: scipy's non-negative least squares (not re-derived here) on the rows scaled by each gap."""
+    from scipy.optimize import nnls
+
+    scale = np.array([SCALES["a0"], SCALES["a2"], SCALES["a3"]])
+    rows = np.array([[1.0, n_dec, kv] for n_dec, kv, _, _ in steps]) / np.array([[g] for _, _, g, _ in steps])
+    sol, _ = nnls(rows * scale, np.ones(len(steps)))
+    return sol * scale
+
+
+def _step_losses(steps, th: dict, P: int) -> np.ndarray:
+    """Loss terms of P candidates (``th``: {parameter: float[P]}) from the fitted runs' decode-only steps: an affine
+    model's a0 + a2·n + a3·KV against each measured step, and, where a run streamed one token per chunk (its front
+    end kept up with the engine, streaming a step's n tokens within the step), the bound n·f1 ≤ the step."""
+    out = np.zeros(P)
+    for n_dec, kv, gap, kept_up in steps:
+        if "a0" in th:
+            out += STEP_WEIGHT * np.log((th["a0"] + th["a2"] * n_dec + th["a3"] * kv) / gap) ** 2
+        if "f1" in th and kept_up:
+            out += STEP_WEIGHT * np.log(np.maximum(th["f1"] * n_dec / gap, 1.0)) ** 2
     return out
 
 
@@ -196,6 +242,9 @@ def calibrate(results, *, fit=None, model: str = "affine", frontend: bool = True
     key_search, key_arr, key_batch = jax.random.split(key, 3)
 
     # fixed per run: arrival instants (trials per candidate), measured targets
+    step_of = {i: _step_target(runs[i], servers[i][0]) for i in fit}
+    step_runs = [i for i in fit if step_of[i] is not None]
+    steps = [step_of[i] for i in step_runs]
     prepared = []
     for i in fit:
         r, (srv, _) = runs[i], servers[i]
@@ -211,6 +260,10 @@ def calibrate(results, *, fit=None, model: str = "affine", frontend: bool = True
     else:
         mean[names.index("b")] = math.log(b0 / SCALES["b"])
     std = np.full(len(names), 1.5)
+    if model == "affine" and steps:  # start a0, a2, a3 where the decode-only steps put them
+        for name, v in zip(("a0", "a2", "a3"), _decode_fit(steps)):
+            mean[names.index(name)] = math.log(max(v / SCALES[name], 1e-3))
+            std[names.index(name)] = 0.5
     best, best_loss, history, tried = None, math.inf, [], []
     n_elite = max(2, population // 4)
     for it in range(iterations):
@@ -229,6 +282,7 @@ def calibrate(results, *, fit=None, model: str = "affine", frontend: bool = True
                             chunking=chunking)
             for p, rep in enumerate(_replayed(raw, r.trace.o, population, tr_n)):
                 losses[p] += _loss(rep, meas)
+        losses += _step_losses(steps, th, population)  # no replay needed for these
         tried.append((z.copy(), losses.copy()))
         order = np.argsort(losses)
         if losses[order[0]] < best_loss:
@@ -244,7 +298,7 @@ def calibrate(results, *, fit=None, model: str = "affine", frontend: bool = True
     b_model = ("affine:" + ",".join(f"{params[n]:.6g}" for n in ("a0", "a1", "a2", "a3"))) if model == "affine" \
         else f"constant:{params['b']:.6g}"
     fe_text = _fe_text(tuple(float(x) for x in fe[0]))
-    n_targets = sum(len(p[4]) for p in prepared)
+    n_targets = sum(len(p[4]) for p in prepared) + (len(steps) if model == "affine" else 0)
     members, member_loss, threshold = _ensemble(tried, best, best_loss, n_targets, len(names), confidence, ensemble,
                                    jax.random.fold_in(key, 20_000))
     if progress:
@@ -255,6 +309,8 @@ def calibrate(results, *, fit=None, model: str = "affine", frontend: bool = True
     weights = np.exp(-(member_loss - best_loss) / (2 * sigma2)) if sigma2 > 0 else np.eye(1, len(members))[0]
 
     rows, member_pred = [], []
+    # largest decode batch the fitted runs measured (their decode-only steps, else their caps)
+    n_fitted = max([n_dec for n_dec, *_ in steps] or [float(runs[i].max_concurrency or 0) for i in fit]) or None
     for i, (r, (srv, _)) in enumerate(zip(runs, servers)):
         meas_all = measured_metrics(r)
         # every member on every trial in one program; member 0 is the best fit
@@ -277,7 +333,13 @@ def calibrate(results, *, fit=None, model: str = "affine", frontend: bool = True
         u0 = ens["ttft_unqueued_p50_s"][0]
         row["best_ttft_unqueued_p50_s"] = float(u0) if np.isfinite(u0) else None
         lo, hi = row["replay_ttft_p50_s_lo"], row["replay_ttft_p50_s_hi"]
-        row["ttft_determined"] = bool(lo and hi and hi <= UNDETERMINED * lo)
+        # the decode steps of this run against the largest batch the fitted runs measured
+        peak = ens["peak_concurrency"][0]
+        row["decode_batch"] = int(peak) if np.isfinite(peak) else None
+        row["decode_batch_fitted"] = n_fitted
+        row["beyond_fitted_batch"] = bool(row["predicted"] and n_fitted and np.isfinite(peak)
+                                          and peak > EXTRAPOLATION * n_fitted)
+        row["ttft_determined"] = bool(lo and hi and hi <= UNDETERMINED * lo and not row["beyond_fitted_batch"])
         rows.append(row)
     df = pd.DataFrame(rows)
     report = {"b_model": b_model, "frontend": fe_text, "chunking": chunking, "model": model, "params": params, "loss": best_loss,
@@ -289,12 +351,21 @@ def calibrate(results, *, fit=None, model: str = "affine", frontend: bool = True
                            "losses": [float(x) for x in member_loss], "predictions": member_pred,
                            "members": [dict(zip(names, (SCALES[n] * np.exp(zz) for n, zz in zip(names, z_row))))
                                        for z_row in members]},
+              "decode_steps": [{"run": int(i), "n": n_dec, "kv_tokens": kv, "measured_s": gap, "kept_up": kept_up,
+                                "fitted_s": (params["a0"] + params["a2"] * n_dec + params["a3"] * kv
+                                             if model == "affine" else None),
+                                "frontend_per_request_s": params.get("f1")}
+                               for i, (n_dec, kv, gap, kept_up) in zip(step_runs, steps)],
               "runs": df.to_dict(orient="records")}
     return CalibrationResult(b_model=b_model, frontend=fe_text, params=params, loss=best_loss, history=history,
                              runs=df, report=report)
 
 
 UNDETERMINED = 1.5  # a predicted TTFT whose ensemble range spans more than this factor is not set by the fitted runs
+#: a predicted TTFT is not determined either when the run's decode batch exceeds the fitted ones by more than this
+#: factor: the decode step there is the affine model's extrapolation, and a saturated closed loop's TTFT is its
+#: E2E less the decode time, so a few per cent on the step move the TTFT by tens of per cent (docs/model.md)
+EXTRAPOLATION = 4.0
 
 
 def _ensemble(tried, best, best_loss, n_targets, n_params, confidence, size, key):
@@ -334,7 +405,7 @@ def _ensemble_metrics(run, srv, batch, fe, trials, chunking, key) -> dict:
                     policy=srv.policy, key=key_batch, chunking=chunking)
     rows = _core.metrics(raw, run.trace.o)
     return {m: np.array([_nanmean([rows[p * tr_n + j][m] for j in range(tr_n)]) for p in range(P)])
-            for m in PREDICTED + ("ttft_unqueued_p50_s",)}
+            for m in PREDICTED + ("ttft_unqueued_p50_s", "peak_concurrency")}
 
 
 def _nanmean(x):

@@ -25,6 +25,7 @@ import numpy as np
 
 from .._errors import LqsError
 from .._theory import estimate_b
+from ._steps import decode_steps
 from .benchmark_meta import _format, _meta, _number, _rate, _summary
 from .trace import Trace
 
@@ -64,6 +65,9 @@ class BenchmarkResult:
     summary: dict | None = None  # the run's own summary statistics (seconds), e.g. {"ttft_p50_s": ...}
     summary_only: bool = False  # no per-request arrays: the lengths come from the totals (fixed-length run)
     notes: tuple = ()  # what the reader assumed or left out, one sentence each
+    #: decode-only step times read off the per-request timelines: rows (n decoding, KV tokens, median gap s,
+    #: gaps), most gaps first (lqs/traces/_steps.py); None without start times, TTFTs and per-request gaps
+    decode_steps: np.ndarray | None = None
 
     @property
     def saturated(self) -> bool:
@@ -260,7 +264,7 @@ def load_benchmark_result(path, run: int | None = None, *, b_estimator: str = "m
             break
 
     idx = np.flatnonzero(ok)
-    gaps, raw_gaps, itl_sum = [], [], np.full(n, np.nan)
+    gaps, raw_gaps, per_req, itl_sum = [], [], [], np.full(n, np.nan)
     if itls is not None:
         for i in idx:
             g = itls[i]
@@ -269,6 +273,7 @@ def load_benchmark_result(path, run: int | None = None, *, b_estimator: str = "m
                                f"entry {int(i)} in {where}")
             a = _float_array(g, "itls", where)
             itl_sum[i] = float(np.nansum(a))
+            per_req.append(a)
             raw_gaps.append(a[np.isfinite(a)])
             if a.size == o_all[i] - 1:
                 gaps.append(a[a > 0])
@@ -307,13 +312,16 @@ def load_benchmark_result(path, run: int | None = None, *, b_estimator: str = "m
     b, b_src = _b_bar(b_samples, tpot_ok, b_estimator, where)
     completed = _number(r, "completed", where)
     raw = np.concatenate(raw_gaps) if raw_gaps else None
+    steps = None
+    if t is not None and ttft is not None and itls is not None:
+        steps = decode_steps(t[idx], ttft[idx], per_req, s_all[idx], o_all[idx])
     return BenchmarkResult(trace=trace, b_samples=b_samples, b=b, b_source=b_src, ttfts=ttft_ok, e2e=e2e_ok,
                            itl_median=None if raw is None or raw.size == 0 else float(np.median(raw)),
                            request_rate=_rate(r, where), duration=_number(r, "duration", where),
                            completed=int(completed) if completed is not None else int(idx.size),
                            failed=int(n - idx.size), request_throughput=_number(r, "request_throughput", where),
                            source_format=_format(r), run=run, n_runs=len(runs), **_meta(r, where),
-                           tpots=tpot_ok, itl_gaps=raw)
+                           tpots=tpot_ok, itl_gaps=raw, decode_steps=steps)
 
 
 #: b̄ estimators on per-request TPOT (default) or on the inter-token gaps (docs/model.md, "b̄ from a benchmark")
