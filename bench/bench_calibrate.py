@@ -29,12 +29,15 @@ def summarise(report: dict, seed, wall_s=None) -> dict:
             meas = r["measured_" + m]
             row[m] = {"measured": meas, "error": r["error_" + m], "best_error": r["best_error_" + m],
                       "range_error": [r[f"replay_{m}_lo"] / meas - 1, r[f"replay_{m}_hi"] / meas - 1]}
+        row["ttft_determined"] = r.get("ttft_determined")
+        row["beyond_fitted_batch"] = r.get("beyond_fitted_batch")
         runs.append(row)
     pred = [r for r in runs if r["role"] == "predicted"]
     worst = {m: max(abs(r[m]["error"]) for r in pred) for m in METRICS} if pred else {}
     worst_best = {m: max(abs(r[m]["best_error"]) for r in pred) for m in METRICS} if pred else {}
     return {"seed": seed, "wall_s": wall_s, "b_model": report["b_model"], "frontend": report["frontend"],
             "loss": report["loss"], "ensemble_size": report["ensemble"]["size"],
+            "decode_steps": report.get("decode_steps"),
             "worst_predicted_error": worst, "worst_predicted_best_error": worst_best, "runs": runs}
 
 

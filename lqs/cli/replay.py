@@ -200,7 +200,7 @@ def calibrate_cmd(results, model, no_frontend, fit, iterations, population, seed
     con.print(t)
     if undetermined:
         con.print("note: the fitted runs leave the TTFT of " + escape(", ".join(undetermined)) + " open (its range "
-                  "spans more than a factor 1.5, or its decode batches exceed the fitted ones more than 4×): fit a "
-                  "run at that load to pin it down")
+                  "spans more than a factor 1.5, or its decode batches exceed the fitted ones more than 2× and a "
+                  "decode time over 3× the TTFT moves it): fit a run at that load to pin it down")
     if paths:
         con.print("wrote " + ", ".join(os.path.abspath(p) for p in paths.values()))

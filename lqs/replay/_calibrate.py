@@ -22,7 +22,8 @@ gradient to follow; every candidate of one iteration, on every trial, is replaye
 Prediction: every run is replayed with the ensemble of parameter sets the fitted runs allow (the candidates within
 the joint confidence region of the best fit), in one program per run; the prediction is their likelihood-weighted
 geometric mean, with their range. A predicted TTFT is flagged as not determined when that range is wide or when
-the run's decode batches exceed the fitted ones more than EXTRAPOLATION-fold.
+the run's decode batches exceed the fitted ones more than EXTRAPOLATION-fold and its TTFT is what a decode time
+more than SENSITIVITY times longer leaves of its E2E.
 """
 
 from __future__ import annotations
@@ -339,7 +340,13 @@ def calibrate(results, *, fit=None, model: str = "affine", frontend: bool = True
         row["decode_batch_fitted"] = n_fitted
         row["beyond_fitted_batch"] = bool(row["predicted"] and n_fitted and np.isfinite(peak)
                                           and peak > EXTRAPOLATION * n_fitted)
-        row["ttft_determined"] = bool(lo and hi and hi <= UNDETERMINED * lo and not row["beyond_fitted_batch"])
+        # per cent the TTFT moves per per cent of decode time: in a saturated closed loop the E2E is set by the cap
+        # and the throughput and the TTFT is what the decode time leaves of it
+        e2e, ttft = row["replay_e2e_p50_s"], row["replay_ttft_p50_s"]
+        row["ttft_sensitivity"] = (e2e - ttft) / ttft if e2e and ttft else None
+        sensitive = row["ttft_sensitivity"] is None or row["ttft_sensitivity"] > SENSITIVITY
+        row["ttft_determined"] = bool(lo and hi and hi <= UNDETERMINED * lo
+                                      and not (row["beyond_fitted_batch"] and sensitive))
         rows.append(row)
     df = pd.DataFrame(rows)
     report = {"b_model": b_model, "frontend": fe_text, "chunking": chunking, "model": model, "params": params, "loss": best_loss,
@@ -363,9 +370,11 @@ def calibrate(results, *, fit=None, model: str = "affine", frontend: bool = True
 
 UNDETERMINED = 1.5  # a predicted TTFT whose ensemble range spans more than this factor is not set by the fitted runs
 #: a predicted TTFT is not determined either when the run's decode batch exceeds the fitted ones by more than this
-#: factor: the decode step there is the affine model's extrapolation, and a saturated closed loop's TTFT is its
-#: E2E less the decode time, so a few per cent on the step move the TTFT by tens of per cent (docs/model.md)
-EXTRAPOLATION = 4.0
+#: factor (the decode step there is the affine model's extrapolation) and the TTFT is sensitive to it: a saturated
+#: closed loop's TTFT is its E2E less the decode time, (E2E − TTFT) / TTFT per cent per per cent of decode time
+#: (docs/model.md)
+EXTRAPOLATION = 2.0
+SENSITIVITY = 3.0
 
 
 def _ensemble(tried, best, best_loss, n_targets, n_params, confidence, size, key):
