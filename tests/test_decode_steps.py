@@ -83,26 +83,26 @@ def test_reader_keeps_the_decode_steps_of_a_vllm_file(tmp_path):
 
 def test_decode_coefficients_start_from_the_measured_steps():
     """Three decode-only steps at distinct (n, KV) give a0, a2, a3 exactly (non-negative least squares)."""
-    from lqs.replay._calibrate import _decode_fit
+    from lqs.replay._decode import decode_fit
 
     a = (3e-3, 4e-5, 7e-9)
     pts = [(10, 21_000), (25, 53_000), (10, 42_000)]
     steps = [(n, kv, a[0] + a[1] * n + a[2] * kv, True) for n, kv in pts]
-    np.testing.assert_allclose(_decode_fit(steps), a, rtol=1e-6)
+    np.testing.assert_allclose(decode_fit(steps, (2e-3, 2e-5, 1e-8)), a, rtol=1e-6)
 
 
 def test_step_losses_pin_the_decode_step_and_bound_the_front_end():
-    from lqs.replay._calibrate import STEP_WEIGHT, _step_losses
+    from lqs.replay._decode import STEP_WEIGHT, step_losses
 
     a0, a2, a3 = 3e-3, 4e-5, 7e-9
     gap = a0 + a2 * 25 + a3 * 53_000
     steps = [(25.0, 53_000.0, gap, True)]
     exact = {"a0": np.array([a0]), "a2": np.array([a2]), "a3": np.array([a3])}
-    assert _step_losses(steps, exact, 1)[0] == 0.0
+    assert step_losses(steps, exact, 1)[0] == 0.0
     off = {k: v * 1.1 for k, v in exact.items()}
-    assert _step_losses(steps, off, 1)[0] == pytest.approx(STEP_WEIGHT * np.log(1.1) ** 2)
+    assert step_losses(steps, off, 1)[0] == pytest.approx(STEP_WEIGHT * np.log(1.1) ** 2)
     # the front end: free while 25·f1 fits in the step, a loss beyond; no bound where the stream fell behind
     f1 = np.array([0.5 * gap / 25, gap / 25, 2 * gap / 25])
-    loss = _step_losses(steps, {"f1": f1}, 3)
+    loss = step_losses(steps, {"f1": f1}, 3)
     assert loss[0] == loss[1] == 0.0 and loss[2] == pytest.approx(STEP_WEIGHT * np.log(2.0) ** 2)
-    assert not _step_losses([(25.0, 53_000.0, gap, False)], {"f1": f1}, 3).any()
+    assert not step_losses([(25.0, 53_000.0, gap, False)], {"f1": f1}, 3).any()

@@ -37,6 +37,7 @@ import numpy as np
 from .._batch import AffineBatch, ConstantBatch
 from .._errors import LqsError, check_choice, check_float, check_int
 from . import _core
+from ._decode import decode_fit, step_losses, step_target
 from ._replay import _fe_text, measured_metrics, resolve_chunking, run_arrivals
 from ._sources import resolve_server
 
@@ -46,10 +47,6 @@ TARGETS = (("ttft", 0.1), ("ttft", 0.5), ("ttft", 0.9), ("tpot", 0.1), ("tpot", 
 SCALES = {"a0": 2e-3, "a1": 1e-5, "a2": 2e-5, "a3": 1e-8, "f0": 2e-2, "f1": 5e-4, "f2": 1e-3, "f3": 5e-6, "b": 1e-2}
 FIT_FRACTION = 1 / 3  # default: the lowest-load third (at least one) of each ladder's runs is fitted
 CONFIDENCE = 0.68  # the ensemble: parameter sets inside this joint confidence region of the best fit
-#: a decode-only step time (the median of thousands of gaps) and the front end's bound weigh as this many targets
-STEP_WEIGHT = 30.0
-#: a run streamed one token per chunk (the front end kept up) when its gaps number at least this share of tokens
-KEPT_UP = 0.95
 PREDICTED = ("throughput_rps", "ttft_p50_s", "tpot_p50_s", "e2e_p50_s")
 
 
@@ -120,43 +117,6 @@ def _replayed(raw, o, P, trials) -> list[dict]:
                                                for j, x in enumerate(u)]))
         out.append(d)
     assert len(out) * trials == T
-    return out
-
-
-def _step_target(run, srv):
-    """(n, KV in whole blocks, median gap s, whether the run streamed one token per chunk) of the run's most
-    frequent decode-only step (lqs/traces/_steps.py), or None when the run has none."""
-    d = run.decode_steps
-    if d is None or not len(d):
-        return None
-    n, kv, gap = (float(x) for x in d[0, :3])
-    tokens = float(np.sum(np.maximum(np.asarray(run.trace.o, np.float64) - 1, 0)))
-    kept_up = run.itl_gaps is not None and run.itl_gaps.size >= KEPT_UP * tokens
-    # each request's KV rounded up to a whole block, on average
-    return n, kv + n * (srv.block_size - 1) / 2, gap, bool(kept_up)
-
-
-def _decode_fit(steps) -> np.ndarray:
-    """(a0, a2, a3) ≥ 0 that best give the decode-only steps (n, KV, gap, _) as a0 + a2·n + a3·KV, in relative
-    error: scipy's non-negative least squares (not re-derived here) on the rows scaled by each gap."""
-    from scipy.optimize import nnls
-
-    scale = np.array([SCALES["a0"], SCALES["a2"], SCALES["a3"]])
-    rows = np.array([[1.0, n_dec, kv] for n_dec, kv, _, _ in steps]) / np.array([[g] for _, _, g, _ in steps])
-    sol, _ = nnls(rows * scale, np.ones(len(steps)))
-    return sol * scale
-
-
-def _step_losses(steps, th: dict, P: int) -> np.ndarray:
-    """Loss terms of P candidates (``th``: {parameter: float[P]}) from the fitted runs' decode-only steps: an affine
-    model's a0 + a2·n + a3·KV against each measured step, and, where a run streamed one token per chunk (its front
-    end kept up with the engine, streaming a step's n tokens within the step), the bound n·f1 ≤ the step."""
-    out = np.zeros(P)
-    for n_dec, kv, gap, kept_up in steps:
-        if "a0" in th:
-            out += STEP_WEIGHT * np.log((th["a0"] + th["a2"] * n_dec + th["a3"] * kv) / gap) ** 2
-        if "f1" in th and kept_up:
-            out += STEP_WEIGHT * np.log(np.maximum(th["f1"] * n_dec / gap, 1.0)) ** 2
     return out
 
 
@@ -243,7 +203,7 @@ def calibrate(results, *, fit=None, model: str = "affine", frontend: bool = True
     key_search, key_arr, key_batch = jax.random.split(key, 3)
 
     # fixed per run: arrival instants (trials per candidate), measured targets
-    step_of = {i: _step_target(runs[i], servers[i][0]) for i in fit}
+    step_of = {i: step_target(runs[i], servers[i][0]) for i in fit}
     step_runs = [i for i in fit if step_of[i] is not None]
     steps = [step_of[i] for i in step_runs]
     prepared = []
@@ -262,7 +222,7 @@ def calibrate(results, *, fit=None, model: str = "affine", frontend: bool = True
         mean[names.index("b")] = math.log(b0 / SCALES["b"])
     std = np.full(len(names), 1.5)
     if model == "affine" and steps:  # start a0, a2, a3 where the decode-only steps put them
-        for name, v in zip(("a0", "a2", "a3"), _decode_fit(steps)):
+        for name, v in zip(("a0", "a2", "a3"), decode_fit(steps, [SCALES[n] for n in ("a0", "a2", "a3")])):
             mean[names.index(name)] = math.log(max(v / SCALES[name], 1e-3))
             std[names.index(name)] = 0.5
     best, best_loss, history, tried = None, math.inf, [], []
@@ -283,7 +243,7 @@ def calibrate(results, *, fit=None, model: str = "affine", frontend: bool = True
                             chunking=chunking)
             for p, rep in enumerate(_replayed(raw, r.trace.o, population, tr_n)):
                 losses[p] += _loss(rep, meas)
-        losses += _step_losses(steps, th, population)  # no replay needed for these
+        losses += step_losses(steps, th, population)  # no replay needed for these
         tried.append((z.copy(), losses.copy()))
         order = np.argsort(losses)
         if losses[order[0]] < best_loss:
