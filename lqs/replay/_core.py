@@ -11,7 +11,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._errors import LqsError
-from ..kernels import rng
 from ..kernels.replay import INT_BIG, ReplayConfig, ReplayInputs, ReplayParams, init_state, replay_call_jit
 from ..kernels.state import trial_keys
 
