@@ -37,7 +37,7 @@ import numpy as np
 from .._batch import AffineBatch, ConstantBatch
 from .._errors import LqsError, check_choice, check_float, check_int
 from . import _core
-from ._decode import decode_fit, step_losses, step_target
+from ._decode import decode_fit, decode_time, step_losses, step_target
 from ._replay import _fe_text, measured_metrics, resolve_chunking, run_arrivals
 from ._sources import resolve_server
 
@@ -235,12 +235,7 @@ def calibrate(results, *, fit=None, model: str = "affine", frontend: bool = True
         th, batch, fe = _candidates(model, frontend, z, names)
         losses = np.zeros(population)
         for r, srv, t_arr, tr_n, meas in prepared:
-            bt = [m for m in batch for _ in range(tr_n)]
-            fe_t = np.repeat(fe, tr_n, axis=0)
-            raw = _core.run(r.trace.s, r.trace.o, t_arr, M=srv.M, chunk=srv.prefill_chunk, budget=srv.token_budget,
-                            max_running=srv.max_running, block=srv.block_size, concurrency=r.max_concurrency,
-                            frontend=fe_t, batch=bt, policy=srv.policy, key=jax.random.fold_in(key_batch, it),
-                            chunking=chunking)
+            raw = _replay_candidates(r, srv, t_arr, batch, fe, tr_n, jax.random.fold_in(key_batch, it), chunking)
             for p, rep in enumerate(_replayed(raw, r.trace.o, population, tr_n)):
                 losses[p] += _loss(rep, meas)
         losses += step_losses(steps, th, population)  # no replay needed for these
@@ -266,7 +261,7 @@ def calibrate(results, *, fit=None, model: str = "affine", frontend: bool = True
         print(f"calibrate: replaying {len(members)} parameter set(s) the fitted runs allow on every run", flush=True)
     _, ens_batch, ens_fe = _candidates(model, frontend, members, names)
     # each member weighs as its likelihood under the loss's Gaussian log-ratio errors: exp(−(loss − best) / 2σ²)
-    sigma2 = best_loss / max(n_targets - len(names), 1)
+    sigma2 = _sigma2(best_loss, n_targets, len(names))
     weights = np.exp(-(member_loss - best_loss) / (2 * sigma2)) if sigma2 > 0 else np.eye(1, len(members))[0]
 
     rows, member_pred = [], []
@@ -319,8 +314,7 @@ def calibrate(results, *, fit=None, model: str = "affine", frontend: bool = True
                            "members": [dict(zip(names, (SCALES[n] * np.exp(zz) for n, zz in zip(names, z_row))))
                                        for z_row in members]},
               "decode_steps": [{"run": int(i), "n": n_dec, "kv_tokens": kv, "measured_s": gap, "kept_up": kept_up,
-                                "fitted_s": (params["a0"] + params["a2"] * n_dec + params["a3"] * kv
-                                             if model == "affine" else None),
+                                "fitted_s": decode_time(params, n_dec, kv) if model == "affine" else None,
                                 "frontend_per_request_s": params.get("f1")}
                                for i, (n_dec, kv, gap, kept_up) in zip(step_runs, steps)],
               "runs": df.to_dict(orient="records")}
@@ -337,6 +331,11 @@ EXTRAPOLATION = 2.0
 SENSITIVITY = 3.0
 
 
+def _sigma2(best_loss, n_targets, n_params) -> float:
+    """The residual variance of one log-ratio target at the best fit: best / (targets − parameters)."""
+    return best_loss / max(n_targets - n_params, 1)
+
+
 def _ensemble(tried, best, best_loss, n_targets, n_params, confidence, size, key):
     """The parameter sets (log-scaled rows) the fitted runs allow, their losses and the loss threshold: every distinct candidate the search replayed
     whose loss lies within the joint ``confidence`` region of the best fit, loss ≤ best + σ²·χ²_p(confidence),
@@ -349,7 +348,7 @@ def _ensemble(tried, best, best_loss, n_targets, n_params, confidence, size, key
     L = np.concatenate([loss for _, loss in tried])
     Z, first = np.unique(Z, axis=0, return_index=True)
     L = L[first]
-    sigma2 = best_loss / max(n_targets - n_params, 1)
+    sigma2 = _sigma2(best_loss, n_targets, n_params)
     threshold = float(best_loss + sigma2 * chi2.ppf(confidence, n_params))
     inside = np.flatnonzero((L <= threshold) & np.isfinite(L) & np.any(Z != best, axis=1))
     if inside.size > size - 1:
@@ -368,13 +367,19 @@ def _ensemble_metrics(run, srv, batch, fe, trials, chunking, key) -> dict:
     key_arr, key_batch = jax.random.split(key)
     P = len(batch)
     t_arr = np.tile(arr.instants(len(run.trace), tr_n, key_arr), (P, 1))
-    raw = _core.run(run.trace.s, run.trace.o, t_arr, M=srv.M, chunk=srv.prefill_chunk, budget=srv.token_budget,
-                    max_running=srv.max_running, block=srv.block_size, concurrency=run.max_concurrency,
-                    frontend=np.repeat(fe, tr_n, axis=0), batch=[m for m in batch for _ in range(tr_n)],
-                    policy=srv.policy, key=key_batch, chunking=chunking)
+    raw = _replay_candidates(run, srv, t_arr, batch, fe, tr_n, key_batch, chunking)
     rows = _core.metrics(raw, run.trace.o)
     return {m: np.array([_nanmean([rows[p * tr_n + j][m] for j in range(tr_n)]) for p in range(P)])
             for m in PREDICTED + ("ttft_unqueued_p50_s", "peak_concurrency")}
+
+
+def _replay_candidates(run, srv, t_arr, batch, fe, tr_n, key, chunking):
+    """One replay program of ``run`` on ``srv`` for every parameter set (``batch``: one model each, ``fe``: one
+    front-end row each) on each of its ``tr_n`` trials, candidate-major (``t_arr``: float[P·tr_n, N])."""
+    return _core.run(run.trace.s, run.trace.o, t_arr, M=srv.M, chunk=srv.prefill_chunk, budget=srv.token_budget,
+                     max_running=srv.max_running, block=srv.block_size, concurrency=run.max_concurrency,
+                     frontend=np.repeat(fe, tr_n, axis=0), batch=[m for m in batch for _ in range(tr_n)],
+                     policy=srv.policy, key=key, chunking=chunking)
 
 
 def _nanmean(x):

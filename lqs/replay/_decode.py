@@ -37,6 +37,12 @@ def decode_fit(steps, scale=(1.0, 1.0, 1.0)) -> np.ndarray:
     return sol * scale
 
 
+def decode_time(th: dict, n, kv):
+    """The affine model's decode-only step of n requests holding kv tokens: a0 + a2·n + a3·KV (``th``: the
+    coefficients, numbers or one array per candidate)."""
+    return th["a0"] + th["a2"] * n + th["a3"] * kv
+
+
 def step_losses(steps, th: dict, P: int) -> np.ndarray:
     """Loss terms of P candidates (``th``: {parameter: float[P]}) from the fitted runs' decode-only steps: an affine
     model's a0 + a2·n + a3·KV against each measured step, and, where a run streamed one token per chunk (its front
@@ -44,7 +50,7 @@ def step_losses(steps, th: dict, P: int) -> np.ndarray:
     out = np.zeros(P)
     for n_dec, kv, gap, kept_up in steps:
         if "a0" in th:
-            out += STEP_WEIGHT * np.log((th["a0"] + th["a2"] * n_dec + th["a3"] * kv) / gap) ** 2
+            out += STEP_WEIGHT * np.log(decode_time(th, n_dec, kv) / gap) ** 2
         if "f1" in th and kept_up:
             out += STEP_WEIGHT * np.log(np.maximum(th["f1"] * n_dec / gap, 1.0)) ** 2
     return out
